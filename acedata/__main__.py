@@ -1,0 +1,5 @@
+import sys
+
+from acedata.cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""Safe image decoding and normalisation (Pillow), and encoding helpers.
+
+Every decoded image becomes 8-bit RGB with EXIF orientation applied; the pixel
+count is checked from the header before any pixel is decoded (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+
+
+class Rejected(Exception):
+    """An input that cannot become an image row; `reason` is the quarantine code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 64_000_000
+    min_side: int = 32
+    max_aspect: float = 8.0
+    max_side: int | None = 4096  # larger images are downscaled (stored bytes stay bounded)
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # RGB
+    data: bytes  # stored bytes (original JPEG when untouched, else re-encoded)
+    format: str  # PNG | JPEG
+    image_id: str
+    orig_format: str
+    orig_mode: str
+    orig_width: int
+    orig_height: int
+    frames: int
+
+
+def pixel_id(rgb: Image.Image) -> str:
+    """Content address: sha256 over size and RGB pixels (container-independent)."""
+    h = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    h.update(rgb.tobytes())
+    return h.hexdigest()
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.round().astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, L, 1
+
+
+def decode(data: bytes, limits: Limits = Limits()) -> Decoded:
+    """Decode and normalise image bytes, or raise `Rejected` with a reason code."""
+    if not data:
+        raise Rejected("empty", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w0, h0 = im.size
+            if w0 * h0 > limits.max_pixels:
+                raise Rejected("too_many_pixels", f"{w0}x{h0} > {limits.max_pixels} pixels")
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                im.seek(0)
+            orig_format, orig_mode = im.format or "unknown", im.mode
+            im.load()
+            im = ImageOps.exif_transpose(im) if im.getexif() else im
+    except Rejected:
+        raise
+    except UnidentifiedImageError:
+        raise Rejected("not_an_image", "no image format recognised") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise Rejected("too_many_pixels", str(e)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = "truncated" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "decode_error"
+        raise Rejected(reason, str(e)[:200]) from None
+    rgb = _to_rgb(im)
+    w, h = rgb.size
+    if min(w, h) < limits.min_side:
+        raise Rejected("too_small", f"{w}x{h} < min side {limits.min_side}")
+    if max(w, h) / min(w, h) > limits.max_aspect:
+        raise Rejected("bad_aspect", f"{w}x{h} aspect > {limits.max_aspect}")
+    resized = False
+    if limits.max_side and max(w, h) > limits.max_side:
+        s = limits.max_side / max(w, h)
+        rgb = rgb.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
+        resized = True
+    untouched = orig_format == "JPEG" and orig_mode == "RGB" and rgb is im and not resized and frames == 1
+    if untouched:
+        out, fmt = data, "JPEG"
+    else:
+        fmt = "JPEG" if orig_format == "JPEG" else "PNG"
+        out = encode(rgb, fmt)
+    return Decoded(rgb, out, fmt, pixel_id(rgb), orig_format, orig_mode, w0, h0, frames)
+
+
+def encode(im: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        im.save(buf, "JPEG", quality=quality)
+    else:
+        im.save(buf, "PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def open_rgb(data: bytes) -> Image.Image:
+    """Open bytes the platform itself wrote (already normalised)."""
+    im = Image.open(io.BytesIO(data))
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def open_mask(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    return im.convert("L") if im.mode != "L" else im
+
+
+def image_cell(data: bytes, path: str | None = None) -> dict:
+    """A value for an IMAGE struct column."""
+    return {"bytes": data, "path": path}

@@ -1,0 +1,192 @@
+"""Ray wiring, in one place: start/attach Ray and run a stage's work units.
+
+A stage's units run through Ray Data `map_batches` — an actor pool for model stages
+(the model is loaded once per actor), tasks for the rest — with the stage's declared
+resources. `executor="local"` runs the same units in-process (tests, debugging).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import time
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from acedata import shards
+from acedata.schemas import conform
+from acedata.stage import RunContext, Stage, WorkUnit
+
+log = logging.getLogger("acedata")
+
+DONE_DIR = "_done"
+SUCCESS = "_SUCCESS.json"
+
+
+# --- Ray session -------------------------------------------------------------------
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Attach to `address` (or $RAY_ADDRESS); else start an embedded Ray on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Keep an embedded Ray on 127.0.0.1 (Ray otherwise rewrites loopback to the NIC address).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and not address.startswith(("http://", "https://")):
+        ray.init(address=address, log_to_driver=False)
+        return
+    ray.init(
+        num_cpus=num_cpus or max(2, os.cpu_count() or 2),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+    )
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = True
+
+
+# --- unit execution (runs on workers) --------------------------------------------
+
+
+def _clear_unit_files(table_dir: str, unit_id: str) -> None:
+    fs, d = shards.resolve(table_dir)
+    if not shards.exists(fs, d):
+        return
+    for info in fs.get_file_info(pafs.FileSelector(d)):
+        name = posixpath.basename(info.path)
+        if name.startswith(f"{unit_id}-") and name.endswith(".parquet"):
+            fs.delete_file(info.path)
+
+
+def execute_unit(stage: Stage, unit: WorkUnit) -> dict[str, int]:
+    """Process one unit and commit its outputs; the done-marker is written last."""
+    for table in stage.outputs:
+        _clear_unit_files(stage.ctx.out(table), unit.id)
+    result = stage.process(unit)
+    counts = dict(result.counts)
+    for table, rows in result.tables.items():
+        schema = stage.output_schema(table)
+        writer = shards.ShardWriter(stage.ctx.out(table), schema, unit=unit.id)
+        writer.write(conform(rows, schema))
+        writer.commit()
+        counts.setdefault(table, rows.num_rows)
+    fs, d = shards.resolve(stage.ctx.stage_dir)
+    fs.create_dir(posixpath.join(d, DONE_DIR), recursive=True)
+    shards.write_bytes_atomic(fs, posixpath.join(d, DONE_DIR, f"{unit.id}.json"), json.dumps(counts).encode())
+    return counts
+
+
+def _units_from_batch(batch: dict[str, Any]) -> list[WorkUnit]:
+    return [WorkUnit(str(i), json.loads(p)) for i, p in zip(batch["id"], batch["payload"])]
+
+
+class _ModelWorker:
+    """A Ray Data actor: builds the stage and loads its model once, then takes units."""
+
+    def __init__(self, stage_cls: type[Stage], config: dict[str, Any], ctx: RunContext) -> None:
+        self.stage = stage_cls(stage_cls.Config.model_validate(config), ctx)
+        self.stage.setup()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        units = _units_from_batch(batch)
+        return {"id": [u.id for u in units], "counts": [json.dumps(execute_unit(self.stage, u)) for u in units]}
+
+
+def _task_fn(stage_cls: type[Stage], config: dict[str, Any], ctx: RunContext):
+    def run(batch: dict[str, Any]) -> dict[str, list[str]]:
+        stage = stage_cls(stage_cls.Config.model_validate(config), ctx)
+        stage.setup()
+        units = _units_from_batch(batch)
+        return {"id": [u.id for u in units], "counts": [json.dumps(execute_unit(stage, u)) for u in units]}
+
+    return run
+
+
+def _run_on_ray(stage: Stage, units: list[WorkUnit]) -> None:
+    import ray.data
+
+    res = stage.config.resources
+    items = [{"id": u.id, "payload": json.dumps(u.payload)} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+    remote: dict[str, Any] = {"num_cpus": res.num_cpus}
+    if res.num_gpus:
+        remote["num_gpus"] = res.num_gpus
+    if res.memory_gb:
+        remote["memory"] = int(res.memory_gb * (1 << 30))
+    config = stage.config.model_dump(mode="json")
+    if stage.uses_model:
+        out = ds.map_batches(
+            _ModelWorker,
+            fn_constructor_args=(type(stage), config, stage.ctx),
+            batch_size=1,
+            concurrency=res.concurrency,
+            max_restarts=res.max_retries,
+            max_task_retries=res.max_retries,
+            **remote,
+        )
+    else:
+        out = ds.map_batches(
+            _task_fn(type(stage), config, stage.ctx),
+            batch_size=1,
+            concurrency=res.concurrency,
+            max_retries=res.max_retries,
+            **remote,
+        )
+    out.materialize()
+
+
+def _run_local(stage: Stage, units: list[WorkUnit]) -> None:
+    from tqdm import tqdm
+
+    stage.setup()
+    for unit in tqdm(units, desc=stage.ctx.stage_dir.rsplit("/", 1)[-1], unit="unit", disable=len(units) < 2):
+        execute_unit(stage, unit)
+
+
+# --- stage execution (driver) ------------------------------------------------------
+
+
+def done_units(stage_dir: str) -> dict[str, dict[str, int]]:
+    fs, d = shards.resolve(stage_dir)
+    done = posixpath.join(d, DONE_DIR)
+    if not shards.exists(fs, done):
+        return {}
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(done)):
+        if info.path.endswith(".json"):
+            out[posixpath.basename(info.path)[:-5]] = shards.read_json(fs, info.path)
+    return out
+
+
+def run_stage(stage: Stage, executor: str = "ray") -> dict[str, Any]:
+    """Run the units not yet committed, merge manifests, finish, and return the summary."""
+    t0 = time.time()
+    units = stage.plan()
+    ids = [u.id for u in units]
+    if len(set(ids)) != len(ids):
+        raise RuntimeError(f"{type(stage).__name__}.plan() returned duplicate unit ids")
+    done = done_units(stage.ctx.stage_dir)
+    todo = [u for u in units if u.id not in done]
+    log.info("stage %s: %d units (%d already committed)", stage.kind, len(units), len(units) - len(todo))
+    if todo:
+        (_run_on_ray if executor == "ray" else _run_local)(stage, todo)
+    done = done_units(stage.ctx.stage_dir)
+    missing = [i for i in ids if i not in done]
+    if missing:
+        raise RuntimeError(f"stage {stage.kind}: {len(missing)} units did not commit (e.g. {missing[:3]})")
+    counts: dict[str, int] = {}
+    for i in ids:
+        for k, v in done[i].items():
+            counts[k] = counts.get(k, 0) + int(v)
+    for table in stage.outputs:
+        shards.finalize_manifest(stage.ctx.out(table), stage.output_schema(table), table=table)
+    extra = stage.finish(counts) or {}
+    return {"stage": stage.kind, "units": len(units), "counts": counts, "seconds": round(time.time() - t0, 2), **extra}

@@ -1,0 +1,327 @@
+"""Parquet shard IO: size-bounded atomic shards, per-table manifests, streaming reads.
+
+Layout of a table directory::
+
+    TABLE/
+      <unit>-00000.parquet   shards, each written under a hidden temporary name and renamed
+      _units/<unit>.json     one fragment per committed unit of work (its shards, rows, sha256)
+      _manifest.json         the merged manifest: every shard, rows, bytes, sha256, schema version
+
+A unit's fragment is written after its shards, so a unit is committed exactly when its
+fragment exists; a killed writer leaves only temporary files that nothing lists.
+Paths may be local or any pyarrow/fsspec URI (s3://, gs://, file://).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from acedata.schemas import SCHEMA_VERSION, TABLES
+
+MANIFEST = "_manifest.json"
+UNITS_DIR = "_units"
+
+
+# --- filesystem helpers ------------------------------------------------------------
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for a local path or URI."""
+    if "://" not in uri:
+        import os
+
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> Any:
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def sha256_file(fs: pafs.FileSystem, path: str) -> str:
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- writing -----------------------------------------------------------------------
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ShardWriter:
+    """Writes one unit's rows as size-bounded zstd Parquet shards.
+
+    Each shard is written under a hidden temporary name and renamed when complete.
+    Call `commit()` to close the last shard and record the unit in the table's
+    `_units/` folder; until then nothing the writer wrote is listed anywhere.
+    """
+
+    table_dir: str
+    schema: pa.Schema
+    unit: str = "part"
+    table: str | None = None  # table name for the manifest (defaults to the folder name)
+    max_rows: int = 100_000
+    max_bytes: int = 256 << 20
+    row_group_bytes: int = 32 << 20
+    shards: list[ShardInfo] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._fs, self._dir = resolve(self.table_dir)
+        self._fs.create_dir(self._dir, recursive=True)
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp = ""
+        self._rows = 0
+        self._bytes = 0
+
+    def _open(self) -> None:
+        self._tmp = posixpath.join(self._dir, f".tmp-{uuid.uuid4().hex}.parquet")
+        sink = self._fs.open_output_stream(self._tmp)
+        self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
+        self._sink = sink
+        self._rows = self._bytes = 0
+
+    def _close_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._sink.close()
+        name = f"{self.unit}-{len(self.shards):05d}.parquet"
+        final = posixpath.join(self._dir, name)
+        digest = sha256_file(self._fs, self._tmp)
+        size = self._fs.get_file_info(self._tmp).size
+        self._fs.move(self._tmp, final)
+        self.shards.append(ShardInfo(name, self._rows, size, digest))
+        self._writer = None
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        table = table.cast(self.schema) if table.schema != self.schema else table
+        row_bytes = max(1, table.nbytes // table.num_rows)
+        group_rows = max(1, self.row_group_bytes // row_bytes)
+        start = 0
+        while start < table.num_rows:
+            if self._writer is None:
+                self._open()
+            room_rows = self.max_rows - self._rows
+            room_bytes = max(row_bytes, self.max_bytes - self._bytes)
+            n = min(table.num_rows - start, room_rows, max(1, room_bytes // row_bytes), group_rows)
+            chunk = table.slice(start, n)
+            self._writer.write_table(chunk, row_group_size=n)
+            self._rows += n
+            self._bytes += chunk.nbytes
+            start += n
+            if self._rows >= self.max_rows or self._bytes >= self.max_bytes:
+                self._close_shard()
+
+    def commit(self, extra: dict[str, Any] | None = None) -> list[ShardInfo]:
+        """Close the open shard and record this unit as committed (atomically)."""
+        self._close_shard()
+        units = posixpath.join(self._dir, UNITS_DIR)
+        self._fs.create_dir(units, recursive=True)
+        fragment = {
+            "unit": self.unit,
+            "schema_version": SCHEMA_VERSION,
+            "shards": [s.__dict__ for s in self.shards],
+            **(extra or {}),
+        }
+        write_bytes_atomic(self._fs, posixpath.join(units, f"{self.unit}.json"), json.dumps(fragment).encode())
+        return self.shards
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._fs.delete_file(self._tmp)
+            self._writer = None
+
+
+def write_table(table_dir: str, table: pa.Table, schema: pa.Schema, unit: str = "part", **kw: Any) -> None:
+    """Write a whole table as one committed unit and finalize the manifest."""
+    w = ShardWriter(table_dir, schema, unit=unit, **kw)
+    w.write(table)
+    w.commit()
+    finalize_manifest(table_dir, schema)
+
+
+def committed_units(table_dir: str) -> set[str]:
+    fs, d = resolve(table_dir)
+    units = posixpath.join(d, UNITS_DIR)
+    if not exists(fs, units):
+        return set()
+    infos = fs.get_file_info(pafs.FileSelector(units))
+    return {posixpath.basename(i.path)[: -len(".json")] for i in infos if i.path.endswith(".json")}
+
+
+def unit_fragment(table_dir: str, unit: str) -> dict[str, Any]:
+    fs, d = resolve(table_dir)
+    return read_json(fs, posixpath.join(d, UNITS_DIR, f"{unit}.json"))
+
+
+def finalize_manifest(table_dir: str, schema: pa.Schema, table: str | None = None) -> dict[str, Any]:
+    """Merge the committed units' fragments into `_manifest.json` (written atomically)."""
+    fs, d = resolve(table_dir)
+    fs.create_dir(d, recursive=True)
+    shards: list[dict[str, Any]] = []
+    for unit in sorted(committed_units(table_dir)):
+        shards.extend(unit_fragment(table_dir, unit)["shards"])
+    manifest = {
+        "table": table or posixpath.basename(d.rstrip("/")),
+        "schema_version": SCHEMA_VERSION,
+        "schema": schema_to_json(schema),
+        "rows": sum(s["rows"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "shards": shards,
+    }
+    write_bytes_atomic(fs, posixpath.join(d, MANIFEST), json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def schema_to_json(schema: pa.Schema) -> list[list[str]]:
+    return [[f.name, str(f.type)] for f in schema]
+
+
+# --- reading -----------------------------------------------------------------------
+
+
+def read_manifest(table_dir: str) -> dict[str, Any] | None:
+    fs, d = resolve(table_dir)
+    path = posixpath.join(d, MANIFEST)
+    return read_json(fs, path) if exists(fs, path) else None
+
+
+def list_shards(path: str) -> list[str]:
+    """Shard URIs of a table: the manifest's list, else every visible *.parquet file.
+
+    `path` may also be a single Parquet file.
+    """
+    fs, p = resolve(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.File:
+        return [path]
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no table at {path}")
+    join = (lambda n: posixpath.join(path, n)) if "://" in path else (lambda n: posixpath.join(p, n))
+    manifest = read_manifest(path)
+    if manifest is not None:
+        return [join(s["file"]) for s in manifest["shards"]]
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+    files = sorted(
+        i.path
+        for i in infos
+        if i.path.endswith(".parquet") and not any(part.startswith((".", "_")) for part in i.path[len(p) :].split("/"))
+    )
+    return [join(posixpath.relpath(f, p)) for f in files]
+
+
+def open_parquet(uri: str) -> pq.ParquetFile:
+    fs, p = resolve(uri)
+    return pq.ParquetFile(fs.open_input_file(p))
+
+
+def iter_batches(path: str, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+    """Stream a table's rows shard by shard, row group by row group."""
+    for shard in list_shards(path):
+        pf = open_parquet(shard)
+        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+
+
+def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    shards = list_shards(path)
+    if not shards:
+        return pa.table({})
+    tables = [open_parquet(s).read(columns=columns) for s in shards]
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def count_rows(path: str) -> int:
+    manifest = read_manifest(path)
+    if manifest is not None:
+        return int(manifest["rows"])
+    return sum(open_parquet(s).metadata.num_rows for s in list_shards(path))
+
+
+# --- validation --------------------------------------------------------------------
+
+
+def validate(table_dir: str, expected_schema: pa.Schema | None = None) -> list[str]:
+    """Check a table against its manifest and schema; returns the problems found."""
+    problems: list[str] = []
+    manifest = read_manifest(table_dir)
+    if manifest is None:
+        return [f"{table_dir}: no {MANIFEST} (not a finished acedata table)"]
+    fs, d = resolve(table_dir)
+    if expected_schema is None and manifest.get("table") in TABLES:
+        expected_schema = TABLES[manifest["table"]]
+    if expected_schema is None and manifest.get("schema"):
+        expected = manifest["schema"]
+    else:
+        expected = schema_to_json(expected_schema) if expected_schema is not None else None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema version {manifest.get('schema_version')} != {SCHEMA_VERSION}")
+    total = 0
+    for s in manifest["shards"]:
+        path = posixpath.join(d, s["file"])
+        if not exists(fs, path):
+            problems.append(f"{s['file']}: listed in the manifest but missing")
+            continue
+        digest = sha256_file(fs, path)
+        if digest != s["sha256"]:
+            problems.append(f"{s['file']}: sha256 mismatch (file changed or corrupt)")
+            continue
+        try:
+            pf = pq.ParquetFile(fs.open_input_file(path))
+        except Exception as e:  # noqa: BLE001 - any parse failure is a finding
+            problems.append(f"{s['file']}: unreadable Parquet ({e})")
+            continue
+        if pf.metadata.num_rows != s["rows"]:
+            problems.append(f"{s['file']}: {pf.metadata.num_rows} rows, manifest says {s['rows']}")
+        total += pf.metadata.num_rows
+        if expected is not None and schema_to_json(pf.schema_arrow) != expected:
+            problems.append(f"{s['file']}: schema differs from the table's schema")
+    if total != manifest["rows"] and not problems:
+        problems.append(f"row total {total} != manifest rows {manifest['rows']}")
+    listed = {s["file"] for s in manifest["shards"]}
+    for i in fs.get_file_info(pafs.FileSelector(d)):
+        name = posixpath.basename(i.path)
+        if name.endswith(".parquet") and not name.startswith((".", "_")) and name not in listed:
+            problems.append(f"{name}: Parquet file not listed in the manifest")
+    return problems

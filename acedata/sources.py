@@ -1,0 +1,270 @@
+"""Readers for image collections: folders, Parquet files, WebDataset tars.
+
+A reader lists a source into units of work (`list_units`) and later yields the raw
+records of one unit (`read_unit`). A record is the raw bytes plus the metadata the
+source had (caption, url, licence, ...), or an error that goes to quarantine.
+Readers only open files inside the roots a spec names; symlinks are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+TEXT_META = (".txt", ".caption")
+META_KEYS = ("caption", "url", "license", "group")
+IMAGE_COLUMNS = ("image", "jpg", "png", "bytes", "image_bytes")
+PATH_COLUMNS = ("path", "image_path", "file")
+
+
+@dataclass
+class Record:
+    uri: str
+    data: bytes | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: tuple[str, str] | None = None  # (reason, detail) when the input could not be read
+
+
+def _unit_id(kind: str, payload: Any) -> str:
+    return kind + "-" + hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _inside(path: str, root: str) -> bool:
+    real, root_real = os.path.realpath(path), os.path.realpath(root)
+    return real == root_real or real.startswith(root_real + os.sep)
+
+
+def _sidecar_meta(path: str) -> dict[str, Any]:
+    """Metadata from `<stem>.json` / `<stem>.txt` beside an image (img2dataset style)."""
+    stem = os.path.splitext(path)[0]
+    meta: dict[str, Any] = {}
+    if os.path.isfile(stem + ".json") and not os.path.islink(stem + ".json"):
+        try:
+            with open(stem + ".json", encoding="utf-8") as f:
+                loaded = json.load(f)
+            if isinstance(loaded, dict):
+                meta.update(loaded)
+        except (OSError, ValueError):
+            pass
+    for ext in TEXT_META:
+        if os.path.isfile(stem + ext) and not os.path.islink(stem + ext):
+            with open(stem + ext, encoding="utf-8", errors="replace") as f:
+                meta.setdefault("caption", f.read().strip())
+    return meta
+
+
+# --- listing ------------------------------------------------------------------------
+
+
+def list_units(root: str, files_per_unit: int = 64) -> list[tuple[str, dict[str, Any]]]:
+    """Split one source root (folder, .parquet, .tar) into (unit_id, payload) units."""
+    if not os.path.lexists(root):
+        from acedata.errors import UserError
+
+        raise UserError(f"source {root!r} does not exist; check the path in the spec or command")
+    root = os.path.abspath(root)
+    if os.path.isfile(root):
+        return _file_units(root, root)
+    files: list[str] = []
+    rejected: list[str] = []
+    tars = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                rejected.append(os.path.join(dirpath, d))
+                dirnames.remove(d)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = os.path.join(dirpath, name)
+            ext = os.path.splitext(name)[1].lower()
+            if ext == ".tar":
+                tars.add(os.path.splitext(p)[0])
+            if ext in (".json", *TEXT_META) and _has_image_sibling(p):
+                continue  # sidecar metadata, read with its image
+            files.append(p)
+    units: list[tuple[str, dict[str, Any]]] = []
+    loose: list[str] = []
+    for p in files:
+        ext = os.path.splitext(p)[1].lower()
+        if os.path.islink(p):
+            loose.append(p)  # rejected when read, so it is counted
+        elif ext == ".tar":
+            units.extend(_file_units(p, root))
+        elif ext == ".parquet":
+            if os.path.splitext(p)[0] in tars:
+                continue  # img2dataset's per-shard metadata table; the tar holds the images
+            units.extend(_file_units(p, root))
+        else:
+            loose.append(p)
+    for i in range(0, len(loose), files_per_unit):
+        chunk = loose[i : i + files_per_unit]
+        payload = {"kind": "files", "root": root, "files": chunk}
+        units.append((_unit_id("files", chunk), payload))
+    if rejected:
+        payload = {"kind": "rejected", "root": root, "files": rejected}
+        units.append((_unit_id("rejected", rejected), payload))
+    return units
+
+
+def _has_image_sibling(p: str) -> bool:
+    stem = os.path.splitext(p)[0]
+    return any(os.path.exists(stem + e) or os.path.exists(stem + e.upper()) for e in IMAGE_EXTS)
+
+
+def _file_units(path: str, root: str) -> list[tuple[str, dict[str, Any]]]:
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".parquet":
+        try:
+            groups = pq.ParquetFile(path).num_row_groups
+        except Exception as e:  # noqa: BLE001 - an unreadable file is quarantined, not fatal
+            payload = {"kind": "bad_file", "root": root, "file": path, "detail": str(e)[:200]}
+            return [(_unit_id("bad", path), payload)]
+        return [
+            (_unit_id("pq", [path, g]), {"kind": "parquet", "root": root, "file": path, "row_group": g})
+            for g in range(groups)
+        ]
+    if ext == ".tar":
+        return [(_unit_id("tar", path), {"kind": "tar", "root": root, "file": path})]
+    return [(_unit_id("files", [path]), {"kind": "files", "root": root, "files": [path]})]
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def read_unit(payload: dict[str, Any], max_file_bytes: int) -> Iterator[Record]:
+    kind = payload["kind"]
+    if kind == "files":
+        yield from _read_files(payload["files"], payload["root"], max_file_bytes)
+    elif kind == "parquet":
+        yield from _read_parquet(payload["file"], payload["row_group"], max_file_bytes)
+    elif kind == "tar":
+        yield from _read_tar(payload["file"], max_file_bytes)
+    elif kind == "rejected":
+        for p in payload["files"]:
+            yield Record(p, error=("symlink", "symbolic links are not followed"))
+    elif kind == "bad_file":
+        yield Record(payload["file"], error=("unreadable_source", payload["detail"]))
+    else:
+        raise ValueError(f"unknown unit kind {kind}")
+
+
+def _read_files(files: list[str], root: str, max_file_bytes: int) -> Iterator[Record]:
+    for p in files:
+        if os.path.islink(p):
+            yield Record(p, error=("symlink", "symbolic links are not followed"))
+            continue
+        if not _inside(p, root):
+            yield Record(p, error=("outside_root", f"resolves outside {root}"))
+            continue
+        try:
+            size = os.path.getsize(p)
+            if size > max_file_bytes:
+                yield Record(p, error=("file_too_large", f"{size} bytes > {max_file_bytes}"))
+                continue
+            with open(p, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            yield Record(p, error=("read_error", str(e)[:200]))
+            continue
+        yield Record(p, data, _sidecar_meta(p))
+
+
+def _pick(names: list[str], candidates: tuple[str, ...]) -> str | None:
+    lower = {n.lower(): n for n in names}
+    return next((lower[c] for c in candidates if c in lower), None)
+
+
+def _read_parquet(path: str, row_group: int, max_file_bytes: int) -> Iterator[Record]:
+    table = pq.ParquetFile(path).read_row_group(row_group)
+    names = table.column_names
+    img_col, path_col = _pick(names, IMAGE_COLUMNS), _pick(names, PATH_COLUMNS)
+    rows = table.to_pylist()
+    base = os.path.dirname(path)
+    for i, row in enumerate(rows):
+        uri = f"{path}#rg={row_group}&row={i}"
+        meta = {k: v for k, v in row.items() if k not in (img_col, path_col) and _jsonable(v)}
+        if "text" in meta and "caption" not in meta:
+            meta["caption"] = meta.pop("text")
+        cell = row.get(img_col) if img_col else None
+        data = cell.get("bytes") if isinstance(cell, dict) else cell
+        if data is None and isinstance(cell, dict) and cell.get("path"):
+            ref = cell["path"]
+        else:
+            ref = row.get(path_col) if path_col else None
+        if data is None and ref:
+            ref_path = ref if os.path.isabs(ref) else os.path.join(base, ref)
+            if not _inside(ref_path, base) or os.path.islink(ref_path):
+                yield Record(uri, error=("outside_root", f"path {ref!r} escapes {base}"))
+                continue
+            try:
+                if os.path.getsize(ref_path) > max_file_bytes:
+                    yield Record(uri, error=("file_too_large", ref))
+                    continue
+                with open(ref_path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                yield Record(uri, error=("read_error", str(e)[:200]))
+                continue
+        if data is None:
+            yield Record(uri, error=("malformed_row", "row has neither image bytes nor a path"))
+            continue
+        if not isinstance(data, bytes | bytearray):
+            yield Record(uri, error=("malformed_row", f"image column holds {type(data).__name__}"))
+            continue
+        yield Record(uri, bytes(data), meta)
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, str | int | float | bool) or v is None
+
+
+def _read_tar(path: str, max_file_bytes: int) -> Iterator[Record]:
+    """WebDataset: members sharing a key (name up to the first dot) form one sample."""
+    samples: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue  # links and devices inside a tar are never read
+                base = os.path.basename(m.name)
+                key, _, ext = base.partition(".")
+                key = os.path.join(os.path.dirname(m.name), key)
+                if m.size > max_file_bytes:
+                    samples.setdefault(key, {})["__too_large__"] = str(m.size).encode()
+                    continue
+                f = tar.extractfile(m)
+                samples.setdefault(key, {})[ext.lower()] = f.read() if f else b""
+    except (tarfile.TarError, OSError, EOFError) as e:
+        yield Record(path, error=("unreadable_source", f"tar: {str(e)[:200]}"))
+        return
+    for key, parts in samples.items():
+        uri = f"{path}#{key}"
+        if "__too_large__" in parts:
+            yield Record(uri, error=("file_too_large", parts["__too_large__"].decode() + " bytes"))
+            continue
+        img_ext = next((e for e in parts if "." + e.split(".")[-1] in IMAGE_EXTS), None)
+        if img_ext is None:
+            yield Record(uri, error=("no_image_in_sample", f"members: {sorted(parts)}"))
+            continue
+        meta: dict[str, Any] = {}
+        if "json" in parts:
+            try:
+                loaded = json.loads(parts["json"])
+                if isinstance(loaded, dict):
+                    meta.update({k: v for k, v in loaded.items() if _jsonable(v)})
+            except ValueError:
+                meta["meta_error"] = "bad json sidecar"
+        for t in ("txt", "caption"):
+            if t in parts:
+                meta.setdefault("caption", parts[t].decode("utf-8", errors="replace").strip())
+        yield Record(uri, parts[img_ext], meta)

@@ -1,0 +1,1 @@
+"""The ACE DiT trainer: model, LCU loader, diffusion, training loop, sampling."""
