@@ -128,7 +128,7 @@ def write_odd_inputs(d: str, sample: Image.Image) -> dict[str, str]:
     Image.fromarray(a16).save(buf, "PNG")
     put("sixteen_bit.png", buf.getvalue(), "image")
     buf = io.BytesIO()
-    frames = [small.rotate(a) for a in (0, 10, 20)]
+    frames = [small.rotate(a) for a in (5, 10, 20)]
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     put("animated.gif", buf.getvalue(), "image")
     # A 20000 x 20000 PNG header: far over the pixel bound, refused before decoding.
@@ -172,6 +172,6 @@ def build(out: str, variants: int = 8, seed: int = 0, max_side: int = 384, odd: 
     summary = {"groups": groups, "images": sum(groups.values())}
     if odd:
         summary["odd"] = write_odd_inputs(os.path.join(out, "odd"), base_images()[0][1])
-    with open(os.path.join(out, "corpus.json"), "w") as f:
+    with open(os.path.join(out, ".corpus.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary

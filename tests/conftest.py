@@ -1,0 +1,35 @@
+"""Shared fixtures: an offline environment, the demo corpus, one embedded Ray per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> str:
+    """The demo corpus (12 groups x 4 variants + odd inputs), built once per session."""
+    from acedata.demo_data import build
+
+    d = str(tmp_path_factory.mktemp("corpus"))
+    build(d, variants=4, seed=0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded local Ray for the whole session (starting Ray costs seconds)."""
+    import ray
+
+    from acedata.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
