@@ -97,7 +97,6 @@ class ShardWriter:
     table_dir: str
     schema: pa.Schema
     unit: str = "part"
-    table: str | None = None  # table name for the manifest (defaults to the folder name)
     max_rows: int = 100_000
     max_bytes: int = 256 << 20
     row_group_bytes: int = 32 << 20
@@ -174,12 +173,14 @@ class ShardWriter:
             self._writer = None
 
 
-def write_table(table_dir: str, table: pa.Table, schema: pa.Schema, unit: str = "part", **kw: Any) -> None:
+def write_table(
+    table_dir: str, rows: pa.Table, schema: pa.Schema, unit: str = "part", table: str | None = None, **kw: Any
+) -> dict[str, Any]:
     """Write a whole table as one committed unit and finalize the manifest."""
     w = ShardWriter(table_dir, schema, unit=unit, **kw)
-    w.write(table)
+    w.write(rows)
     w.commit()
-    finalize_manifest(table_dir, schema)
+    return finalize_manifest(table_dir, schema, table=table)
 
 
 def committed_units(table_dir: str) -> set[str]:
