@@ -1,0 +1,171 @@
+"""The chaining guard: union-find joins A and C when A~B and B~C, so one bridge image
+can merge two unrelated groups. After each union-find turn every set is checked and
+offenders are split, with bounded work:
+
+* check: a set is coherent when it has at most `max_set_size` members and no two of
+  its members have a direct similarity below `min_pair_sim` (an S x S product, cheap
+  because S is capped; oversize sets fail without it);
+* split, up to `max_rounds` rounds: re-run union-find on the set's own edges with the
+  link threshold raised by `step` per round (bridges are the weakest links, so they go
+  first), and check each part again;
+* peel, for parts still failing after the last round: repeatedly take the medoid of
+  what is left and the members most similar to it that are pairwise coherent (at most
+  `max_set_size`); every peel removes at least the medoid, so it ends.
+
+Members left alone are dropped (a set of one makes no pair). Counters in GuardStats
+measure how much chaining was found and undone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from acedata.mining.unionfind import UnionFind
+
+
+@dataclass
+class GuardConfig:
+    enabled: bool = True
+    max_set_size: int = 64
+    min_pair_sim: float = 0.5
+    max_rounds: int = 4
+    step: float = 0.02
+
+
+@dataclass
+class GuardStats:
+    sets_checked: int = 0
+    sets_oversize: int = 0
+    sets_incoherent: int = 0
+    split_rounds: int = 0
+    sets_peeled: int = 0
+    members_dropped: int = 0  # left as singletons by a split
+    incoherent_pairs_before: int = 0  # member pairs below min_pair_sim in the sets checked
+    incoherent_pairs_after: int = 0
+
+    def add(self, other: GuardStats) -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+
+PairSim = Callable[[np.ndarray], np.ndarray]  # member indices -> S x S similarity
+
+
+def _incoherent_pairs(sim: np.ndarray, min_pair_sim: float) -> int:
+    return int(np.triu(sim < min_pair_sim, 1).sum())
+
+
+def _components(members: np.ndarray, src: np.ndarray, dst: np.ndarray, w: np.ndarray, t: float) -> list[np.ndarray]:
+    """Connected components of `members` using only edges with weight >= t (global ids)."""
+    local = {int(m): i for i, m in enumerate(members)}
+    uf = UnionFind(len(members))
+    keep = w >= t
+    for a, b in zip(src[keep].tolist(), dst[keep].tolist()):
+        uf.union(local[a], local[b])
+    return [members[g] for g in uf.sets()]
+
+
+def _peel(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig) -> list[np.ndarray]:
+    out = []
+    left = members.copy()
+    while len(left) > 1:
+        x = emb[left]
+        # the medoid under summed cosine similarity: argmax_i x_i . sum_j x_j (no S x S needed)
+        seed = int(np.argmax(x @ x.sum(axis=0)))
+        to_seed = x @ x[seed]
+        cand = np.flatnonzero(to_seed >= cfg.min_pair_sim)
+        cand = cand[np.argsort(-to_seed[cand], kind="stable")][: cfg.max_set_size]
+        # greedily drop the member with most incoherent partners until none is left
+        while len(cand) > 1:
+            s = x[cand] @ x[cand].T
+            bad = (s < cfg.min_pair_sim).sum(axis=1)
+            if bad.max() == 0:
+                break
+            worst = np.flatnonzero(bad == bad.max())
+            worst = worst[worst != 0] if (worst != 0).any() else worst  # keep the seed while possible
+            cand = np.delete(cand, worst[-1])
+        out.append(np.sort(left[cand]))
+        mask = np.ones(len(left), dtype=bool)
+        mask[cand] = False
+        mask[seed] = False
+        left = left[mask]
+    return out
+
+
+def guard_sets(
+    sets: list[np.ndarray],
+    emb: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+    link_threshold: float,
+    cfg: GuardConfig,
+) -> tuple[list[np.ndarray], GuardStats]:
+    """Check every set (indices into `emb`, unit-norm rows) and split the offenders.
+
+    `edges` are the (src, dst, weight) links that formed the sets, `link_threshold`
+    the weight they were linked at; splitting raises it round by round.
+    """
+    stats = GuardStats()
+    if not cfg.enabled:
+        return [s for s in sets if len(s) > 1], stats
+    src, dst, w = edges
+    # edges grouped by the set holding them (both ends are in the same set)
+    label = np.full(len(emb), -1, dtype=np.int64)
+    for i, s in enumerate(sets):
+        label[s] = i
+    owner = label[src] if len(src) else np.zeros(0, np.int64)
+    order = np.argsort(owner, kind="stable")
+    src, dst, w, owner = src[order], dst[order], w[order], owner[order]
+    starts = np.searchsorted(owner, np.arange(len(sets) + 1))
+
+    def coherent(members: np.ndarray, count_before: bool) -> bool:
+        if len(members) > cfg.max_set_size:
+            if count_before:
+                stats.sets_oversize += 1
+            return False
+        x = emb[members]
+        bad = _incoherent_pairs(x @ x.T, cfg.min_pair_sim)
+        if count_before:
+            stats.incoherent_pairs_before += bad
+            if bad:
+                stats.sets_incoherent += 1
+        return bad == 0
+
+    out: list[np.ndarray] = []
+    for i, members in enumerate(sets):
+        if len(members) < 2:
+            continue
+        stats.sets_checked += 1
+        if coherent(members, True):
+            out.append(members)
+            continue
+        es, ed, ew = src[starts[i] : starts[i + 1]], dst[starts[i] : starts[i + 1]], w[starts[i] : starts[i + 1]]
+        pending = [members]
+        for r in range(1, cfg.max_rounds + 1):
+            stats.split_rounds += 1
+            t = link_threshold + cfg.step * r
+            nxt = []
+            for part in pending:
+                mask = np.isin(es, part)
+                for comp in _components(part, es[mask], ed[mask], ew[mask], t):
+                    if len(comp) < 2:
+                        stats.members_dropped += 1
+                    elif coherent(comp, False):
+                        out.append(comp)
+                    else:
+                        nxt.append(comp)
+            pending = nxt
+            if not pending:
+                break
+        for part in pending:
+            stats.sets_peeled += 1
+            kept = [c for c in _peel(part, emb, cfg) if len(c) > 1]
+            out.extend(kept)
+            stats.members_dropped += len(part) - sum(len(c) for c in kept)
+    for s in out:
+        x = emb[s]
+        stats.incoherent_pairs_after += _incoherent_pairs(x @ x.T, cfg.min_pair_sim)
+    out.sort(key=lambda s: int(s[0]))
+    return out, stats

@@ -1,0 +1,109 @@
+"""Spherical (cosine) k-means with FAISS: train on a bounded sample, assign in batches.
+
+faiss-gpu is used when it is installed and sees a GPU (`gpu="auto"`), else faiss-cpu.
+Training samples at most `max_points_per_centroid * k` vectors, as FAISS itself does,
+but we draw the sample ourselves (seeded) so the driver never loads more than that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from acedata.errors import UserError
+
+
+def faiss_gpus() -> int:
+    import faiss
+
+    try:
+        return int(faiss.get_num_gpus())
+    except AttributeError:  # faiss-cpu builds without the GPU symbols
+        return 0
+
+
+def use_gpu(gpu: str | bool) -> bool:
+    if gpu == "auto":
+        return faiss_gpus() > 0
+    if gpu in (True, "true", "yes") and faiss_gpus() == 0:
+        raise UserError("cluster: gpu: true but faiss sees no GPU (install faiss-gpu or set gpu: auto)")
+    return bool(gpu in (True, "true", "yes"))
+
+
+@dataclass
+class KMeansResult:
+    centroids: np.ndarray  # (k, d) float32, unit norm
+    objective: float  # sum of inner products at the last iteration (higher is better)
+    train_points: int
+    gpu: bool
+
+
+def train_spherical(
+    sample: np.ndarray,
+    k: int,
+    niter: int = 20,
+    seed: int = 0,
+    gpu: str | bool = "auto",
+    max_points_per_centroid: int = 256,
+) -> KMeansResult:
+    """Train k unit-norm centroids on (already sampled) unit-norm rows."""
+    import faiss
+
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    n, d = x.shape
+    if n == 0:
+        raise UserError("cluster: no vectors to train on")
+    k = min(k, n)  # a k above the number of points cannot be trained
+    on_gpu = use_gpu(gpu)
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        seed=seed,
+        spherical=True,
+        gpu=on_gpu,
+        max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=1,
+        verbose=False,
+    )
+    km.train(x)
+    obj = float(km.obj[-1]) if len(km.obj) else float("nan")
+    return KMeansResult(np.ascontiguousarray(km.centroids, dtype=np.float32), obj, n, on_gpu)
+
+
+def sample_size(k: int, max_points_per_centroid: int) -> int:
+    return k * max_points_per_centroid
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid by inner product: (cluster_id int32, cosine similarity float32)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    if gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    sims, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return ids[:, 0].astype(np.int32), sims[:, 0].astype(np.float32)
+
+
+def size_stats(sizes: np.ndarray, k: int) -> dict[str, float | int]:
+    """Cluster-size statistics for a stage summary (`sizes` = members per cluster id)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    full = np.zeros(k, dtype=np.int64)
+    full[: len(sizes)] = sizes[:k]
+    nonempty = full[full > 0]
+    if len(nonempty) == 0:
+        return {"k": k, "nonempty": 0}
+    return {
+        "k": k,
+        "nonempty": len(nonempty),
+        "empty": int(k - len(nonempty)),
+        "singletons": int((nonempty == 1).sum()),
+        "min": int(nonempty.min()),
+        "median": float(np.median(nonempty)),
+        "mean": round(float(nonempty.mean()), 2),
+        "p99": float(np.percentile(nonempty, 99)),
+        "max": int(nonempty.max()),
+    }

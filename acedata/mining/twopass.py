@@ -1,0 +1,129 @@
+"""Two-turn union-find inside one coarse cluster, then pair enumeration per final set.
+
+Turn 1 links members whose embedding cosine lies in [tau_low, tau_high] (blocked, see
+`similarity.band_edges`); turn 2 re-links the members of each turn-1 set by a scorer's
+own band. The chaining guard checks and splits the sets after each turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from acedata.mining.chaining import GuardConfig, GuardStats, guard_sets
+from acedata.mining.scorers import Scorer
+from acedata.mining.similarity import BandStats, band_edges
+from acedata.mining.unionfind import UnionFind
+
+
+@dataclass
+class MiningParams:
+    tau_low: float = 0.8
+    tau_high: float = 0.95
+    pass2_low: float = 0.0
+    pass2_high: float = 1.0
+    block: int = 4096
+    device: str = "cpu"
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+
+@dataclass
+class FinalSet:
+    members: np.ndarray  # indices into the cluster's rows, sorted
+    pass2: dict[tuple[int, int], float]  # (a, b) with a < b (global) -> pass-2 score
+
+
+@dataclass
+class MiningStats:
+    points: int = 0
+    pass1_edges: int = 0
+    pass1_sets: int = 0
+    pass2_edges: int = 0
+    pass2_sets: int = 0
+    guard_pass1: GuardStats = field(default_factory=GuardStats)
+    guard_pass2: GuardStats = field(default_factory=GuardStats)
+    band: BandStats = field(default_factory=BandStats)
+
+    def flat(self) -> dict[str, float]:
+        out: dict[str, float] = {
+            "points": self.points,
+            "pass1_edges": self.pass1_edges,
+            "pass1_sets": self.pass1_sets,
+            "pass2_edges": self.pass2_edges,
+            "pass2_sets": self.pass2_sets,
+            "sim_flops": self.band.flops,
+        }
+        for name, g in (("guard1", self.guard_pass1), ("guard2", self.guard_pass2)):
+            out.update({f"{name}_{k}": v for k, v in asdict(g).items()})
+        return out
+
+
+ImagesFor = Callable[[np.ndarray], list[bytes | None]]
+
+
+def mine_cluster(
+    emb: np.ndarray,
+    scorer: Scorer,
+    params: MiningParams,
+    images_for: ImagesFor | None = None,
+    stats: MiningStats | None = None,
+) -> list[FinalSet]:
+    """Final sets of one cluster (`emb`: unit-norm rows, float32)."""
+    stats = stats if stats is not None else MiningStats()
+    n = len(emb)
+    stats.points += n
+    if n < 2:
+        return []
+    src, dst, sim = band_edges(emb, params.tau_low, params.tau_high, params.block, params.device, stats.band)
+    stats.pass1_edges += len(src)
+    uf = UnionFind(n)
+    uf.union_edges(src, dst)
+    sets1 = uf.sets(min_size=2)
+    sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard)
+    stats.guard_pass1.add(g1)
+    stats.pass1_sets += len(sets1)
+    out: list[FinalSet] = []
+    for members in sets1:
+        ps = scorer.score_set(emb[members], images_for(members) if scorer.needs_images else None)
+        a, b = members[ps.src], members[ps.dst]  # members is sorted, so a < b
+        scores = dict(zip(zip(a.tolist(), b.tolist()), ps.score.tolist()))
+        linked = (ps.score >= params.pass2_low) & (ps.score <= params.pass2_high)  # nan never links
+        stats.pass2_edges += int(linked.sum())
+        uf2 = UnionFind(len(members))
+        uf2.union_edges(ps.src[linked], ps.dst[linked])
+        sets2 = [members[g] for g in uf2.sets(min_size=2)]
+        edges2 = (a[linked], b[linked], ps.score[linked].astype(np.float32))
+        sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard)
+        stats.guard_pass2.add(g2)
+        for s in sets2:
+            keys = zip(*[x.tolist() for x in np.triu_indices(len(s), 1)])
+            out.append(FinalSet(s, {(int(s[i]), int(s[j])): scores[(int(s[i]), int(s[j]))] for i, j in keys}))
+    stats.pass2_sets += len(out)
+    return out
+
+
+def set_key(ids: list[str]) -> str:
+    """A stable identity for a set of image ids (order-free)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def set_id(ids: list[str]) -> int:
+    return int(set_key(ids)[:15], 16)  # fits int64
+
+
+def sample_pairs(size: int, cap: int, key: str) -> list[tuple[int, int]]:
+    """All (i < j) pairs of a set of `size`, or `cap` of them drawn deterministically from `key`."""
+    total = size * (size - 1) // 2
+    if total <= cap:
+        i, j = np.triu_indices(size, 1)
+        return list(zip(i.tolist(), j.tolist()))
+    rng = np.random.default_rng(int(key[:16], 16))
+    flat = np.sort(rng.choice(total, size=cap, replace=False))
+    # invert the row-major upper-triangle numbering: row i starts at i*size - i*(i+1)/2
+    starts = np.array([i * size - i * (i + 1) // 2 for i in range(size)], dtype=np.int64)
+    rows = np.searchsorted(starts, flat, side="right") - 1
+    cols = flat - starts[rows] + rows + 1
+    return list(zip(rows.tolist(), cols.tolist()))
