@@ -89,6 +89,7 @@ def decode(data: bytes, limits: Limits = Limits()) -> Decoded:
                 im.seek(0)
             orig_format, orig_mode = im.format or "unknown", im.mode
             im.load()
+            opened = im
             im = ImageOps.exif_transpose(im) if im.getexif() else im
     except Rejected:
         raise
@@ -110,7 +111,7 @@ def decode(data: bytes, limits: Limits = Limits()) -> Decoded:
         s = limits.max_side / max(w, h)
         rgb = rgb.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
         resized = True
-    untouched = orig_format == "JPEG" and orig_mode == "RGB" and rgb is im and not resized and frames == 1
+    untouched = orig_format == "JPEG" and orig_mode == "RGB" and rgb is opened and not resized and frames == 1
     if untouched:
         out, fmt = data, "JPEG"
     else:
