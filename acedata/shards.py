@@ -217,7 +217,8 @@ def finalize_manifest(table_dir: str, schema: pa.Schema, table: str | None = Non
 
 
 def schema_to_json(schema: pa.Schema) -> list[list[str]]:
-    return [[f.name, str(f.type)] for f in schema]
+    # Parquet names list children "element" on read-back where Arrow says "item": the same type.
+    return [[f.name, str(f.type).replace("<element: ", "<item: ")] for f in schema]
 
 
 # --- reading -----------------------------------------------------------------------
