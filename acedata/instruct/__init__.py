@@ -1,0 +1,1 @@
+"""Instruction labeling: templates, LLM rewrites, MLLM captioners, captioner training data."""

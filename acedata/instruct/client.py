@@ -1,0 +1,187 @@
+"""An async client for OpenAI-compatible chat completions (what `vllm serve` exposes).
+
+Built on the official `openai` client with its own retries switched off, so the policy
+here is explicit and observable: bounded concurrency (a semaphore), a timeout per
+request, and retries with exponential backoff and jitter on 429, 5xx, timeouts,
+dropped connections and unparseable response bodies (a `Retry-After` header is
+honoured, capped). Client errors (400, 401, 404 ...) are not retried. Every request
+ends in a `ChatResult`: text, or an error code, never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field
+
+from acedata.config import Strict
+
+
+class EndpointConfig(Strict):
+    """One served model: where it is, how to call it, how to sample."""
+
+    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    model: str  # the served model name
+    api_key_env: str | None = None  # name of the environment variable holding the key (never the key)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    backoff_s: float = Field(0.5, ge=0)  # first retry delay; doubles each retry
+    backoff_max_s: float = Field(8.0, ge=0)
+    concurrency: int = Field(8, ge=1)  # requests in flight per worker
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = Field(128, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    extra_body: dict[str, Any] = Field(default_factory=dict)  # server-specific sampling knobs
+    # How to ask for JSON: OpenAI `response_format` json_schema, vLLM's `guided_json`, or by prompt only.
+    structured_output: Literal["json_schema", "guided_json", "none"] = "json_schema"
+
+    def api_key(self) -> str:
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if key:
+                return key
+        return "EMPTY"  # vLLM / transformers serve accept any key unless started with one
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)  # per-request overrides (response_format, ...)
+
+
+@dataclass
+class ChatResult:
+    text: str | None
+    error: str | None = None  # timeout | connection | http_429 | http_5xx | http_4xx | bad_response
+    detail: str = ""
+    attempts: int = 0
+    latency_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _classify(exc: BaseException) -> tuple[str, bool, float | None]:
+    """(error code, retryable, server-suggested delay) for an exception from the openai client."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout", True, None
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection", True, None
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        retry_after = None
+        try:
+            retry_after = float(exc.response.headers.get("retry-after", ""))
+        except (TypeError, ValueError):
+            pass
+        if status == 429:
+            return "http_429", True, retry_after
+        if status >= 500:
+            return "http_5xx", True, retry_after
+        return f"http_{status}", False, None
+    if isinstance(exc, (openai.APIResponseValidationError, ValueError, KeyError, TypeError)):
+        return "bad_response", True, None  # a truncated or non-JSON body
+    return "error", False, None
+
+
+class ChatClient:
+    """Send many chat requests to one endpoint; results come back in request order."""
+
+    def __init__(self, cfg: EndpointConfig, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self._rng = rng or random.Random(0)
+        self.stats = {"requests": 0, "retries": 0, "failed": 0}
+
+    def _body(self, req: ChatRequest) -> dict[str, Any]:
+        c = self.cfg
+        body: dict[str, Any] = {
+            "model": c.model, "messages": req.messages, "temperature": c.temperature, "top_p": c.top_p,
+            "max_tokens": c.max_tokens,
+        }
+        if c.stop:
+            body["stop"] = c.stop
+        if c.seed is not None:
+            body["seed"] = c.seed
+        extra = dict(c.extra_body)
+        params = dict(req.params)
+        extra.update(params.pop("extra_body", {}))
+        body.update(params)
+        if extra:
+            body["extra_body"] = extra
+        return body
+
+    async def _one(self, client: Any, sem: asyncio.Semaphore, req: ChatRequest) -> ChatResult:
+        c = self.cfg
+        t0 = time.perf_counter()
+        attempt = 0
+        code, detail = "error", ""
+        async with sem:
+            while True:
+                attempt += 1
+                self.stats["requests"] += 1
+                try:
+                    resp = await client.chat.completions.create(**self._body(req))
+                    choice = resp.choices[0]
+                    text = choice.message.content if choice.message is not None else None
+                    return ChatResult(text or "", None, "", attempt, time.perf_counter() - t0)
+                except Exception as e:  # noqa: BLE001 - classified below; nothing escapes
+                    code, retryable, hint = _classify(e)
+                    detail = f"{type(e).__name__}: {str(e)[:200]}"
+                if not retryable or attempt > c.max_retries:
+                    break
+                self.stats["retries"] += 1
+                delay = min(c.backoff_max_s, c.backoff_s * 2 ** (attempt - 1))
+                delay *= 0.5 + self._rng.random() / 2  # jitter: spread retries of many requests
+                if hint is not None:
+                    delay = min(max(delay, hint), c.backoff_max_s)
+                await asyncio.sleep(delay)
+        self.stats["failed"] += 1
+        return ChatResult(None, code, detail, attempt, time.perf_counter() - t0)
+
+    async def acomplete_many(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        from openai import AsyncOpenAI
+
+        sem = asyncio.Semaphore(self.cfg.concurrency)
+        # A fresh client per call: its connection pool belongs to this event loop.
+        async with AsyncOpenAI(base_url=self.cfg.base_url, api_key=self.cfg.api_key(), max_retries=0,
+                               timeout=self.cfg.timeout_s) as client:
+            return list(await asyncio.gather(*(self._one(client, sem, r) for r in requests)))
+
+    def complete_many(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """Synchronous entry point for stage code (runs its own event loop)."""
+        if not requests:
+            return []
+        return run_sync(self.acomplete_many(requests))
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion, also from a thread that already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["v"] = asyncio.run(coro)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["e"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]
+    return box["v"]
