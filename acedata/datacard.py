@@ -1,0 +1,222 @@
+"""The dataset card: `README.md` in an LCU dataset folder.
+
+It opens with Hugging Face YAML (`configs` listing the train/validation Parquet files, so
+`datasets.load_dataset(FOLDER)` finds the splits) and records what a user of the data needs:
+the schema, counts per task/subtask and split, the provenance of every stage of the run, the
+models used (random-init ones flagged), the filter thresholds found in pair provenance and the
+quarantine totals. Everything comes from metadata columns and run markers, never image bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections import Counter
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel
+
+from acedata import shards
+from acedata.schemas import LCU, SCHEMA_VERSION
+from acedata.stats import run_tables, stage_summaries
+
+SPLIT_TABLES = {"train": "lcu", "validation": "lcu_validation"}
+THRESHOLD_KEYS = ("thresholds", "filters", "filter", "params")
+
+
+def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(f"{r.get(c):,}" if isinstance(r.get(c), int) else str(r.get(c)) for c in cols) + " |"
+            for r in rows]
+    return "\n".join(out)
+
+
+def _files(dirs: list[str]) -> list[str]:
+    return [f for d in dirs for f in shards.list_shards(d)]
+
+
+def _walk(obj: Any, keys: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """(key, value) for every key in `keys` found anywhere inside a JSON value."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in keys:
+                found.append((k, v))
+            found.extend(_walk(v, keys))
+    elif isinstance(obj, list):
+        for v in obj:
+            found.extend(_walk(v, keys))
+    return found
+
+
+def _provenance(values: list[str | None]) -> list[Any]:
+    out = []
+    for v in values:
+        if v:
+            try:
+                out.append(json.loads(v))
+            except ValueError:
+                continue
+    return out
+
+
+def models_used(tables: dict[str, list[str]]) -> Counter:
+    """Model ids from instruction/embedding `model` columns and `model` keys of pair provenance."""
+    found: Counter = Counter()
+    for name in ("instructions", "embeddings"):
+        files = _files(tables.get(name, []))
+        if files:
+            df = pl.scan_parquet(files).select("model").drop_nulls().group_by("model").len().collect()
+            found.update({m: int(n) for m, n in df.iter_rows()})
+    pair_files = _files(tables.get("pairs", []))
+    if pair_files:
+        prov = pl.scan_parquet(pair_files).select("provenance").collect().to_series().to_list()
+        for p in _provenance(prov):
+            for _, v in _walk(p, ("model", "models")):
+                for m in v if isinstance(v, list) else [v]:
+                    if isinstance(m, str):
+                        found[m] += 1
+    return found
+
+
+def thresholds_used(tables: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Distinct filter settings per (task, subtask) from pair provenance."""
+    pair_files = _files(tables.get("pairs", []))
+    if not pair_files:
+        return []
+    df = pl.scan_parquet(pair_files).select("task", "subtask", "provenance").unique().collect()
+    seen: dict[tuple[str, str, str], int] = {}
+    for task, subtask, prov in df.iter_rows():
+        for p in _provenance([prov]):
+            for key, v in _walk(p, THRESHOLD_KEYS):
+                if isinstance(v, dict) and v:
+                    item = (task, subtask, json.dumps({key: v}, sort_keys=True))
+                    seen[item] = seen.get(item, 0) + 1
+    return [{"task": t, "subtask": s, "settings": j} for (t, s, j) in sorted(seen)]
+
+
+def _split_counts(folder: str) -> tuple[list[dict[str, Any]], dict[str, int], list[dict[str, Any]]]:
+    per: dict[tuple[str, str], dict[str, int]] = {}
+    rows: dict[str, int] = {}
+    turns: Counter = Counter()
+    for split, t in SPLIT_TABLES.items():
+        path = os.path.join(folder, t)
+        files = _files([path]) if os.path.isdir(path) else []
+        rows[split] = sum(shards.open_parquet(f).metadata.num_rows for f in files)
+        if not files:
+            continue
+        lf = pl.scan_parquet(files)
+        for task, subtask, n in lf.group_by("task", "subtask").len().collect().iter_rows():
+            per.setdefault((task, subtask), {})[split] = int(n)
+        for k, n in lf.group_by("num_turns").len().collect().iter_rows():
+            turns[int(k)] += int(n)
+    total = sum(rows.values()) or 1
+    groups = [
+        {"task": t, "subtask": s, "train": c.get("train", 0), "validation": c.get("validation", 0),
+         "share": f"{100 * sum(c.values()) / total:.1f}%"}
+        for (t, s), c in sorted(per.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    ]
+    turn_rows = [{"num_turns": k, "count": n, "share": f"{100 * n / total:.1f}%"} for k, n in sorted(turns.items())]
+    return groups, rows, turn_rows
+
+
+def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None,
+               counts: dict[str, Any] | None = None) -> str:
+    """Write `FOLDER/README.md` for the LCU tables under FOLDER; returns its path."""
+    groups, rows, turns = _split_counts(folder)
+    tables = run_tables(run_dir) if run_dir and os.path.isdir(run_dir) else {}
+    models = models_used(tables)
+    random_init = sorted(m for m in models if "random-init" in m or "random_init" in m)
+    data_files = [f"  - split: {s}\n    path: {t}/*.parquet" for s, t in SPLIT_TABLES.items() if rows.get(s)]
+    lines = [
+        "---",
+        "pretty_name: acedata LCU instruction-editing dataset",
+        "task_categories:\n- image-to-image\n- text-to-image",
+        "configs:\n- config_name: default\n  data_files:\n" + "\n".join(data_files) if data_files else "",
+        "---",
+        "",
+        "# LCU training dataset",
+        "",
+        (f"Long-context Condition Units assembled by `acedata` (schema version {SCHEMA_VERSION}) on "
+        f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}. "
+        f"Rows: train {rows.get('train', 0):,}, validation {rows.get('validation', 0):,}."),
+        "",
+    ]
+    if random_init:
+        lines += [
+            "> **Warning:** some stages ran randomly-initialised models (" + ", ".join(f"`{m}`" for m in random_init)
+            + "). Their outputs test the pipeline only; do not train a real model on them.",
+            "",
+        ]
+    if counts:
+        keys = ("single_turn", "multi_turn", "t2i", "pairs_in", "pairs_labelled", "quarantine")
+        lines += ["Assembly: " + ", ".join(f"{k} {counts[k]:,}" for k in keys if k in counts) + ".", ""]
+    lines += [
+        "## Loading",
+        "",
+        "```python",
+        "import datasets, polars as pl",
+        f"ds = datasets.load_dataset({folder!r})  # splits from the YAML above; images decode to PIL",
+        "meta = pl.scan_parquet('lcu/*.parquet').select('task', 'subtask', 'instruction')  # no image bytes read",
+        "```",
+        "",
+        ("Image indicators: condition frames are the history CUs' inputs (oldest first) then the current "
+        "inputs; condition frame k is written `{image}` (k = 1) or `{image<k-1>}`, the target is index N."),
+        "",
+        "## Counts per task and subtask",
+        "",
+        table(groups, ["task", "subtask", "train", "validation", "share"]) if groups else "  (no rows)",
+        "",
+        "Turns per sample:",
+        "",
+        table(turns, ["num_turns", "count", "share"]) if turns else "  (no rows)",
+        "",
+        "## Schema",
+        "",
+        "| column | type |",
+        "|---|---|",
+        *[f"| `{f.name}` | `{f.type}` |" for f in LCU],
+        "",
+        "## Provenance per stage",
+        "",
+    ]
+    summaries = stage_summaries(run_dir) if run_dir and os.path.isdir(run_dir) else []
+    if summaries:
+        lines += ["| stage | kind | seconds | counts |", "|---|---|---|---|"]
+        for s in summaries:
+            c = ", ".join(f"{k}={v}" for k, v in sorted(s.get("counts", {}).items()))
+            lines.append(f"| {s['name']} | {s.get('stage', '')} | {s.get('seconds', '')} | {c} |")
+        configs = [(s["name"], s["config"]) for s in summaries if s.get("config")]
+        for name, cfg in configs:
+            lines += ["", f"`{name}` config: `{json.dumps(cfg, sort_keys=True)}`"]
+    else:
+        lines.append("(no run markers found next to this dataset)")
+    if config is not None:
+        lines += ["", f"Assembly config: `{json.dumps(config.model_dump(mode='json'), sort_keys=True)}`"]
+    lines += ["", "## Models used", ""]
+    if models:
+        lines += ["| model | rows | random-init |", "|---|---|---|"]
+        lines += [f"| `{m}` | {n:,} | {'yes' if m in random_init else ''} |" for m, n in models.most_common()]
+    else:
+        lines.append("(no model recorded: every stage was algorithmic)")
+    lines += ["", "## Filter thresholds", ""]
+    found = thresholds_used(tables)
+    if found:
+        lines += ["| task | subtask | settings |", "|---|---|---|"]
+        lines += [f"| {t['task']} | {t['subtask']} | `{t['settings']}` |" for t in found]
+    else:
+        lines.append("(no filter settings recorded in pair provenance)")
+    q_files = _files(tables.get("quarantine", []))
+    if q_files:
+        df = pl.scan_parquet(q_files).group_by("stage", "reason").len("count").sort("stage", "reason").collect()
+        lines += ["", "## Quarantined inputs", "", table(df.to_dicts(), ["stage", "reason", "count"])]
+    lines += ["", "## Files", "", ("Shards are zstd Parquet with image bytes inline, listed with rows, bytes and sha256 "
+              "in each table's `_manifest.json`; `acedata validate` checks them. Reading the shards in manifest "
+              "order gives the seeded shuffle.")]
+    fs, d = shards.resolve(folder)
+    path = f"{d}/README.md"
+    shards.write_bytes_atomic(fs, path, ("\n".join(lines) + "\n").encode())
+    return path

@@ -1,0 +1,338 @@
+"""Assembly: LCU rows from pairs + instructions + images, multi-turn chains, splits, shards, card."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+import os
+from collections import Counter
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+from acedata import shards
+from acedata.images import encode, image_cell, open_rgb, pixel_id
+from acedata.lcu import INDICATOR, IndicatorError, indicator, local_refs, renumber, renumber_lcu
+from acedata.pipeline import _write_marker, run_stages
+from acedata.runtime import run_stage
+from acedata.schemas import IMAGES, INSTRUCTIONS, PAIRS, QUARANTINE
+from acedata.stage import RunContext
+from acedata.stages.assemble import Assemble, AssembleConfig
+from acedata.stages.ingest import IngestConfig
+
+
+def _img_row(im: Image.Image, kind: str, uri: str) -> dict:
+    data = encode(im.convert("RGB") if kind != "mask" else im, "PNG")
+    return {"image_id": pixel_id(im.convert("RGB")), "source_uri": uri, "width": im.width, "height": im.height,
+            "format": "PNG", "image": image_cell(data), "kind": kind}
+
+
+def _mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    m = Image.new("L", size, 0)
+    ImageDraw.Draw(m).rectangle(box, fill=255)
+    return m
+
+
+def _pair(pid: str, src: str, tgt: str, task: str, subtask: str, **kw) -> dict:
+    return {"pair_id": pid, "source_id": src, "target_id": tgt, "task": task, "subtask": subtask,
+            "provenance": json.dumps({"stage": "test", "algorithm": subtask, "params": {"min_ssim": 0.5}}), **kw}
+
+
+def _instr(pid: str, variant: int, text: str, method: str = "template") -> dict:
+    return {"pair_id": pid, "variant": variant, "instruction": text, "method": method,
+            "model": "tiny-llm@random-init" if method == "llm_rewrite" else None}
+
+
+def build_world(run: str, corpus: str) -> dict:
+    """A run with real ingest output, synthesized images, pairs of every shape and instructions."""
+    run_stages([IngestConfig(name="ingest", sources=[corpus])], run, executor="local", name="t")
+    ing = shards.read_table(os.path.join(run, "ingest", "images"), ["image_id", "image", "group"]).to_pylist()
+    by_group: dict[str, list[dict]] = {}
+    for r in sorted(ing, key=lambda r: r["image_id"]):
+        by_group.setdefault(r["group"] or "none", []).append(r)
+    groups = sorted(g for g in by_group if len(by_group[g]) >= 4)
+    pic = {r["image_id"]: open_rgb(r["image"]["bytes"]) for r in ing}
+    synth: list[dict] = []
+
+    def add(im: Image.Image, kind: str = "image") -> str:
+        row = _img_row(im, kind, f"synth://{len(synth)}")
+        synth.append(row)
+        return row["image_id"]
+
+    pairs: list[dict] = []
+    instr: list[dict] = []
+    # A synthesis chain: A -grayscale-> B -blur-> C -remove (mask)-> D
+    a = by_group[groups[0]][0]["image_id"]
+    b = add(ImageOps.grayscale(pic[a]).convert("RGB"))
+    c = add(open_rgb(synth[-1]["image"]["bytes"]).filter(ImageFilter.GaussianBlur(2)))
+    cim = open_rgb(synth[-1]["image"]["bytes"])
+    mask_c = add(_mask(cim.size, (4, 4, cim.width // 2, cim.height // 2)), "mask")
+    d = add(ImageOps.posterize(cim, 2))
+    pairs += [
+        _pair("chain1", a, b, "low_level", "grayscale"),
+        _pair("chain2", b, c, "semantic_editing", "style", parent_pair_id="chain1"),
+        _pair("chain3", c, d, "element_editing", "remove", mask_id=mask_c, parent_pair_id="chain2"),
+    ]
+    instr += [_instr("chain1", 0, "turn {image} into black and white"),
+              _instr("chain1", 1, "make {image} grayscale", "llm_rewrite"),
+              _instr("chain2", 0, "blur {image} softly"),
+              _instr("chain3", 0, "remove the marked region from {image}")]
+    # Repainting with a mask; variant 1 names an input the pair does not have.
+    e = by_group[groups[1]][0]["image_id"]
+    mask_e = add(_mask(pic[e].size, (0, 0, pic[e].width // 3, pic[e].height)), "mask")
+    f = add(ImageOps.invert(pic[e]))
+    pairs.append(_pair("repaint", e, f, "repainting", "inpainting", mask_id=mask_e))
+    instr += [_instr("repaint", 0, "repaint the masked area of {image}"), _instr("repaint", 1, "mix {image2} in")]
+    # Reference generation: two inputs named {image1} {image2}.
+    g, h = by_group[groups[2]][0]["image_id"], by_group[groups[3]][0]["image_id"]
+    i = add(Image.blend(pic[g].resize((64, 48)), pic[h].resize((64, 48)), 0.5))
+    pairs.append(_pair("ref", g, i, "reference_generation", "subject", extra_input_ids=[h]))
+    instr.append(_instr("ref", 0, "draw the subject of {image1} in the style of {image2}"))
+    # A mined set: all ordered pairs of four variants of one photo.
+    mined = [r["image_id"] for r in by_group[groups[4]][:4]]
+    for x in mined:
+        for y in mined:
+            if x != y:
+                pid = f"mined-{x[:6]}-{y[:6]}"
+                pairs.append(_pair(pid, x, y, "natural_edit", "general", set_id=5, sim_pass1=0.9, score_pass2=0.8,
+                                   scores=[{"name": "ssim", "value": 0.6}]))
+                instr += [_instr(pid, 0, f"edit {{image}} toward {y[:4]}"),
+                          _instr(pid, 1, f"change {{image}} ({x[:4]})", "llm_rewrite")]
+    # Simple pairs in the other groups, so a split has independent components to draw from.
+    for gname in groups[5:]:
+        s, t = by_group[gname][0]["image_id"], by_group[gname][1]["image_id"]
+        pairs.append(_pair(f"simple-{gname}", s, t, "controllable", "canny"))
+        instr.append(_instr(f"simple-{gname}", 0, f"generate from the edges in {{image}} ({gname})"))
+    # Rows that must end in quarantine.
+    k, m = by_group[groups[5]][2]["image_id"], by_group[groups[5]][3]["image_id"]
+    pairs += [_pair("unlabelled", k, m, "low_level", "mosaic"), _pair("badref", k, m, "low_level", "mosaic"),
+              _pair("missing", k, "0" * 64, "low_level", "mosaic")]
+    instr += [_instr("badref", 0, "compare {image1} and {image3}"), _instr("missing", 0, "x {image}")]
+    t2i = by_group[groups[6]][3]["image_id"]
+    instr += [_instr(f"t2i:{t2i}", 0, "a photograph of a test subject", "caption"),
+              _instr("t2i:" + "f" * 64, 0, "caption of an image nobody has", "caption"),
+              _instr("nopair", 0, "an instruction for no pair")]
+    sdir = os.path.join(run, "synth")
+    shards.write_table(os.path.join(sdir, "images"), pa.Table.from_pylist(synth, IMAGES), IMAGES)
+    shards.write_table(os.path.join(sdir, "pairs"), pa.Table.from_pylist(pairs, PAIRS), PAIRS)
+    shards.write_table(os.path.join(sdir, "quarantine"),
+                       pa.Table.from_pylist([{"source_uri": "x", "stage": "synth", "reason": "low_ssim"}] * 2,
+                                            QUARANTINE), QUARANTINE)
+    shards.write_table(os.path.join(run, "label", "instructions"), pa.Table.from_pylist(instr, INSTRUCTIONS),
+                       INSTRUCTIONS)
+    _write_marker(sdir, "test", {"stage": "synthesize", "counts": {"pairs": len(pairs)}})
+    _write_marker(os.path.join(run, "label"), "test", {"stage": "instruct", "counts": {"instructions": len(instr)}})
+    images = {r["image_id"]: r["image"]["bytes"] for r in ing} | {r["image_id"]: r["image"]["bytes"] for r in synth}
+    return {"pairs": pairs, "instr": instr, "images": images, "mined": mined, "sdir": sdir}
+
+
+def assemble(run: str, name: str = "assemble", out: str | None = None, **cfg) -> dict:
+    config = AssembleConfig(name=name, **cfg)
+    inputs = {
+        "images": [os.path.join(run, "ingest", "images"), os.path.join(run, "synth", "images")],
+        "pairs": [os.path.join(run, "synth", "pairs")],
+        "instructions": [os.path.join(run, "label", "instructions")],
+    }
+    out = out or run
+    stage = Assemble(config, RunContext(out, os.path.join(out, name), inputs))
+    summary = run_stage(stage, "local")
+    _write_marker(os.path.join(out, name), "test", summary)
+    return summary
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, demo_corpus):
+    run = str(tmp_path_factory.mktemp("run"))
+    w = build_world(run, demo_corpus)
+    w["run"] = run
+    w["summary"] = assemble(run, max_history=2, validation_fraction=0.3, rows_per_unit=7, seed=0)
+    rows = []
+    for t in ("lcu", "lcu_validation"):
+        for r in shards.read_table(os.path.join(run, "assemble", t)).to_pylist():
+            rows.append({**r, "split": t})
+    w["rows"] = rows
+    w["by_bytes"] = {hashlib.sha256(v).hexdigest(): k for k, v in w["images"].items()}
+    return w
+
+
+# --- indicator helpers --------------------------------------------------------------------
+
+
+def test_indicator_tokens_and_renumbering():
+    assert [indicator(i) for i in (0, 1, 9)] == ["{image}", "{image1}", "{image9}"]
+    assert local_refs("put {image1} on {image2}, like {image}") == [1, 2, 1]
+    assert renumber("blur {image}", 1, 0) == "blur {image}"
+    assert renumber("blur {image}", 1, 3) == "blur {image3}"
+    assert renumber("{image1} into {image2}", 2, 0) == "{image} into {image1}"
+    assert renumber("{image1} into {image2}", 2, 4) == "{image4} into {image5}"
+    # one pass: a rewritten token is never rewritten again
+    assert renumber("{image2} then {image1}", 2, 1) == "{image2} then {image1}"
+    assert renumber_lcu(["a {image}", "b {image}", "c {image1} {image2}"], [1, 1, 2]) == [
+        "a {image}", "b {image1}", "c {image2} {image3}"]
+    with pytest.raises(IndicatorError):
+        renumber("{image3}", 2, 0)
+    with pytest.raises(IndicatorError):
+        renumber_lcu(["{image}"] * 10, [1] * 10)  # the target would need index 10
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def _ids(w, cells) -> list[str]:
+    return [w["by_bytes"][hashlib.sha256(c["bytes"]).hexdigest()] for c in cells]
+
+
+def test_row_counts_and_quarantine(world):
+    w, rows = world, world["rows"]
+    pairs = {p["pair_id"]: p for p in w["pairs"]}
+    variants = Counter(i["pair_id"] for i in w["instr"] if "{image3}" not in i["instruction"]
+                       and "{image2} in" not in i["instruction"])
+    usable = {p for p in pairs if variants.get(p) and p != "missing"}
+    single = [r for r in rows if r["num_turns"] == 1 and r["task"] != "text_to_image"]
+    assert Counter(r["pair_id"] for r in single) == Counter({p: variants[p] for p in usable})
+    multi = [r for r in rows if r["num_turns"] > 1]
+    mined = [p for p in pairs if p.startswith("mined-")]
+    # every mined pair B->C continues a path X->B of its set; chain2 and chain3 continue synthesis chains
+    assert sorted(r["pair_id"] for r in multi) == sorted(["chain2", "chain3", *mined])
+    assert {r["pair_id"]: r["num_turns"] for r in multi if r["pair_id"].startswith("chain")} == {"chain2": 2,
+                                                                                                 "chain3": 3}
+    assert all(r["num_turns"] == 3 for r in multi if r["pair_id"].startswith("mined-"))  # max_history=2
+    t2i = [r for r in rows if r["task"] == "text_to_image"]
+    assert len(t2i) == 1 and t2i[0]["inputs"] == [] and t2i[0]["history"] == []
+    assert len({r["sample_id"] for r in rows}) == len(rows)
+    q = shards.read_table(os.path.join(w["run"], "assemble", "quarantine")).to_pylist()
+    assert Counter((r["reason"], r["item_id"]) for r in q) == Counter({
+        ("no_instruction", "unlabelled"): 1, ("bad_indicator", "badref"): 1, ("bad_indicator", "repaint"): 1,
+        ("missing_image", "missing"): 1, ("missing_image", "t2i:" + "f" * 64): 1, ("orphan_instruction", "nopair"): 1})
+    c = w["summary"]["counts"]
+    assert c["lcu"] + c["lcu_validation"] == len(rows) and c["quarantine"] == len(q)
+    # every pair ends in a row or in quarantine
+    assert {r["pair_id"] for r in rows} | {r["item_id"] for r in q} >= set(pairs)
+
+
+def test_multi_turn_indicators_follow_frame_order(world):
+    """Frames as the trainer builds them: target, then history inputs oldest first, then current inputs."""
+    w = world
+    pairs = {p["pair_id"]: p for p in w["pairs"]}
+    texts = {(i["pair_id"], i["variant"]): i["instruction"] for i in w["instr"]}
+    checked = 0
+    for r in w["rows"]:
+        if r["task"] == "text_to_image":
+            continue
+        cus = [*r["history"], {"instruction": r["instruction"], "inputs": r["inputs"], "target": r["target"]}]
+        frames = [inp for cu in cus for inp in cu["inputs"]]  # condition frames 1..N
+        n = len(frames)
+        assert n <= 9
+        assert _ids(w, [f["image"] for f in frames]) == r["source_ids"]
+        prov = json.loads(r["provenance"])
+        chain = prov["chain"]
+        variants = [h["variant"] for h in prov["history_instructions"]] + [prov["instruction"]["variant"]]
+        assert chain[-1] == r["pair_id"] and len(chain) == len(cus) == len(variants)
+        k = 0
+        for cu, pid, v in zip(cus, chain, variants):
+            own = list(range(k, k + len(cu["inputs"])))  # condition frame k+1 carries index k
+            k += len(cu["inputs"])
+            p = pairs[pid]
+            assert _ids(w, [cu["inputs"][0]["image"]]) == [p["source_id"]]
+            assert _ids(w, [cu["target"]]) == [p["target_id"]]
+            assert (cu["inputs"][0]["mask"] is not None) == (p.get("mask_id") is not None)
+            original = texts[(pid, v)]
+            used = [int(x or 0) for x in INDICATOR.findall(cu["instruction"])]
+            assert INDICATOR.sub("@", original) == INDICATOR.sub("@", cu["instruction"])
+            assert len(used) == len(local_refs(original)) > 0
+            for index, j in zip(used, local_refs(original)):
+                assert index == own[j - 1], (original, cu["instruction"], own)
+                # the frame an indicator names holds the image the original instruction named
+                want = [p["source_id"], *(p.get("extra_input_ids") or [])][j - 1]
+                assert _ids(w, [frames[index]["image"]]) == [want]
+        # chains are continuous: each history target is the next CU's first input
+        for prev, nxt in itertools.pairwise(cus):
+            assert prev["target"]["bytes"] == nxt["inputs"][0]["image"]["bytes"]
+        checked += len(cus) > 1
+    assert checked == 14
+    chain3 = next(r for r in w["rows"] if r["pair_id"] == "chain3" and r["num_turns"] == 3)
+    assert [h["instruction"] for h in chain3["history"]] == ["turn {image} into black and white", "blur {image1} softly"] \
+        or [h["instruction"] for h in chain3["history"]] == ["make {image} grayscale", "blur {image1} softly"]
+    assert chain3["instruction"] == "remove the marked region from {image2}"
+    ref = next(r for r in w["rows"] if r["pair_id"] == "ref")
+    assert ref["instruction"] == "draw the subject of {image} in the style of {image1}"
+
+
+def test_split_has_no_source_overlap(world):
+    pairs = {p["pair_id"]: p for p in world["pairs"]}
+    seen: dict[str, set[str]] = {"lcu": set(), "lcu_validation": set()}
+    for r in world["rows"]:
+        imgs = set(r["source_ids"])
+        for pid in json.loads(r["provenance"]).get("chain", []):
+            imgs.add(pairs[pid]["target_id"])
+        seen[r["split"]] |= imgs
+    assert seen["lcu"] and seen["lcu_validation"]
+    assert not seen["lcu"] & seen["lcu_validation"]
+
+
+def test_shuffle_is_seeded_and_spans_shards(world, tmp_path):
+    run = world["run"]
+    order = [r["sample_id"] for r in world["rows"] if r["split"] == "lcu"]
+    assert len(shards.list_shards(os.path.join(run, "assemble", "lcu"))) > 1
+    out = str(tmp_path)
+    assemble(run, "again", out, max_history=2, validation_fraction=0.3, rows_per_unit=7, seed=0, dataset_card=False)
+    again = shards.read_table(os.path.join(out, "again", "lcu"), ["sample_id"]).column("sample_id").to_pylist()
+    assert again == order
+    assemble(run, "reseed", out, max_history=2, validation_fraction=0.3, rows_per_unit=7, seed=1, dataset_card=False)
+    other = shards.read_table(os.path.join(out, "reseed", "lcu"), ["sample_id", "pair_id"]).to_pylist()
+    assert [r["sample_id"] for r in other] != order
+    pair_order = [r["pair_id"] for r in world["rows"] if r["split"] == "lcu"]
+    assert pair_order != sorted(pair_order)  # not left in planning order
+
+
+def test_shards_open_with_datasets_pyarrow_polars(world):
+    import datasets
+
+    folder = os.path.join(world["run"], "assemble")
+    files = sorted(glob.glob(os.path.join(folder, "lcu", "*.parquet")))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert len(ds) == sum(1 for r in world["rows"] if r["split"] == "lcu")
+    row = next(r for r in ds if r["num_turns"] > 1)
+    assert isinstance(row["target"], Image.Image)
+    assert isinstance(row["inputs"][0]["image"], Image.Image)
+    assert isinstance(row["history"][0]["inputs"][0]["image"], Image.Image)
+    assert row["target"].size == (row["width"], row["height"])
+    splits = datasets.load_dataset(folder)  # the card's YAML names the splits
+    assert set(splits) == {"train", "validation"}
+    assert len(splits["validation"]) == sum(1 for r in world["rows"] if r["split"] == "lcu_validation")
+    t = pq.read_table(files[0])
+    assert b"huggingface" in t.schema.metadata and t.num_rows > 0
+    counts = pl.scan_parquet(files).group_by("task").len().collect()
+    assert counts["len"].sum() == len(ds)
+    for table in ("lcu", "lcu_validation", "quarantine"):
+        assert shards.validate(os.path.join(folder, table)) == []
+
+
+def test_dataset_card(world):
+    with open(os.path.join(world["run"], "assemble", "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    for needle in ("configs:", "split: validation", "## Schema", "`history`", "## Counts per task and subtask",
+                   "reference_generation", "## Provenance per stage", "synthesize", "## Models used",
+                   "tiny-llm@random-init", "Warning", "## Filter thresholds", "min_ssim", "no_instruction"):
+        assert needle in text, needle
+
+
+def test_funnel_of_the_run(world):
+    from acedata.stats import compute
+
+    res = compute(world["run"])
+    steps = {s["step"]: s["count"] for s in res["funnel"]["steps"]}
+    with open(os.path.join(world["run"], "ingest", "_SUCCESS.json"), encoding="utf-8") as f:
+        ingest = json.load(f)["summary"]["counts"]
+    assert steps["inputs"] == ingest["inputs"]
+    q = {(x["stage"], x["reason"]): x["count"] for x in res["funnel"]["quarantined"]}
+    assert q[("synth", "low_ssim")] == 2 and q[("assemble", "no_instruction")] == 1
+    assert steps["quarantined"] == ingest["quarantine"] + 2 + 6
+    assert steps["paired"] == 12 and steps["synthesized"] == len(world["pairs"]) - 12
+    assert steps["lcu_rows"] == len(world["rows"]) == res["rows"]
+    assert steps["labelled"] == len({i["pair_id"] for i in world["instr"] if not i["pair_id"].startswith("t2i:")})
