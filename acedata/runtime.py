@@ -111,36 +111,41 @@ def _task_fn(stage_cls: type[Stage], config: dict[str, Any], ctx: RunContext):
 
 
 def _run_on_ray(stage: Stage, units: list[WorkUnit]) -> None:
+    import warnings
+
     import ray.data
 
     res = stage.config.resources
     items = [{"id": u.id, "payload": json.dumps(u.payload)} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
-    remote: dict[str, Any] = {"num_cpus": res.num_cpus}
+    named: dict[str, Any] = {"num_cpus": res.num_cpus}
     if res.num_gpus:
-        remote["num_gpus"] = res.num_gpus
+        named["num_gpus"] = res.num_gpus
     if res.memory_gb:
-        remote["memory"] = int(res.memory_gb * (1 << 30))
+        named["memory"] = int(res.memory_gb * (1 << 30))
     config = stage.config.model_dump(mode="json")
-    if stage.uses_model:
-        out = ds.map_batches(
-            _ModelWorker,
-            fn_constructor_args=(type(stage), config, stage.ctx),
-            batch_size=1,
-            concurrency=res.concurrency,
-            max_restarts=res.max_retries,
-            max_task_retries=res.max_retries,
-            **remote,
-        )
-    else:
-        out = ds.map_batches(
-            _task_fn(type(stage), config, stage.ctx),
-            batch_size=1,
-            concurrency=res.concurrency,
-            max_retries=res.max_retries,
-            **remote,
-        )
-    out.materialize()
+    with warnings.catch_warnings():
+        # Bounded retries have no named map_batches parameter yet; they still travel as remote args.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        if stage.uses_model:
+            out = ds.map_batches(
+                _ModelWorker,
+                fn_constructor_args=(type(stage), config, stage.ctx),
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+                max_restarts=res.max_retries,
+                max_task_retries=res.max_retries,
+                **named,
+            )
+        else:
+            out = ds.map_batches(
+                _task_fn(type(stage), config, stage.ctx),
+                batch_size=1,
+                compute=ray.data.TaskPoolStrategy(size=res.concurrency),
+                max_retries=res.max_retries,
+                **named,
+            )
+        out.materialize()
 
 
 def _run_local(stage: Stage, units: list[WorkUnit]) -> None:
