@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _attempts: dict[str, int] = {}
 _lock = threading.Lock()
+_load: dict[str, dict[str, int]] = {}  # model -> in_flight, max_in_flight, requests
 
 _WORDINGS = [
     "Please {verb} {image}{rest}.",
@@ -133,6 +134,10 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/stats":  # stand-in only: observed load per model, for the tests
+            with _lock:
+                self._send(200, json.dumps(_load).encode())
+            return
         if self.path.rstrip("/") == "/v1/models":
             names = ["vlm", "vlm-broken", "writer", "captioner", "paraphrase"]
             self._send(200, json.dumps({"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
@@ -146,6 +151,18 @@ class Handler(BaseHTTPRequestHandler):
             return
         req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         model = req.get("model", "")
+        with _lock:
+            load = _load.setdefault(model, {"in_flight": 0, "max_in_flight": 0, "requests": 0})
+            load["in_flight"] += 1
+            load["requests"] += 1
+            load["max_in_flight"] = max(load["max_in_flight"], load["in_flight"])
+        try:
+            self._post(req, model)
+        finally:
+            with _lock:
+                load["in_flight"] -= 1
+
+    def _post(self, req: dict, model: str) -> None:
         messages = req.get("messages", [])
         prompt = _text_of(messages)
         if model.startswith("fault:"):
