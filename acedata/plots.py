@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
 import matplotlib.pyplot as plt  # the backend is chosen first
 
 
@@ -22,13 +24,15 @@ def _save(fig: plt.Figure, out_dir: str, name: str) -> str:
 def _bar(labels: list[str], counts: list[int], title: str, xlabel: str, horizontal: bool = False) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.3 * len(labels) + 1.5) if horizontal else 4))
     if horizontal:
-        ax.barh(labels[::-1], counts[::-1], color="#4c72b0")
+        bars = ax.barh(labels[::-1], counts[::-1], color="#4c72b0")
         ax.set_xlabel("rows")
     else:
-        ax.bar(labels, counts, color="#4c72b0")
+        bars = ax.bar(labels, counts, color="#4c72b0")
         ax.set_ylabel("rows")
         ax.set_xlabel(xlabel)
         ax.tick_params(axis="x", labelrotation=30)
+    ax.bar_label(bars, labels=[f"{c:,}" for c in (counts[::-1] if horizontal else counts)], padding=2, fontsize=8)
+    ax.margins(x=0.08) if horizontal else ax.margins(y=0.08)
     ax.set_title(title)
     return fig
 
