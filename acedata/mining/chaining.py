@@ -6,8 +6,9 @@ offenders are split, with bounded work:
   its members have a direct similarity below `min_pair_sim` (an S x S product, cheap
   because S is capped; oversize sets fail without it);
 * split, up to `max_rounds` rounds: re-run union-find on the set's own edges with the
-  link threshold raised by `step` per round (bridges are the weakest links, so they go
-  first), and check each part again;
+  link threshold raised by `step` per round (by default the band up to `upper` is
+  spread over the rounds; bridges are the weakest links, so they go first), and check
+  each part again;
 * peel, for parts still failing after the last round: repeatedly take the medoid of
   what is left and the members most similar to it that are pairwise coherent (at most
   `max_set_size`); every peel removes at least the medoid, so it ends.
@@ -32,7 +33,7 @@ class GuardConfig:
     max_set_size: int = 64
     min_pair_sim: float = 0.5
     max_rounds: int = 4
-    step: float = 0.02
+    step: float | None = None  # None: (upper - link threshold) / (max_rounds + 1), i.e. spread over the band
 
 
 @dataclass
@@ -101,11 +102,12 @@ def guard_sets(
     edges: tuple[np.ndarray, np.ndarray, np.ndarray],
     link_threshold: float,
     cfg: GuardConfig,
+    upper: float = 1.0,
 ) -> tuple[list[np.ndarray], GuardStats]:
     """Check every set (indices into `emb`, unit-norm rows) and split the offenders.
 
     `edges` are the (src, dst, weight) links that formed the sets, `link_threshold`
-    the weight they were linked at; splitting raises it round by round.
+    the weight they were linked at; splitting raises it round by round towards `upper`.
     """
     stats = GuardStats()
     if not cfg.enabled:
@@ -145,7 +147,8 @@ def guard_sets(
         pending = [members]
         for r in range(1, cfg.max_rounds + 1):
             stats.split_rounds += 1
-            t = link_threshold + cfg.step * r
+            step = cfg.step if cfg.step is not None else (upper - link_threshold) / (cfg.max_rounds + 1)
+            t = link_threshold + step * r
             nxt = []
             for part in pending:
                 mask = np.isin(es, part)

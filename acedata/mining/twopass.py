@@ -82,7 +82,7 @@ def mine_cluster(
     uf = UnionFind(n)
     uf.union_edges(src, dst)
     sets1 = uf.sets(min_size=2)
-    sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard)
+    sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard, params.tau_high)
     stats.guard_pass1.add(g1)
     stats.pass1_sets += len(sets1)
     out: list[FinalSet] = []
@@ -96,7 +96,7 @@ def mine_cluster(
         uf2.union_edges(ps.src[linked], ps.dst[linked])
         sets2 = [members[g] for g in uf2.sets(min_size=2)]
         edges2 = (a[linked], b[linked], ps.score[linked].astype(np.float32))
-        sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard)
+        sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high)
         stats.guard_pass2.add(g2)
         for s in sets2:
             keys = zip(*[x.tolist() for x in np.triu_indices(len(s), 1)])
