@@ -12,9 +12,10 @@ picks the behaviour:
 - `vlm-broken`   never returns parseable JSON.
 - `writer`       turns an analysis in the prompt into an instruction with `{image}`.
 - `captioner`    one-call instruction for an image pair.
-- `paraphrase`   rewrites the instruction in the prompt, scripted by how many earlier
-                 versions the prompt lists: new wordings, then a duplicate, a version
-                 that drops the image indicator, a refusal, an empty reply.
+- `paraphrase`   rewrites the instruction in the prompt, scripted by how often that
+                 instruction was asked for: a new wording, then a duplicate, a version that
+                 drops the image indicator, a refusal, an invented indicator, an empty
+                 reply, then new wordings again.
 - `fault:KIND:N[:SECONDS]`  the first N requests per distinct prompt fail with KIND
                  (500, 503, 429, drop, badbody, slow); later ones answer like `paraphrase`.
 """
@@ -33,6 +34,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _attempts: dict[str, int] = {}
+_steps: dict[str, int] = {}  # paraphrase requests seen per instruction
 _lock = threading.Lock()
 _load: dict[str, dict[str, int]] = {}  # model -> in_flight, max_in_flight, requests
 
@@ -94,11 +96,13 @@ def _analysis(images: list[bytes]) -> dict:
 
 
 def _paraphrase(prompt: str) -> str:
-    """Scripted by the step = versions already written + attempts already rejected."""
+    """Scripted by the step = how many times this instruction was asked for before (stateful)."""
     m = re.search(r"Instruction:\s*(.+)", prompt)
     src = (m.group(1) if m else prompt).strip().rstrip(".?!")
     earlier = re.findall(r"^- (.+)$", prompt, flags=re.MULTILINE)
-    step = len(earlier) + len(re.findall(r"^x ", prompt, flags=re.MULTILINE))
+    with _lock:
+        step = _steps.get(src, 0) + 1
+        _steps[src] = step
     if step == 2:
         return earlier[0]  # an exact duplicate of an earlier version
     if step == 3:
