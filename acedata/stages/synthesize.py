@@ -1,0 +1,368 @@
+"""Synthesize: ingested images -> edit pairs for the ACE task families (DESIGN.md §5).
+
+Reads the `images` tables of earlier stages (photos only: rows whose `kind` is image),
+runs the configured synthesizers (`acedata.synth`), filters every candidate pair and
+writes:
+
+- `images`: every image it drew (kind image / mask / condition), content-addressed;
+- `pairs`: the accepted pairs (`parent_pair_id` set for later turns of multi-turn chains);
+- `quarantine`: rejected candidates with the filter's reason (`item_id` = the pair id).
+
+Every candidate ends in exactly one of pairs or quarantine: candidates = pairs + quarantine.
+Reference generation works on sets of images of one subject: pair-mining sets (a `pairs`
+table from an earlier stage with `set_id`) when present, else the ingest `group` column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from acedata import shards
+from acedata.config import StageConfig
+from acedata.errors import UserError
+from acedata.images import encode, open_rgb
+from acedata.models import ModelSpec
+from acedata.schemas import IMAGES, PAIRS, QUARANTINE
+from acedata.stage import Stage, UnitResult, WorkUnit, register
+from acedata.synth import get, weight_free
+from acedata.synth.base import Draft, Img, Synthesizer
+from acedata.synth.clip_filter import ClipFilterConfig, ClipScorer
+from acedata.synth.filters import FilterConfig, check
+
+log = logging.getLogger("acedata")
+
+
+class SynthesizeConfig(StageConfig):
+    synthesizers: list[str] | None = None  # names in acedata.synth; None = every weight-free one
+    per_image: int | None = Field(None, ge=1)  # synthesizers per photo, rotated so all get used; None = all
+    images_per_unit: int = Field(8, ge=1)
+    groups_per_unit: int = Field(8, ge=1)
+    max_images: int | None = Field(None, ge=1)  # cap on photos read (demo, smoke runs)
+    max_side: int = Field(1024, ge=32)  # photos are downscaled to this long side first (a new source row)
+    chain_fraction: float = Field(0.25, ge=0, le=1)  # photos that also get a multi-turn edit chain
+    chain_turns: int = Field(3, ge=2, le=9)
+    reference_max_set: int = Field(6, ge=2)  # members of one subject set used for reference pairs
+    seed: int = 0
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    clip_filter: ClipFilterConfig | None = None  # CLIP/SigLIP similarity filter (needs a model)
+    models: dict[str, ModelSpec] = Field(default_factory=dict)  # synthesizer name -> weights
+
+
+@register
+class Synthesize(Stage):
+    kind = "synthesize"
+    Config = SynthesizeConfig
+    outputs = {"images": IMAGES, "pairs": PAIRS, "quarantine": QUARANTINE}
+
+    def __init__(self, config: SynthesizeConfig, ctx) -> None:
+        super().__init__(config, ctx)
+        names = config.synthesizers if config.synthesizers is not None else weight_free()
+        if not names:
+            raise UserError("synthesize: `synthesizers` is empty; name at least one (see acedata.synth)")
+        self.classes: list[type[Synthesizer]] = [get(n) for n in names]
+        # An actor pool (model loaded once per actor) only when a model synthesizer or filter runs.
+        self.uses_model = any(c.needs_weights for c in self.classes) or config.clip_filter is not None
+        self.synths: dict[str, Synthesizer] = {}
+        self.clip: ClipScorer | None = None
+
+    # --- driver ----------------------------------------------------------------------
+
+    def _check_models(self) -> None:
+        from acedata.models import resolve_local
+
+        for c in self.classes:
+            if not c.needs_weights:
+                continue
+            spec = self.config.models.get(c.name)
+            if spec is None:
+                raise UserError(f"synthesize: synthesizer {c.name!r} needs weights; add models: {{{c.name}: "
+                                f"{{name: ..., path: ...}}}} to the stage")
+            if not spec.random_init:
+                resolve_local(spec)  # ModelNotFound (one line) before any worker starts
+        if self.config.clip_filter is not None and not self.config.clip_filter.model.random_init:
+            resolve_local(self.config.clip_filter.model)
+
+    def _photos(self) -> list[dict[str, Any]]:
+        seen: set[str] = set()
+        photos = []
+        for table in self.ctx.input("images"):
+            for shard in shards.list_shards(table):
+                pf = shards.open_parquet(shard)
+                cols = [c for c in ("image_id", "kind", "group") if c in pf.schema_arrow.names]
+                t = pf.read(columns=cols).to_pylist()
+                for row, r in enumerate(t):
+                    if r.get("kind") not in (None, "image") or r["image_id"] in seen:
+                        continue
+                    seen.add(r["image_id"])
+                    photos.append({"loc": [shard, row], "id": r["image_id"], "group": r.get("group")})
+                    if self.config.max_images and len(photos) >= self.config.max_images:
+                        return photos
+        return photos
+
+    def _subject_sets(self, photos: list[dict[str, Any]]) -> tuple[list[list[list]], str]:
+        """Sets of photo locations showing one subject: mined sets first, else ingest groups."""
+        where = {p["id"]: p["loc"] for p in photos}
+        sets: dict[Any, list[str]] = defaultdict(list)
+        origin = "none"
+        for table in self.ctx.inputs.get("pairs", []):
+            t = shards.read_table(table, columns=["source_id", "target_id", "set_id"])
+            for r in t.to_pylist():
+                if r["set_id"] is None:
+                    continue
+                for i in (r["source_id"], r["target_id"]):
+                    if i in where and i not in sets[r["set_id"]]:
+                        sets[r["set_id"]].append(i)
+        if any(len(v) >= 2 for v in sets.values()):
+            origin = "pair_mining_sets"
+        else:
+            sets.clear()
+            for p in photos:
+                if p["group"]:
+                    sets[p["group"]].append(p["id"])
+            origin = "ingest_groups" if any(len(v) >= 2 for v in sets.values()) else "none"
+        out = [[where[i] for i in members[: self.config.reference_max_set]]
+               for _, members in sorted(sets.items(), key=lambda kv: str(kv[0])) if len(members) >= 2]
+        return out, origin
+
+    def plan(self) -> list[WorkUnit]:
+        self._check_models()
+        photos = self._photos()
+        units = []
+        per_image = [c for c in self.classes if c.inputs == "image"]
+        if per_image:
+            step = self.config.images_per_unit
+            for k, start in enumerate(range(0, len(photos), step)):
+                chunk = photos[start : start + step]
+                units.append(WorkUnit(f"img-{k:05d}", {"offset": start, "images": [p["loc"] for p in chunk]}))
+        self.reference_origin = "not requested"
+        if any(c.inputs == "group" for c in self.classes):
+            sets, self.reference_origin = self._subject_sets(photos)
+            step = self.config.groups_per_unit
+            for k, start in enumerate(range(0, len(sets), step)):
+                units.append(WorkUnit(f"ref-{k:05d}", {"offset": start, "sets": sets[start : start + step]}))
+        log.info("synthesize: %d photos, %d units, reference sets from %s", len(photos), len(units),
+                 self.reference_origin)
+        return units
+
+    def finish(self, counts: dict[str, int]) -> dict[str, Any]:
+        pairs = shards.count_rows(self.ctx.out("pairs"))
+        quarantined = shards.count_rows(self.ctx.out("quarantine"))
+        if pairs + quarantined != counts.get("candidates", 0):
+            raise RuntimeError(f"synthesize lost rows: candidates {counts.get('candidates')} != "
+                               f"{pairs} pairs + {quarantined} quarantined")
+        t = shards.read_table(self.ctx.out("pairs"), columns=["task", "subtask", "parent_pair_id"])
+        per: dict[str, int] = defaultdict(int)
+        for task, sub in zip(t.column("task").to_pylist(), t.column("subtask").to_pylist()):
+            per[f"{task}/{sub}"] += 1
+        chained = t.num_rows - t.column("parent_pair_id").null_count if t.num_rows else 0
+        return {"pairs_by_task": dict(sorted(per.items())), "chained_pairs": chained,
+                "reference_sets": getattr(self, "reference_origin", "unknown")}
+
+    # --- workers ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        for c in self.classes:
+            s = c()
+            if c.needs_weights:
+                s.load(self.config.models.get(c.name))
+            self.synths[c.name] = s
+        if self.config.clip_filter is not None:
+            self.clip = ClipScorer(self.config.clip_filter)
+
+    def _ensure_setup(self) -> None:
+        if not self.synths:
+            self.setup()
+
+    def process(self, unit: WorkUnit) -> UnitResult:
+        self._ensure_setup()
+        out = _Collector(self)
+        if "images" in unit.payload:
+            rows = _read_locs(unit.payload["images"])
+            for k, row in enumerate(rows):
+                self._per_image(unit.payload["offset"] + k, row, out)
+        for k, members in enumerate(unit.payload.get("sets", [])):
+            self._per_set(unit.payload["offset"] + k, _read_locs(members), out)
+        return out.result()
+
+    def _source(self, row: dict[str, Any]) -> Img:
+        im = open_rgb(row["image"]["bytes"])
+        side = self.config.max_side
+        if max(im.size) <= side:
+            return Img(im, "image", row["image_id"])
+        from PIL import Image
+
+        s = side / max(im.size)
+        small = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.LANCZOS)
+        return Img(small, "image", None, {"_new": True, "resized_from": row["image_id"]})
+
+    def _rng(self, image_id: str, *salt: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, int(image_id[:12], 16), *salt])
+
+    def _per_image(self, index: int, row: dict[str, Any], out: _Collector) -> None:
+        try:
+            src = self._source(row)
+        except Exception as e:  # noqa: BLE001 - one unreadable row must not stop the unit
+            out.error(row, "", f"{type(e).__name__}: {e}")
+            return
+        order = [c.name for c in self.classes if c.inputs == "image"]
+        if self.config.per_image is None or self.config.per_image >= len(order):
+            chosen = order
+        else:
+            chosen = [order[(index * self.config.per_image + j) % len(order)] for j in range(self.config.per_image)]
+        for j, name in enumerate(chosen):
+            synth = self.synths[name]
+            try:
+                drafts = synth.make(src, self._rng(row["image_id"], j), row.get("caption"))
+            except Exception as e:  # noqa: BLE001 - recorded in quarantine with the error
+                out.error(row, name, f"{type(e).__name__}: {str(e)[:200]}")
+                continue
+            for d in drafts:
+                out.add(d, row, self._judge(d, row))
+        chainable = [c.name for c in self.classes if c.chainable and c.inputs == "image"]
+        rng = self._rng(row["image_id"], 1_000)
+        if chainable and rng.random() < self.config.chain_fraction:
+            self._chain(src, row, chainable, rng, out)
+
+    def _chain(self, src: Img, row: dict[str, Any], names: list[str], rng: np.random.Generator,
+               out: _Collector) -> None:
+        """A multi-turn chain: each turn edits the previous turn's target."""
+        current, parent = src, None
+        for turn in range(self.config.chain_turns):
+            name = names[int(rng.integers(len(names)))]
+            try:
+                drafts = self.synths[name].make(current, rng, row.get("caption"))
+            except Exception as e:  # noqa: BLE001
+                out.error(row, name, f"{type(e).__name__}: {str(e)[:200]}")
+                return
+            d = drafts[0]
+            d.parent = parent
+            d.params = {**d.params, "chain_turn": turn + 1}
+            verdict = self._judge(d, row)
+            out.add(d, row, verdict)
+            if not verdict.ok:
+                return
+            current, parent = d.target, d
+
+    def _per_set(self, index: int, rows: list[dict[str, Any]], out: _Collector) -> None:
+        images = [Img(open_rgb(r["image"]["bytes"]), "image", r["image_id"]) for r in rows]
+        by_id = {r["image_id"]: r for r in rows}
+        for synth in (self.synths[c.name] for c in self.classes if c.inputs == "group"):
+            for d in synth.make_group(images, self._rng(rows[0]["image_id"], 2_000, index)):
+                row = by_id[d.target.id]
+                out.add(d, row, self._judge(d, row))
+
+    def _judge(self, d: Draft, row: dict[str, Any]):
+        verdict = check(d, self.config.filters)
+        if verdict.ok and self.clip is not None:
+            verdict = self.clip.judge(d, row.get("caption"), verdict)
+        return verdict
+
+
+def _read_locs(locs: list[list]) -> list[dict[str, Any]]:
+    """Rows (id, bytes, caption, group) at [shard, row] locations, in the order given."""
+    by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for k, (shard, row) in enumerate(locs):
+        by_shard[shard].append((k, row))
+    out: list[dict[str, Any] | None] = [None] * len(locs)
+    for shard, wanted in by_shard.items():
+        pf = shards.open_parquet(shard)
+        cols = [c for c in ("image_id", "image", "caption", "group") if c in pf.schema_arrow.names]
+        t = pf.read(columns=cols).take(pa.array([r for _, r in wanted]))
+        for (k, _), r in zip(wanted, t.to_pylist()):
+            out[k] = r
+    return [r for r in out if r is not None]
+
+
+def pair_id_of(d: Draft) -> str:
+    parts = [d.task, d.subtask, d.source.id, d.target.id, d.mask.id if d.mask else "",
+             ",".join(e.id for e in d.extras), pair_id_of(d.parent) if d.parent else ""]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+class _Collector:
+    """Rows of one unit: new images (deduplicated), accepted pairs, quarantined candidates."""
+
+    def __init__(self, stage: Synthesize) -> None:
+        self.stage = stage
+        self.images: dict[str, dict[str, Any]] = {}
+        self.pairs: list[dict[str, Any]] = []
+        self.bad: list[dict[str, Any]] = []
+        self.candidates = 0
+
+    def error(self, row: dict[str, Any], synth: str, detail: str) -> None:
+        self.candidates += 1
+        self.bad.append({"source_uri": f"synth://{synth or 'input'}/{row['image_id']}", "stage": self.stage.kind,
+                         "reason": "synth_error", "detail": detail, "item_id": row["image_id"]})
+
+    def add(self, d: Draft, row: dict[str, Any], verdict) -> None:
+        self.candidates += 1
+        pid = pair_id_of(d)
+        uri = f"synth://{d.synthesizer}/{row['image_id']}"
+        if not verdict.ok:
+            self.bad.append({"source_uri": uri, "stage": self.stage.kind, "reason": verdict.reason,
+                             "detail": f"{d.task}/{d.subtask}: {verdict.detail}", "item_id": pid})
+            return
+        for im in [d.source, d.target, *d.extras] + ([d.mask] if d.mask else []):
+            if im.is_new and im.id not in self.images:
+                self.images[im.id] = _image_row(im, uri, row, d)
+        synth = self.stage.synths.get(d.synthesizer)
+        weights = synth.weights_id if synth is not None else None
+        provenance = {
+            "stage": self.stage.kind,
+            "synthesizer": d.synthesizer,
+            "algorithm": getattr(synth, "algorithm", ""),
+            "params": d.params,
+            "seed": self.stage.config.seed,
+            "origin_image_id": row["image_id"],
+            "source_caption": row.get("caption"),
+            "weights": weights,
+            "random_init": bool(weights and "random-init" in weights),
+        }
+        self.pairs.append({
+            "pair_id": pid,
+            "source_id": d.source.id,
+            "target_id": d.target.id,
+            "task": d.task,
+            "subtask": d.subtask,
+            "mask_id": d.mask.id if d.mask else None,
+            "extra_input_ids": [e.id for e in d.extras],
+            "scores": [{"name": k, "value": float(v)} for k, v in sorted(verdict.scores.items())],
+            "parent_pair_id": pair_id_of(d.parent) if d.parent else None,
+            "provenance": json.dumps(provenance, default=str),
+        })
+
+    def result(self) -> UnitResult:
+        counts: dict[str, int] = {"candidates": self.candidates}
+        return UnitResult(
+            {
+                "images": pa.Table.from_pylist(list(self.images.values()), IMAGES),
+                "pairs": pa.Table.from_pylist(self.pairs, PAIRS),
+                "quarantine": pa.Table.from_pylist(self.bad, QUARANTINE),
+            },
+            counts,
+        )
+
+
+def _image_row(im: Img, uri: str, row: dict[str, Any], d: Draft) -> dict[str, Any]:
+    meta = {k: v for k, v in im.meta.items() if not k.startswith("_")}
+    meta.update(derived_from=row["image_id"], synthesizer=d.synthesizer, task=d.task, subtask=d.subtask)
+    return {
+        "image_id": im.id,
+        "source_uri": uri,
+        "width": im.pil.width,
+        "height": im.pil.height,
+        "format": "PNG",
+        "image": {"bytes": encode(im.pil, "PNG"), "path": None},
+        "kind": im.kind,
+        "orig_mode": im.pil.mode,
+        "group": row.get("group"),
+        "meta": json.dumps(meta, default=str),
+    }

@@ -1,0 +1,146 @@
+"""What a synthesizer is and what it makes.
+
+A synthesizer turns one source image (or, for reference generation, a set of images of
+one subject) into draft pairs: source, target, optional mask and further inputs. Each
+declares its task family, subtasks, input kind, whether it needs model weights and the
+resources one worker needs. Drafts carry pixels; the synthesize stage content-addresses
+them, filters them and writes the `images` and `pairs` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from acedata.images import pixel_id
+
+MASK_FILL_GRAY = 128  # masked source pixels: mid-gray = 0 in the [-1, 1] input the DiT sees
+
+
+@dataclass
+class Img:
+    """An image taking part in a pair: pixels plus its table id when it already has a row."""
+
+    pil: Image.Image
+    kind: str = "image"  # image | mask | condition
+    image_id: str | None = None  # set for images already in an images table
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        if self.image_id is None:
+            self.image_id = pixel_id(self.pil)
+        return self.image_id
+
+    @property
+    def is_new(self) -> bool:
+        return bool(self.meta.get("_new", False))
+
+    def array(self) -> np.ndarray:
+        """HxWx3 uint8 RGB (masks: HxW uint8)."""
+        if self.kind == "mask":
+            return np.asarray(self.pil.convert("L"))
+        return np.asarray(self.pil.convert("RGB"))
+
+
+def new_img(arr_or_pil: np.ndarray | Image.Image, kind: str = "image", **meta: Any) -> Img:
+    """An image this synthesizer made (gets its own images row)."""
+    if isinstance(arr_or_pil, Image.Image):
+        pil = arr_or_pil
+    elif arr_or_pil.ndim == 2:
+        pil = Image.fromarray(arr_or_pil.astype(np.uint8), "L")
+    elif arr_or_pil.shape[2] == 4:
+        pil = Image.fromarray(arr_or_pil.astype(np.uint8), "RGBA")
+    else:
+        pil = Image.fromarray(arr_or_pil.astype(np.uint8), "RGB")
+    return Img(pil, kind, None, {"_new": True, **meta})
+
+
+def mask_img(mask: np.ndarray) -> Img:
+    """A binary mask image: 255 = region to edit, 0 = keep (the schema's convention)."""
+    return new_img(np.where(mask > 0, 255, 0).astype(np.uint8), "mask")
+
+
+@dataclass
+class Draft:
+    task: str
+    subtask: str
+    source: Img
+    target: Img
+    mask: Img | None = None
+    extras: list[Img] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    synthesizer: str = ""
+    parent: Draft | None = None  # the draft whose target this edit was applied to
+
+    def inputs(self) -> list[Img]:
+        return [self.source, *self.extras]
+
+
+class Synthesizer:
+    """One algorithm or model that makes pairs of one task family."""
+
+    name: ClassVar[str]
+    task: ClassVar[str]  # family of the main pair (the paper's names)
+    subtasks: ClassVar[tuple[str, ...]]
+    inverse_task: ClassVar[str | None] = None  # family of the inverse pair it also makes, if any
+    inputs: ClassVar[str] = "image"  # image: one source image | group: images of one subject
+    needs_weights: ClassVar[bool] = False
+    num_cpus: ClassVar[float] = 1.0
+    num_gpus: ClassVar[float] = 0.0  # per worker, when GPUs exist
+    chainable: ClassVar[bool] = False  # can edit an earlier edit's target (multi-turn chains)
+    algorithm: ClassVar[str] = ""  # what produced the pixels, for provenance
+
+    def load(self, spec: Any | None) -> None:
+        """Load model weights (model synthesizers); weight-free ones need nothing."""
+
+    @property
+    def weights_id(self) -> str | None:
+        return None
+
+    def make(self, src: Img, rng: np.random.Generator, caption: str | None = None) -> list[Draft]:
+        raise NotImplementedError
+
+    def make_group(self, images: list[Img], rng: np.random.Generator) -> list[Draft]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "subtasks": list(self.subtasks),
+            "inverse_task": self.inverse_task,
+            "inputs": self.inputs,
+            "needs_weights": self.needs_weights,
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "chainable": self.chainable,
+            "algorithm": self.algorithm,
+        }
+
+
+REGISTRY: dict[str, type[Synthesizer]] = {}
+
+
+def register(cls: type[Synthesizer]) -> type[Synthesizer]:
+    if cls.name in REGISTRY:
+        raise ValueError(f"synthesizer {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def to_rgb_array(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"))
+
+
+def gray_of(rgb: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def as_rgb3(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
