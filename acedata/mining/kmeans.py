@@ -46,6 +46,7 @@ def train_spherical(
     seed: int = 0,
     gpu: str | bool = "auto",
     max_points_per_centroid: int = 256,
+    nredo: int = 1,
 ) -> KMeansResult:
     """Train k unit-norm centroids on (already sampled) unit-norm rows."""
     import faiss
@@ -65,6 +66,7 @@ def train_spherical(
         gpu=on_gpu,
         max_points_per_centroid=max_points_per_centroid,
         min_points_per_centroid=1,
+        nredo=nredo,  # best of several seeded runs (escapes poor local optima on small k)
         verbose=False,
     )
     km.train(x)

@@ -32,6 +32,7 @@ TRAIN_INFO = "kmeans.json"
 class ClusterConfig(StageConfig):
     k: int = Field(1000, ge=1)
     niter: int = Field(20, ge=1)
+    nredo: int = Field(1, ge=1)
     max_points_per_centroid: int = Field(256, ge=1)
     seed: int = 0
     gpu: Literal["auto", True, False] = "auto"
@@ -71,7 +72,7 @@ class Cluster(Stage):
         fs, _ = shards.resolve(self.ctx.stage_dir)
         if not shards.exists(fs, shards.resolve(self._path(CENTROIDS))[1]):  # resumed runs keep their centroids
             sample = sample_rows(tables, sample_size(c.k, c.max_points_per_centroid), c.seed)
-            km = train_spherical(sample, c.k, c.niter, c.seed, c.gpu, c.max_points_per_centroid)
+            km = train_spherical(sample, c.k, c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
             info = {"k": len(km.centroids), "k_requested": c.k, "train_points": km.train_points,
                     "objective": km.objective, "gpu": km.gpu, "dim": int(km.centroids.shape[1])}
             _, d = shards.resolve(self.ctx.stage_dir)

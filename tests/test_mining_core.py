@@ -1,0 +1,175 @@
+"""Pair-mining building blocks: union-find, blocked similarity, k-means, the chaining
+guard and the two-turn miner on generated embeddings with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from acedata.errors import UserError
+from acedata.mining.chaining import GuardConfig, guard_sets
+from acedata.mining.kmeans import assign, size_stats, train_spherical
+from acedata.mining.scorers import SiglipScorer, make_scorer
+from acedata.mining.similarity import BandStats, band_edges
+from acedata.mining.synthetic import generate
+from acedata.mining.twopass import MiningParams, MiningStats, mine_cluster, sample_pairs
+from acedata.mining.unionfind import UnionFind
+from acedata.mining.vectors import fixed_list, to_matrix
+
+
+def test_union_find_invariants():
+    rng = np.random.default_rng(1)
+    n = 500
+    uf = UnionFind(n)
+    edges = rng.integers(0, n, size=(400, 2))
+    # reference: connected components by BFS over the same edges
+    adj: dict[int, set[int]] = {i: set() for i in range(n)}
+    for a, b in edges.tolist():
+        adj[a].add(b)
+        adj[b].add(a)
+        uf.union(a, b)
+    comp = np.full(n, -1)
+    for s in range(n):
+        if comp[s] < 0:
+            stack = [s]
+            comp[s] = s
+            while stack:
+                v = stack.pop()
+                for w in adj[v]:
+                    if comp[w] < 0:
+                        comp[w] = s
+                        stack.append(w)
+    labels = uf.labels()
+    for a, b in rng.integers(0, n, size=(2000, 2)).tolist():
+        assert (labels[a] == labels[b]) == (comp[a] == comp[b])
+    # after labels() every path is compressed: each parent is a root
+    assert (uf.parent[uf.parent] == uf.parent).all()
+    assert n - uf.unions == len(set(labels.tolist())) == len(uf.sets())
+    # union by rank keeps trees shallow: rank <= log2(n)
+    assert uf.rank.max() <= np.log2(n)
+    assert sum(len(s) for s in uf.sets()) == n
+    assert not uf.union(int(edges[0, 0]), int(edges[0, 1]))  # already joined
+
+
+def test_union_by_rank_chain_is_shallow():
+    uf = UnionFind(1024)
+    for i in range(1023):  # a path graph: naive linking would build a 1023-deep chain
+        uf.union(i, i + 1)
+    assert uf.rank.max() <= 10
+    assert len(uf.sets()) == 1
+
+
+@pytest.mark.parametrize("block", [7, 64, 1000])
+def test_blocked_band_equals_dense(block):
+    g = generate(n_coarse=3, fine_per_coarse=3, group_size=10, seed=3)
+    lo, hi = 0.6, 0.95
+    stats = BandStats()
+    src, dst, sim = band_edges(g.x, lo, hi, block=block, stats=stats)
+    dense = g.x @ g.x.T
+    i, j = np.nonzero(np.triu((dense >= lo) & (dense <= hi), 1))
+    assert list(zip(src.tolist(), dst.tolist())) == list(zip(i.tolist(), j.tolist()))
+    np.testing.assert_allclose(sim, dense[i, j], atol=1e-5)
+    n = len(g.x)
+    nb = -(-n // block)
+    assert stats.blocks == nb * (nb + 1) // 2  # the upper triangle of blocks, each once
+    assert stats.edges == len(src)
+
+
+def test_to_matrix_accepts_lists_and_fixed_lists():
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    fixed = fixed_list(x, np.float16)
+    plain = pa.array(x.tolist(), pa.list_(pa.float32()))
+    np.testing.assert_array_equal(to_matrix(fixed), x)
+    np.testing.assert_array_equal(to_matrix(plain), x)
+    np.testing.assert_array_equal(to_matrix(pa.chunked_array([plain[:2], plain[2:]])), x)
+    with pytest.raises(UserError, match="different lengths"):
+        to_matrix(pa.array([[1.0, 2.0], [1.0]], pa.list_(pa.float32())))
+    with pytest.raises(UserError, match="expected a list"):
+        to_matrix(pa.array([1.0, 2.0]))
+
+
+def test_spherical_kmeans_finds_coarse_clusters():
+    g = generate(n_coarse=6, fine_per_coarse=3, group_size=12, a2=0.6, b2=0.25, near_dups=0, bridges=0, seed=5)
+    km = train_spherical(g.x, 6, niter=25, seed=0, gpu=False, nredo=5)
+    np.testing.assert_allclose(np.linalg.norm(km.centroids, axis=1), 1.0, atol=1e-4)
+    cid, sim = assign(g.x, km.centroids)
+    np.testing.assert_allclose(sim, np.max(g.x @ km.centroids.T, axis=1), atol=1e-5)
+    # each coarse cluster maps to one k-means cluster (purity), most of the time exactly
+    purity = sum(np.bincount(cid[g.coarse == c]).max() for c in range(6)) / len(cid)
+    assert purity >= 0.95
+    s = size_stats(np.bincount(cid, minlength=6), 6)
+    assert s["nonempty"] <= 6 and s["max"] >= s["median"] >= s["min"] >= 1
+    assert train_spherical(g.x[:3], 10, gpu=False).centroids.shape[0] == 3  # k capped at n
+
+
+def test_sample_pairs_deterministic_and_capped():
+    key = "f" * 64
+    allp = sample_pairs(20, 10_000, key)
+    assert len(allp) == 190 and all(i < j for i, j in allp)
+    a, b = sample_pairs(20, 30, key), sample_pairs(20, 30, key)
+    assert a == b and len(set(a)) == 30 and set(a) <= set(allp)
+    assert sample_pairs(20, 30, "0" * 64) != a
+
+
+def _score(pairs: set[tuple[str, str]], truth: set[tuple[str, str]]) -> tuple[float, float]:
+    tp = len(pairs & truth)
+    return tp / max(1, len(pairs)), tp / max(1, len(truth))
+
+
+def _mine_all(g, params, cap=10_000):
+    """Mine every coarse cluster (the truth's) and return unordered id pairs and stats."""
+    stats = MiningStats()
+    out = set()
+    for c in np.unique(g.coarse):
+        rows = np.flatnonzero(g.coarse == c)
+        for fs in mine_cluster(g.x[rows], SiglipScorer(), params, None, stats):
+            for a, b in sample_pairs(len(fs.members), cap, "0" * 64):
+                ia, ib = rows[fs.members[a]], rows[fs.members[b]]
+                if float(g.x[ia] @ g.x[ib]) < 0.97:  # the cleaning filter's duplicate cut
+                    out.add(tuple(sorted((g.ids[ia], g.ids[ib]))))
+    return out, stats
+
+
+def test_chain_bridges_are_split_by_the_guard():
+    g = generate(n_coarse=6, fine_per_coarse=4, group_size=10, near_dups=10, bridges=12, seed=7)
+    truth = g.true_pairs()
+    base = {"tau_low": 0.7, "tau_high": 0.97, "pass2_low": 0.7, "pass2_high": 0.97}
+    off, _s_off = _mine_all(g, MiningParams(**base, guard=GuardConfig(enabled=False)))
+    on, s_on = _mine_all(g, MiningParams(**base, guard=GuardConfig(min_pair_sim=0.7, max_set_size=64)))
+    p_off, _r_off = _score(off, truth)
+    p_on, r_on = _score(on, truth)
+    # without the guard, bridges chain fine groups together: many wrong pairs
+    assert p_off < 0.8
+    # with it: precision >= 0.97 and recall >= 0.9 (members of a group are all in band of each other)
+    assert p_on >= 0.97, (p_on, r_on)
+    assert r_on >= 0.9, (p_on, r_on)
+    assert s_on.guard_pass1.sets_incoherent > 0 and s_on.guard_pass1.incoherent_pairs_before > 0
+    assert s_on.guard_pass1.incoherent_pairs_after == 0 and s_on.guard_pass2.incoherent_pairs_after == 0
+
+
+def test_guard_bounds_set_size_and_peels():
+    g = generate(n_coarse=1, fine_per_coarse=1, group_size=100, near_dups=0, bridges=0, seed=2)
+    src, dst, sim = band_edges(g.x, 0.5, 1.0)
+    uf = UnionFind(len(g.x))
+    uf.union_edges(src, dst)
+    sets, st = guard_sets(uf.sets(2), g.x, (src, dst, sim), 0.5, GuardConfig(max_set_size=16, min_pair_sim=0.5,
+                                                                             max_rounds=1), upper=0.55)
+    assert st.sets_oversize == 1 and st.sets_peeled >= 1
+    assert all(2 <= len(s) <= 16 for s in sets)
+    assert len(set(np.concatenate(sets).tolist())) == sum(len(s) for s in sets)  # disjoint
+    assert sum(len(s) for s in sets) + st.members_dropped == 100
+
+
+def test_unknown_scorer_is_a_user_error():
+    with pytest.raises(UserError, match="unknown scorer"):
+        make_scorer("nope")
+
+
+def test_face_scorer_without_weights_names_the_model(tmp_path):
+    from acedata.errors import ModelNotFound
+
+    s = make_scorer("face", {"root": str(tmp_path)})
+    with pytest.raises(ModelNotFound, match="insightface/buffalo_l") as e:
+        s.setup()
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
