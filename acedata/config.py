@@ -22,6 +22,9 @@ class Resources(Strict):
     memory_gb: float | None = None
     concurrency: int = Field(2, ge=1)  # parallel tasks / actors in the pool
     max_retries: int = Field(3, ge=0)  # task retries / actor restarts after a worker dies
+    # Custom Ray node resources each worker needs, e.g. {"cpu_pool": 1} to keep decoding on the
+    # nodes started with `ray start --resources '{"cpu_pool": N}'` (a heterogeneous cluster).
+    custom: dict[str, float] = Field(default_factory=dict)
 
 
 class StageConfig(Strict):

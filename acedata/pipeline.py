@@ -17,6 +17,7 @@ import posixpath
 import shutil
 import string
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import yaml
@@ -101,6 +102,53 @@ def stage_kind(cfg: StageConfig) -> str:
     return next(k for k, cls in REGISTRY.items() if cls.Config is type(cfg))
 
 
+STATUS = "_status.json"
+
+
+class RunStatus:
+    """The run's live state in `RUN/_status.json`: the stage in progress and counts so far.
+
+    Rewritten atomically as stages start and finish and (at most every `interval` s) as
+    units commit; `on_change` gets the same dict (a submitted job prints it to its log).
+    """
+
+    def __init__(self, out: str, name: str, stage_names: list[str], on_change=None, interval: float = 1.0):
+        self.fs, path = shards.resolve(out)
+        self.path = posixpath.join(path, STATUS)
+        self.on_change = on_change
+        self.interval = interval
+        self._last = 0.0
+        self.body: dict[str, Any] = {
+            "name": name, "out": out, "state": "running", "stage": None, "started": time.time(),
+            "updated": time.time(), "error": None,
+            "stages": [{"name": n, "state": "pending", "units": None, "units_done": 0, "counts": {}}
+                       for n in stage_names],
+        }
+
+    def stage(self, i: int, **fields: Any) -> None:
+        self.body["stages"][i].update(fields)
+        if fields.get("state") == "running":
+            self.body["stage"] = self.body["stages"][i]["name"]
+        self.write(force="state" in fields)
+
+    def finish(self, state: str, error: str | None = None) -> None:
+        self.body.update(state=state, error=error, stage=None if state == "succeeded" else self.body["stage"])
+        for s in self.body["stages"]:
+            if s["state"] == "running":
+                s["state"] = state
+        self.write(force=True)
+
+    def write(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        self.body["updated"] = now
+        shards.write_bytes_atomic(self.fs, self.path, json.dumps(self.body, indent=1).encode())
+        if self.on_change is not None:
+            self.on_change(self.body)
+
+
 def run_stages(
     configs: list[StageConfig],
     out: str,
@@ -108,41 +156,68 @@ def run_stages(
     address: str | None = None,
     num_cpus: int | None = None,
     name: str = "run",
+    on_status: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run stage configs in order under `out`, resuming from committed work."""
+    """Run stage configs in order under `out`, resuming from committed work.
+
+    Progress goes to `out/_status.json` (and to `on_status`, when given).
+    """
     load_stages()
     t0 = time.time()
     if executor == "ray":
         runtime.init_ray(address, num_cpus)
     fs, out_path = shards.resolve(out)
     fs.create_dir(out_path, recursive=True)
+    status = RunStatus(out, name, [c.name or stage_kind(c) for c in configs], on_status)
+    status.write(force=True)
     tables: dict[str, list[str]] = {}
     summaries = []
-    for i, cfg in enumerate(configs):
-        kind = stage_kind(cfg)
-        cls = REGISTRY[kind]
-        stage_dir = posixpath.join(out, cfg.name or kind)
-        digest = config_hash(*configs[: i + 1])
-        inputs = {k: list(v) for k, v in tables.items()}
-        inputs.update({k: [p] for k, p in cfg.inputs.items()})
-        stage = cls(cfg, RunContext(out, stage_dir, inputs))
-        marker = _read_marker(stage_dir)
-        if marker and marker.get("config_hash") == digest:
-            log.info("stage %s: complete, skipped (config unchanged)", cfg.name)
-            summary = {**marker["summary"], "skipped": True}
-        else:
-            _prepare_stage_dir(stage_dir, digest)
-            summary = runtime.run_stage(stage, executor)
-            _write_marker(stage_dir, digest, summary)
-        summaries.append({"name": cfg.name, **summary})
-        for table in cls.outputs:
-            tables.setdefault(table, []).append(stage.ctx.out(table))
+    try:
+        for i, cfg in enumerate(configs):
+            kind = stage_kind(cfg)
+            cls = REGISTRY[kind]
+            stage_dir = posixpath.join(out, cfg.name or kind)
+            digest = config_hash(*configs[: i + 1])
+            inputs = {k: list(v) for k, v in tables.items()}
+            inputs.update({k: [p] for k, p in cfg.inputs.items()})
+            stage = cls(cfg, RunContext(out, stage_dir, inputs))
+            marker = _read_marker(stage_dir)
+            if marker and marker.get("config_hash") == digest:
+                log.info("stage %s: complete, skipped (config unchanged)", cfg.name)
+                summary = {**marker["summary"], "skipped": True}
+                status.stage(i, state="skipped", units=summary.get("units"), units_done=summary.get("units"),
+                             counts=summary.get("counts", {}))
+            else:
+                _prepare_stage_dir(stage_dir, digest)
+                status.stage(i, state="running")
+
+                def progress(done: int, total: int, counts: dict[str, int], i: int = i) -> None:
+                    status.stage(i, units=total, units_done=done, counts=counts)
+
+                summary = runtime.run_stage(stage, executor, progress=progress)
+                _write_marker(stage_dir, digest, summary)
+                status.stage(i, state="succeeded", units=summary.get("units"), units_done=summary.get("units"),
+                             counts=summary.get("counts", {}), seconds=summary.get("seconds"))
+            summaries.append({"name": cfg.name, **summary})
+            for table in cls.outputs:
+                tables.setdefault(table, []).append(stage.ctx.out(table))
+    except BaseException as e:  # a stop (SIGTERM/Ctrl-C) shows as interrupted, anything else as failed
+        stopped = isinstance(e, KeyboardInterrupt | SystemExit)
+        status.finish("interrupted" if stopped else "failed", f"{type(e).__name__}: {str(e)[:500]}")
+        raise
     run = {"name": name, "out": out, "seconds": round(time.time() - t0, 2), "stages": summaries, "tables": tables}
     shards.write_bytes_atomic(fs, posixpath.join(out_path, "_run.json"), json.dumps(run, indent=1).encode())
+    status.finish("succeeded")
     return run
 
 
-def run_pipeline(path: str, out: str, address: str | None = None, executor: str | None = None) -> dict[str, Any]:
+def run_pipeline(
+    path: str,
+    out: str,
+    address: str | None = None,
+    executor: str | None = None,
+    on_status: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     spec, configs = load_spec(path, {"out": os.path.abspath(out) if "://" not in out else out})
     return run_stages(
         configs,
@@ -151,6 +226,7 @@ def run_pipeline(path: str, out: str, address: str | None = None, executor: str 
         address=address or spec.ray.address,
         num_cpus=spec.ray.num_cpus,
         name=spec.name,
+        on_status=on_status,
     )
 
 

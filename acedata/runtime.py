@@ -12,6 +12,7 @@ import logging
 import os
 import posixpath
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -110,7 +111,11 @@ def _task_fn(stage_cls: type[Stage], config: dict[str, Any], ctx: RunContext):
     return run
 
 
-def _run_on_ray(stage: Stage, units: list[WorkUnit]) -> None:
+# Called on the driver as each unit commits: (unit id, that unit's counts).
+UnitDone = Callable[[str, dict[str, int]], None]
+
+
+def _run_on_ray(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = None) -> None:
     import warnings
 
     import ray.data
@@ -123,6 +128,9 @@ def _run_on_ray(stage: Stage, units: list[WorkUnit]) -> None:
         named["num_gpus"] = res.num_gpus
     if res.memory_gb:
         named["memory"] = int(res.memory_gb * (1 << 30))
+    if res.custom:
+        # Custom node resources pin a stage to a node group (e.g. decoding on CPU nodes).
+        named["resources"] = dict(res.custom)
     config = stage.config.model_dump(mode="json")
     with warnings.catch_warnings():
         # Bounded retries have no named map_batches parameter yet; they still travel as remote args.
@@ -145,15 +153,20 @@ def _run_on_ray(stage: Stage, units: list[WorkUnit]) -> None:
                 max_retries=res.max_retries,
                 **named,
             )
-        out.materialize()
+        # Stream the per-unit results back so the driver can report progress as units commit.
+        for row in out.iter_rows():
+            if on_unit is not None:
+                on_unit(str(row["id"]), json.loads(row["counts"]))
 
 
-def _run_local(stage: Stage, units: list[WorkUnit]) -> None:
+def _run_local(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = None) -> None:
     from tqdm import tqdm
 
     stage.setup()
     for unit in tqdm(units, desc=stage.ctx.stage_dir.rsplit("/", 1)[-1], unit="unit", disable=len(units) < 2):
-        execute_unit(stage, unit)
+        counts = execute_unit(stage, unit)
+        if on_unit is not None:
+            on_unit(unit.id, counts)
 
 
 # --- stage execution (driver) ------------------------------------------------------
@@ -171,8 +184,14 @@ def done_units(stage_dir: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def run_stage(stage: Stage, executor: str = "ray") -> dict[str, Any]:
-    """Run the units not yet committed, merge manifests, finish, and return the summary."""
+def run_stage(
+    stage: Stage, executor: str = "ray", progress: Callable[[int, int, dict[str, int]], None] | None = None
+) -> dict[str, Any]:
+    """Run the units not yet committed, merge manifests, finish, and return the summary.
+
+    `progress(units_done, units_total, counts_so_far)` is called on the driver as units
+    commit (units committed by an earlier, interrupted run included).
+    """
     t0 = time.time()
     units = stage.plan()
     ids = [u.id for u in units]
@@ -181,8 +200,28 @@ def run_stage(stage: Stage, executor: str = "ray") -> dict[str, Any]:
     done = done_units(stage.ctx.stage_dir)
     todo = [u for u in units if u.id not in done]
     log.info("stage %s: %d units (%d already committed)", stage.kind, len(units), len(units) - len(todo))
+    on_unit = None
+    if progress is not None:
+        planned = set(ids)
+        so_far: dict[str, int] = {}
+        finished: set[str] = set()
+
+        def on_unit(unit_id: str, unit_counts: dict[str, int]) -> None:
+            if unit_id in finished or unit_id not in planned:
+                return
+            finished.add(unit_id)
+            for k, v in unit_counts.items():
+                so_far[k] = so_far.get(k, 0) + int(v)
+            progress(len(finished), len(units), dict(so_far))
+
+        for unit_id, unit_counts in done.items():
+            if unit_id in planned:
+                finished.add(unit_id)
+                for k, v in unit_counts.items():
+                    so_far[k] = so_far.get(k, 0) + int(v)
+        progress(len(finished), len(units), dict(so_far))
     if todo:
-        (_run_on_ray if executor == "ray" else _run_local)(stage, todo)
+        (_run_on_ray if executor == "ray" else _run_local)(stage, todo, on_unit)
     done = done_units(stage.ctx.stage_dir)
     missing = [i for i in ids if i not in done]
     if missing:

@@ -1,0 +1,433 @@
+"""Ray jobs on a cluster: submit a pipeline spec or a training run, watch, stop.
+
+A thin layer over Ray's Job Submission API (HTTP, the dashboard port, 8265 by default):
+
+* the address comes from `--address` or `$RAY_ADDRESS` (`http://HEAD:8265`);
+* token authentication: Ray (>= 2.52) enforces a bearer token on every dashboard and
+  job request when the cluster runs with `RAY_AUTH_MODE=token` (the default for new
+  clusters in current Ray). The token is looked up the way Ray looks it up —
+  `$RAY_AUTH_TOKEN`, else the file named by `$RAY_AUTH_TOKEN_PATH`, else `~/.ray/auth_token`
+  — and sent as `Authorization: Bearer ...`; `RAY_AUTH_MODE=disabled` sends none;
+* code travels either as this checkout's packages (`runtime_env.py_modules`, the default:
+  what you run is what you edited) or not at all (`code="installed"`: the cluster image has
+  acedata installed). Either way a small staging `working_dir` carries the spec and the
+  entrypoint, so a spec anywhere on the client machine can be submitted;
+* a submitted pipeline prints its run status as `ACEDATA-STATUS {json}` lines (see
+  `pipeline.RunStatus`), so `status` shows the stage in progress and the counts so far
+  from the job's log alone, with no access to the output location needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from acedata.errors import UserError
+
+log = logging.getLogger("acedata")
+
+STATUS_PREFIX = "ACEDATA-STATUS "
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Packages shipped with `code="project"`; the trainer's package is shipped when it is there.
+PROJECT_PACKAGES = [PROJECT_ROOT / "acedata", PROJECT_ROOT / "model" / "acemodel"]
+SHIP_EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache", "*.egg-info"]
+
+
+# --- connection ---------------------------------------------------------------------
+
+
+def resolve_address(address: str | None) -> str:
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UserError(
+            "no Ray cluster to talk to: pass --address http://HEAD:8265 or set RAY_ADDRESS "
+            "(`acedata run` runs on an embedded local Ray instead)"
+        )
+    return address
+
+
+def auth_token() -> str | None:
+    """The Ray auth token, found where Ray itself looks; None when there is none or auth is off."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as e:
+            raise UserError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token ({e.strerror})") from None
+        if not token:
+            raise UserError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
+        return token
+    default = Path.home() / ".ray" / "auth_token"
+    if default.is_file():
+        return default.read_text().strip() or None
+    return None
+
+
+def client(address: str | None = None):
+    """A JobSubmissionClient for the cluster, with the auth token when there is one."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = resolve_address(address)
+    token = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except Exception as e:  # noqa: BLE001 - connection/auth failures become one line
+        raise UserError(_connect_error(address, e, token is not None)) from None
+
+
+def _connect_error(address: str, e: Exception, sent_token: bool) -> str:
+    text = str(e)
+    if "401" in text or "Authentication required" in text:
+        return (f"the Ray cluster at {address} wants an auth token and none was found: set RAY_AUTH_TOKEN "
+                "or RAY_AUTH_TOKEN_PATH (on the head node: `ray get-auth-token`)")
+    if "403" in text or "Authentication failed" in text:
+        return (f"the Ray cluster at {address} refused the auth token "
+                f"({'sent' if sent_token else 'none sent'}); check RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return f"cannot reach the Ray job server at {address}: {first[:300]}"
+
+
+def _call(fn, *args, **kw):
+    """Run a client call; a job that does not exist or a dropped connection is one line."""
+    try:
+        return fn(*args, **kw)
+    except RuntimeError as e:
+        text = str(e)
+        if "does not exist" in text or "404" in text:
+            job = args[0] if args else kw.get("job_id", "?")
+            raise UserError(f"no job {job!r} on this cluster (see `acedata jobs list`)") from None
+        raise UserError(text.strip().splitlines()[0][:300]) from None
+    except OSError as e:
+        raise UserError(f"lost the connection to the Ray job server: {e}") from None
+
+
+# --- submission ---------------------------------------------------------------------
+
+
+def _job_id(kind: str, name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40] or kind
+    return f"acedata-{kind}-{slug}-{uuid.uuid4().hex[:8]}"
+
+
+def _check_out(out: str) -> None:
+    if "://" not in out and not os.path.isabs(out):
+        raise UserError(
+            f"--out {out!r}: give an absolute path or a URI (s3://, gs://, file://) that every cluster "
+            "node can reach; a relative path would land in the job's temporary working directory"
+        )
+
+
+def _stage_dir(spec: str | None, plugins: list[str]) -> tuple[str, str | None, list[str]]:
+    """A temporary working_dir with the entrypoint, the spec and plugin modules."""
+    d = tempfile.mkdtemp(prefix="acedata-job-")
+    entry = PROJECT_ROOT / "jobs" / "run_pipeline.py"
+    if entry.is_file():
+        shutil.copy(entry, os.path.join(d, "run_pipeline.py"))
+    spec_name = None
+    if spec is not None:
+        if not os.path.isfile(spec):
+            raise UserError(f"pipeline spec {spec!r} not found")
+        spec_name = "spec-" + os.path.basename(spec)
+        shutil.copy(spec, os.path.join(d, spec_name))
+    modules = []
+    for p in plugins:
+        if not (p.endswith(".py") and os.path.isfile(p)):
+            raise UserError(f"--plugin {p!r}: give a .py file that defines extra stages")
+        shutil.copy(p, os.path.join(d, os.path.basename(p)))
+        modules.append(os.path.basename(p)[:-3])
+    return d, spec_name, modules
+
+
+def _runtime_env(working_dir: str, code: str, env_vars: dict[str, str] | None) -> dict[str, Any]:
+    if code not in ("project", "installed"):
+        raise UserError(f"--code {code!r}: choose 'project' (ship this checkout) or 'installed'")
+    env: dict[str, Any] = {"working_dir": working_dir, "excludes": SHIP_EXCLUDES}
+    if code == "project":
+        env["py_modules"] = [str(p) for p in PROJECT_PACKAGES if p.is_dir()]
+    if env_vars:
+        env["env_vars"] = dict(env_vars)
+    return env
+
+
+def _import_plugin(path: str) -> None:
+    """Import a plugin file here too, so its stages validate before anything is submitted."""
+    import importlib.util
+
+    name = os.path.basename(path)[:-3]
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+def _check_spec(spec: str, out: str, plugins: list[str], full: bool):
+    """Fail on a bad spec here rather than minutes later on the cluster.
+
+    With `full`, every stage config is validated against this checkout's stages (the code
+    that will run); with an installed package on the cluster only the spec's shape is checked.
+    """
+    from acedata.pipeline import PipelineSpec, load_spec
+
+    if not os.path.isfile(spec):
+        raise UserError(f"pipeline spec {spec!r} not found")
+    if full:
+        for p in plugins:
+            if p.endswith(".py") and os.path.isfile(p):
+                _import_plugin(p)
+        return load_spec(spec, {"out": out})[0]
+    import yaml
+
+    from acedata.config import validate_model
+
+    with open(spec, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise UserError(f"{spec}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return validate_model(PipelineSpec, data, os.path.basename(spec))
+
+
+def submit_pipeline(
+    spec: str,
+    out: str,
+    address: str | None = None,
+    code: str = "project",
+    plugins: list[str] | None = None,
+    env_vars: dict[str, str] | None = None,
+    python: str = "python",
+    job_id: str | None = None,
+) -> str:
+    """Submit a pipeline spec to run on the cluster, writing under `out`; returns the job id.
+
+    Submitting the same spec and `out` again resumes: finished stages are skipped and an
+    interrupted stage keeps its committed units.
+    """
+    _check_out(out)
+    spec_obj = _check_spec(spec, out, plugins or [], full=code == "project")
+    c = client(address)
+    wd, spec_name, modules = _stage_dir(spec, plugins or [])
+    try:
+        has_entry = os.path.isfile(os.path.join(wd, "run_pipeline.py"))
+        entry = ["run_pipeline.py"] if has_entry else ["-m", "acedata.jobs", "pipeline"]
+        args = [python, *entry, spec_name, "--out", out, *[a for m in modules for a in ("--plugin", m)]]
+        jid = job_id or _job_id("pipeline", spec_obj.name)
+        return _call(
+            c.submit_job,
+            entrypoint=" ".join(_quote(a) for a in args),
+            submission_id=jid,
+            runtime_env=_runtime_env(wd, code, env_vars),
+            metadata={"acedata": "pipeline", "spec": spec_obj.name, "out": out},
+        )
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)  # the runtime_env package is uploaded at submit
+
+
+def submit_training(
+    train_args: list[str],
+    address: str | None = None,
+    code: str = "project",
+    env_vars: dict[str, str] | None = None,
+    python: str = "python",
+    entrypoint_num_gpus: float = 0,
+    job_id: str | None = None,
+) -> str:
+    """Submit `acedata train TRAIN_ARGS` to run on the cluster; returns the job id.
+
+    Paths in `train_args` are read on the cluster. Ask for `entrypoint_num_gpus` when
+    the training process itself (not Ray workers it starts) needs the GPU.
+    """
+    if "--submit" in train_args:
+        train_args = [a for a in train_args if a != "--submit"]
+    c = client(address)
+    wd, _, _ = _stage_dir(None, [])
+    try:
+        args = [python, "-m", "acedata", "train", *train_args]
+        kw: dict[str, Any] = {}
+        if entrypoint_num_gpus:
+            kw["entrypoint_num_gpus"] = entrypoint_num_gpus
+        return _call(
+            c.submit_job,
+            entrypoint=" ".join(_quote(a) for a in args),
+            submission_id=job_id or _job_id("train", "run"),
+            runtime_env=_runtime_env(wd, code, env_vars),
+            metadata={"acedata": "train", "args": " ".join(train_args)[:500]},
+            **kw,
+        )
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+# --- monitoring -----------------------------------------------------------------------
+
+
+def list_jobs(address: str | None = None) -> list[dict[str, Any]]:
+    jobs = _call(client(address).list_jobs)
+    rows = [_job_row(j) for j in jobs]
+    return sorted(rows, key=lambda r: r.get("start_time") or 0, reverse=True)
+
+
+def _job_row(info) -> dict[str, Any]:
+    return {
+        "job_id": info.submission_id or info.job_id,
+        "status": str(getattr(info.status, "value", info.status)),
+        "message": info.message,
+        "entrypoint": info.entrypoint,
+        "metadata": info.metadata or {},
+        "start_time": info.start_time,
+        "end_time": info.end_time,
+    }
+
+
+def last_status(text: str) -> dict[str, Any] | None:
+    """The last run status a pipeline job printed in its log."""
+    for line in reversed(text.splitlines()):
+        i = line.find(STATUS_PREFIX)
+        if i >= 0:
+            try:
+                return json.loads(line[i + len(STATUS_PREFIX):])
+            except ValueError:
+                continue  # a line cut short; an earlier one will do
+    return None
+
+
+def _status_file(out: str) -> dict[str, Any] | None:
+    """`OUT/_status.json` when this machine can read the output location."""
+    from acedata import shards
+    from acedata.pipeline import STATUS
+
+    try:
+        fs, d = shards.resolve(out)
+        path = f"{d.rstrip('/')}/{STATUS}"
+        return shards.read_json(fs, path) if shards.exists(fs, path) else None
+    except Exception:  # noqa: BLE001 - unreachable storage just means "not from here"
+        return None
+
+
+def job_status(job_id: str, address: str | None = None) -> dict[str, Any]:
+    """Ray's job state plus the run's stage-level status (from the job log or OUT/_status.json)."""
+    c = client(address)
+    row = _job_row(_call(c.get_job_info, job_id))
+    run = last_status(_call(c.get_job_logs, job_id))
+    out = row["metadata"].get("out")
+    from_file = _status_file(out) if out else None
+    if from_file and (run is None or from_file.get("updated", 0) > run.get("updated", 0)):
+        run = from_file
+    row["run"] = run
+    return row
+
+
+def job_logs(job_id: str, address: str | None = None) -> str:
+    return _call(client(address).get_job_logs, job_id)
+
+
+def follow_logs(job_id: str, address: str | None = None) -> Iterator[str]:
+    """Yield log chunks as the job writes them, until it ends."""
+    c = client(address)
+    _call(c.get_job_info, job_id)
+    agen = c.tail_job_logs(job_id)
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(agen.aclose())
+        loop.close()
+
+
+def stop_job(job_id: str, address: str | None = None, wait: float = 60.0) -> str:
+    """Ask the cluster to stop the job and wait (up to `wait` s) for it to end; returns its state."""
+    c = client(address)
+    _call(c.stop_job, job_id)
+    return wait_for(job_id, address, timeout=wait, poll=0.5, _client=c)
+
+
+def wait_for(job_id: str, address: str | None = None, timeout: float = 3600.0, poll: float = 2.0,
+             _client=None) -> str:
+    """Poll until the job is SUCCEEDED, FAILED or STOPPED (or `timeout`); returns the state."""
+    c = _client or client(address)
+    deadline = time.time() + timeout
+    while True:
+        state = str(getattr(s := _call(c.get_job_status, job_id), "value", s))
+        if state in TERMINAL or time.time() >= deadline:
+            return state
+        time.sleep(poll)
+
+
+# --- the job side: what a submitted pipeline runs ---------------------------------------
+
+
+def pipeline_entry(argv: list[str] | None = None) -> int:
+    """Run a pipeline inside a Ray job: attach to the job's cluster, print status lines."""
+    p = argparse.ArgumentParser(prog="run_pipeline.py", description="Run an acedata pipeline spec as a Ray job.")
+    p.add_argument("spec")
+    p.add_argument("--out", required=True)
+    p.add_argument("--plugin", action="append", default=[], help="module with extra stages (in the working dir)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    import importlib
+
+    sys.path.insert(0, os.getcwd())
+    for m in args.plugin:
+        importlib.import_module(m)
+
+    def on_status(body: dict[str, Any]) -> None:
+        print(STATUS_PREFIX + json.dumps(body, separators=(",", ":")), flush=True)
+
+    def stop(signum, frame):  # `ray job stop` sends SIGTERM: record "interrupted", then exit
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    from acedata.pipeline import run_pipeline
+
+    try:
+        run = run_pipeline(args.spec, args.out, on_status=on_status)
+    except UserError as e:
+        print(f"acedata job: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("acedata job: stopped; committed work is kept, submit again to resume", file=sys.stderr, flush=True)
+        return 130
+    for s in run["stages"]:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(s.get("counts", {}).items()))
+        print(f"stage {s['name']}: {'skipped (complete)' if s.get('skipped') else 'done'}  {counts}", flush=True)
+    print(f"acedata job: finished -> {run['out']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["pipeline"]:
+        sys.exit(pipeline_entry(sys.argv[2:]))
+    print("usage: python -m acedata.jobs pipeline SPEC --out OUT [--plugin MODULE]", file=sys.stderr)
+    sys.exit(2)
