@@ -1,0 +1,54 @@
+"""`acedata cluster --embeddings FILE_OR_DIR --out DIR --k K`: spherical k-means."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cluster",
+        help="FAISS spherical k-means over an embeddings table",
+        description="Train k cosine centroids on a bounded sample and assign every embedding; writes "
+        "DIR/cluster/clusters (image_id, cluster_id, distance) and cluster-size statistics.",
+    )
+    add_cluster_args(p)
+    p.add_argument("--executor", choices=["ray", "local"], default="ray")
+    p.add_argument("--address", help="Ray cluster address")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embeddings", required=True,
+                   help="embeddings table folder or Parquet file (image_id + embedding, float16/32, list or fixed)")
+    p.add_argument("--out", required=True, help="output run directory")
+    p.add_argument("--k", type=int, default=1000, help="number of clusters")
+    p.add_argument("--niter", type=int, default=20)
+    p.add_argument("--max-points-per-centroid", type=int, default=256, help="training sample bound per centroid")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpu", choices=["auto", "true", "false"], default="auto")
+
+
+def cluster_config(args: argparse.Namespace):
+    import os
+
+    from acedata.errors import UserError
+    from acedata.stages.cluster import ClusterConfig
+
+    if "://" not in args.embeddings and not os.path.exists(args.embeddings):
+        raise UserError(f"embeddings {args.embeddings!r} does not exist")
+    gpu = {"auto": "auto", "true": True, "false": False}[args.gpu]
+    return ClusterConfig(name="cluster", k=args.k, niter=args.niter, max_points_per_centroid=args.max_points_per_centroid,
+                         seed=args.seed, gpu=gpu, inputs={"embeddings": args.embeddings})
+
+
+def run(args: argparse.Namespace) -> int:
+    from acedata.commands._common import print_run
+    from acedata.pipeline import run_stages
+
+    result = run_stages([cluster_config(args)], args.out, executor=args.executor, address=args.address, name="cluster")
+    print_run(result, args.json)
+    if not args.json:
+        print("cluster sizes:", result["stages"][0].get("cluster_sizes"))
+    return 0
