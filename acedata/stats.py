@@ -219,15 +219,14 @@ def _lcu_stats(lf: pl.LazyFrame, by: list[str], histograms: bool) -> dict[str, A
     queries = {
         "groups": lf.group_by(by).len("count").sort(["count", *by], descending=[True, *[False] * len(by)]),
         "turns": lf.group_by("num_turns").len("count").sort("num_turns"),
+        # derived columns computed once, then summarised (an expression repeated per quantile is recomputed)
         "summary": lf.select(
+            "instruction", "width", "height", aspect.alias("aspect"), mp.alias("megapixels"), chars.alias("chars"),
+            words.alias("words"),
+        ).select(
             pl.len().alias("rows"),
             pl.col("instruction").n_unique().alias("distinct_instructions"),
-            *_quantiles("width"),
-            *_quantiles("height"),
-            *_quantiles("aspect", aspect),
-            *_quantiles("megapixels", mp),
-            *_quantiles("chars", chars),
-            *_quantiles("words", words),
+            *(q for col in ("width", "height", "aspect", "megapixels", "chars", "words") for q in _quantiles(col)),
         ),
         "sizes": lf.group_by("width", "height").len("count").sort(["count", "width", "height"], descending=[True, False, False])
         .head(10),
