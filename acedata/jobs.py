@@ -129,10 +129,10 @@ def _job_id(kind: str, name: str) -> str:
     return f"acedata-{kind}-{slug}-{uuid.uuid4().hex[:8]}"
 
 
-def _check_out(out: str) -> None:
-    if "://" not in out and not os.path.isabs(out):
+def _check_out(path: str, what: str = "--out") -> None:
+    if "://" not in path and not os.path.isabs(path):
         raise UserError(
-            f"--out {out!r}: give an absolute path or a URI (s3://, gs://, file://) that every cluster "
+            f"{what} {path!r}: give an absolute path or a URI (s3://, gs://, file://) that every cluster "
             "node can reach; a relative path would land in the job's temporary working directory"
         )
 
@@ -245,35 +245,50 @@ def submit_pipeline(
 
 
 def submit_training(
-    train_args: list[str],
+    config: str,
+    data: list[str],
+    out: str,
     address: str | None = None,
+    overrides: dict[str, Any] | None = None,
     code: str = "project",
     env_vars: dict[str, str] | None = None,
     python: str = "python",
-    entrypoint_num_gpus: float = 0,
     job_id: str | None = None,
 ) -> str:
-    """Submit `acedata train TRAIN_ARGS` to run on the cluster; returns the job id.
+    """Submit a training run (jobs/train.py, Ray Train on the cluster); returns the job id.
 
-    Paths in `train_args` are read on the cluster. Ask for `entrypoint_num_gpus` when
-    the training process itself (not Ray workers it starts) needs the GPU.
+    `config` is a training YAML on this machine; `overrides`, when given, is the complete
+    effective config (the YAML plus command-line overrides) and is shipped instead.
+    `data` and `out` are read and written on the cluster: absolute paths or URIs.
     """
-    if "--submit" in train_args:
-        train_args = [a for a in train_args if a != "--submit"]
+    import yaml
+
+    for path in data:
+        _check_out(path, "--data")
+    _check_out(out)
+    if not os.path.isfile(config):
+        raise UserError(f"training config {config!r} not found")
     c = client(address)
-    wd, _, _ = _stage_dir(None, [])
+    wd = tempfile.mkdtemp(prefix="acedata-job-")
     try:
-        args = [python, "-m", "acedata", "train", *train_args]
-        kw: dict[str, Any] = {}
-        if entrypoint_num_gpus:
-            kw["entrypoint_num_gpus"] = entrypoint_num_gpus
+        cfg_name = "train-config.yaml"
+        if overrides is not None:
+            with open(os.path.join(wd, cfg_name), "w", encoding="utf-8") as f:
+                yaml.safe_dump(overrides, f, sort_keys=False)
+        else:
+            shutil.copy(config, os.path.join(wd, cfg_name))
+        entry = PROJECT_ROOT / "jobs" / "train.py"
+        if entry.is_file():
+            shutil.copy(entry, os.path.join(wd, "train.py"))
+            args = [python, "train.py", cfg_name, "--data", *data, "--out", out]
+        else:  # an installed acedata without the jobs/ folder: the train command attaches itself
+            args = [python, "-m", "acedata", "train", cfg_name, "--data", *data, "--out", out, "--address", "auto"]
         return _call(
             c.submit_job,
             entrypoint=" ".join(_quote(a) for a in args),
-            submission_id=job_id or _job_id("train", "run"),
+            submission_id=job_id or _job_id("train", os.path.splitext(os.path.basename(config))[0]),
             runtime_env=_runtime_env(wd, code, env_vars),
-            metadata={"acedata": "train", "args": " ".join(train_args)[:500]},
-            **kw,
+            metadata={"acedata": "train", "config": os.path.basename(config), "out": out},
         )
     finally:
         shutil.rmtree(wd, ignore_errors=True)

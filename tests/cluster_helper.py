@@ -74,6 +74,8 @@ class LocalCluster:
         env = dict(os.environ)
         for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
             env.pop(k, None)
+        # `python` in job entrypoints is this interpreter, as on a cluster image.
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.update(
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # keep node addresses on 127.0.0.1
             RAY_USAGE_STATS_ENABLED="0",
@@ -165,14 +167,15 @@ class LocalCluster:
             out["head" if n.get("is_head_node") else "worker"] = n["node_id"]
         return out
 
-    def stop(self) -> None:
-        # Worker node first, then head; SIGTERM lets `ray start --block` stop its own processes.
+    def stop(self, grace: float = 10.0) -> None:
+        # SIGTERM lets `ray start --block` stop its own processes; then clear each node's session.
         for p in reversed(self.procs):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.time() + grace
         for p in reversed(self.procs):
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 pass
             try:  # anything the node left behind in its session (raylet, workers, dashboard)
