@@ -1,1 +1,222 @@
-"""placeholder"""
+"""Model-based synthesizers: depth (DPT/MiDaS via transformers) and diffusers edit pipelines
+(InstructPix2Pix, img2img style transfer, inpainting for element replacement).
+
+Weights come from a local folder or the HF cache through `acedata.models` (ModelNotFound
+otherwise, nothing is downloaded); `random_init: true` builds the tiny architecture from
+`acedata.synth.tiny_models` and marks outputs random-init. They run on GPU actor pools
+when the stage asks for GPUs (`resources: {num_gpus: 1}`), float16 on CUDA.
+Knobs in `models.<name>.options`: steps, guidance, strength, max_side, prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from acedata.errors import UserError
+from acedata.models import ModelSpec, pick_device, resolve_local
+from acedata.synth.base import Draft, Img, Synthesizer, as_rgb3, mask_img, new_img, register
+from acedata.synth.lowlevel import ConditionSynth
+from acedata.synth.segments import object_mask
+
+
+def _torch_dtype(spec: ModelSpec, device: str):
+    import torch
+
+    if spec.dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec.dtype]
+
+
+def _need(spec: ModelSpec | None, name: str) -> ModelSpec:
+    if spec is None:
+        raise UserError(f"synthesizer {name!r} needs weights: set models.{name} (name/path) in the stage")
+    return spec
+
+
+@register
+class Depth(ConditionSynth):
+    """Monocular relative depth (brighter = nearer), normalised per image, as MiDaS/DPT maps."""
+
+    name = "depth"
+    subtasks = ("depth",)
+    needs_weights = True
+    num_gpus = 0.25
+    algorithm = "transformers AutoModelForDepthEstimation (DPT / MiDaS family)"
+    default_repo = "Intel/dpt-hybrid-midas"
+
+    def load(self, spec: ModelSpec | None) -> None:
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        spec = _need(spec, self.name)
+        self.spec, self.device = spec, pick_device(spec)
+        if spec.random_init:
+            from acedata.synth.tiny_models import build_tiny_dpt
+
+            model, self.processor = build_tiny_dpt(seed=int(spec.options.get("seed", 0)))
+        else:
+            path = resolve_local(spec, spec.options.get("hf_repo"))
+            model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=True)
+            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        self.model = model.to(self.device, _torch_dtype(spec, self.device)).eval()
+        self._torch = torch
+
+    @property
+    def weights_id(self) -> str | None:
+        return self.spec.weights_id if hasattr(self, "spec") else None
+
+    def condition(self, rgb, rng):
+        torch = self._torch
+        inputs = self.processor(images=Image.fromarray(rgb), return_tensors="pt")
+        x = inputs["pixel_values"].to(self.device, self.model.dtype)
+        with torch.no_grad():
+            depth = self.model(pixel_values=x).predicted_depth
+        d = torch.nn.functional.interpolate(depth[:, None].float(), size=rgb.shape[:2], mode="bicubic",
+                                            align_corners=False)[0, 0].cpu().numpy()
+        lo, hi = np.percentile(d, 1), np.percentile(d, 99)
+        d = np.clip((d - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(d)
+        return as_rgb3((d * 255).astype(np.uint8)), {"model": self.spec.weights_id}
+
+
+class DiffusersSynth(Synthesizer):
+    """Shared loading and calling of a Stable-Diffusion-family diffusers pipeline."""
+
+    needs_weights = True
+    num_gpus = 1.0
+    pipeline_class: str = ""
+    tiny_kind: str = ""
+    chainable = True
+
+    def load(self, spec: ModelSpec | None) -> None:
+        import diffusers
+        import torch
+
+        spec = _need(spec, self.name)
+        self.spec, self.device = spec, pick_device(spec)
+        dtype = _torch_dtype(spec, self.device)
+        if spec.random_init:
+            from acedata.synth.tiny_models import build_tiny_pipeline
+
+            pipe = build_tiny_pipeline(self.tiny_kind, seed=int(spec.options.get("seed", 0)))
+        else:
+            path = resolve_local(spec, spec.options.get("hf_repo"))
+            pipe = getattr(diffusers, self.pipeline_class).from_pretrained(
+                path, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        self.pipe = pipe.to(self.device, dtype)
+        self.pipe.set_progress_bar_config(disable=True)
+        self._torch = torch
+        opts = spec.options
+        self.steps = int(opts.get("steps", 20))
+        self.guidance = float(opts.get("guidance", 7.5))
+        self.max_side = int(opts.get("max_side", 512))
+
+    @property
+    def weights_id(self) -> str | None:
+        return self.spec.weights_id if hasattr(self, "spec") else None
+
+    def _fit(self, src: Img) -> Img:
+        """The source at a size the pipeline keeps (multiple of 8, long side <= max_side)."""
+        w, h = src.pil.size
+        s = min(1.0, self.max_side / max(w, h))
+        nw, nh = max(8, int(w * s) // 8 * 8), max(8, int(h * s) // 8 * 8)
+        if (nw, nh) == (w, h):
+            return src
+        return new_img(src.pil.convert("RGB").resize((nw, nh), Image.Resampling.LANCZOS), "image",
+                       resized_from=src.image_id)
+
+    def _generator(self, rng: np.random.Generator):
+        return self._torch.Generator("cpu").manual_seed(int(rng.integers(1 << 31)))
+
+    def _prompt(self, rng: np.random.Generator, default: list[str]) -> str:
+        prompts = self.spec.options.get("prompts") or default
+        return str(prompts[int(rng.integers(len(prompts)))])
+
+    @staticmethod
+    def _same_size(out: Image.Image, like: Image.Image) -> Image.Image:
+        return out if out.size == like.size else out.resize(like.size, Image.Resampling.LANCZOS)
+
+
+EDIT_PROMPTS = [
+    "make it winter with snow", "turn it into an oil painting", "make it night time", "make it look like autumn",
+    "make it a vintage photograph", "turn it into a watercolor painting", "make the sky a sunset",
+]
+STYLE_PROMPTS = ["an oil painting", "a watercolor painting", "a pencil drawing", "an anime illustration",
+                 "a pixel art picture", "a charcoal sketch", "a pop art poster"]
+OBJECT_PROMPTS = ["a vase of flowers", "a cat", "a wooden chair", "a red ball", "a potted plant", "a lamp"]
+
+
+@register
+class InstructPix2Pix(DiffusersSynth):
+    name = "instruct_pix2pix"
+    task = "semantic_editing"
+    subtasks = ("instruct_edit",)
+    pipeline_class = "StableDiffusionInstructPix2PixPipeline"
+    tiny_kind = "instruct_pix2pix"
+    algorithm = "diffusers StableDiffusionInstructPix2PixPipeline"
+
+    def make(self, src: Img, rng: np.random.Generator, caption: str | None = None) -> list[Draft]:
+        src = self._fit(src)
+        prompt = self._prompt(rng, EDIT_PROMPTS)
+        image_guidance = float(self.spec.options.get("image_guidance", 1.5))
+        out = self.pipe(prompt, image=src.pil.convert("RGB"), num_inference_steps=self.steps,
+                        guidance_scale=self.guidance, image_guidance_scale=image_guidance,
+                        generator=self._generator(rng)).images[0]
+        params: dict[str, Any] = {"prompt": prompt, "steps": self.steps, "guidance": self.guidance,
+                                  "image_guidance": image_guidance}
+        return [Draft(self.task, "instruct_edit", src, new_img(self._same_size(out, src.pil)), params=params,
+                      synthesizer=self.name)]
+
+
+@register
+class Img2ImgStyle(DiffusersSynth):
+    name = "img2img_style"
+    task = "semantic_editing"
+    subtasks = ("style_transfer",)
+    pipeline_class = "StableDiffusionImg2ImgPipeline"
+    tiny_kind = "img2img"
+    algorithm = "diffusers StableDiffusionImg2ImgPipeline (SDEdit)"
+
+    def make(self, src: Img, rng: np.random.Generator, caption: str | None = None) -> list[Draft]:
+        src = self._fit(src)
+        style = self._prompt(rng, STYLE_PROMPTS)
+        prompt = f"{style} of {caption}" if caption else style
+        strength = float(self.spec.options.get("strength", rng.uniform(0.45, 0.7)))
+        out = self.pipe(prompt, image=src.pil.convert("RGB"), strength=strength, num_inference_steps=self.steps,
+                        guidance_scale=self.guidance, generator=self._generator(rng)).images[0]
+        params = {"prompt": prompt, "style": style, "strength": round(strength, 3), "steps": self.steps}
+        return [Draft(self.task, "style_transfer", src, new_img(self._same_size(out, src.pil)), params=params,
+                      synthesizer=self.name)]
+
+
+@register
+class InpaintReplace(DiffusersSynth):
+    """Replace an object region with a prompted one; pixels outside the mask are pasted back so
+    the pair differs only inside the mask (the VAE round trip would otherwise touch all)."""
+
+    name = "sd_inpaint_replace"
+    task = "element_editing"
+    subtasks = ("replace",)
+    pipeline_class = "StableDiffusionInpaintPipeline"
+    tiny_kind = "inpaint"
+    algorithm = "object mask + diffusers StableDiffusionInpaintPipeline"
+
+    def make(self, src: Img, rng: np.random.Generator, caption: str | None = None) -> list[Draft]:
+        src = self._fit(src)
+        rgb = src.array()
+        mask, mparams = object_mask(rgb, rng, max_frac=0.4)
+        k = max(3, min(rgb.shape[:2]) // 48) | 1
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        prompt = self._prompt(rng, OBJECT_PROMPTS)
+        h, w = rgb.shape[:2]
+        out = self.pipe(prompt, image=src.pil.convert("RGB"), mask_image=Image.fromarray(mask * 255),
+                        height=h, width=w, num_inference_steps=self.steps, guidance_scale=self.guidance,
+                        generator=self._generator(rng)).images[0]
+        gen = np.asarray(self._same_size(out, src.pil).convert("RGB"))
+        result = np.where(mask[:, :, None] > 0, gen, rgb).astype(np.uint8)
+        params = {**mparams, "prompt": prompt, "object": prompt, "steps": self.steps}
+        return [Draft(self.task, "replace", src, new_img(result), mask=mask_img(mask), params=params,
+                      synthesizer=self.name)]

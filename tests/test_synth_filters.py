@@ -1,0 +1,83 @@
+"""Filters reject unchanged, fully-changed, misaligned and blank pairs, with reason codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from acedata.synth.base import Draft, Img, mask_img, new_img
+from acedata.synth.filters import Band, FilterConfig, check
+
+
+@pytest.fixture(scope="module")
+def photo() -> Img:
+    from skimage import data
+
+    return Img(Image.fromarray(data.astronaut()).resize((128, 128)), "image", "a" * 64)
+
+
+def _other() -> np.ndarray:
+    from skimage import data
+
+    return np.asarray(Image.fromarray(data.coffee()).resize((128, 128)))
+
+
+@pytest.mark.parametrize("task", ["semantic_editing", "element_editing", "low_level", "repainting", "layer_editing"])
+def test_unchanged_pair_is_rejected(photo, task):
+    d = Draft(task, "x", photo, new_img(photo.array().copy()))
+    v = check(d)
+    assert not v.ok and v.reason == "unchanged", v
+
+
+def test_fully_changed_semantic_edit_is_rejected(photo):
+    d = Draft("semantic_editing", "watercolor", photo, new_img(_other()))
+    v = check(d)
+    assert not v.ok and v.reason == "fully_changed" and v.scores["edge_corr"] < 0.2
+
+
+def test_fully_changed_repaint_is_rejected(photo):
+    noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3)).astype(np.uint8)
+    d = Draft("repainting", "inpainting", new_img(noise), photo, mask=mask_img(np.ones((128, 128), np.uint8)))
+    v = check(d)
+    assert not v.ok and v.reason == "fully_changed"
+
+
+def test_a_real_style_edit_passes(photo):
+    from acedata.synth.semantic import _grade
+
+    v = check(Draft("semantic_editing", "color_grading", photo, new_img(_grade(photo.array(), "sepia", 1.0))))
+    assert v.ok and v.scores["changed"] > 0.5 and v.scores["edge_corr"] > 0.5
+
+
+def test_mask_must_cover_every_change(photo):
+    a = photo.array().copy()
+    a[10:30, 10:30] = 0
+    m = np.zeros((128, 128), np.uint8)
+    m[60:90, 60:90] = 1  # the change is elsewhere
+    v = check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(m)))
+    assert not v.ok and v.reason == "mask_misaligned"
+    m[8:32, 8:32] = 1
+    assert check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(m))).ok
+
+
+def test_mask_must_be_binary_and_sized(photo):
+    soft = Img(Image.fromarray(np.full((128, 128), 100, np.uint8), "L"), "mask")
+    assert check(Draft("repainting", "inpainting", photo, photo, mask=soft)).reason == "mask_not_binary"
+    small = mask_img(np.ones((64, 64), np.uint8))
+    assert check(Draft("repainting", "inpainting", photo, photo, mask=small)).reason == "size_mismatch"
+
+
+def test_blank_condition_map_is_rejected(photo):
+    blank = new_img(np.zeros((128, 128, 3), np.uint8), "condition")
+    assert check(Draft("low_level", "canny", photo, blank)).reason == "empty_condition"
+
+
+def test_bands_are_configurable(photo):
+    from acedata.synth.semantic import _grade
+
+    d = Draft("semantic_editing", "color_grading", photo, new_img(_grade(photo.array(), "warm", 1.0)))
+    assert check(d).ok
+    strict = FilterConfig(bands={"semantic_editing/color_grading": Band(ssim_max=0.5)})
+    v = check(d, strict)
+    assert not v.ok and v.reason == "near_duplicate"
