@@ -10,7 +10,8 @@ picks the behaviour:
                  images (strict JSON when `response_format` asks for a schema, otherwise
                  prose around a fenced JSON block), a caption for one image.
 - `vlm-broken`   never returns parseable JSON.
-- `writer`       turns an analysis in the prompt into an instruction with `{image}`.
+- `writer`       turns an analysis in the prompt into an instruction with `{image}`
+                 (`paraphrase` does too when the prompt holds an analysis).
 - `captioner`    one-call instruction for an image pair.
 - `paraphrase`   rewrites the instruction in the prompt, scripted by how often that
                  instruction was asked for: a new wording, then a duplicate, a version that
@@ -226,7 +227,7 @@ class Handler(BaseHTTPRequestHandler):
                 d = _describe(images[0])
                 return f"A photograph in mostly {d['tone']} tones, {d['size'][0]}x{d['size'][1]} pixels."
             return "No image was given."
-        if model == "writer":
+        if model == "writer" or (model == "paraphrase" and '"differences"' in prompt):
             m = re.search(r'"differences":\s*\[\s*"([^"]+)"', prompt)
             diff = m.group(1) if m else "it changes"
             diff = re.sub(r"^the second image is ", "", diff)
