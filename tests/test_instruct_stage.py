@@ -167,7 +167,7 @@ def test_pipeline_spec_and_commands(corpus, tmp_path, capsys):
     counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # 9 labelled pairs; nat_missing has no target image file, so it is skipped with a reason
     assert counts["records"] == 8 and counts["skipped_no_image"] == 1 and counts["skipped_method"] == 5
-    recs = [json.loads(x) for x in open(tmp_path / "cap" / "captioner.jsonl")]
+    recs = [json.loads(x) for x in (tmp_path / "cap" / "captioner.jsonl").read_text().splitlines()]
     ref = next(r for r in recs if r["id"] == "ref#0")
     assert len(ref["image"]) == 4 and ref["conversations"][0]["value"].count("<image>") == 4
     assert all(os.path.exists(tmp_path / "cap" / p) for r in recs for p in r["image"])
