@@ -195,7 +195,7 @@ def run_stages(
                     status.stage(i, units=total, units_done=done, counts=counts)
 
                 summary = runtime.run_stage(stage, executor, progress=progress)
-                _write_marker(stage_dir, digest, summary)
+                _write_marker(stage_dir, digest, summary, config=cfg.model_dump(mode="json"))
                 status.stage(i, state="succeeded", units=summary.get("units"), units_done=summary.get("units"),
                              counts=summary.get("counts", {}), seconds=summary.get("seconds"))
             summaries.append({"name": cfg.name, **summary})
@@ -236,9 +236,11 @@ def _read_marker(stage_dir: str) -> dict[str, Any] | None:
     return shards.read_json(fs, p) if shards.exists(fs, p) else None
 
 
-def _write_marker(stage_dir: str, digest: str, summary: dict[str, Any]) -> None:
+def _write_marker(stage_dir: str, digest: str, summary: dict[str, Any], config: dict[str, Any] | None = None) -> None:
     fs, d = shards.resolve(stage_dir)
     body = {"config_hash": digest, "finished": time.time(), "summary": summary}
+    if config is not None:  # the stage's settings, for dataset cards (thresholds, models)
+        body["config"] = config
     shards.write_bytes_atomic(fs, posixpath.join(d, runtime.SUCCESS), json.dumps(body, indent=1).encode())
 
 
