@@ -83,6 +83,16 @@ def _locate(spec: ModelSpec) -> tuple[str, str | None, list[str]]:
     return "missing", None, looked
 
 
+def check_available(spec: ModelSpec) -> None:
+    """Raise ModelNotFound on the driver before any worker starts (loads nothing)."""
+    if spec.random_init:
+        return
+    how, _, looked = _locate(spec)
+    if how == "missing":
+        raise ModelNotFound(spec.name, looked, "set `path:` to a checkpoint or open_clip dir, or use "
+                            "random_init: true for a demo (nothing is downloaded)")
+
+
 def load_image_embedder(spec: ModelSpec) -> LoadedEmbedder:
     import open_clip
     import torch
@@ -105,10 +115,8 @@ def load_image_embedder(spec: ModelSpec) -> LoadedEmbedder:
                                                                      **norm)
         model_id = spec.weights_id
     else:
-        how, where, looked = _locate(spec)
-        if how == "missing":
-            raise ModelNotFound(spec.name, looked, "set `path:` to a checkpoint or open_clip dir, or use "
-                                "random_init: true for a demo (nothing is downloaded)")
+        check_available(spec)
+        how, where, _ = _locate(spec)
         if how == "dir":
             model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{where}")
         else:

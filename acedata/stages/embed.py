@@ -89,6 +89,9 @@ class Embed(Stage):
         return int(cfg["embed_dim"]) if cfg else 1
 
     def plan(self) -> list[WorkUnit]:
+        from acedata.models.siglip import check_available
+
+        check_available(self.config.model)  # a missing model fails here, not in every actor
         tables = self.ctx.input("images")
         return [WorkUnit(uid, p) for uid, p in row_group_units(tables, self.config.images_per_unit)]
 
