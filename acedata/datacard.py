@@ -23,7 +23,9 @@ from acedata.schemas import LCU, SCHEMA_VERSION
 from acedata.stats import run_tables, stage_summaries
 
 SPLIT_TABLES = {"train": "lcu", "validation": "lcu_validation"}
-THRESHOLD_KEYS = ("thresholds", "filters", "filter", "params")
+# Config keys that decide what a stage keeps (matched anywhere in a dotted key).
+THRESHOLD_HINTS = ("filter", "threshold", "tau", "pass2", "guard", "min_", "max_aspect", "max_pixels", "band",
+                   "_low", "_high", "min_score", "ssim", "clip", "dino")
 
 
 def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
@@ -82,20 +84,56 @@ def models_used(tables: dict[str, list[str]]) -> Counter:
     return found
 
 
-def thresholds_used(tables: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """Distinct filter settings per (task, subtask) from pair provenance."""
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(obj, dict) and obj:
+        return [kv for k, v in obj.items() for kv in _flatten(v, f"{prefix}{k}.")]
+    return [(prefix[:-1], obj)]
+
+
+def config_thresholds(config: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Settings of a stage config that decide what is kept: filters, bands, bounds, guards."""
+    out = []
+    for key, value in _flatten({k: v for k, v in config.items() if k not in ("resources", "inputs", "name")}):
+        if value is not None and any(h in key for h in THRESHOLD_HINTS):
+            out.append((key, value))
+    return out
+
+
+def config_models(config: dict[str, Any]) -> list[str]:
+    """Model ids named in a stage config (ModelSpec-like dicts and endpoint `model` keys)."""
+    found = []
+
+    def visit(obj: Any) -> None:
+        if isinstance(obj, dict):
+            if isinstance(obj.get("name"), str) and ("random_init" in obj or "path" in obj):
+                where = "random-init" if obj.get("random_init") else (obj.get("path") or "hf-cache")
+                found.append(f"{obj['name']}@{where}")
+            elif isinstance(obj.get("model"), str):
+                found.append(obj["model"])
+            for v in obj.values():
+                visit(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                visit(v)
+
+    visit(config)
+    return found
+
+
+def provenance_thresholds(tables: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Threshold settings pair producers wrote into provenance (`tau`, `pass2`, `filters` ...)."""
     pair_files = _files(tables.get("pairs", []))
     if not pair_files:
         return []
-    df = pl.scan_parquet(pair_files).select("task", "subtask", "provenance").unique().collect()
-    seen: dict[tuple[str, str, str], int] = {}
-    for task, subtask, prov in df.iter_rows():
+    df = pl.scan_parquet(pair_files).select("task", "provenance").unique().collect()
+    seen: set[tuple[str, str]] = set()
+    for task, prov in df.iter_rows():
         for p in _provenance([prov]):
-            for key, v in _walk(p, THRESHOLD_KEYS):
-                if isinstance(v, dict) and v:
-                    item = (task, subtask, json.dumps({key: v}, sort_keys=True))
-                    seen[item] = seen.get(item, 0) + 1
-    return [{"task": t, "subtask": s, "settings": j} for (t, s, j) in sorted(seen)]
+            if isinstance(p, dict):
+                picked = {k: v for k, v in p.items() if any(h in k for h in THRESHOLD_HINTS) and v is not None}
+                if picked:
+                    seen.add((task, json.dumps(picked, sort_keys=True)))
+    return [{"task": t, "settings": j} for t, j in sorted(seen)]
 
 
 def _split_counts(folder: str) -> tuple[list[dict[str, Any]], dict[str, int], list[dict[str, Any]]]:
@@ -128,7 +166,11 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
     """Write `FOLDER/README.md` for the LCU tables under FOLDER; returns its path."""
     groups, rows, turns = _split_counts(folder)
     tables = run_tables(run_dir) if run_dir and os.path.isdir(run_dir) else {}
+    summaries = stage_summaries(run_dir) if run_dir and os.path.isdir(run_dir) else []
     models = models_used(tables)
+    for s in summaries:
+        for m in config_models(s.get("config") or {}):
+            models.setdefault(m, 0)
     random_init = sorted(m for m in models if "random-init" in m or "random_init" in m)
     data_files = [f"  - split: {s}\n    path: {t}/*.parquet" for s, t in SPLIT_TABLES.items() if rows.get(s)]
     lines = [
@@ -183,15 +225,16 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
         "## Provenance per stage",
         "",
     ]
-    summaries = stage_summaries(run_dir) if run_dir and os.path.isdir(run_dir) else []
     if summaries:
         lines += ["| stage | kind | seconds | counts |", "|---|---|---|---|"]
         for s in summaries:
             c = ", ".join(f"{k}={v}" for k, v in sorted(s.get("counts", {}).items()))
             lines.append(f"| {s['name']} | {s.get('stage', '')} | {s.get('seconds', '')} | {c} |")
         configs = [(s["name"], s["config"]) for s in summaries if s.get("config")]
-        for name, cfg in configs:
-            lines += ["", f"`{name}` config: `{json.dumps(cfg, sort_keys=True)}`"]
+        if configs:
+            lines += ["", "<details><summary>stage configs</summary>", ""]
+            lines += [f"- `{name}`: `{json.dumps(cfg, sort_keys=True)}`" for name, cfg in configs]
+            lines += ["", "</details>"]
     else:
         lines.append("(no run markers found next to this dataset)")
     if config is not None:
@@ -199,16 +242,22 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
     lines += ["", "## Models used", ""]
     if models:
         lines += ["| model | rows | random-init |", "|---|---|---|"]
-        lines += [f"| `{m}` | {n:,} | {'yes' if m in random_init else ''} |" for m, n in models.most_common()]
+        lines += [f"| `{m}` | {n:,} | {'yes' if m in random_init else ''} |" if n else
+                  f"| `{m}` | (named in a stage config) | {'yes' if m in random_init else ''} |"
+                  for m, n in models.most_common()]
     else:
         lines.append("(no model recorded: every stage was algorithmic)")
     lines += ["", "## Filter thresholds", ""]
-    found = thresholds_used(tables)
+    rows = [(s["name"], k, v) for s in summaries if s.get("config") for k, v in config_thresholds(s["config"])]
+    if rows:
+        lines += ["| stage | setting | value |", "|---|---|---|"]
+        lines += [f"| {n} | `{k}` | `{json.dumps(v)}` |" for n, k, v in rows]
+    found = provenance_thresholds(tables)
     if found:
-        lines += ["| task | subtask | settings |", "|---|---|---|"]
-        lines += [f"| {t['task']} | {t['subtask']} | `{t['settings']}` |" for t in found]
-    else:
-        lines.append("(no filter settings recorded in pair provenance)")
+        lines += ["", "Recorded in pair provenance:", "", "| task | settings |", "|---|---|"]
+        lines += [f"| {t['task']} | `{t['settings']}` |" for t in found]
+    if not rows and not found:
+        lines.append("(no filter settings recorded in stage configs or pair provenance)")
     q_files = _files(tables.get("quarantine", []))
     if q_files:
         df = pl.scan_parquet(q_files).group_by("stage", "reason").len("count").sort("stage", "reason").collect()

@@ -83,7 +83,8 @@ def stage_summaries(run_dir: str) -> list[dict[str, Any]]:
         if os.path.isfile(marker):
             with open(marker, encoding="utf-8") as f:
                 body = json.load(f)
-            out.append({"name": os.path.basename(d), "finished": body.get("finished", 0), **body["summary"]})
+            out.append({"name": os.path.basename(d), "finished": body.get("finished", 0), **body["summary"],
+                        "config": body.get("config")})
     return sorted(out, key=lambda s: s["finished"])
 
 

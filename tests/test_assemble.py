@@ -40,7 +40,7 @@ def _mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
 
 def _pair(pid: str, src: str, tgt: str, task: str, subtask: str, **kw) -> dict:
     return {"pair_id": pid, "source_id": src, "target_id": tgt, "task": task, "subtask": subtask,
-            "provenance": json.dumps({"stage": "test", "algorithm": subtask, "params": {"min_ssim": 0.5}}), **kw}
+            "provenance": json.dumps({"stage": "test", "algorithm": subtask, "filters": {"min_ssim": 0.5}}), **kw}
 
 
 def _instr(pid: str, variant: int, text: str, method: str = "template") -> dict:
@@ -125,7 +125,8 @@ def build_world(run: str, corpus: str) -> dict:
                                             QUARANTINE), QUARANTINE)
     shards.write_table(os.path.join(run, "label", "instructions"), pa.Table.from_pylist(instr, INSTRUCTIONS),
                        INSTRUCTIONS)
-    _write_marker(sdir, "test", {"stage": "synthesize", "counts": {"pairs": len(pairs)}})
+    _write_marker(sdir, "test", {"stage": "synthesize", "counts": {"pairs": len(pairs)}},
+                  config={"filters": {"max_ssim": 0.95}, "models": {"inpaint": {"name": "tiny-unet", "random_init": True}}})
     _write_marker(os.path.join(run, "label"), "test", {"stage": "instruct", "counts": {"instructions": len(instr)}})
     images = {r["image_id"]: r["image"]["bytes"] for r in ing} | {r["image_id"]: r["image"]["bytes"] for r in synth}
     return {"pairs": pairs, "instr": instr, "images": images, "mined": mined, "sdir": sdir}
@@ -318,7 +319,8 @@ def test_dataset_card(world):
         text = f.read()
     for needle in ("configs:", "split: validation", "## Schema", "`history`", "## Counts per task and subtask",
                    "reference_generation", "## Provenance per stage", "synthesize", "## Models used",
-                   "tiny-llm@random-init", "Warning", "## Filter thresholds", "min_ssim", "no_instruction"):
+                   "tiny-llm@random-init", "tiny-unet@random-init", "Warning", "## Filter thresholds",
+                   "`filters.max_ssim` | `0.95`", '"filters": {"min_ssim": 0.5}', "no_instruction"):
         assert needle in text, needle
 
 
