@@ -43,14 +43,17 @@ class ClipScorer:
     def __init__(self, cfg: ClipFilterConfig) -> None:
         import open_clip
 
-        from acedata.models.siglip import load_image_embedder, register_tiny
+        from acedata.models.siglip import TINY, TINY_CONFIG, load_image_embedder, register_tiny
 
         self.cfg = cfg
         self.enc = load_image_embedder(cfg.model)
         register_tiny()
         try:
-            self.tokenizer = open_clip.get_tokenizer(cfg.model.name)
-        except Exception:  # noqa: BLE001 - no tokenizer on this machine: image similarity only
+            if cfg.model.name == TINY:  # open_clip would fetch SigLIP's sentencepiece for a "siglip" name
+                self.tokenizer = open_clip.SimpleTokenizer(context_length=TINY_CONFIG["text_cfg"]["context_length"])
+            else:
+                self.tokenizer = open_clip.get_tokenizer(cfg.model.name)
+        except Exception:  # noqa: BLE001 - no tokenizer files on this machine: image similarity only
             self.tokenizer = None
 
     def _images(self, pils):

@@ -105,7 +105,7 @@ class DiffusersSynth(Synthesizer):
         else:
             path = resolve_local(spec, spec.options.get("hf_repo"))
             pipe = getattr(diffusers, self.pipeline_class).from_pretrained(
-                path, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+                path, dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
         self.pipe = pipe.to(self.device, dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self._torch = torch

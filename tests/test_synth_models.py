@@ -1,0 +1,119 @@
+"""Model-based synthesizers and the CLIP filter, end to end on tiny random-init models that
+are saved to a folder and loaded by path through the same code as real weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from acedata import shards
+from acedata.errors import ModelNotFound
+from acedata.models import ModelSpec
+from acedata.synth import REGISTRY, Img, load_all
+
+load_all()
+OPTS = {"steps": 2, "max_side": 64, "guidance": 3.0}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, str]:
+    from acedata.synth.tiny_models import build_tiny_dpt, build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny")
+    out = {"depth": str(root / "dpt")}
+    build_tiny_dpt(out["depth"])
+    for synth, kind in (("instruct_pix2pix", "instruct_pix2pix"), ("img2img_style", "img2img"),
+                        ("sd_inpaint_replace", "inpaint")):
+        out[synth] = str(root / kind)
+        build_tiny_pipeline(kind, out[synth])
+    return out
+
+
+@pytest.fixture(scope="module")
+def photo() -> Img:
+    from skimage import data
+
+    return Img(Image.fromarray(data.astronaut()).resize((72, 64)), "image", "b" * 64)
+
+
+def _loaded(name: str, path: str):
+    s = REGISTRY[name]()
+    s.load(ModelSpec(name=f"tiny-{name}", path=path, device="cpu", options=OPTS))
+    return s
+
+
+def test_depth_makes_condition_and_inverse(weights, photo):
+    s = _loaded("depth", weights["depth"])
+    low, ctrl = s.make(photo, np.random.default_rng(0))
+    assert (low.task, ctrl.task, low.subtask) == ("low_level", "controllable", "depth")
+    d = low.target.array()
+    assert d.shape == photo.array().shape and d.std() > 0 and low.target.kind == "condition"
+    assert ctrl.source is low.target and ctrl.target is photo
+    assert s.weights_id.endswith(weights["depth"])
+
+
+@pytest.mark.parametrize("name", ["instruct_pix2pix", "img2img_style", "sd_inpaint_replace"])
+def test_diffusers_synthesizers(weights, photo, name):
+    s = _loaded(name, weights[name])
+    (d,) = s.make(photo, np.random.default_rng(0), "an astronaut")
+    w, h = d.source.pil.size
+    assert w % 8 == 0 and h % 8 == 0 and d.target.pil.size == (w, h) and d.params["prompt"]
+    assert d.source.id != d.target.id
+    if name == "sd_inpaint_replace":
+        m = np.asarray(d.mask.pil) > 0
+        assert set(np.unique(np.asarray(d.mask.pil))) <= {0, 255} and m.any()
+        assert (d.source.array()[~m] == d.target.array()[~m]).all(), "outside the mask nothing changes"
+
+
+def test_stage_with_model_synthesizers(weights, demo_corpus, tmp_path):
+    from acedata.pipeline import run_stages
+    from acedata.stages.ingest import IngestConfig
+    from acedata.stages.synthesize import Synthesize, SynthesizeConfig
+
+    models = {n: ModelSpec(name=f"tiny-{n}", path=p, device="cpu", options=OPTS) for n, p in weights.items()}
+    cfg = SynthesizeConfig(name="synthesize", synthesizers=sorted(weights), models=models, max_images=2,
+                           max_side=96, chain_fraction=0)
+    assert Synthesize(cfg, None).uses_model  # an actor pool on Ray
+    run = run_stages([IngestConfig(name="ingest", sources=[demo_corpus]), cfg], str(tmp_path), executor="local")
+    s = run["stages"][1]
+    assert s["counts"]["candidates"] == s["counts"]["pairs"] + s["counts"]["quarantine"] == 2 * 5
+    pairs = shards.read_table(str(tmp_path / "synthesize" / "pairs")).to_pylist()
+    bad = shards.read_table(str(tmp_path / "synthesize" / "quarantine")).to_pylist()
+    made = {json.loads(p["provenance"])["synthesizer"] for p in pairs}
+    made |= {b["source_uri"].split("/")[2] for b in bad}
+    assert made == set(weights)
+    for p in pairs:
+        assert json.loads(p["provenance"])["weights"].startswith("tiny-")
+
+
+def test_missing_weights_name_the_model(demo_corpus, tmp_path):
+    from acedata.pipeline import run_stages
+    from acedata.stages.ingest import IngestConfig
+    from acedata.stages.synthesize import SynthesizeConfig
+
+    cfg = SynthesizeConfig(name="synthesize", synthesizers=["depth"],
+                           models={"depth": ModelSpec(name="Intel/dpt-hybrid-midas", path=str(tmp_path / "none"))})
+    with pytest.raises(ModelNotFound, match="dpt-hybrid-midas"):
+        run_stages([IngestConfig(name="ingest", sources=[demo_corpus]), cfg], str(tmp_path), executor="local")
+
+
+def test_clip_filter_scores_and_rejects(photo):
+    from acedata.synth.base import Draft, new_img
+    from acedata.synth.clip_filter import ClipFilterConfig, ClipScorer
+    from acedata.synth.filters import Verdict
+    from acedata.synth.semantic import _grade
+
+    spec = ModelSpec(name="acedata-tiny-siglip", random_init=True, device="cpu")
+    d = Draft("semantic_editing", "color_grading", photo, new_img(_grade(photo.array(), "sepia", 1.0)),
+              params={"look": "sepia"})
+    lenient = ClipScorer(ClipFilterConfig(model=spec, image_min=-1.0, directional_min=-1.0))
+    v = lenient.judge(d, "an astronaut", Verdict(True))
+    assert v.ok and -1 <= v.scores["clip_image"] <= 1 and "clip_directional" in v.scores
+    strict = ClipScorer(ClipFilterConfig(model=spec, image_min=1.01))
+    v = strict.judge(d, "an astronaut", Verdict(True))
+    assert not v.ok and v.reason == "clip_image_low"
+    other = Draft("layer_editing", "fuse", photo, photo)
+    assert strict.judge(other, None, Verdict(True)).ok  # only the configured tasks are scored
