@@ -102,3 +102,17 @@ def test_weight_free_stage_on_ray(ray_local, synth_run, tmp_path):
     s = run["stages"][0]
     assert s["counts"]["candidates"] == s["counts"]["pairs"] + s["counts"]["quarantine"]
     assert {"low_level/canny", "repainting/inpainting", "semantic_editing/color_grading"} <= set(s["pairs_by_task"])
+
+
+def test_contact_sheet_command_draws_every_family(synth_run, tmp_path, capsys):
+    from PIL import Image
+
+    from acedata.cli import main
+
+    out, _, _ = synth_run
+    assert main(["contact-sheet", out, "--out", str(tmp_path), "--per-family", "3", "--cell", "48"]) == 0
+    written = capsys.readouterr().out.split()
+    assert {p.rsplit("/", 1)[-1][:-4] for p in written} == FAMILIES
+    sheet = Image.open(str(tmp_path / "repainting.png"))
+    assert sheet.height > 3 * 48 and sheet.width > 3 * 48  # 3 rows of source, mask, target
+    assert main(["contact-sheet", str(tmp_path / "nope")]) == 2
