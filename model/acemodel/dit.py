@@ -36,6 +36,10 @@ class DiTInput:
     t: torch.Tensor
 
 
+def _rope_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def indicator_index(frame: int, num_frames: int) -> int:
     """Frame 0 (target) -> N (number of condition frames); condition frame k -> k - 1."""
     return num_frames - 1 if frame == 0 else frame - 1
@@ -123,7 +127,7 @@ class ACEDiT(nn.Module):
         reps = torch.tensor(sample_lens, device=dev)
         t_emb = torch.repeat_interleave(t_emb, reps, dim=0)  # per token, as the release does
         t_mod = self.t_block(t_emb)
-        cos, sin = rope_cos_sin(token_positions(shapes, dev), self.cfg.head_dim, self.cfg.rope_theta)
+        cos, sin = rope_cos_sin(token_positions(shapes, dev), self.cfg.head_dim, self.cfg.rope_theta, _rope_dtype(x))
         layout = PackedLayout(
             cu_seqlens(sample_lens, dev), max(sample_lens), cu_seqlens(frame_lens, dev), max(frame_lens),
             cu_seqlens(text_lens, dev), max(text_lens), resolve_backend(self.attention_backend, dev),
@@ -168,7 +172,7 @@ class ACEDiT(nn.Module):
         layout = PaddedLayout(valid[:, None, None, :], (tok_frame[:, :, None] == txt_frame[:, None, :])[:, None])
         t_emb = self.t_embedder(inp.t.to(dev))[:, None].expand(B, L, D)
         t_mod = self.t_block(t_emb)
-        cos, sin = rope_cos_sin(pos.view(-1, 3), self.cfg.head_dim, self.cfg.rope_theta)
+        cos, sin = rope_cos_sin(pos.view(-1, 3), self.cfg.head_dim, self.cfg.rope_theta, _rope_dtype(x))
         cos, sin = cos.view(B, L, -1), sin.view(B, L, -1)
         x = self._run_blocks(x, y, t_mod, cos, sin, layout)
         x = self.final_layer(x, t_emb)

@@ -45,8 +45,9 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float = 10000.0,
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: (..., T, H, D); cos/sin: (..., T, D/2). Rotates pairs (x[2i], x[2i+1])."""
     dtype = x.dtype
-    x = x.float()
+    work = torch.promote_types(dtype, torch.float32)  # rotate in at least fp32 (bf16 autocast)
+    x = x.to(work)
     re, im = x[..., 0::2], x[..., 1::2]
-    c, s = cos.float().unsqueeze(-2), sin.float().unsqueeze(-2)
+    c, s = cos.to(work).unsqueeze(-2), sin.to(work).unsqueeze(-2)
     out = torch.stack([re * c - im * s, re * s + im * c], dim=-1).flatten(-2)
     return out.to(dtype)

@@ -78,7 +78,7 @@ class Trainer:
         self.objective = make_objective(cfg.objective)
         o = cfg.optim
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
-                                     weight_decay=o.weight_decay)
+                                     weight_decay=o.weight_decay, foreach=True)
         self.ema = {k: v.detach().float().clone() for k, v in self.model.named_parameters()} if o.ema_decay else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.loader = LCUStream(data, cfg.data, cfg.seed, rank, world_size)
