@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # the backend is chosen first
 def _save(fig: plt.Figure, out_dir: str, name: str) -> str:
     path = os.path.join(out_dir, name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -62,8 +62,13 @@ def write_plots(res: dict[str, Any], out_dir: str) -> list[str]:
         for g in res["groups"]:
             key = str(g["task"]) if "task" in g else "/".join(str(g[c]) for c in by)
             tasks[key] = tasks.get(key, 0) + g["count"]
-        fig, ax = plt.subplots(figsize=(6, 6))
-        ax.pie(list(tasks.values()), labels=list(tasks), autopct="%1.1f%%", startangle=90, counterclock=False)
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        order = sorted(tasks, key=lambda k: -tasks[k])
+        total = sum(tasks.values())
+        wedges, _t, _a = ax.pie([tasks[k] for k in order], startangle=90, counterclock=False,
+                                autopct=lambda pct: f"{pct:.1f}%" if pct >= 4 else "", pctdistance=0.75)
+        ax.legend(wedges, [f"{k} ({100 * tasks[k] / total:.1f}%)" for k in order], loc="center left",
+                  bbox_to_anchor=(1.0, 0.5), frameon=False)
         ax.set_title("share of samples per task")
         paths.append(_save(fig, out_dir, "tasks_pie.png"))
         t = res["turns"]

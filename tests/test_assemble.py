@@ -338,3 +338,21 @@ def test_funnel_of_the_run(world):
     assert steps["paired"] == 12 and steps["synthesized"] == len(world["pairs"]) - 12
     assert steps["lcu_rows"] == len(world["rows"]) == res["rows"]
     assert steps["labelled"] == len({i["pair_id"] for i in world["instr"] if not i["pair_id"].startswith("t2i:")})
+
+
+def test_ray_run_equals_local_run(world, ray_local, tmp_path):
+    """The same units on Ray Data (tasks) give exactly the rows of the in-process run."""
+    run, out = world["run"], str(tmp_path)
+    config = AssembleConfig(name="onray", max_history=2, validation_fraction=0.3, rows_per_unit=7, seed=0,
+                            dataset_card=False)
+    inputs = {
+        "images": [os.path.join(run, "ingest", "images"), os.path.join(run, "synth", "images")],
+        "pairs": [os.path.join(run, "synth", "pairs")],
+        "instructions": [os.path.join(run, "label", "instructions")],
+    }
+    summary = run_stage(Assemble(config, RunContext(out, os.path.join(out, "onray"), inputs)), "ray")
+    assert summary["counts"]["lcu"] + summary["counts"]["lcu_validation"] == len(world["rows"])
+    for t in ("lcu", "lcu_validation"):
+        got = shards.read_table(os.path.join(out, "onray", t), ["sample_id", "instruction"]).to_pylist()
+        want = [{"sample_id": r["sample_id"], "instruction": r["instruction"]} for r in world["rows"] if r["split"] == t]
+        assert got == want
