@@ -91,6 +91,8 @@ def stage_summaries(run_dir: str) -> list[dict[str, Any]]:
 def resolve_dataset(path: str) -> Dataset:
     """An LCU table dir, a dataset folder holding `lcu/`, a run dir, or a folder of Parquet files."""
     path = path.rstrip("/")
+    if "://" in path:  # object storage: an LCU table (its manifest lists the shards)
+        return Dataset(shards.list_shards(path), [path], None)
     if not os.path.exists(path):
         raise UserError(f"{path} does not exist; give an LCU table folder or a run folder")
     tables: list[str] = []
