@@ -81,3 +81,15 @@ def test_bands_are_configurable(photo):
     strict = FilterConfig(bands={"semantic_editing/color_grading": Band(ssim_max=0.5)})
     v = check(d, strict)
     assert not v.ok and v.reason == "near_duplicate"
+
+
+def test_fast_ssim_matches_scikit_image(photo):
+    from skimage.metrics import structural_similarity
+
+    from acedata.synth.filters import ssim_gray
+    from acedata.synth.semantic import _grade
+
+    a = np.asarray(photo.pil.convert("L"))
+    for b in (np.asarray(Image.fromarray(_grade(photo.array(), "vintage", 1.0)).convert("L")),
+              np.asarray(Image.fromarray(_other()).convert("L")), a):
+        assert ssim_gray(a, b) == pytest.approx(structural_similarity(a, b, data_range=255), abs=2e-3)

@@ -116,3 +116,18 @@ def test_contact_sheet_command_draws_every_family(synth_run, tmp_path, capsys):
     sheet = Image.open(str(tmp_path / "repainting.png"))
     assert sheet.height > 3 * 48 and sheet.width > 3 * 48  # 3 rows of source, mask, target
     assert main(["contact-sheet", str(tmp_path / "nope")]) == 2
+
+
+def test_read_locs_reads_only_wanted_rows_in_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from acedata.stages.synthesize import _read_locs
+
+    p = str(tmp_path / "x.parquet")
+    t = pa.table({"image_id": [f"id{i}" for i in range(100)],
+                  "image": [{"bytes": bytes([i]), "path": None} for i in range(100)]})
+    pq.write_table(t, p, row_group_size=7)
+    rows = _read_locs([[p, 93], [p, 5], [p, 50], [p, 6], [p, 7]])
+    assert [r["image_id"] for r in rows] == ["id93", "id5", "id50", "id6", "id7"]
+    assert rows[0]["image"]["bytes"] == bytes([93])

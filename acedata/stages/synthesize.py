@@ -72,6 +72,7 @@ class Synthesize(Stage):
         self.uses_model = any(c.needs_weights for c in self.classes) or config.clip_filter is not None
         self.synths: dict[str, Synthesizer] = {}
         self.clip: ClipScorer | None = None
+        self._metric_cache: dict = {}
 
     # --- driver ----------------------------------------------------------------------
 
@@ -260,14 +261,20 @@ class Synthesize(Stage):
                 out.add(d, row, self._judge(d, row))
 
     def _judge(self, d: Draft, row: dict[str, Any]):
-        verdict = check(d, self.config.filters)
+        if len(self._metric_cache) > 64:  # the inverse pair follows right after; keep it small
+            self._metric_cache.clear()
+        verdict = check(d, self.config.filters, self._metric_cache)
         if verdict.ok and self.clip is not None:
             verdict = self.clip.judge(d, row.get("caption"), verdict)
         return verdict
 
 
 def _read_locs(locs: list[list]) -> list[dict[str, Any]]:
-    """Rows (id, bytes, caption, group) at [shard, row] locations, in the order given."""
+    """Rows (id, bytes, caption, group) at [shard, row] locations, in the order given.
+
+    Reads only the row groups holding the wanted rows (a shard may hold 100k images)."""
+    import bisect
+
     by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for k, (shard, row) in enumerate(locs):
         by_shard[shard].append((k, row))
@@ -275,8 +282,17 @@ def _read_locs(locs: list[list]) -> list[dict[str, Any]]:
     for shard, wanted in by_shard.items():
         pf = shards.open_parquet(shard)
         cols = [c for c in ("image_id", "image", "caption", "group") if c in pf.schema_arrow.names]
-        t = pf.read(columns=cols).take(pa.array([r for _, r in wanted]))
-        for (k, _), r in zip(wanted, t.to_pylist()):
+        starts = [0]
+        for g in range(pf.metadata.num_row_groups):
+            starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
+        groups = sorted({bisect.bisect_right(starts, r) - 1 for _, r in wanted})
+        offset, base = {}, 0
+        for g in groups:
+            offset[g] = base
+            base += starts[g + 1] - starts[g]
+        t = pf.read_row_groups(groups, columns=cols)
+        idx = [offset[g] + r - starts[g] for _, r in wanted for g in [bisect.bisect_right(starts, r) - 1]]
+        for (k, _), r in zip(wanted, t.take(pa.array(idx)).to_pylist()):
             out[k] = r
     return [r for r in out if r is not None]
 
