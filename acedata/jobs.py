@@ -90,7 +90,9 @@ def client(address: str | None = None):
     token = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(address, headers=headers)
+        c = JobSubmissionClient(address, headers=headers)
+        c._acedata_address = address  # for error messages
+        return c
     except Exception as e:  # noqa: BLE001 - connection/auth failures become one line
         raise UserError(_connect_error(address, e, token is not None)) from None
 
@@ -113,6 +115,9 @@ def _call(fn, *args, **kw):
         return fn(*args, **kw)
     except RuntimeError as e:
         text = str(e)
+        if "Authentication required" in text or "Authentication failed" in text:
+            where = getattr(getattr(fn, "__self__", None), "_acedata_address", "?")
+            raise UserError(_connect_error(where, e, auth_token() is not None)) from None
         if "does not exist" in text or "404" in text:
             job = args[0] if args else kw.get("job_id", "?")
             raise UserError(f"no job {job!r} on this cluster (see `acedata jobs list`)") from None
@@ -423,6 +428,7 @@ def pipeline_entry(argv: list[str] | None = None) -> int:
     def stop(signum, frame):  # `ray job stop` sends SIGTERM: record "interrupted", then exit
         raise KeyboardInterrupt(f"signal {signum}")
 
+    # (once attached, Ray's own SIGTERM handler raises SystemExit instead; handled the same)
     signal.signal(signal.SIGTERM, stop)
     from acedata.pipeline import run_pipeline
 
@@ -431,7 +437,7 @@ def pipeline_entry(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"acedata job: error: {e}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         print("acedata job: stopped; committed work is kept, submit again to resume", file=sys.stderr, flush=True)
         return 130
     for s in run["stages"]:
