@@ -31,8 +31,9 @@ class PairScores:
 
 
 def _upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
-    i, j = np.triu_indices(n, 1)
-    return i.astype(np.int64), j.astype(np.int64)
+    from acedata.mining.twopass import upper_pairs
+
+    return upper_pairs(n)
 
 
 class Scorer:

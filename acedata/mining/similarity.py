@@ -55,7 +55,7 @@ def band_edges(
             s = rows @ xt[c0:c1].T
             keep = (s >= tau_low) & (s <= tau_high)
             if c0 == r0:  # diagonal block: strict upper triangle only
-                keep &= torch.ones_like(keep).triu(1)
+                keep = keep.triu(1)
             idx = keep.nonzero()
             vals = s[idx[:, 0], idx[:, 1]]
             if stats is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class MiningParams:
 @dataclass
 class FinalSet:
     members: np.ndarray  # indices into the cluster's rows, sorted
-    pass2: dict[tuple[int, int], float]  # (a, b) with a < b (global) -> pass-2 score
+    pass2: np.ndarray  # (s, s) pass-2 scores between the members (symmetric, by position in `members`)
 
 
 @dataclass
@@ -89,7 +90,9 @@ def mine_cluster(
     for members in sets1:
         ps = scorer.score_set(emb[members], images_for(members) if scorer.needs_images else None)
         a, b = members[ps.src], members[ps.dst]  # members is sorted, so a < b
-        scores = dict(zip(zip(a.tolist(), b.tolist()), ps.score.tolist()))
+        full = np.full((len(members), len(members)), np.nan, dtype=np.float32)
+        full[ps.src, ps.dst] = ps.score
+        full[ps.dst, ps.src] = ps.score
         linked = (ps.score >= params.pass2_low) & (ps.score <= params.pass2_high)  # nan never links
         stats.pass2_edges += int(linked.sum())
         uf2 = UnionFind(len(members))
@@ -99,10 +102,18 @@ def mine_cluster(
         sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high)
         stats.guard_pass2.add(g2)
         for s in sets2:
-            keys = zip(*[x.tolist() for x in np.triu_indices(len(s), 1)])
-            out.append(FinalSet(s, {(int(s[i]), int(s[j])): scores[(int(s[i]), int(s[j]))] for i, j in keys}))
+            pos = np.searchsorted(members, s)
+            out.append(FinalSet(s, full[np.ix_(pos, pos)]))
     stats.pass2_sets += len(out)
     return out
+
+
+@lru_cache(maxsize=256)
+def upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with i < j for a set of n, row-major (cached: sets repeat their sizes)."""
+    i, j = np.triu_indices(n, 1)
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
 
 
 def set_key(ids: list[str]) -> str:
@@ -114,16 +125,17 @@ def set_id(ids: list[str]) -> int:
     return int(set_key(ids)[:15], 16)  # fits int64
 
 
-def sample_pairs(size: int, cap: int, key: str) -> list[tuple[int, int]]:
-    """All (i < j) pairs of a set of `size`, or `cap` of them drawn deterministically from `key`."""
+def sample_pairs(size: int, cap: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) arrays of all i < j pairs of a set of `size`, or of `cap` of them drawn
+    deterministically from `key` (row-major order either way)."""
     total = size * (size - 1) // 2
     if total <= cap:
-        i, j = np.triu_indices(size, 1)
-        return list(zip(i.tolist(), j.tolist()))
+        return upper_pairs(size)
     rng = np.random.default_rng(int(key[:16], 16))
     flat = np.sort(rng.choice(total, size=cap, replace=False))
     # invert the row-major upper-triangle numbering: row i starts at i*size - i*(i+1)/2
-    starts = np.array([i * size - i * (i + 1) // 2 for i in range(size)], dtype=np.int64)
+    i = np.arange(size, dtype=np.int64)
+    starts = i * size - i * (i + 1) // 2
     rows = np.searchsorted(starts, flat, side="right") - 1
     cols = flat - starts[rows] + rows + 1
-    return list(zip(rows.tolist(), cols.tolist()))
+    return rows, cols

@@ -101,8 +101,31 @@ def pair_id(task: str, source: str, target: str) -> str:
     return hashlib.sha256(f"{task}:{source}:{target}".encode()).hexdigest()[:32]
 
 
-def _aspect(w: int, h: int) -> float:
-    return max(w, h) / max(1, min(w, h))
+def reject_reasons(f: PairFilters, sim: np.ndarray, wa: np.ndarray, ha: np.ndarray, wb: np.ndarray,
+                   hb: np.ndarray) -> np.ndarray:
+    """The cleaning filters, vectorised: per pair "" (kept) or the first reason that drops it.
+
+    Sizes are NaN where unknown (embeddings-only runs); size and aspect filters then pass.
+    """
+    why = np.full(len(sim), "", dtype=object)
+
+    def mark(mask: np.ndarray, reason: str) -> None:
+        why[(why == "") & mask] = reason
+
+    mark(sim >= f.duplicate_sim, "duplicate")
+    if f.sim_min is not None:
+        mark(sim < f.sim_min, "band")
+    if f.sim_max is not None:
+        mark(sim > f.sim_max, "band")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mark(np.fmin(np.fmin(wa, ha), np.fmin(wb, hb)) < f.min_side, "size")  # NaN compares False
+        ra, rb = wa / np.maximum(ha, 1), wb / np.maximum(hb, 1)
+        if f.max_aspect is not None:
+            worst = np.maximum(np.maximum(ra, 1 / ra), np.maximum(rb, 1 / rb))
+            mark(worst > f.max_aspect, "aspect")
+        if f.max_aspect_change is not None:
+            mark(np.maximum(ra, rb) / np.minimum(ra, rb) > f.max_aspect_change, "aspect")
+    return why
 
 
 @register
@@ -160,7 +183,7 @@ class Pair(Stage):
                     "height": pa.array(sizes[1][rows], pa.float32()) if sizes else pa.nulls(len(rows), pa.float32()),
                 })
                 tmp = path + ".tmp"
-                pq.write_table(part, tmp, compression="zstd")
+                pq.write_table(part, tmp, compression="none")  # scratch, read once: speed over size
                 os.replace(tmp, path)
             units.append(WorkUnit(uid, {"partition": path}))
             i = j
@@ -211,7 +234,7 @@ class Pair(Stage):
         h = part.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
         stats = MiningStats()
         reasons: Counter[str] = Counter()
-        rows: list[dict[str, Any]] = []
+        cols: dict[str, list] = {k: [] for k in ("a", "b", "sim", "score", "set_id", "cluster_id")}
         final_sets = 0
         t0 = time.perf_counter()
         bounds = np.flatnonzero(np.diff(cid)) + 1
@@ -225,50 +248,48 @@ class Pair(Stage):
 
             xs = x[lo:hi]
             for fs in mine_cluster(xs, self.scorer, self.params, images_for, stats):
-                members = fs.members
-                names = [cluster_ids[m] for m in members]
-                key = set_key(names)
-                sid = set_id(names)
-                for a, b in sample_pairs(len(members), c.max_pairs_per_set, key):
-                    ga, gb = int(members[a]), int(members[b])
-                    sim = float(xs[ga] @ xs[gb])
-                    reason = self._reject(sim, lo + ga, lo + gb, w, h)
-                    if reason:
-                        reasons[reason] += 1
-                        continue
-                    src, tgt = sorted((cluster_ids[ga], cluster_ids[gb]))
-                    for s, t in ((src, tgt), (tgt, src)) if c.both_directions else ((src, tgt),):
-                        rows.append({
-                            "pair_id": pair_id(c.task, s, t), "source_id": s, "target_id": t, "task": c.task,
-                            "subtask": self.scorer.name, "cluster_id": int(cid[lo]), "set_id": sid,
-                            "sim_pass1": sim, "score_pass2": fs.pass2[(ga, gb)], "provenance": self.provenance,
-                        })
                 final_sets += 1
+                names = [cluster_ids[m] for m in fs.members]
+                pa_, pb_ = sample_pairs(len(fs.members), c.max_pairs_per_set, set_key(names))
+                ga, gb = fs.members[pa_], fs.members[pb_]
+                sims = np.einsum("nd,nd->n", xs[ga], xs[gb])
+                why = reject_reasons(c.filters, sims, w[lo + ga], h[lo + ga], w[lo + gb], h[lo + gb])
+                reasons.update(why[why != ""].tolist())
+                keep = why == ""
+                cols["a"].extend(cluster_ids[k] for k in ga[keep].tolist())
+                cols["b"].extend(cluster_ids[k] for k in gb[keep].tolist())
+                cols["sim"].append(sims[keep])
+                cols["score"].append(fs.pass2[pa_[keep], pb_[keep]])
+                cols["set_id"].extend([set_id(names)] * int(keep.sum()))
+                cols["cluster_id"].extend([int(cid[lo])] * int(keep.sum()))
         counts = {k: int(v) for k, v in stats.flat().items()}
         counts.update({f"rejected_{k}": v for k, v in reasons.items()})
         counts["final_sets"] = final_sets
         counts["sim_matmul_us"] = int(stats.band.matmul_seconds * 1e6)
         counts["mine_us"] = int((time.perf_counter() - t0) * 1e6)
-        return UnitResult({"pairs": pa.Table.from_pylist(rows, PAIRS)}, counts)
+        return UnitResult({"pairs": self._pairs_table(cols)}, counts)
 
-    def _reject(self, sim: float, i: int, j: int, w: np.ndarray, h: np.ndarray) -> str | None:
-        f = self.config.filters
-        if sim >= f.duplicate_sim:
-            return "duplicate"
-        if (f.sim_min is not None and sim < f.sim_min) or (f.sim_max is not None and sim > f.sim_max):
-            return "band"
-        if np.isnan([w[i], h[i], w[j], h[j]]).any():
-            return None
-        if min(w[i], h[i], w[j], h[j]) < f.min_side:
-            return "size"
-        ai, aj = _aspect(w[i], h[i]), _aspect(w[j], h[j])
-        if f.max_aspect is not None and max(ai, aj) > f.max_aspect:
-            return "aspect"
-        if f.max_aspect_change is not None:
-            ri, rj = w[i] / max(1, h[i]), w[j] / max(1, h[j])
-            if max(ri, rj) / max(1e-9, min(ri, rj)) > f.max_aspect_change:
-                return "aspect"
-        return None
+    def _pairs_table(self, cols: dict[str, list]) -> pa.Table:
+        """Unordered pairs (source = the smaller image_id), or both directions."""
+        c: PairConfig = self.config
+        src = [min(a, b) for a, b in zip(cols["a"], cols["b"])]
+        tgt = [max(a, b) for a, b in zip(cols["a"], cols["b"])]
+        sim = np.concatenate(cols["sim"]) if cols["sim"] else np.zeros(0, np.float32)
+        score = np.concatenate(cols["score"]) if cols["score"] else np.zeros(0, np.float32)
+        set_ids, cluster_ids = cols["set_id"], cols["cluster_id"]
+        if c.both_directions:
+            src, tgt = src + tgt, tgt + src
+            sim, score = np.concatenate([sim, sim]), np.concatenate([score, score])
+            set_ids, cluster_ids = set_ids * 2, cluster_ids * 2
+        n = len(src)
+        return pa.table({
+            "pair_id": [pair_id(c.task, s, t) for s, t in zip(src, tgt)],
+            "source_id": pa.array(src, pa.string()), "target_id": pa.array(tgt, pa.string()),
+            "task": [c.task] * n, "subtask": [self.scorer.name] * n,
+            "cluster_id": pa.array(cluster_ids, pa.int32()), "set_id": pa.array(set_ids, pa.int64()),
+            "sim_pass1": pa.array(sim.astype(np.float32)), "score_pass2": pa.array(score.astype(np.float32)),
+            "provenance": [self.provenance] * n,
+        })
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
         shutil.rmtree(self._partition_dir(), ignore_errors=True)

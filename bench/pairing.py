@@ -1,0 +1,245 @@
+"""Pair-mining benchmarks, each against a baseline measured in this process.
+
+(a) embed stage images/s (decode + preprocess on the thread pool, model, Parquet-ready
+    output) vs a bare forward loop over the same batches already decoded to tensors;
+(b) FAISS spherical k-means vs scikit-learn MiniBatchKMeans on the same vectors: time
+    ratio, and inertia (sum of squared distances to the nearest centroid) and cosine
+    objective of both;
+(c) cluster + pair stages on many generated vectors (local executor, so the process's
+    peak RSS is the stages' peak memory): wall time, peak memory, and the similarity
+    FLOP rate inside the pair stage vs a bare torch matmul over the same cluster shapes.
+
+    .venv/bin/python bench/pairing.py                 # ~3 min on a small CPU machine
+    .venv/bin/python bench/pairing.py --full          # (c) at 1M x 768
+    .venv/bin/python bench/pairing.py --only c --n 500000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
+# --- (a) embed ---------------------------------------------------------------------
+
+
+def bench_embed(tmp: str, model: str, images: int, batch: int, threads: int) -> None:
+    import torch
+
+    from acedata import shards
+    from acedata.demo_data import build
+    from acedata.images import open_rgb
+    from acedata.pipeline import run_stages
+    from acedata.stage import RunContext
+    from acedata.stages.embed import Embed, EmbedConfig
+    from acedata.stages.ingest import IngestConfig
+
+    variants = max(1, -(-images // 12))
+    corpus = os.path.join(tmp, "corpus")
+    build(corpus, variants=variants, odd=False)
+    run = os.path.join(tmp, "embed-run")
+    run_stages([IngestConfig(name="ingest", sources=[corpus])], run, executor="local")
+    images_dir = os.path.join(run, "ingest", "images")
+    cfg = EmbedConfig(name="embed", model={"name": model, "random_init": True}, batch_size=batch,
+                      images_per_unit=10_000, decode_threads=threads, inputs={"images": images_dir})
+    stage = Embed(cfg, RunContext(run, os.path.join(run, "embed"), {"images": [images_dir]}))
+    stage.setup()
+    e = stage.embedder
+    units = stage.plan()
+    rows = shards.read_table(images_dir, ["image"]).column("image").to_pylist()[:images]
+    tensors = [e.preprocess(open_rgb(r["bytes"])) for r in rows]
+    batches = [torch.stack(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]
+    n = len(tensors)
+
+    def bare() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for x in batches:
+                f = e.model.encode_image(x.to(e.device, e.dtype))
+                torch.nn.functional.normalize(f.float(), dim=-1).half().cpu()
+        return n / (time.perf_counter() - t)
+
+    def staged() -> float:
+        t = time.perf_counter()
+        done = 0
+        for u in units:
+            res = stage.process(u)
+            done += res.tables["embeddings"].num_rows
+        return done / (time.perf_counter() - t)
+
+    bare()  # warm-up (allocator, kernels)
+    b1, s1, b2, s2 = bare(), staged(), bare(), staged()  # interleaved: load drift hits both
+    b, s = (b1 + b2) / 2, (s1 + s2) / 2
+    print(f"(a) embed {model} random-init, {n} images, batch {batch}, {threads} decode threads, "
+          f"device {e.device}, torch threads {torch.get_num_threads()}")
+    print(f"    bare forward loop  {b:8.1f} img/s")
+    print(f"    embed stage        {s:8.1f} img/s   ratio stage/bare = {s / b:.2f}")
+
+
+# --- (b) k-means ---------------------------------------------------------------------
+
+
+def inertia_and_cos(x: np.ndarray, centroids: np.ndarray) -> tuple[float, float]:
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    d2, ids = index.search(x, 1)
+    c = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+    cos = np.einsum("nd,nd->n", x, c[ids[:, 0]])
+    return float(d2.sum()), float(cos.sum())
+
+
+def bench_kmeans(n: int, d: int, k: int, niter: int) -> None:
+    from sklearn.cluster import MiniBatchKMeans
+
+    from acedata.mining.kmeans import train_spherical
+    from acedata.mining.synthetic import bulk
+
+    x = bulk(n, d, n_coarse=k, seed=1).astype(np.float32)
+    t = time.perf_counter()
+    km = train_spherical(x, k, niter=niter, seed=0, gpu="auto", max_points_per_centroid=256)
+    tf = time.perf_counter() - t
+    t = time.perf_counter()
+    mb = MiniBatchKMeans(n_clusters=k, batch_size=4096, max_iter=niter, n_init=1, random_state=0).fit(x)
+    ts = time.perf_counter() - t
+    fi, fc = inertia_and_cos(x, km.centroids)
+    si, sc = inertia_and_cos(x, mb.cluster_centers_.astype(np.float32))
+    print(f"(b) k-means n={n} d={d} k={k} niter={niter} (faiss sample {km.train_points}, gpu={km.gpu})")
+    print(f"    faiss spherical    {tf:7.2f} s   inertia {fi:12.1f}   cosine objective {fc:10.1f}")
+    print(f"    sklearn MiniBatch  {ts:7.2f} s   inertia {si:12.1f}   cosine objective {sc:10.1f}")
+    print(f"    time ratio sklearn/faiss = {ts / tf:.2f}   inertia ratio faiss/sklearn = {fi / si:.3f}")
+
+
+# --- (c) pair stage -------------------------------------------------------------------
+
+
+def write_vectors(path: str, n: int, d: int, n_coarse: int) -> None:
+    import pyarrow as pa
+
+    from acedata.mining.synthetic import bulk
+    from acedata.mining.vectors import fixed_list
+    from acedata.schemas import schema_for
+    from acedata.shards import ShardWriter, finalize_manifest
+
+    schema = schema_for("embeddings", dim=d)
+    w = ShardWriter(path, schema, unit="gen", max_rows=200_000)
+    step = 100_000
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        x = bulk(m, d, n_coarse, seed=s + 1)  # each chunk: its own groups (of 8 consecutive rows)
+        w.write(pa.table({"image_id": [f"v{i:08d}" for i in range(s, s + m)], "embedding": fixed_list(x),
+                          "model": ["synthetic"] * m}, schema=schema))
+    w.commit()
+    finalize_manifest(path, schema, table="embeddings")
+
+
+def bare_matmul_rate(sizes: np.ndarray, d: int, block: int, device: str, budget_s: float = 20.0) -> float:
+    """GFLOP/s of plain x @ x.T over the pair stage's block shapes (a sample of clusters)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(sizes))
+    flops, secs = 0.0, 0.0
+    for i in order:
+        s = int(sizes[i])
+        if s < 2:
+            continue
+        x = torch.from_numpy(rng.standard_normal((s, d), dtype=np.float32)).to(device)
+        for r0 in range(0, s, block):
+            rows = x[r0 : r0 + block]
+            for c0 in range(r0, s, block):
+                t = time.perf_counter()
+                y = rows @ x[c0 : c0 + block].T
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                secs += time.perf_counter() - t
+                flops += 2.0 * y.shape[0] * y.shape[1] * d
+        if secs > budget_s:
+            break
+    return flops / secs / 1e9
+
+
+def bench_pairs(tmp: str, n: int, d: int, per_cluster: int, tau_low: float, tau_high: float) -> None:
+    from acedata import shards
+    from acedata.pipeline import run_stages
+    from acedata.stages.cluster import ClusterConfig
+    from acedata.stages.pair import PairConfig
+
+    emb = os.path.join(tmp, "emb")
+    k = max(1, n // per_cluster)
+    t = time.perf_counter()
+    write_vectors(emb, n, d, n_coarse=max(1, k))
+    gen = time.perf_counter() - t
+    rss0 = peak_rss_gib()
+    out = os.path.join(tmp, "pair-run")
+    cfgs = [ClusterConfig(name="cluster", k=k, inputs={"embeddings": emb}),
+            PairConfig(name="pair", tau_low=tau_low, tau_high=tau_high, guard={"min_pair_sim": tau_low - 0.1},
+                       inputs={"embeddings": emb})]
+    t = time.perf_counter()
+    run = run_stages(cfgs, out, executor="local")
+    wall = time.perf_counter() - t
+    cl, pr = run["stages"]
+    c = pr["counts"]
+    sizes = np.bincount(shards.read_table(os.path.join(out, "cluster", "clusters"), ["cluster_id"])
+                        .column("cluster_id").to_numpy(), minlength=k)
+    stage_rate = c["sim_flops"] / (c["sim_matmul_us"] / 1e6) / 1e9
+    device = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+    bare = bare_matmul_rate(sizes, d, 4096, device)
+    print(f"(c) cluster + pair, {n} x {d} float16 vectors, k={k} (generated in {gen:.0f} s)")
+    print(f"    wall {wall:7.1f} s  (cluster {cl['seconds']} s, pair {pr['seconds']} s, mining {c['mine_us'] / 1e6:.1f} s)")
+    print(f"    peak RSS {peak_rss_gib():.2f} GiB (before stages {rss0:.2f} GiB)")
+    print(f"    cluster sizes {cl['cluster_sizes']}")
+    print(f"    pass-1 edges {c['pass1_edges']}, final sets {c.get('final_sets', 0)}, pairs {c.get('pairs', 0)}, "
+          f"chaining {pr['chaining']}")
+    print(f"    similarity: {c['sim_flops'] / 1e12:.2f} TFLOP at {stage_rate:.1f} GFLOP/s in the stage vs "
+          f"{bare:.1f} GFLOP/s bare matmul ({device}) -> fraction {stage_rate / bare:.2f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
+    ap.add_argument("--full", action="store_true", help="(c) at 1M x 768")
+    ap.add_argument("--model", default="ViT-B-32", help="(a) open_clip architecture (random-init)")
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2, help="(a) decode threads")
+    ap.add_argument("--kmeans-n", type=int, default=100_000)
+    ap.add_argument("--kmeans-k", type=int, default=256)
+    ap.add_argument("--n", type=int, default=100_000, help="(c) vectors")
+    ap.add_argument("--d", type=int, default=768)
+    ap.add_argument("--per-cluster", type=int, default=500, help="(c) mean points per cluster (k = n / this)")
+    args = ap.parse_args()
+    if args.full:
+        args.n = 1_000_000
+    parts = args.only or ["a", "b", "c"]
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import logging
+
+    logging.disable(logging.WARNING)
+    tmp = tempfile.mkdtemp(prefix="bench-pairing-")
+    try:
+        if "a" in parts:
+            bench_embed(tmp, args.model, args.images, args.batch, args.threads)
+        if "b" in parts:
+            bench_kmeans(args.kmeans_n, 128, args.kmeans_k, 20)
+        if "c" in parts:
+            bench_pairs(tmp, args.n, args.d, args.per_cluster, tau_low=0.7, tau_high=0.97)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
