@@ -123,10 +123,10 @@ class ChatClient:
 
     async def _one(self, client: Any, sem: asyncio.Semaphore, req: ChatRequest) -> ChatResult:
         c = self.cfg
-        t0 = time.perf_counter()
         attempt = 0
         code, detail = "error", ""
         async with sem:
+            t0 = time.perf_counter()  # latency from send, not from queueing behind the semaphore
             while True:
                 attempt += 1
                 self.stats["requests"] += 1
