@@ -48,7 +48,7 @@ def sampling_params(req: ChatRequest, defaults: dict[str, Any]) -> dict[str, Any
         schema = fmt["json_schema"]["schema"]
     schema = extra.pop("guided_json", schema)
     if schema is not None:
-        sp["guided_decoding"] = {"json": schema}  # structured output inside the engine
+        sp["structured_outputs"] = {"json": schema}  # vLLM StructuredOutputsParams, as Ray 2.60 maps it
     for k in ("temperature", "top_p", "max_tokens", "stop", "seed"):
         if k in p:
             sp[k] = p.pop(k)
