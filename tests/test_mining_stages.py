@@ -194,3 +194,18 @@ def test_ray_actor_pool_matches_local(demo_run, ray_local, tmp_path):
     b = shards.read_table(os.path.join(out, "embed", "embeddings")).sort_by("image_id")
     assert a.column("image_id").to_pylist() == b.column("image_id").to_pylist()
     np.testing.assert_allclose(to_matrix(a.column("embedding")), to_matrix(b.column("embedding")), atol=2e-3)
+
+
+def test_cleaning_filters():
+    from acedata.stages.pair import PairFilters, reject_reasons
+
+    f = PairFilters(min_side=64, max_aspect=3.0, max_aspect_change=1.5, duplicate_sim=0.99, sim_min=0.5)
+    sim = np.array([0.8, 0.995, 0.3, 0.8, 0.8, 0.8, 0.8, 0.8])
+    wa = np.array([100, 100, 100, 32, 400, 200, 100, np.nan])
+    ha = np.array([100, 100, 100, 100, 100, 100, 100, np.nan])
+    wb = np.array([120, 100, 100, 100, 100, 100, 100, 100])
+    hb = np.array([100, 100, 100, 100, 100, 100, 100, 100])
+    same = np.array([False] * 6 + [True, False])
+    why = reject_reasons(f, sim, wa, ha, wb, hb, same).tolist()
+    # kept, near-duplicate, out of band, too small, too elongated, aspect changed, same image, sizes unknown
+    assert why == ["", "duplicate", "band", "size", "aspect", "aspect", "duplicate", ""]

@@ -102,7 +102,7 @@ def pair_id(task: str, source: str, target: str) -> str:
 
 
 def reject_reasons(f: PairFilters, sim: np.ndarray, wa: np.ndarray, ha: np.ndarray, wb: np.ndarray,
-                   hb: np.ndarray) -> np.ndarray:
+                   hb: np.ndarray, same_id: np.ndarray | None = None) -> np.ndarray:
     """The cleaning filters, vectorised: per pair "" (kept) or the first reason that drops it.
 
     Sizes are NaN where unknown (embeddings-only runs); size and aspect filters then pass.
@@ -112,6 +112,8 @@ def reject_reasons(f: PairFilters, sim: np.ndarray, wa: np.ndarray, ha: np.ndarr
     def mark(mask: np.ndarray, reason: str) -> None:
         why[(why == "") & mask] = reason
 
+    if same_id is not None:
+        mark(same_id, "duplicate")  # one image listed twice (e.g. embedded in two tables)
     mark(sim >= f.duplicate_sim, "duplicate")
     if f.sim_min is not None:
         mark(sim < f.sim_min, "band")
@@ -253,7 +255,8 @@ class Pair(Stage):
                 pa_, pb_ = sample_pairs(len(fs.members), c.max_pairs_per_set, set_key(names))
                 ga, gb = fs.members[pa_], fs.members[pb_]
                 sims = np.einsum("nd,nd->n", xs[ga], xs[gb])
-                why = reject_reasons(c.filters, sims, w[lo + ga], h[lo + ga], w[lo + gb], h[lo + gb])
+                same = np.array([cluster_ids[a] == cluster_ids[b] for a, b in zip(ga.tolist(), gb.tolist())], bool)
+                why = reject_reasons(c.filters, sims, w[lo + ga], h[lo + ga], w[lo + gb], h[lo + gb], same)
                 reasons.update(why[why != ""].tolist())
                 keep = why == ""
                 cols["a"].extend(cluster_ids[k] for k in ga[keep].tolist())
