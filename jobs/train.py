@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int)
     args = p.parse_args(argv)
 
-    from acedata.commands.train import load_config
     from acemodel.train import train_ray
+
+    from acedata.commands.train import load_config
 
     ns = argparse.Namespace(steps=args.steps, workers=args.workers, strategy=None, init_from=None, gpu=False)
     cfg = load_config(args.config, ns)

@@ -32,9 +32,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def load_config(path: str, args: argparse.Namespace | None = None):
     import yaml
-    from pydantic import ValidationError
-
     from acemodel.config import TrainConfig
+    from pydantic import ValidationError
 
     if not os.path.isfile(path):
         raise UserError(f"training config {path!r} not found")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def _segments(cu: torch.Tensor) -> list[tuple[int, int]]:
     c = cu.tolist()
-    return list(zip(c[:-1], c[1:]))
+    return list(pairwise(c))
 
 
 def naive_varlen(q, k, v, cu_q, cu_k) -> torch.Tensor:

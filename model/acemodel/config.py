@@ -43,9 +43,10 @@ class DiTConfig(_Strict):
 
 PRESETS: dict[str, dict] = {
     # a few seconds per step on a laptop CPU; for tests and the offline demo
-    "tiny": dict(hidden_size=96, depth=2, num_heads=4, mlp_ratio=2.0, text_dim=64, max_positions=256),
-    "small": dict(hidden_size=384, depth=12, num_heads=6),
-    "ace-0.6b": dict(hidden_size=1152, depth=28, num_heads=16, mlp_ratio=4.0, patch_size=2, text_dim=4096),
+    "tiny": {"hidden_size": 96, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0, "text_dim": 64, "max_positions": 256},
+    "small": {"hidden_size": 384, "depth": 12, "num_heads": 6},
+    "ace-0.6b": {"hidden_size": 1152, "depth": 28, "num_heads": 16, "mlp_ratio": 4.0, "patch_size": 2,
+                 "text_dim": 4096},
 }
 
 

@@ -50,7 +50,7 @@ def convert_state_dict(sd: dict[str, torch.Tensor], patch: int = 2, latent_chann
     for key, v in sd.items():
         if key.startswith(SKIP_PREFIXES):
             continue
-        k = key[len("model."):] if key.startswith("model.") else key
+        k = key.removeprefix("model.")
         if k == "text_position_embeddings.pos":
             out["indicator_embeddings"] = v
         elif ".attn.qkv." in k:

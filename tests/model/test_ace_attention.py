@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from acemodel.attention import cu_seqlens, varlen_attention
 from acemodel.config import DiTConfig
 from acemodel.dit import ACEDiT, DiTInput
@@ -50,7 +49,7 @@ def test_flex_attention_forward_matches_reference():
     q, k, v = (torch.randn(sum(lens), 2, 16, generator=g) for _ in range(3))
     try:
         out = varlen_attention(q, k, v, cu_seqlens(lens), cu_seqlens(lens), 80, 80, "flex")
-    except Exception as e:  # flex attention's CPU support varies between torch builds
+    except Exception as e:  # noqa: BLE001 - flex attention's CPU support varies between torch builds
         pytest.skip(f"flex attention unavailable on CPU here: {e}")
     torch.testing.assert_close(out, _reference(q, k, v, lens, lens).float(), rtol=1e-5, atol=1e-5)
 

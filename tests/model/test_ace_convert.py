@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
+from ace_official_reference import official_forward, random_official_state_dict
 from acemodel.config import DiTConfig
 from acemodel.convert import convert_state_dict, load_released
 from acemodel.dit import ACEDiT, DiTInput
-from ace_official_reference import official_forward, random_official_state_dict
 
 D, HEADS, DEPTH, TEXT = 48, 2, 2, 32  # head dim 24 -> RoPE split 8/8/8
 
