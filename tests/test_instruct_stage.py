@@ -177,3 +177,19 @@ def test_pipeline_spec_and_commands(corpus, tmp_path, capsys):
     res = run_stages([InstructConfig(name="instruct", inputs={"pairs": str(corpus / "pair" / "pairs")})],
                      str(tmp_path / "r2"), executor="local")
     assert res["stages"][0]["counts"]["pairs_in"] == 11
+
+
+def test_on_ray_matches_local(corpus, tmp_path, ray_local):
+    cfg = InstructConfig(name="instruct", pairs_per_unit=4, resources={"concurrency": 2},
+                         inputs={"pairs": str(corpus / "pair" / "pairs"), "images": str(corpus / "ingest" / "images")})
+    res = run_stages([cfg], str(tmp_path / "ray"), executor="ray")
+    c = res["stages"][0]["counts"]
+    assert res["stages"][0]["units"] == 4
+    assert (c["pairs_in"], c["pairs_with_instruction"], c["quarantine"], c["t2i_rows"]) == (11, 9, 2, 5)
+    rows = shards.read_table(str(tmp_path / "ray" / "instruct" / "instructions")).to_pylist()
+    local = _run(corpus, tmp_path / "local")[1]
+
+    def texts(rs):
+        return sorted((r["pair_id"], r["variant"], r["instruction"]) for r in rs)
+
+    assert texts(rows) == texts(local)
