@@ -201,6 +201,10 @@ if __name__ == "__main__" and sys.argv[1:2] == ["ray-start-on-loopback"]:
 elif __name__ == "__main__":
     import tempfile
 
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the cluster cleanly too
     c = LocalCluster(tempfile.mkdtemp(prefix="acedata-cluster-")).start()
     print(f"RAY_ADDRESS={c.address}\nRAY_AUTH_TOKEN={c.token}\nlogs: {c.root}", flush=True)
     try:

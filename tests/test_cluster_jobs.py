@@ -197,7 +197,7 @@ def test_submit_demo_pipeline_and_watch_it(cluster, cluster_env, tmp_path):
 
 def test_killed_workers_still_give_exact_rows_on_the_right_nodes(cluster, cluster_env, images_table, tmp_path):
     trace = str(tmp_path / "trace")
-    common = {"rows_per_unit": 4, "pause_s": 1.5, "trace_dir": trace, "inputs": {"images": images_table}}
+    common = {"rows_per_unit": 6, "pause_s": 1.5, "trace_dir": trace, "inputs": {"images": images_table}}
     spec = write_spec(tmp_path / "kill.yaml", "kill", [
         # decoding-type work pinned to the CPU node group by a custom resource only the head has
         {"stage": "color_stats", "name": "cpu_stage", **common,
@@ -239,7 +239,7 @@ def test_stopped_job_resubmitted_gives_exactly_the_uninterrupted_rows(cluster, c
     trace = str(tmp_path / "trace")
     spec = write_spec(tmp_path / "resume.yaml", "resume", [
         # one image per unit, one unit at a time: the stage lasts long enough to be stopped part-way
-        {"stage": "color_stats", "name": "stats", "rows_per_unit": 1, "pause_s": 1.0, "trace_dir": trace,
+        {"stage": "color_stats", "name": "stats", "rows_per_unit": 2, "pause_s": 1.0, "trace_dir": trace,
          "inputs": {"images": images_table}, "resources": {"concurrency": 1}},
     ])
     expected = reference_rows(spec, tmp_path / "reference")["stats"]
