@@ -212,6 +212,7 @@ def test_row_counts_and_quarantine(world):
         ("missing_image", "missing"): 1, ("missing_image", "t2i:" + "f" * 64): 1, ("orphan_instruction", "nopair"): 1})
     c = w["summary"]["counts"]
     assert c["lcu"] + c["lcu_validation"] == len(rows) and c["quarantine"] == len(q)
+    assert not os.path.exists(os.path.join(w["run"], "assemble", "_plan"))  # work files are cleaned up
     # every pair ends in a row or in quarantine
     assert {r["pair_id"] for r in rows} | {r["item_id"] for r in q} >= set(pairs)
 

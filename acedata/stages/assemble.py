@@ -219,6 +219,9 @@ class Assemble(Stage):
             if sum(made.values()) != sum(rows.values()):
                 raise RuntimeError(f"assemble: {sum(made.values())} rows built, tables hold {rows}")
             counts.update(pairs_in=planned["pairs_in"], pairs_labelled=planned["pairs_labelled"])
+        fs, stage_dir = shards.resolve(self.ctx.stage_dir)
+        if shards.exists(fs, posixpath.join(stage_dir, PLAN_DIR)):  # plan() rewrites it whenever it is needed
+            fs.delete_dir(posixpath.join(stage_dir, PLAN_DIR))
         extra: dict[str, Any] = {}
         if self.config.dataset_card:
             from acedata.datacard import write_card
