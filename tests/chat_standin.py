@@ -10,6 +10,7 @@ picks the behaviour:
                  images (strict JSON when `response_format` asks for a schema, otherwise
                  prose around a fenced JSON block), a caption for one image.
 - `vlm-broken`   never returns parseable JSON.
+- `vlm-plain`    like `vlm` but answers 400 to structured-output requests.
 - `writer`       turns an analysis in the prompt into an instruction with `{image}`
                  (`paraphrase` does too when the prompt holds an analysis).
 - `captioner`    one-call instruction for an image pair.
@@ -168,6 +169,10 @@ class Handler(BaseHTTPRequestHandler):
                 load["in_flight"] -= 1
 
     def _post(self, req: dict, model: str) -> None:
+        if model == "vlm-plain" and (req.get("response_format") or "guided_json" in req):
+            self._send(400, b'{"error": {"message": "response_format is not supported"}}')
+            return
+        model = "vlm" if model == "vlm-plain" else model
         messages = req.get("messages", [])
         prompt = _text_of(messages)
         if model.startswith("fault:"):

@@ -120,6 +120,13 @@ def test_analysis_with_structured_output_and_prompt_only(standin):
             assert outs[0].rejected == []  # strict JSON came back first time
 
 
+def test_server_without_structured_output_is_asked_by_prompt(standin):
+    cfg = MLLMConfig(endpoint=EndpointConfig(base_url=standin.base_url, model="vlm-plain"), json_retries=0)
+    [o] = analyse_pairs([(_png((40, 40, 40)), _png((200, 200, 200)))], _client(standin, "vlm-plain"), cfg)
+    assert o.text is not None and "brighter" in o.text
+    assert o.rejected == [("", "structured_output_unsupported(http_400)")]
+
+
 def test_broken_json_is_retried_then_reported(standin):
     cfg = MLLMConfig(endpoint=EndpointConfig(base_url=standin.base_url, model="vlm-broken"), json_retries=2)
     [o] = analyse_pairs([(_png("red"), _png("blue"))], _client(standin, "vlm-broken"), cfg)

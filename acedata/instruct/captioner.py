@@ -4,7 +4,8 @@ captioner, and generation-style captions for single images.
 Images go to the server as OpenAI image content parts holding data URLs, each resized
 so its longer side is at most `image_max_side`. The analysis is asked for as JSON
 (`differences`, `commonalities`) through the server's structured output when the
-endpoint says it offers it (`response_format` json_schema, or vLLM `guided_json`);
+endpoint says it offers it (`response_format` json_schema, or vLLM `guided_json`) —
+a server that answers such a request with 400/422 is asked again by prompt only;
 replies are always parsed and validated, and an invalid one is asked again with the
 validation error, up to `json_retries` times.
 """
@@ -164,10 +165,17 @@ def analyse_pairs(images: list[tuple[bytes, bytes]], gen: Generator, cfg: MLLMCo
     out = [Outcome(None) for _ in images]
     todo = list(range(len(images)))
     convo = {i: list(base[i]) for i in todo}
-    for _ in range(cfg.json_retries + 1):
-        if not todo:
-            break
+    tries = 0
+    while todo and tries <= cfg.json_retries:
+        tries += 1
         replies = gen.complete_many([ChatRequest(convo[i], params) for i in todo])
+        if params and any(r.error in ("http_400", "http_422") for r in replies):
+            # The server rejects the structured-output request: ask by prompt only and validate.
+            params = {}
+            tries -= 1
+            for i, res in zip(todo, replies):
+                out[i].rejected.append(("", f"structured_output_unsupported({res.error})"))
+            continue
         again = []
         for i, res in zip(todo, replies):
             if not res.ok:
