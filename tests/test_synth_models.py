@@ -20,11 +20,12 @@ OPTS = {"steps": 2, "max_side": 64, "guidance": 3.0}
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, str]:
-    from acedata.synth.tiny_models import build_tiny_dpt, build_tiny_pipeline
+    from acedata.synth.tiny_models import build_tiny_dpt, build_tiny_pipeline, build_tiny_segformer
 
     root = tmp_path_factory.mktemp("tiny")
-    out = {"depth": str(root / "dpt")}
+    out = {"depth": str(root / "dpt"), "segmentation_model": str(root / "segformer")}
     build_tiny_dpt(out["depth"])
+    build_tiny_segformer(out["segmentation_model"])
     for synth, kind in (("instruct_pix2pix", "instruct_pix2pix"), ("img2img_style", "img2img"),
                         ("sd_inpaint_replace", "inpaint")):
         out[synth] = str(root / kind)
@@ -45,14 +46,21 @@ def _loaded(name: str, path: str):
     return s
 
 
-def test_depth_makes_condition_and_inverse(weights, photo):
-    s = _loaded("depth", weights["depth"])
+@pytest.mark.parametrize("name,subtask", [("depth", "depth"), ("segmentation_model", "segmentation")])
+def test_condition_models_make_map_and_inverse(weights, photo, name, subtask):
+    s = _loaded(name, weights[name])
     low, ctrl = s.make(photo, np.random.default_rng(0))
-    assert (low.task, ctrl.task, low.subtask) == ("low_level", "controllable", "depth")
+    assert (low.task, ctrl.task, low.subtask) == ("low_level", "controllable", subtask)
     d = low.target.array()
-    assert d.shape == photo.array().shape and d.std() > 0 and low.target.kind == "condition"
+    assert d.shape == photo.array().shape and low.target.kind == "condition"
     assert ctrl.source is low.target and ctrl.target is photo
-    assert s.weights_id.endswith(weights["depth"])
+    assert s.weights_id.endswith(weights[name])
+    if name == "depth":
+        assert d.std() > 0 and (d[:, :, 0] == d[:, :, 1]).all()
+    else:  # every pixel carries one palette colour
+        from acedata.synth.lowlevel import palette
+
+        assert {tuple(c) for c in d.reshape(-1, 3)} <= {tuple(c) for c in palette(8)}
 
 
 @pytest.mark.parametrize("name", ["instruct_pix2pix", "img2img_style", "sd_inpaint_replace"])
@@ -79,7 +87,7 @@ def test_stage_with_model_synthesizers(weights, demo_corpus, tmp_path):
     assert Synthesize(cfg, None).uses_model  # an actor pool on Ray
     run = run_stages([IngestConfig(name="ingest", sources=[demo_corpus]), cfg], str(tmp_path), executor="local")
     s = run["stages"][1]
-    assert s["counts"]["candidates"] == s["counts"]["pairs"] + s["counts"]["quarantine"] == 2 * 5
+    assert s["counts"]["candidates"] == s["counts"]["pairs"] + s["counts"]["quarantine"] == 2 * 7
     pairs = shards.read_table(str(tmp_path / "synthesize" / "pairs")).to_pylist()
     bad = shards.read_table(str(tmp_path / "synthesize" / "quarantine")).to_pylist()
     made = {json.loads(p["provenance"])["synthesizer"] for p in pairs}

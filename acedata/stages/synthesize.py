@@ -310,6 +310,7 @@ class _Collector:
         self.stage = stage
         self.images: dict[str, dict[str, Any]] = {}
         self.pairs: list[dict[str, Any]] = []
+        self.accepted: set[str] = set()
         self.bad: list[dict[str, Any]] = []
         self.candidates = 0
 
@@ -322,6 +323,8 @@ class _Collector:
         self.candidates += 1
         pid = pair_id_of(d)
         uri = f"synth://{d.synthesizer}/{row['image_id']}"
+        if verdict.ok and pid in self.accepted:  # the same edit drawn twice (e.g. by a chain)
+            verdict.ok, verdict.reason, verdict.detail = False, "duplicate_pair", "same inputs and target as an earlier pair"
         if not verdict.ok:
             self.bad.append({"source_uri": uri, "stage": self.stage.kind, "reason": verdict.reason,
                              "detail": f"{d.task}/{d.subtask}: {verdict.detail}", "item_id": pid})
@@ -342,6 +345,7 @@ class _Collector:
             "weights": weights,
             "random_init": bool(weights and "random-init" in weights),
         }
+        self.accepted.add(pid)
         self.pairs.append({
             "pair_id": pid,
             "source_id": d.source.id,

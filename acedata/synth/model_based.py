@@ -1,4 +1,5 @@
-"""Model-based synthesizers: depth (DPT/MiDaS via transformers) and diffusers edit pipelines
+"""Model-based synthesizers: depth (DPT/MiDaS via transformers), semantic segmentation
+(SegFormer-family via transformers) and diffusers edit pipelines
 (InstructPix2Pix, img2img style transfer, inpainting for element replacement).
 
 Weights come from a local folder or the HF cache through `acedata.models` (ModelNotFound
@@ -80,6 +81,52 @@ class Depth(ConditionSynth):
         lo, hi = np.percentile(d, 1), np.percentile(d, 99)
         d = np.clip((d - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(d)
         return as_rgb3((d * 255).astype(np.uint8)), {"model": self.spec.weights_id}
+
+
+@register
+class SegmentationModel(ConditionSynth):
+    """Semantic segmentation colour map from a model (SegFormer / UperNet / DPT heads): one fixed
+    palette colour per class, so a class keeps its colour across images."""
+
+    name = "segmentation_model"
+    subtasks = ("segmentation",)
+    needs_weights = True
+    num_gpus = 0.25
+    algorithm = "transformers AutoModelForSemanticSegmentation"
+
+    def load(self, spec: ModelSpec | None) -> None:
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+        spec = _need(spec, self.name)
+        self.spec, self.device = spec, pick_device(spec)
+        if spec.random_init:
+            from acedata.synth.tiny_models import build_tiny_segformer
+
+            model, self.processor = build_tiny_segformer(seed=int(spec.options.get("seed", 0)))
+        else:
+            path = resolve_local(spec, spec.options.get("hf_repo"))
+            model = AutoModelForSemanticSegmentation.from_pretrained(path, local_files_only=True)
+            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        self.model = model.to(self.device, _torch_dtype(spec, self.device)).eval()
+        self._torch = torch
+
+    @property
+    def weights_id(self) -> str | None:
+        return self.spec.weights_id if hasattr(self, "spec") else None
+
+    def condition(self, rgb, rng):
+        from acedata.synth.lowlevel import palette
+
+        torch = self._torch
+        x = self.processor(images=Image.fromarray(rgb), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            logits = self.model(pixel_values=x.to(self.device, self.model.dtype)).logits
+        up = torch.nn.functional.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear",
+                                             align_corners=False)
+        labels = up.argmax(1)[0].cpu().numpy()
+        colours = palette(int(logits.shape[1]))
+        return colours[labels], {"model": self.spec.weights_id, "classes": len(np.unique(labels))}
 
 
 class DiffusersSynth(Synthesizer):

@@ -104,3 +104,21 @@ def build_tiny_dpt(folder: str | None = None, seed: int = 0):
         model.save_pretrained(folder, safe_serialization=True)
         proc.save_pretrained(folder)
     return model, proc
+
+
+def build_tiny_segformer(folder: str | None = None, seed: int = 0, num_labels: int = 8):
+    """A tiny SegFormer semantic segmenter and its image processor."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(seed)
+    cfg = SegformerConfig(
+        num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[4, 2, 1, 1], hidden_sizes=[8, 16, 24, 32],
+        num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16, num_labels=num_labels,
+    )
+    model = SegformerForSemanticSegmentation(cfg).eval()
+    proc = SegformerImageProcessor(size={"height": 32, "width": 32})
+    if folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        proc.save_pretrained(folder)
+    return model, proc
