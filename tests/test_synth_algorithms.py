@@ -113,3 +113,15 @@ def test_reference_uses_other_members(photos):
         assert d.target.id not in ids and len(set(ids)) == len(ids) >= 1
         assert d.subtask == ("single_reference" if len(ids) == 1 else "multi_reference")
     assert REGISTRY["reference"]().make_group(photos[:1], np.random.default_rng(0)) == []
+
+
+def test_synthesizers_command_lists_the_registry(capsys):
+    import json
+
+    from acedata.cli import main
+
+    assert main(["synthesizers", "--json"]) == 0
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(listed) == set(REGISTRY)
+    assert listed["depth"]["needs_weights"] and not listed["canny"]["needs_weights"]
+    assert listed["canny"]["inverse_task"] == "controllable"
