@@ -19,7 +19,7 @@ measure how much chaining was found and undone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -46,13 +46,13 @@ class GuardStats:
     members_dropped: int = 0  # left as singletons by a split
     incoherent_pairs_before: int = 0  # member pairs below min_pair_sim in the sets checked
     incoherent_pairs_after: int = 0
+    micros: int = 0  # time spent in the guard
 
     def add(self, other: GuardStats) -> None:
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v)
 
 
-PairSim = Callable[[np.ndarray], np.ndarray]  # member indices -> S x S similarity
 
 
 def _incoherent_pairs(sim: np.ndarray, min_pair_sim: float) -> int:
@@ -110,6 +110,7 @@ def guard_sets(
     the weight they were linked at; splitting raises it round by round towards `upper`.
     """
     stats = GuardStats()
+    t0 = time.perf_counter()
     if not cfg.enabled:
         return [s for s in sets if len(s) > 1], stats
     src, dst, w = edges
@@ -171,4 +172,5 @@ def guard_sets(
         x = emb[s]
         stats.incoherent_pairs_after += _incoherent_pairs(x @ x.T, cfg.min_pair_sim)
     out.sort(key=lambda s: int(s[0]))
+    stats.micros = int((time.perf_counter() - t0) * 1e6)
     return out, stats

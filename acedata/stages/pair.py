@@ -304,6 +304,9 @@ class Pair(Stage):
             + counts.get("guard2_sets_incoherent", 0) + counts.get("guard2_sets_oversize", 0),
             "incoherent_pairs_before": counts.get("guard1_incoherent_pairs_before", 0),
             "incoherent_pairs_after": counts.get("guard2_incoherent_pairs_after", 0),
+            "members_dropped": counts.get("guard1_members_dropped", 0) + counts.get("guard2_members_dropped", 0),
+            "guard_seconds": round((counts.get("guard1_micros", 0) + counts.get("guard2_micros", 0)) / 1e6, 2),
+            "mining_seconds": round(counts.get("mine_us", 0) / 1e6, 2),
         }
         return {"chaining": chain, "sim_gflops_per_s": round(flops / secs / 1e9, 2) if secs else None}
 
