@@ -7,7 +7,7 @@ import pytest
 from acedata.errors import UserError
 from acedata.instruct.templates import FAMILIES, TemplateBank, indicators_in, load_bank, tidy
 
-# Every task/subtask the synthesizers and the pair miner produce (issue 5).
+# Every task/subtask the synthesizers and the pair miner produce (issue 5 and acedata/synth/*).
 PRODUCED = {
     "low_level": ["canny", "grayscale", "mosaic", "degradation", "sketch", "contour", "scribble", "doodle",
                   "segmentation", "depth", "pose"],
@@ -15,9 +15,13 @@ PRODUCED = {
                      "segmentation", "depth", "pose"],
     "repainting": ["inpainting", "outpainting"],
     "element_editing": ["remove", "add", "replace"],
-    "semantic_editing": ["style", "color_grading", "cartoon", "pencil", "facial"],
-    "layer_editing": ["decompose", "fuse"],
+    "semantic_editing": ["style", "color_grading", "cartoon", "pencil", "facial", "watercolor", "pencil_sketch",
+                         "style_transfer", "instruct_edit"],
+    "layer_editing": ["decompose", "decompose_subject", "decompose_background", "fuse"],
+    "reference_generation": ["single_reference", "multi_reference"],
 }
+SLOTS = {"caption": "a red bicycle", "object": "dog", "new_object": "cat", "style": "watercolor",
+         "attribute": "smiling", "prompt": "make it snowy"}
 
 
 def test_every_produced_subtask_has_its_own_templates():
@@ -25,16 +29,17 @@ def test_every_produced_subtask_has_its_own_templates():
     assert set(FAMILIES) <= set(bank.families)
     for family, subtasks in PRODUCED.items():
         for s in subtasks:
-            assert bank.canonical(family, s) == s, (family, s)
-            n = 2 if (family, s) == ("layer_editing", "fuse") else 1
-            ch = bank.choose(family, s, n, {"caption": "a red bicycle", "object": "dog", "new_object": "cat",
-                                             "style": "watercolor", "attribute": "smiling"}, 0, f"{family}-{s}")
-            assert ch.fallback is None and ch.key.startswith(f"{family}/{s}#")
-            assert "{" not in ch.text.replace("{image}", "").replace("{image1}", "").replace("{image2}", "")
-    # families without subtasks still give text
-    for family in ("reference_generation", "natural_edit"):
-        ch = load_bank().choose(family, "", 3 if family == "reference_generation" else 1, {"caption": "x y"}, 0, "k")
-        assert ch.text
+            canon = bank.canonical(family, s)
+            assert canon is not None, (family, s)
+            n = {"fuse": 2, "multi_reference": 3}.get(s, 1)
+            ch = bank.choose(family, s, n, SLOTS, 0, f"{family}-{s}")
+            assert ch.fallback is None and ch.key.startswith(f"{family}/{canon}#"), (family, s, ch)
+            assert not [x for x in indicators_in(ch.text) if x not in ("{image}", "{image1}", "{image2}", "{image3}")]
+            assert "{" not in ch.text.replace("{image}", "").replace("{image1}", "").replace("{image2}", "").replace(
+                "{image3}", "")
+    # natural pairs (subtask = the miner's scorer name) use the family list by design
+    ch = bank.choose("natural_edit", "siglip", 1, {"caption": "x y"}, 0, "k")
+    assert ch.text and ch.fallback is None
 
 
 def test_choice_is_deterministic_and_varies_with_seed_and_pair():
@@ -90,3 +95,25 @@ def test_bad_template_folder_is_one_line_error(tmp_path):
     (tmp_path / "x.yaml").write_text("family: x\ndefault: ['Edit {image']\n")
     with pytest.raises(UserError, match="malformed"):
         TemplateBank(tmp_path)
+
+
+def test_slots_from_synthesizer_provenance():
+    import json
+
+    from acedata.stages.instruct import pair_slots
+
+    def slots(subtask, prov, images=None):
+        pair = {"task": "x", "subtask": subtask, "source_id": "s", "target_id": "t", "provenance": json.dumps(prov)}
+        return pair_slots(pair, images or {})
+
+    # replace: the synthesizer's `object`/`prompt` is the new object, not the one replaced
+    rep = slots("replace", {"params": {"object": "a cat", "prompt": "a cat"}})
+    assert rep["new_object"] == "a cat" and "object" not in rep
+    assert slots("color_grading", {"params": {"look": "teal_orange"}})["style"] == "teal orange"
+    assert slots("instruct_edit", {"params": {"prompt": "make it winter."}})["prompt"] == "make it winter"
+    assert slots("canny", {"source_caption": "a dog"})["caption"] == "a dog"
+    assert slots("canny", {}, {"t": {"caption": " a  cat. "}})["caption"] == "a cat"
+    assert slots("canny", "not json") == {}
+    text = load_bank().choose("element_editing", "replace", 1, slots("replace", {"params": {"object": "a lamp"}}),
+                              0, "p").text
+    assert "a lamp" in text

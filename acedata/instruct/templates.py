@@ -2,10 +2,11 @@
 
 One file per task family (`templates/<family>.yaml`): phrasings per subtask, a family
 `default` list for unknown subtasks, and subtask aliases. A template may use slots —
-`{caption}`, `{object}`, `{new_object}`, `{style}`, `{attribute}`, `{refs}` — and the
+`{caption}`, `{object}`, `{new_object}`, `{style}`, `{attribute}`, `{prompt}`, `{refs}` — and the
 image indicators `{image}` (one input) or `{image1}`, `{image2}` … (several, in input
-order). Only templates whose slots can all be filled for a pair are eligible; among
-those, the seed and the pair id pick one, so a rerun gives the same text.
+order). Only templates whose slots can all be filled for a pair are eligible, and those
+that use the pair's details (caption, object, style ...) are preferred when there are
+any; among them the seed and the pair id pick one, so a rerun gives the same text.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from acedata.errors import UserError
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 INDICATOR = re.compile(r"\{image(\d*)\}")
-SLOTS = ("caption", "object", "new_object", "style", "attribute")
+SLOTS = ("caption", "object", "new_object", "style", "attribute", "prompt")
 FAMILIES = (
     "low_level", "controllable", "semantic_editing", "element_editing", "layer_editing",
     "repainting", "reference_generation", "natural_edit", "text_to_image",
@@ -71,6 +72,7 @@ def tidy(text: str) -> str:
     text = re.sub(r"\s+([.,:;!?])", r"\1", text)
     text = text.rstrip(" :;,")
     text = re.sub(r"\.{2,}$", ".", text)
+    text = re.sub(r"([.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
     if text and text[-1] not in ".!?\"'":
         text += "."
     return text[:1].upper() + text[1:]
@@ -122,9 +124,14 @@ class TemplateBank:
             canon = self.canonical(task, subtask)
             if canon:
                 lists.append((f"{task}/{canon}", fam["subtasks"][canon], None))
-            lists.append((f"{task}/default", fam["default"], "family_default" if subtask else None))
+            # A family that has no subtask lists (natural_edit) uses its defaults by design, not as a fallback.
+            generic = "family_default" if subtask and fam["subtasks"] else None
+            lists.append((f"{task}/default", fam["default"], generic))
         for name, items, fallback in lists:
             eligible = [(i, t) for i, t in enumerate(items) if self._fits(t, ind, filled)]
+            # Templates that carry the pair's own details (caption, object, style ...) come first.
+            rich = [(i, t) for i, t in eligible if _fields(t) & set(SLOTS)]
+            eligible = rich or eligible
             if eligible:
                 i, t = eligible[_pick(seed, key, name, len(eligible))]
                 return Chosen(self._fill(t, ind, filled), t, f"{name}#{i}", fallback)

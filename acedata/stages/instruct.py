@@ -49,8 +49,14 @@ SLOT_KEYS = {
     "object": ("object", "object_name", "subject", "category", "label"),
     "new_object": ("new_object", "replacement", "replace_with", "target_object"),
     "style": ("style", "style_name", "grade", "look"),
-    "attribute": ("attribute", "attributes", "facial_attribute", "edit"),
-    "caption": ("caption", "target_caption", "prompt"),
+    "attribute": ("attribute", "attributes", "facial_attribute"),
+    "prompt": ("edit_prompt", "prompt"),
+    "caption": ("caption", "target_caption", "source_caption"),
+}
+# Where a subtask's synthesizer uses a key differently: replace's `object`/`prompt` name the new object.
+SUBTASK_SLOT_KEYS = {
+    "replace": {"object": ("old_object", "replaced_object", "source_object"),
+                "new_object": ("new_object", "replacement", "replace_with", "object", "prompt")},
 }
 
 
@@ -330,14 +336,15 @@ def pair_slots(pair: dict[str, Any], images: dict[str, dict]) -> dict[str, str]:
             prov = loaded
     except json.JSONDecodeError:
         pass
-    scopes = [prov] + [prov[k] for k in ("params", "meta") if isinstance(prov.get(k), dict)]
+    scopes = [prov[k] for k in ("params", "meta") if isinstance(prov.get(k), dict)] + [prov]
+    keymap = {**SLOT_KEYS, **SUBTASK_SLOT_KEYS.get(pair.get("subtask") or "", {})}
     slots: dict[str, str] = {}
-    for slot, keys in SLOT_KEYS.items():
+    for slot, keys in keymap.items():
         for scope in scopes:
             v = next((scope[k] for k in keys if isinstance(scope.get(k), (str, int, float)) and str(scope[k]).strip()),
                      None)
             if v is not None:
-                slots[slot] = str(v).strip().rstrip(".")
+                slots[slot] = " ".join(str(v).replace("_", " ").split()).rstrip(".")
                 break
     if "caption" not in slots:
         for iid in (pair.get("target_id"), pair.get("source_id")):
