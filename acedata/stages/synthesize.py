@@ -329,11 +329,11 @@ class _Collector:
             self.bad.append({"source_uri": uri, "stage": self.stage.kind, "reason": verdict.reason,
                              "detail": f"{d.task}/{d.subtask}: {verdict.detail}", "item_id": pid})
             return
-        for im in [d.source, d.target, *d.extras] + ([d.mask] if d.mask else []):
-            if im.is_new and im.id not in self.images:
-                self.images[im.id] = _image_row(im, uri, row, d)
         synth = self.stage.synths.get(d.synthesizer)
         weights = synth.weights_id if synth is not None else None
+        for im in [d.source, d.target, *d.extras] + ([d.mask] if d.mask else []):
+            if im.is_new and im.id not in self.images:
+                self.images[im.id] = _image_row(im, uri, row, d, weights)
         provenance = {
             "stage": self.stage.kind,
             "synthesizer": d.synthesizer,
@@ -371,9 +371,11 @@ class _Collector:
         )
 
 
-def _image_row(im: Img, uri: str, row: dict[str, Any], d: Draft) -> dict[str, Any]:
+def _image_row(im: Img, uri: str, row: dict[str, Any], d: Draft, weights: str | None) -> dict[str, Any]:
     meta = {k: v for k, v in im.meta.items() if not k.startswith("_")}
     meta.update(derived_from=row["image_id"], synthesizer=d.synthesizer, task=d.task, subtask=d.subtask)
+    if weights:  # model output: which weights, and whether they were random-init
+        meta.update(weights=weights, random_init="random-init" in weights)
     return {
         "image_id": im.id,
         "source_uri": uri,
