@@ -150,6 +150,8 @@ class Instruct(Stage):
             raise RuntimeError(f"instruct lost pairs: in {counts.get('pairs_in')} != "
                                f"{counts.get('pairs_with_instruction')} with instruction + {quarantined} quarantined")
         mode = self.mode()
+        if mode.startswith("templates only"):
+            counts["templates_only"] = 1  # shows in the printed run summary next to the counts
         log.info("stage instruct: %s", mode)
         return {"mode": mode}
 
