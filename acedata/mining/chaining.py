@@ -4,7 +4,8 @@ offenders are split, with bounded work:
 
 * check: a set is coherent when it has at most `max_set_size` members and no two of
   its members have a direct similarity below `min_pair_sim` (an S x S product, cheap
-  because S is capped; oversize sets fail without it);
+  because S is capped; oversize sets fail without it) nor, after turn 2, a pass-2
+  score below `min_pair_score`;
 * split, up to `max_rounds` rounds: re-run union-find on the set's own edges with the
   link threshold raised by `step` per round (by default the band up to `upper` is
   spread over the rounds; bridges are the weakest links, so they go first), and check
@@ -20,6 +21,7 @@ measure how much chaining was found and undone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,6 +34,7 @@ class GuardConfig:
     enabled: bool = True
     max_set_size: int = 64
     min_pair_sim: float = 0.5
+    min_pair_score: float | None = None  # turn 2: least pass-2 score between members (None: not checked)
     max_rounds: int = 4
     step: float | None = None  # None: (upper - link threshold) / (max_rounds + 1), i.e. spread over the band
 
@@ -55,10 +58,6 @@ class GuardStats:
 
 
 
-def _incoherent_pairs(sim: np.ndarray, min_pair_sim: float) -> int:
-    return int(np.triu(sim < min_pair_sim, 1).sum())
-
-
 def _components(members: np.ndarray, src: np.ndarray, dst: np.ndarray, w: np.ndarray, t: float) -> list[np.ndarray]:
     """Connected components of `members` using only edges with weight >= t (global ids)."""
     local = {int(m): i for i, m in enumerate(members)}
@@ -69,7 +68,21 @@ def _components(members: np.ndarray, src: np.ndarray, dst: np.ndarray, w: np.nda
     return [members[g] for g in uf.sets()]
 
 
-def _peel(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig) -> list[np.ndarray]:
+ScoreOf = Callable[[np.ndarray], np.ndarray]  # member indices -> S x S pass-2 scores (NaN: unscored)
+
+
+def _bad_pairs(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: ScoreOf | None) -> np.ndarray:
+    """S x S: True where two members are not coherent (embedding cosine, and pass-2 score if checked)."""
+    x = emb[members]
+    bad = x @ x.T < cfg.min_pair_sim
+    if score_of is not None and cfg.min_pair_score is not None:
+        sc = score_of(members)
+        np.fill_diagonal(sc, np.inf)
+        bad |= ~(sc >= cfg.min_pair_score)  # NaN counts as incoherent
+    return bad
+
+
+def _peel(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: ScoreOf | None) -> list[np.ndarray]:
     out = []
     left = members.copy()
     while len(left) > 1:
@@ -79,14 +92,14 @@ def _peel(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig) -> list[np.nda
         to_seed = x @ x[seed]
         cand = np.flatnonzero(to_seed >= cfg.min_pair_sim)
         cand = cand[np.argsort(-to_seed[cand], kind="stable")][: cfg.max_set_size]
+        cand = np.concatenate([[seed], cand[cand != seed]])  # the seed first, kept while possible
         # greedily drop the member with most incoherent partners until none is left
         while len(cand) > 1:
-            s = x[cand] @ x[cand].T
-            bad = (s < cfg.min_pair_sim).sum(axis=1)
+            bad = _bad_pairs(left[cand], emb, cfg, score_of).sum(axis=1)
             if bad.max() == 0:
                 break
             worst = np.flatnonzero(bad == bad.max())
-            worst = worst[worst != 0] if (worst != 0).any() else worst  # keep the seed while possible
+            worst = worst[worst != 0] if (worst != 0).any() else worst
             cand = np.delete(cand, worst[-1])
         out.append(np.sort(left[cand]))
         mask = np.ones(len(left), dtype=bool)
@@ -103,11 +116,14 @@ def guard_sets(
     link_threshold: float,
     cfg: GuardConfig,
     upper: float = 1.0,
+    score_of: ScoreOf | None = None,
 ) -> tuple[list[np.ndarray], GuardStats]:
     """Check every set (indices into `emb`, unit-norm rows) and split the offenders.
 
     `edges` are the (src, dst, weight) links that formed the sets, `link_threshold`
     the weight they were linked at; splitting raises it round by round towards `upper`.
+    `score_of` gives pass-2 scores between members; with `cfg.min_pair_score` set, a
+    pair scoring below it also makes a set incoherent (chaining through the scorer).
     """
     stats = GuardStats()
     t0 = time.perf_counter()
@@ -128,8 +144,7 @@ def guard_sets(
             if count_before:
                 stats.sets_oversize += 1
             return False
-        x = emb[members]
-        bad = _incoherent_pairs(x @ x.T, cfg.min_pair_sim)
+        bad = int(np.triu(_bad_pairs(members, emb, cfg, score_of), 1).sum())
         if count_before:
             stats.incoherent_pairs_before += bad
             if bad:
@@ -165,12 +180,11 @@ def guard_sets(
                 break
         for part in pending:
             stats.sets_peeled += 1
-            kept = [c for c in _peel(part, emb, cfg) if len(c) > 1]
+            kept = [c for c in _peel(part, emb, cfg, score_of) if len(c) > 1]
             out.extend(kept)
             stats.members_dropped += len(part) - sum(len(c) for c in kept)
     for s in out:
-        x = emb[s]
-        stats.incoherent_pairs_after += _incoherent_pairs(x @ x.T, cfg.min_pair_sim)
+        stats.incoherent_pairs_after += int(np.triu(_bad_pairs(s, emb, cfg, score_of), 1).sum())
     out.sort(key=lambda s: int(s[0]))
     stats.micros = int((time.perf_counter() - t0) * 1e6)
     return out, stats

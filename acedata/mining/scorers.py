@@ -67,7 +67,7 @@ class ObjectScorer(Scorer):
     needs_images = True
     default_band = (0.25, 1.0)
 
-    def __init__(self, max_side: int = 512, nfeatures: int = 1000, ratio: float = 0.75,
+    def __init__(self, max_side: int = 512, nfeatures: int = 500, ratio: float = 0.75,
                  min_inliers: int = 12, mirror: bool = True) -> None:
         self.max_side, self.nfeatures, self.ratio = max_side, nfeatures, ratio
         self.min_inliers, self.mirror = min_inliers, mirror

@@ -99,7 +99,11 @@ def mine_cluster(
         uf2.union_edges(ps.src[linked], ps.dst[linked])
         sets2 = [members[g] for g in uf2.sets(min_size=2)]
         edges2 = (a[linked], b[linked], ps.score[linked].astype(np.float32))
-        sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high)
+        def score_of(s: np.ndarray, members: np.ndarray = members, full: np.ndarray = full) -> np.ndarray:
+            pos = np.searchsorted(members, s)
+            return full[np.ix_(pos, pos)]
+
+        sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high, score_of)
         stats.guard_pass2.add(g2)
         for s in sets2:
             pos = np.searchsorted(members, s)

@@ -43,6 +43,8 @@ class GuardSettings(Strict):
     enabled: bool = True
     max_set_size: int = Field(64, ge=2)
     min_pair_sim: float | None = None  # None: tau_low - 0.2
+    min_pair_score: float | None = None  # turn 2 pass-2 score floor inside a set; None: half the pass-2 low bound
+    check_scores: bool = True  # apply min_pair_score after turn 2
     max_rounds: int = Field(4, ge=0)
     step: float | None = Field(None, gt=0)  # None: the band spread over max_rounds + 1
 
@@ -81,20 +83,22 @@ class PairConfig(StageConfig):
 
 def mining_params(c: PairConfig, scorer: Scorer) -> MiningParams:
     lo, hi = (c.tau_low, c.tau_high) if scorer.name == "siglip" else scorer.default_band
+    lo = lo if c.pass2_low is None else c.pass2_low
+    hi = hi if c.pass2_high is None else c.pass2_high
     g = c.guard
+    min_score = None
+    if g.check_scores:
+        min_score = lo / 2 if g.min_pair_score is None else g.min_pair_score
     device = c.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return MiningParams(
-        tau_low=c.tau_low, tau_high=c.tau_high,
-        pass2_low=lo if c.pass2_low is None else c.pass2_low,
-        pass2_high=hi if c.pass2_high is None else c.pass2_high,
-        block=c.block, device=device,
-        guard=GuardConfig(g.enabled, g.max_set_size, c.tau_low - 0.2 if g.min_pair_sim is None else g.min_pair_sim,
-                          g.max_rounds, g.step),
-    )
+    guard = GuardConfig(enabled=g.enabled, max_set_size=g.max_set_size,
+                        min_pair_sim=c.tau_low - 0.2 if g.min_pair_sim is None else g.min_pair_sim,
+                        min_pair_score=min_score, max_rounds=g.max_rounds, step=g.step)
+    return MiningParams(tau_low=c.tau_low, tau_high=c.tau_high, pass2_low=lo, pass2_high=hi, block=c.block,
+                        device=device, guard=guard)
 
 
 def pair_id(task: str, source: str, target: str) -> str:
@@ -302,7 +306,8 @@ class Pair(Stage):
             "sets_checked": counts.get("guard1_sets_checked", 0) + counts.get("guard2_sets_checked", 0),
             "sets_split": counts.get("guard1_sets_incoherent", 0) + counts.get("guard1_sets_oversize", 0)
             + counts.get("guard2_sets_incoherent", 0) + counts.get("guard2_sets_oversize", 0),
-            "incoherent_pairs_before": counts.get("guard1_incoherent_pairs_before", 0),
+            "incoherent_pairs_before": counts.get("guard1_incoherent_pairs_before", 0)
+            + counts.get("guard2_incoherent_pairs_before", 0),
             "incoherent_pairs_after": counts.get("guard2_incoherent_pairs_after", 0),
             "members_dropped": counts.get("guard1_members_dropped", 0) + counts.get("guard2_members_dropped", 0),
             "guard_seconds": round((counts.get("guard1_micros", 0) + counts.get("guard2_micros", 0)) / 1e6, 2),
