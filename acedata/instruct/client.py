@@ -11,6 +11,7 @@ ends in a `ChatResult`: text, or an error code, never an exception.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import threading
@@ -21,6 +22,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from acedata.config import Strict
+
+# The HTTP layer under the openai client logs every request at INFO; keep run logs readable.
+for _name in ("httpx", "httpx2", "openai"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class EndpointConfig(Strict):
