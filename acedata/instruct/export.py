@@ -3,7 +3,8 @@
 The paper fine-tuned InternVL2-26B on ~800k curated instructions as an "instruction
 captioner". This writes such records: the pair's images as files under `images/`
 (named by image_id, written once), referenced by path relative to the JSONL file, and
-one record per kept (pair, variant):
+one record per kept (pair, instruction text) — the same text from several instructions
+tables is written once; ids are `<pair_id>#<n>`:
 
 - `internvl`: {"id", "image": [paths], "conversations": [{"from": "human", "value":
   "Image-1: <image>\\nImage-2: <image>\\n<prompt>"}, {"from": "gpt", "value": instruction}]}
@@ -66,7 +67,10 @@ def export_captioner_data(
     pair_info = {r["pair_id"]: r for r in _iter_rows(pairs, ["pair_id", "source_id", "target_id", "extra_input_ids",
                                                               "task", "subtask"])}
     wanted: list[dict[str, Any]] = []
-    counts = {"records": 0, "skipped_method": 0, "skipped_variant": 0, "skipped_no_pair": 0, "skipped_no_image": 0}
+    seen: set[tuple[str, str]] = set()
+    per_pair: dict[str, int] = {}
+    counts = {"records": 0, "skipped_method": 0, "skipped_variant": 0, "skipped_no_pair": 0, "skipped_no_image": 0,
+              "skipped_duplicate": 0}
     for r in _iter_rows(instructions, ["pair_id", "variant", "instruction", "method"]):
         if r["method"] not in methods:
             counts["skipped_method"] += 1
@@ -77,6 +81,13 @@ def export_captioner_data(
         if r["pair_id"] not in pair_info:
             counts["skipped_no_pair"] += 1
             continue
+        key = (r["pair_id"], " ".join(r["instruction"].split()).lower())
+        if key in seen:  # the same text from another instructions table (a rerun under another name)
+            counts["skipped_duplicate"] += 1
+            continue
+        seen.add(key)
+        r["n"] = per_pair.get(r["pair_id"], 0)
+        per_pair[r["pair_id"]] = r["n"] + 1
         wanted.append(r)
         if limit and len(wanted) >= limit:
             break
@@ -86,32 +97,52 @@ def export_captioner_data(
     tmp = path + ".tmp"
     from tqdm import tqdm
 
+    bar = tqdm(total=len(wanted), desc="export", unit="rec", disable=not progress)
     with open(tmp, "w", encoding="utf-8") as f:
-        for r in tqdm(wanted, desc="export", unit="rec", disable=not progress):
-            p = pair_info[r["pair_id"]]
-            ids = [p["source_id"], *(p.get("extra_input_ids") or []), p["target_id"]]
-            missing = [i for i in ids if i not in written and i not in store]
-            if missing:
-                counts["skipped_no_image"] += 1
-                continue
-            todo = [i for i in ids if i not in written]
-            if todo:
-                for image_id, row in store.rows(todo, columns=["image_id", "image", "format"]).items():
-                    ext = (row.get("format") or "PNG").lower().replace("jpeg", "jpg")
-                    rel = posixpath.join("images", f"{image_id}.{ext}")
-                    with open(os.path.join(out_dir, rel), "wb") as img:
-                        img.write(row["image"]["bytes"])
-                    written[image_id] = rel
-            paths = [written[i] for i in ids]
-            f.write(json.dumps(_record(r, p, paths, fmt, prompt), ensure_ascii=False) + "\n")
-            counts["records"] += 1
+        for lo in range(0, len(wanted), 512):
+            chunk = wanted[lo: lo + 512]
+            ids_of = {id(r): _image_ids(pair_info[r["pair_id"]]) for r in chunk}
+            # One read per shard for the whole chunk (the store reads a shard per call).
+            need = sorted({i for ids in ids_of.values() for i in ids if i not in written and i in store})
+            for image_id, row in store.rows(need, columns=["image_id", "image", "format"]).items():
+                ext = (row.get("format") or "PNG").lower().replace("jpeg", "jpg")
+                rel = posixpath.join("images", f"{image_id}.{ext}")
+                with open(os.path.join(out_dir, rel), "wb") as img:
+                    img.write(row["image"]["bytes"])
+                written[image_id] = rel
+            for r in chunk:
+                ids = ids_of[id(r)]
+                if any(i not in written for i in ids):
+                    counts["skipped_no_image"] += 1
+                    continue
+                p = pair_info[r["pair_id"]]
+                f.write(json.dumps(_record(r, p, [written[i] for i in ids], fmt, prompt), ensure_ascii=False) + "\n")
+                counts["records"] += 1
+            bar.update(len(chunk))
+    bar.close()
     os.replace(tmp, path)
     counts["images"] = len(written)
     return counts
 
 
+def _image_ids(pair: dict[str, Any]) -> list[str]:
+    """Inputs in input order, then the target."""
+    return [pair["source_id"], *(pair.get("extra_input_ids") or []), pair["target_id"]]
+
+
+def captioner_prompt(n_inputs: int, single: str = CAPTIONER_PROMPT) -> str:
+    """The user prompt of a record: the single-input prompt, or one naming every input's indicator."""
+    if n_inputs <= 1:
+        return single
+    names = ", ".join(f"{{image{i}}}" for i in range(1, n_inputs + 1))
+    return (f"The first {n_inputs} images are the inputs ({names}, in order); the last image is the output of an "
+            f"edit. Write the instruction that produces the last image from the inputs, naming them {names}. "
+            "Answer with the instruction only.")
+
+
 def _record(r: dict[str, Any], pair: dict[str, Any], paths: list[str], fmt: str, prompt: str) -> dict[str, Any]:
-    rid = f"{r['pair_id']}#{r['variant']}"
+    rid = f"{r['pair_id']}#{r['n']}"
+    prompt = captioner_prompt(len(paths) - 1, prompt)
     meta = {"task": pair.get("task"), "subtask": pair.get("subtask"), "method": r["method"]}
     if fmt == "internvl":
         tags = "".join(f"Image-{i}: <image>\n" for i in range(1, len(paths) + 1))
