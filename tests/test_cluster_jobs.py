@@ -276,3 +276,20 @@ def test_stopped_job_resubmitted_gives_exactly_the_uninterrupted_rows(cluster, c
     assert by_job[earlier] | by_job[later] == {u.id for u in cluster_stages_units(spec, out)}
     run = jobs.job_status(second)["run"]
     assert run["state"] == "succeeded" and run["stages"][0]["counts"]["embeddings"] == len(expected)
+
+
+def test_train_submit_runs_ray_train_on_the_cluster(cluster, cluster_env, tmp_path):
+    pytest.importorskip("acemodel")
+    from acemodel.demo_lcu import build
+
+    build(str(tmp_path / "lcu"))
+    out = tmp_path / "train"
+    r = cli(cluster, "train", os.path.join(REPO, "model", "configs", "tiny.yaml"), "--data", str(tmp_path / "lcu"),
+            "--out", str(out), "--steps", "2", "--workers", "2", "--submit")
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().split()[-1]
+    assert job_id.startswith("acedata-train-")
+    state = jobs.wait_for(job_id, cluster.address, timeout=JOB_TIMEOUT, poll=1.0)
+    logs = cli(cluster, "jobs", "logs", job_id).stdout
+    assert state == "SUCCEEDED", logs[-4000:]
+    assert (out / "checkpoints" / "step-00000002" / "model.safetensors").is_file()
