@@ -25,6 +25,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", help="images table (image bytes for object/face scorers; sizes for filters)")
     p.add_argument("--max-set-size", type=int, default=64, help="chaining guard: largest set kept whole")
     p.add_argument("--min-pair-sim", type=float, help="chaining guard: least cosine between members of a set")
+    p.add_argument("--min-pair-score", type=float,
+                   help="chaining guard after turn 2: least pass-2 score between members (default: pass-2 low / 2)")
     p.add_argument("--max-pairs-per-set", type=int, default=100)
     p.add_argument("--both-directions", action="store_true", help="write (a, b) and (b, a)")
     p.add_argument("--duplicate-sim", type=float, default=0.999, help="drop pairs at or above this cosine")
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     guard = {"max_set_size": args.max_set_size}
     if args.min_pair_sim is not None:
         guard["min_pair_sim"] = args.min_pair_sim
+    if args.min_pair_score is not None:
+        guard["min_pair_score"] = args.min_pair_score
     pair = PairConfig(
         name="pair", tau_low=args.tau_low, tau_high=args.tau_high, scorer=args.scorer,
         pass2_low=args.pass2_low, pass2_high=args.pass2_high, guard=guard,

@@ -87,8 +87,12 @@ def mine_cluster(
     stats.guard_pass1.add(g1)
     stats.pass1_sets += len(sets1)
     out: list[FinalSet] = []
+    images: dict[int, bytes | None] = {}
+    if scorer.needs_images and sets1:  # one fetch per cluster, not per set
+        linked = np.concatenate(sets1)
+        images = dict(zip(linked.tolist(), images_for(linked)))
     for members in sets1:
-        ps = scorer.score_set(emb[members], images_for(members) if scorer.needs_images else None)
+        ps = scorer.score_set(emb[members], [images[m] for m in members.tolist()] if scorer.needs_images else None)
         a, b = members[ps.src], members[ps.dst]  # members is sorted, so a < b
         full = np.full((len(members), len(members)), np.nan, dtype=np.float32)
         full[ps.src, ps.dst] = ps.score
