@@ -42,6 +42,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address and not address.startswith(("http://", "https://")):
         ray.init(address=address, log_to_driver=False)
         return
+    if address:  # a job-server URL (what `acedata submit` and `ray job` use) cannot host this driver
+        log.warning("%s is a Ray job server address: running on an embedded local Ray instead; "
+                    "use `acedata submit` to run on that cluster, or give its GCS address (HEAD:6379)", address)
     ray.init(
         num_cpus=num_cpus or max(2, os.cpu_count() or 2),
         include_dashboard=False,
