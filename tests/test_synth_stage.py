@@ -131,3 +131,35 @@ def test_read_locs_reads_only_wanted_rows_in_order(tmp_path):
     rows = _read_locs([[p, 93], [p, 5], [p, 50], [p, 6], [p, 7]])
     assert [r["image_id"] for r in rows] == ["id93", "id5", "id50", "id6", "id7"]
     assert rows[0]["image"]["bytes"] == bytes([93])
+
+
+def test_reference_sets_from_pair_mining_else_groups_else_none(synth_run, tmp_path):
+    import pyarrow as pa
+
+    out, _, _ = synth_run
+    images = f"{out}/ingest/images"
+    rows = shards.read_table(images, columns=["image_id", "group"]).to_pylist()[:6]
+    ids = [r["image_id"] for r in rows]
+    # a mined set of three images (ids 0,1,2) linked by two pairs
+    mined = pa.Table.from_pylist(
+        [{"pair_id": "m1", "source_id": ids[0], "target_id": ids[1], "task": "natural_edit", "subtask": "general",
+          "set_id": 7},
+         {"pair_id": "m2", "source_id": ids[1], "target_id": ids[2], "task": "natural_edit", "subtask": "general",
+          "set_id": 7}], PAIRS)
+    shards.write_table(str(tmp_path / "mined"), mined, PAIRS)
+    cfg = SynthesizeConfig(name="s", synthesizers=["reference"], max_images=6,
+                           inputs={"images": images, "pairs": str(tmp_path / "mined")})
+    s = run_stages([cfg], str(tmp_path / "a"), executor="local")["stages"][0]
+    assert s["reference_sets"] == "pair_mining_sets" and s["counts"]["pairs"] == 3
+    targets = shards.read_table(str(tmp_path / "a" / "s" / "pairs"), columns=["target_id"]).column(0).to_pylist()
+    assert sorted(targets) == sorted(ids[:3])
+
+    # no sets and no groups: nothing to reference, and the run still completes
+    full = shards.read_table(images)
+    no_groups = full.set_column(full.schema.get_field_index("group"), "group", pa.nulls(full.num_rows, pa.string()))
+    shards.write_table(str(tmp_path / "flat"), no_groups, IMAGES)
+    cfg = SynthesizeConfig(name="s", synthesizers=["reference", "grayscale"], max_images=4,
+                           inputs={"images": str(tmp_path / "flat")})
+    s = run_stages([cfg], str(tmp_path / "b"), executor="local")["stages"][0]
+    assert s["reference_sets"] == "none" and set(s["pairs_by_task"]) <= {"low_level/grayscale",
+                                                                          "controllable/grayscale"}
