@@ -64,3 +64,34 @@ def test_malformed_analysis_from_a_text_model_ends_in_a_reason(served):
     [o] = analyse_pairs([(buf.getvalue(), buf.getvalue())], ChatClient(cfg.endpoint), cfg)
     assert o.text is None and o.reason
     assert o.rejected and all(r for _, r in o.rejected)
+
+
+def test_stage_with_the_real_server_keeps_every_pair(served, tmp_path):
+    import pyarrow as pa
+
+    from acedata import runtime, shards
+    from acedata.images import encode, image_cell, pixel_id
+    from acedata.schemas import IMAGES, PAIRS
+    from acedata.stage import RunContext
+    from acedata.stages.instruct import Instruct, InstructConfig
+
+    ims = [Image.new("RGB", (48, 48), c) for c in ("red", "blue", "green")]
+    ids = [pixel_id(im) for im in ims]
+    rows = [{"image_id": i, "source_uri": f"mem://{k}", "width": 48, "height": 48, "format": "PNG",
+             "image": image_cell(encode(im)), "kind": "image"} for k, (i, im) in enumerate(zip(ids, ims))]
+    shards.write_table(str(tmp_path / "images"), pa.Table.from_pylist(rows, IMAGES), IMAGES, table="images")
+    pairs = [{"pair_id": f"p{k}", "source_id": ids[0], "target_id": ids[1], "task": t, "subtask": s}
+             for k, (t, s) in enumerate([("low_level", "canny"), ("semantic_editing", "cartoon"),
+                                         ("natural_edit", "siglip"), ("unknown", "x")])]
+    shards.write_table(str(tmp_path / "pairs"), pa.Table.from_pylist(pairs, PAIRS), PAIRS, table="pairs")
+    srv, model = served
+    cfg = InstructConfig(llm={"base_url": srv.base_url, "model": model, "max_tokens": 16},
+                         rewrite={"k": 1, "max_attempts": 2}, t2i={"enabled": False})
+    stage = Instruct(cfg, RunContext(str(tmp_path), str(tmp_path / "instruct"),
+                                     {"pairs": [str(tmp_path / "pairs")], "images": [str(tmp_path / "images")]}))
+    summary = runtime.run_stage(stage, "local")
+    out = shards.read_table(str(tmp_path / "instruct" / "instructions")).to_pylist()
+    bad = shards.read_table(str(tmp_path / "instruct" / "quarantine")).to_pylist()
+    assert sorted(r["pair_id"] for r in out) == ["p0", "p1", "p2"] and [b["item_id"] for b in bad] == ["p3"]
+    assert all(r["method"] == "template" and len(r["rejected"]) == 2 for r in out)
+    assert summary["counts"]["rewrites_rejected"] == 6 and summary["counts"].get("rewrites_accepted", 0) == 0
