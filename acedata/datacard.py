@@ -75,7 +75,10 @@ def models_used(tables: dict[str, list[str]]) -> Counter:
             found.update({m: int(n) for m, n in df.iter_rows()})
     pair_files = _files(tables.get("pairs", []))
     if pair_files:
-        prov = pl.scan_parquet(pair_files).select("provenance").collect().to_series().to_list()
+        # only the distinct provenance texts that name a model are parsed (per-pair texts differ by seed/params)
+        prov = (pl.scan_parquet(pair_files).select("provenance")
+                .filter(pl.col("provenance").str.contains('"model', literal=True)).unique()
+                .collect().to_series().to_list())
         for p in _provenance(prov):
             for _, v in _walk(p, ("model", "models")):
                 for m in v if isinstance(v, list) else [v]:
@@ -125,7 +128,9 @@ def provenance_thresholds(tables: dict[str, list[str]]) -> list[dict[str, Any]]:
     pair_files = _files(tables.get("pairs", []))
     if not pair_files:
         return []
-    df = pl.scan_parquet(pair_files).select("task", "provenance").unique().collect()
+    hint = '"[^"]*(' + "|".join(THRESHOLD_HINTS) + ')[^"]*":'
+    df = (pl.scan_parquet(pair_files).select("task", "provenance")
+          .filter(pl.col("provenance").str.contains(hint)).unique().collect())
     seen: set[tuple[str, str]] = set()
     for task, prov in df.iter_rows():
         for p in _provenance([prov]):
