@@ -37,6 +37,7 @@ def test_tables_valid_and_counts_add_up(synth_run):
     assert s["counts"]["candidates"] == pairs + quarantined and pairs > 50
     assert {k.split("/")[0] for k in s["pairs_by_task"]} == FAMILIES
     assert s["reference_sets"] == "ingest_groups"
+    assert sum(s["quarantine_reasons"].values()) == quarantined
 
 
 def test_pairs_reference_existing_aligned_images(synth_run):

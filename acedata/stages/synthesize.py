@@ -164,7 +164,14 @@ class Synthesize(Stage):
         for task, sub in zip(t.column("task").to_pylist(), t.column("subtask").to_pylist()):
             per[f"{task}/{sub}"] += 1
         chained = t.num_rows - t.column("parent_pair_id").null_count if t.num_rows else 0
+        reasons: dict[str, int] = defaultdict(int)
+        if quarantined:
+            for r in shards.read_table(self.ctx.out("quarantine"), columns=["reason"]).column(0).to_pylist():
+                reasons[r] += 1
+        log.info("synthesize: %d candidates -> %d pairs (%d chained) + %d quarantined %s", counts.get("candidates", 0),
+                 pairs, chained, quarantined, dict(reasons))
         return {"pairs_by_task": dict(sorted(per.items())), "chained_pairs": chained,
+                "quarantine_reasons": dict(sorted(reasons.items())),
                 "reference_sets": getattr(self, "reference_origin", "unknown")}
 
     # --- workers ---------------------------------------------------------------------
