@@ -93,3 +93,12 @@ def test_fast_ssim_matches_scikit_image(photo):
     for b in (np.asarray(Image.fromarray(_grade(photo.array(), "vintage", 1.0)).convert("L")),
               np.asarray(Image.fromarray(_other()).convert("L")), a):
         assert ssim_gray(a, b) == pytest.approx(structural_similarity(a, b, data_range=255), abs=2e-3)
+
+
+def test_flat_colour_maps_count_as_blank(photo):
+    from acedata.synth import REGISTRY
+
+    flat = Img(Image.new("RGB", (64, 48), (120, 30, 200)), "image", "f" * 64)
+    for name in ("contour", "canny", "sketch", "doodle"):
+        for d in REGISTRY[name]().make(flat, np.random.default_rng(0)):
+            assert check(d).reason == "empty_condition", name

@@ -157,7 +157,7 @@ def check(draft: Draft, cfg: FilterConfig | None = None, cache: dict | None = No
                 return Verdict(False, "mask_misaligned", f"{leak:.4f} of pixels changed outside the mask", scores)
     for role, im in (("source", draft.source), ("target", draft.target)):
         if im.kind == "condition":
-            std = float(_small(_rgb(im)).std())
+            std = float(_small(_rgb(im)).reshape(-1, 3).std(0).max())  # spatial spread; one flat colour is blank
             scores["condition_std"] = std
             if std < cfg.condition_min_std:
                 return Verdict(False, "empty_condition", f"{role} condition map is blank (std {std:.2f})", scores)

@@ -141,7 +141,10 @@ class Contour(ConditionSynth):
         q = (gray.astype(np.int32) * levels // 256).astype(np.uint8)
         out = np.full(gray.shape, 255, np.uint8)
         for lv in range(1, levels):
-            contours, _ = cv2.findContours((q >= lv).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+            region = (q >= lv).astype(np.uint8)
+            if region.all() or not region.any():  # no boundary at this level (else the frame is traced)
+                continue
+            contours, _ = cv2.findContours(region, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
             contours = [c for c in contours if len(c) >= 12]  # drop specks
             cv2.drawContours(out, contours, -1, 0, 1)
         return as_rgb3(out), {"levels": levels}
