@@ -167,6 +167,12 @@ class LocalCluster:
             out["head" if n.get("is_head_node") else "worker"] = n["node_id"]
         return out
 
+    def kill_worker_node(self) -> None:
+        """SIGKILL the worker node's every process (raylet, its workers): a machine lost mid-run."""
+        worker = self.procs[1]
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+
     def stop(self, grace: float = 10.0) -> None:
         # SIGTERM lets `ray start --block` stop its own processes; then clear each node's session.
         for p in reversed(self.procs):

@@ -293,3 +293,26 @@ def test_train_submit_runs_ray_train_on_the_cluster(cluster, cluster_env, tmp_pa
     logs = cli(cluster, "jobs", "logs", job_id).stdout
     assert state == "SUCCEEDED", logs[-4000:]
     assert (out / "checkpoints" / "step-00000002" / "model.safetensors").is_file()
+
+
+def test_worker_node_lost_mid_stage_gives_exact_rows(cluster, cluster_env, images_table, tmp_path):
+    """Runs last: the cluster is one node short afterwards."""
+    if not cluster.procs:
+        pytest.skip("needs a cluster this module started (it kills a node)")
+    trace = str(tmp_path / "trace")
+    spec = write_spec(tmp_path / "node.yaml", "node-loss", [
+        {"stage": "color_stats", "name": "stats", "rows_per_unit": 2, "pause_s": 2.0, "trace_dir": trace,
+         "inputs": {"images": images_table}, "resources": {"concurrency": 4, "max_retries": 3}},
+    ])
+    expected = reference_rows(spec, tmp_path / "reference")["stats"]
+    out = str(tmp_path / "run")
+    job_id = jobs.submit_pipeline(spec, out, plugins=[PLUGIN])
+    worker = cluster.node_ids()["worker"]
+    lost = wait_until(lambda: [t for t in traces(trace) if t["node_id"] == worker], JOB_TIMEOUT,
+                      "a unit on the worker node", job_id)
+    cluster.kill_worker_node()
+    assert_succeeded(job_id)
+    assert table_rows(f"{out}/stats/embeddings") == expected
+    assert shards.validate(f"{out}/stats/embeddings") == []
+    rerun = {t["unit"] for t in traces(trace) if t["node_id"] != worker}
+    assert {t["unit"] for t in lost} <= rerun  # what the lost node held was done again elsewhere
