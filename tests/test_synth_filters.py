@@ -96,9 +96,10 @@ def test_fast_ssim_matches_scikit_image(photo):
 
 
 def test_flat_colour_maps_count_as_blank(photo):
-    from acedata.synth import REGISTRY
+    from acedata.synth import load_all
 
+    registry = load_all()
     flat = Img(Image.new("RGB", (64, 48), (120, 30, 200)), "image", "f" * 64)
     for name in ("contour", "canny", "sketch", "doodle"):
-        for d in REGISTRY[name]().make(flat, np.random.default_rng(0)):
+        for d in registry[name]().make(flat, np.random.default_rng(0)):
             assert check(d).reason == "empty_condition", name
