@@ -165,7 +165,9 @@ def test_submit_demo_pipeline_and_watch_it(cluster, cluster_env, tmp_path):
 
     out = tmp_path / "demo"
     build(str(out / "corpus"), variants=2, seed=0)  # pipelines/demo.yaml reads ${out}/corpus
-    r = cli(cluster, "submit", os.path.join(REPO, "pipelines", "demo.yaml"), "--out", str(out))
+    # --code installed: the cluster's own acedata (here the venv's editable install) runs it;
+    # the other tests ship this checkout's packages with the job (the default)
+    r = cli(cluster, "submit", os.path.join(REPO, "pipelines", "demo.yaml"), "--out", str(out), "--code", "installed")
     assert r.returncode == 0, r.stderr
     job_id = r.stdout.strip().splitlines()[-1]
     assert job_id.startswith("acedata-pipeline-demo-")
