@@ -32,7 +32,7 @@ for _name in ("httpx", "httpx2", "openai"):
 class EndpointConfig(Strict):
     """One served model: where it is, how to call it, how to sample."""
 
-    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1 (backend http); unused by backend ray_vllm
     model: str  # the served model name
     api_key_env: str | None = None  # name of the environment variable holding the key (never the key)
     timeout_s: float = Field(60.0, gt=0)
