@@ -49,16 +49,25 @@ class Watercolor(StyleSynth):
 
 @register
 class PencilSketch(StyleSynth):
+    """Graphite: colour-dodge of the gray image over its blurred negative; colour pencil: OpenCV
+    pencilSketch's colour output."""
+
     name = "pencil_sketch"
     subtasks = ("pencil_sketch",)
-    algorithm = "opencv pencilSketch"
+    algorithm = "colour-dodge sketch (graphite) / opencv pencilSketch (colour)"
 
     def stylize(self, rgb, rng):
-        s, r, shade = float(rng.uniform(40, 80)), float(rng.uniform(0.05, 0.1)), float(rng.uniform(0.02, 0.06))
-        gray, colour = cv2.pencilSketch(_bgr(rgb), sigma_s=s, sigma_r=r, shade_factor=shade)
-        coloured = bool(rng.random() < 0.4)
-        out = _rgb(colour) if coloured else as_rgb3(gray)
-        return out, {"style": "colour pencil sketch" if coloured else "pencil sketch", "sigma_s": round(s, 1)}
+        if rng.random() < 0.35:
+            s, r, shade = float(rng.uniform(40, 80)), float(rng.uniform(0.05, 0.1)), float(rng.uniform(0.02, 0.06))
+            _, colour = cv2.pencilSketch(_bgr(rgb), sigma_s=s, sigma_r=r, shade_factor=shade)
+            return _rgb(colour), {"style": "colour pencil sketch", "sigma_s": round(s, 1)}
+        gray = gray_of(rgb).astype(np.float32)
+        sigma = float(rng.uniform(4, 10)) * max(rgb.shape[:2]) / 512
+        blur_neg = cv2.GaussianBlur(255 - gray, (0, 0), max(1.0, sigma))
+        sketch = np.clip(gray * 255 / np.maximum(255 - blur_neg, 1), 0, 255)
+        sketch = 255 - (255 - sketch) * float(rng.uniform(1.0, 1.6))  # darker strokes
+        return as_rgb3(np.clip(sketch, 0, 255).astype(np.uint8)), {"style": "pencil sketch",
+                                                                  "sigma": round(sigma, 2)}
 
 
 @register
