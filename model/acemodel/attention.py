@@ -59,11 +59,19 @@ def naive_varlen(q, k, v, cu_q, cu_k) -> torch.Tensor:
     return torch.cat(out).to(q.dtype)
 
 
+def _lengths(cu: torch.Tensor) -> list[int]:
+    c = cu.tolist()
+    return [b - a for a, b in pairwise(c)]
+
+
 def sdpa_varlen(q, k, v, cu_q, cu_k) -> torch.Tensor:
-    out = []
-    for (qs, qe), (ks, ke) in zip(_segments(cu_q), _segments(cu_k)):
-        qi, ki, vi = (t.transpose(0, 1).unsqueeze(0) for t in (q[qs:qe], k[ks:ke], v[ks:ke]))
-        out.append(F.scaled_dot_product_attention(qi, ki, vi)[0].transpose(0, 1))
+    # split (whose backward is one cat), not slicing: a slice's backward writes a full-size zero
+    # gradient per segment, which made packed training slower than padding on CPU
+    lq, lk = _lengths(cu_q), _lengths(cu_k)
+    out = [
+        F.scaled_dot_product_attention(*(t.transpose(0, 1).unsqueeze(0) for t in (qi, ki, vi)))[0].transpose(0, 1)
+        for qi, ki, vi in zip(q.split(lq), k.split(lk), v.split(lk))
+    ]
     return torch.cat(out)
 
 

@@ -90,8 +90,11 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--height", type=int, default=96)
+    p.add_argument("--sample-image", help="also save one input photo here (for `acedata generate`)")
     a = p.parse_args()
     build(a.out, (a.width, a.height))
+    if a.sample_image:
+        photo("coffee", (a.width, a.height)).save(a.sample_image)
     print(a.out)
 
 

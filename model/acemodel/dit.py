@@ -125,8 +125,9 @@ class ACEDiT(nn.Module):
         y = torch.cat([u for s in txt for u in s])
         t_emb = self.t_embedder(inp.t.to(dev))
         reps = torch.tensor(sample_lens, device=dev)
-        t_emb = torch.repeat_interleave(t_emb, reps, dim=0)  # per token, as the release does
-        t_mod = self.t_block(t_emb)
+        # one modulation per sample, broadcast to its tokens (the release ran t_block per token: same values)
+        t_mod = torch.repeat_interleave(self.t_block(t_emb), reps, dim=0)
+        t_emb = torch.repeat_interleave(t_emb, reps, dim=0)
         cos, sin = rope_cos_sin(token_positions(shapes, dev), self.cfg.head_dim, self.cfg.rope_theta, _rope_dtype(x))
         layout = PackedLayout(
             cu_seqlens(sample_lens, dev), max(sample_lens), cu_seqlens(frame_lens, dev), max(frame_lens),
@@ -134,14 +135,11 @@ class ACEDiT(nn.Module):
         )
         x = self._run_blocks(x, y, t_mod, cos, sin, layout)
         x = self.final_layer(x, t_emb)
-        outs, start = [], 0
+        per_frame = iter(x.split(frame_lens))
+        outs = []
         for s in shapes:
-            frames, off = [], start
-            for h, w in s if all_frames else s[:1]:
-                frames.append(self._unpatchify(x[off:off + h * w], h, w))
-                off += h * w
+            frames = [self._unpatchify(next(per_frame), h, w) for h, w in s]
             outs.append(frames if all_frames else frames[0])
-            start += sum(h * w for h, w in s)
         return outs
 
     def forward_padded(self, inp: DiTInput, text_len: int = 120) -> list[torch.Tensor]:
@@ -170,8 +168,9 @@ class ACEDiT(nn.Module):
                 txt_frame[b, f * text_len: f * text_len + n] = f
         valid = torch.arange(L, device=dev)[None] < torch.tensor(sample_lens, device=dev)[:, None]
         layout = PaddedLayout(valid[:, None, None, :], (tok_frame[:, :, None] == txt_frame[:, None, :])[:, None])
-        t_emb = self.t_embedder(inp.t.to(dev))[:, None].expand(B, L, D)
-        t_mod = self.t_block(t_emb)
+        t_emb = self.t_embedder(inp.t.to(dev))
+        t_mod = self.t_block(t_emb)[:, None].expand(B, L, 6 * D)
+        t_emb = t_emb[:, None].expand(B, L, D)
         cos, sin = rope_cos_sin(pos.view(-1, 3), self.cfg.head_dim, self.cfg.rope_theta, _rope_dtype(x))
         cos, sin = cos.view(B, L, -1), sin.view(B, L, -1)
         x = self._run_blocks(x, y, t_mod, cos, sin, layout)
