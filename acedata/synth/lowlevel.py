@@ -108,7 +108,8 @@ class Degrade(ConditionSynth):
 
 @register
 class Sketch(ConditionSynth):
-    """XDoG (Winnemoeller et al. 2012): a thresholded difference of Gaussians, dark lines on white."""
+    """XDoG (Winnemoeller et al. 2012) line drawing: D = G(sigma) - tau * G(k * sigma) is ~0 on
+    flat areas (white) and negative along edges (soft black lines via 1 + tanh(phi * D))."""
 
     name = "sketch"
     subtasks = ("sketch",)
@@ -116,15 +117,13 @@ class Sketch(ConditionSynth):
 
     def condition(self, rgb, rng):
         g = gray_of(rgb).astype(np.float32) / 255.0
-        sigma = float(rng.uniform(0.6, 1.2))
-        k, p = 1.6, float(rng.uniform(15, 25))
-        g1 = cv2.GaussianBlur(g, (0, 0), sigma)
-        g2 = cv2.GaussianBlur(g, (0, 0), sigma * k)
-        d = (1 + p) * g1 - p * g2
-        eps, phi = float(rng.uniform(0.05, 0.2)), float(rng.uniform(20, 60))
+        sigma = float(rng.uniform(0.7, 1.4)) * max(1.0, max(g.shape) / 512)
+        k, tau = 1.6, float(rng.uniform(0.975, 0.99))
+        d = cv2.GaussianBlur(g, (0, 0), sigma) - tau * cv2.GaussianBlur(g, (0, 0), sigma * k)
+        eps, phi = 0.0, float(rng.uniform(80, 200))
         out = np.where(d >= eps, 1.0, 1.0 + np.tanh(phi * (d - eps)))
         out = (np.clip(out, 0, 1) * 255).astype(np.uint8)
-        return as_rgb3(out), {"sigma": round(sigma, 3), "p": round(p, 2), "eps": round(eps, 3), "phi": round(phi, 1)}
+        return as_rgb3(out), {"sigma": round(sigma, 3), "tau": round(tau, 4), "phi": round(phi, 1)}
 
 
 @register
