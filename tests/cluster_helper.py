@@ -104,7 +104,20 @@ class LocalCluster:
         )
         self.procs.append(proc)
 
-    def start(self, timeout: float = 120.0) -> LocalCluster:
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> LocalCluster:
+        """Start both nodes; on a shared machine a port picked free can be taken before Ray
+        binds it, so a node that fails to start is retried on fresh ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError as e:
+                self.stop(grace=2.0)
+                if attempt == attempts - 1:
+                    raise
+                print(f"cluster start failed, retrying on new ports: {str(e)[:2000]}", file=sys.stderr)
+        return self
+
+    def _start_once(self, timeout: float) -> LocalCluster:
         os.makedirs(self.root, exist_ok=True)
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self._spawn(
@@ -136,9 +149,11 @@ class LocalCluster:
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            for p in self.procs:
+            for p, name in zip(self.procs, ("head.log", "worker.log")):
                 if p.poll() is not None:
-                    raise RuntimeError(f"{what}: `ray start` exited {p.returncode}; see {self.root}/*.log")
+                    with open(os.path.join(self.root, name), errors="replace") as f:
+                        tail = "".join(f.readlines()[-15:])
+                    raise RuntimeError(f"{what}: `ray start` exited {p.returncode}; {name} ends:\n{tail}")
             if ready():
                 return
             time.sleep(0.5)
