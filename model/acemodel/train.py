@@ -268,4 +268,9 @@ def train_ray(cfg: TrainConfig, data, out: str, address: str | None = None) -> d
         run_config=RunConfig(storage_path=os.path.join(out, "ray"), name="train"),
     )
     result = trainer.fit()
-    return dict(result.metrics or {})
+    if result.error:
+        raise result.error
+    ckpt = latest_checkpoint(out)
+    with open(os.path.join(ckpt, "state.json")) as f:
+        step = json.load(f)["step"]
+    return {"step": step, "checkpoint": ckpt, "workers": cfg.num_workers, "strategy": cfg.strategy}

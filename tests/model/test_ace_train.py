@@ -14,6 +14,14 @@ from acemodel.train import Trainer, latest_checkpoint, step_generator
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "model", "configs", "tiny.yaml")
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine they lose a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 @pytest.fixture(scope="module")
 def lcu(tmp_path_factory) -> str:
@@ -81,7 +89,6 @@ def test_frames_masks_and_cfg_dropout(lcu):
 
 @pytest.fixture(scope="module")
 def overfit_run(lcu, tmp_path_factory):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     out = str(tmp_path_factory.mktemp("run"))
     cfg = _cfg(steps=60, checkpoint_every=60, data={"batch_size": 4, "cfg_dropout": 0.0, "token_budget": 12},
                optim={"lr": 3e-3, "warmup_steps": 5, "ema_decay": 0.9})
