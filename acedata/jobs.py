@@ -352,14 +352,13 @@ def _status_file(out: str) -> dict[str, Any] | None:
 
 
 def job_status(job_id: str, address: str | None = None) -> dict[str, Any]:
-    """Ray's job state plus the run's stage-level status (from the job log or OUT/_status.json)."""
+    """Ray's job state plus the run's stage-level status (from the job log, else OUT/_status.json)."""
     c = client(address)
     row = _job_row(_call(c.get_job_info, job_id))
     run = last_status(_call(c.get_job_logs, job_id))
     out = row["metadata"].get("out")
-    from_file = _status_file(out) if out else None
-    if from_file and (run is None or from_file.get("updated", 0) > run.get("updated", 0)):
-        run = from_file
+    if run is None and out and row["metadata"].get("acedata") == "pipeline":
+        run = _status_file(out)  # e.g. logs rotated away; only then touch the output storage
     row["run"] = run
     return row
 
