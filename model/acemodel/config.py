@@ -106,6 +106,7 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = 2
     log_every: int = 10
     device: str = "auto"
+    cpu_threads: int | None = None  # torch intra-op threads on CPU (tiny models: 1 is fastest)
     # scale-out (Ray Train): 1 worker = a plain single process
     num_workers: int = 1
     use_gpu: bool = False

@@ -38,6 +38,8 @@ class Generator:
         with open(os.path.join(ckpt, "state.json")) as f:
             cfg = TrainConfig(**json.load(f)["config"])
         dev = pick_device(device)
+        if cfg.cpu_threads and dev.type == "cpu":
+            torch.set_num_threads(cfg.cpu_threads)
         model = ACEDiT(cfg.dit())
         weights = os.path.join(ckpt, "ema.safetensors" if use_ema else "model.safetensors")
         if not os.path.exists(weights):

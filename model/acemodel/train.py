@@ -60,6 +60,8 @@ class Trainer:
                  device: torch.device | None = None) -> None:
         self.cfg, self.out, self.rank, self.world = cfg, out, rank, world_size
         self.device = device or pick_device(cfg.device)
+        if cfg.cpu_threads and self.device.type == "cpu":
+            torch.set_num_threads(cfg.cpu_threads)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = ACEDiT(cfg.dit()).to(self.device)
         self.model.attention_backend = cfg.attention
