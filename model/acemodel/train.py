@@ -1,6 +1,7 @@
 """Training loop: AdamW, EMA, autocast, gradient checkpointing and accumulation, safetensors
 checkpoints with optimizer and loader state, exact resume. One process by default; many
-GPUs / nodes through Ray Train's TorchTrainer (DDP, or FSDP for the 0.6B model) when asked.
+GPUs / nodes through Ray Train's TorchTrainer (DDP) when asked; FSDP is refused until checkpoint
+gathering for flattened parameters exists.
 """
 
 from __future__ import annotations
@@ -252,8 +253,14 @@ def _ray_worker_loop(config: dict) -> None:
 
 
 def train_ray(cfg: TrainConfig, data, out: str, address: str | None = None) -> dict:
-    """Data-parallel training on a Ray cluster (DDP, or FSDP). Rank 0 writes checkpoints to `out`,
+    """Data-parallel (DDP) training on a Ray cluster. Rank 0 writes checkpoints to `out`,
     which must be storage every node can reach for multi-node runs."""
+    if cfg.strategy == "fsdp":
+        # FSDP flattens parameters: EMA and safetensors checkpoints would need a full-state-dict gather
+        # on every rank, which is not implemented yet. ACE-0.6B (~10 GB of weights + AdamW) fits DDP.
+        from acedata.errors import UserError
+
+        raise UserError("strategy: fsdp is not supported yet (checkpoint gathering); use strategy: ddp")
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
