@@ -106,11 +106,14 @@ class LCUStream:
 
     def __init__(self, data: str | list[str], cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 1,
                  worker: int = 0, num_workers: int = 1) -> None:
-        paths = [data] if isinstance(data, str) else list(data)
-        self.shards = sorted(s for p in paths for s in list_shards(p))
-        if not self.shards:
-            from acedata.errors import UserError
+        from acedata.errors import UserError
 
+        paths = [data] if isinstance(data, str) else list(data)
+        try:
+            self.shards = sorted(s for p in paths for s in list_shards(p))
+        except FileNotFoundError as e:
+            raise UserError(f"{e}; point --data at an lcu table directory or .parquet files") from None
+        if not self.shards:
             raise UserError(f"no LCU shards under {paths}; point --data at an lcu table directory or .parquet files")
         self.units = []
         for s in self.shards:

@@ -149,3 +149,18 @@ def test_generate_cli_writes_image_of_the_right_size(overfit_run, tmp_path):
                  "--steps", "2", "--guidance", "1", "--out", str(t2i)]) == 0
     assert Image.open(t2i).size == (48, 32)
     assert main(["generate", str(tmp_path / "nowhere"), "--instruction", "x"]) == 2
+
+
+def test_train_cli_runs_resumes_and_rejects_bad_config(lcu, tmp_path, capsys):
+    from acedata.cli import main
+
+    out = str(tmp_path / "cli-run")
+    args = ["train", CONFIG, "--data", lcu, "--out", out, "--steps", "2"]
+    assert main(args) == 0 and latest_checkpoint(out).endswith("step-00000002")
+    assert main(["train", CONFIG, "--data", lcu, "--out", out, "--steps", "3"]) == 0  # resumes at 2
+    assert latest_checkpoint(out).endswith("step-00000003")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny\nlearning_rate: 3\n")
+    assert main(["train", str(bad), "--data", lcu, "--out", out]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+    assert main(["train", CONFIG, "--data", str(tmp_path / "empty"), "--out", out]) == 2
