@@ -4,7 +4,6 @@ spacing, rectified flow, and CFG with guidance rescale."""
 from __future__ import annotations
 
 import torch
-
 from acemodel.diffusion import DDPM, RectifiedFlow, guided
 
 
