@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test test-cluster install lint bench clean
 
 install: $(STAMP)
 
@@ -20,9 +20,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m acedata demo-data --out runs/demo/corpus
 	$(PY) -m acedata run pipelines/demo.yaml --out runs/demo
+	$(PY) -m acedata validate runs/demo
+	$(PY) -m acedata contact-sheet runs/demo --out runs/demo/contact_sheets
+	$(PY) -m acedata stats runs/demo --plot runs/demo/plots
+	$(PY) -m acedata train model/configs/tiny.yaml --data runs/demo/assemble/lcu --out runs/demo/train --steps 80
+	$(PY) -m acedata generate runs/demo/train --image runs/demo/corpus/chelsea/chelsea_0.jpg \
+	  --instruction "turn {image} into a pencil sketch" --steps 20 --out runs/demo/sample.png
+	@echo "demo output: runs/demo (contact sheets, plots, dataset card runs/demo/assemble/README.md, sample.png)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+test-cluster: $(STAMP)
+	$(PY) -m pytest -q tests/test_cluster_*.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check acedata model tests bench jobs
