@@ -66,8 +66,9 @@ def build_rows(size: tuple[int, int] = (128, 96), photos: list[str] | None = Non
             flipped = ImageOps.mirror(src)
             hist = [{"instruction": "mirror {image} left to right", "inputs": [{"image": _png(src), "mask": None}],
                      "target": _png(flipped)}]
+            # frames: target, history input ({image}), current input ({image1}) - acedata/lcu.py
             rows.append(_row(f"{name}-chain", "semantic_editing", "multi_turn",
-                             "now make {image} black and white", [{"image": _png(flipped), "mask": None}],
+                             "now make {image1} black and white", [{"image": _png(flipped), "mask": None}],
                              ImageOps.grayscale(flipped).convert("RGB"), hist))
         else:
             rows.append(_row(f"{name}-t2i", "text_to_image", "caption", f"a photograph of {name}", [], src))
