@@ -38,6 +38,25 @@ def _need(spec: ModelSpec | None, name: str) -> ModelSpec:
     return spec
 
 
+def _load_transformers(synth, spec: ModelSpec | None, auto_model: str, tiny_builder: str) -> None:
+    """Load a transformers vision model + processor onto `synth` (local path / HF cache, or tiny)."""
+    import torch
+    import transformers
+
+    spec = _need(spec, synth.name)
+    synth.spec, synth.device = spec, pick_device(spec)
+    if spec.random_init:
+        from acedata.synth import tiny_models
+
+        model, synth.processor = getattr(tiny_models, tiny_builder)(seed=int(spec.options.get("seed", 0)))
+    else:
+        path = resolve_local(spec, spec.options.get("hf_repo"))
+        model = getattr(transformers, auto_model).from_pretrained(path, local_files_only=True)
+        synth.processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    synth.model = model.to(synth.device, _torch_dtype(spec, synth.device)).eval()
+    synth._torch = torch
+
+
 @register
 class Depth(ConditionSynth):
     """Monocular relative depth (brighter = nearer), normalised per image, as MiDaS/DPT maps."""
@@ -50,21 +69,7 @@ class Depth(ConditionSynth):
     default_repo = "Intel/dpt-hybrid-midas"
 
     def load(self, spec: ModelSpec | None) -> None:
-        import torch
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-        spec = _need(spec, self.name)
-        self.spec, self.device = spec, pick_device(spec)
-        if spec.random_init:
-            from acedata.synth.tiny_models import build_tiny_dpt
-
-            model, self.processor = build_tiny_dpt(seed=int(spec.options.get("seed", 0)))
-        else:
-            path = resolve_local(spec, spec.options.get("hf_repo"))
-            model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=True)
-            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-        self.model = model.to(self.device, _torch_dtype(spec, self.device)).eval()
-        self._torch = torch
+        _load_transformers(self, spec, "AutoModelForDepthEstimation", "build_tiny_dpt")
 
     @property
     def weights_id(self) -> str | None:
@@ -95,21 +100,7 @@ class SegmentationModel(ConditionSynth):
     algorithm = "transformers AutoModelForSemanticSegmentation"
 
     def load(self, spec: ModelSpec | None) -> None:
-        import torch
-        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-        spec = _need(spec, self.name)
-        self.spec, self.device = spec, pick_device(spec)
-        if spec.random_init:
-            from acedata.synth.tiny_models import build_tiny_segformer
-
-            model, self.processor = build_tiny_segformer(seed=int(spec.options.get("seed", 0)))
-        else:
-            path = resolve_local(spec, spec.options.get("hf_repo"))
-            model = AutoModelForSemanticSegmentation.from_pretrained(path, local_files_only=True)
-            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-        self.model = model.to(self.device, _torch_dtype(spec, self.device)).eval()
-        self._torch = torch
+        _load_transformers(self, spec, "AutoModelForSemanticSegmentation", "build_tiny_segformer")
 
     @property
     def weights_id(self) -> str | None:
