@@ -78,25 +78,52 @@ def _rng(*key) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def row_to_sample(row: dict, cfg: DataConfig, drop_instruction: bool) -> Sample:
-    target = _open(row["target"])
-    size = fit_size(*target.size, cfg.token_budget, cfg.max_side)
-    cur = "" if drop_instruction else row["instruction"]
-
-    def frames(cu_inputs: list[dict] | None, instruction: str) -> list[Frame]:
-        out = []
+def row_inputs(row: dict, cfg: DataConfig) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
+    """A row's condition frames in model order as (image, mask, turn): history CUs' inputs first,
+    then the current CU's; `turn` indexes the row's instructions (history oldest first, current last)."""
+    out = []
+    turns = [h["inputs"] for h in row.get("history") or []] + [row.get("inputs")]
+    for turn, cu_inputs in enumerate(turns):
         for inp in cu_inputs or []:
             im = _open(inp.get("image"))
             if im is None:
                 continue
             s = fit_size(*im.size, cfg.token_budget, cfg.max_side)
             m = _open(inp.get("mask"))
-            out.append(Frame(to_tensor(im, s), mask_tensor(m, s) if m is not None else None, instruction))
-        return out
+            out.append((to_tensor(im, s), mask_tensor(m, s) if m is not None else None, turn))
+    return out
 
-    conds = [f for h in row.get("history") or [] for f in frames(h["inputs"], h["instruction"])]
-    conds += frames(row.get("inputs"), cur)
-    return Sample(to_tensor(target, size), cur, conds, row.get("sample_id", ""), row.get("task", ""))
+
+def row_target(row: dict, cfg: DataConfig) -> torch.Tensor:
+    target = _open(row["target"])
+    return to_tensor(target, fit_size(*target.size, cfg.token_budget, cfg.max_side))
+
+
+def row_to_sample(row: dict, cfg: DataConfig, drop_instruction: bool) -> Sample:
+    cur = "" if drop_instruction else row["instruction"]
+    instructions = [h["instruction"] for h in row.get("history") or []] + [cur]
+    conds = [Frame(im, m, instructions[turn]) for im, m, turn in row_inputs(row, cfg)]
+    return Sample(row_target(row, cfg), cur, conds, row.get("sample_id", ""), row.get("task", ""))
+
+
+def lcu_units(data: str | list[str], with_rows: bool = False) -> list[tuple]:
+    """The stream's units: (shard, row group[, rows]) over the sorted shards of `data`."""
+    from acedata.errors import UserError
+
+    paths = [data] if isinstance(data, str) else list(data)
+    try:
+        shards = sorted(s for p in paths for s in list_shards(p))
+    except FileNotFoundError as e:
+        raise UserError(f"{e}; point --data at an lcu table directory or .parquet files") from None
+    if not shards:
+        raise UserError(f"no LCU shards under {paths}; point --data at an lcu table directory or .parquet files")
+    units: list[tuple] = []
+    for s in shards:
+        fs, p = resolve(s)
+        with fs.open_input_file(p) as f:
+            md = pq.ParquetFile(f).metadata
+            units += [(s, g, md.row_group(g).num_rows) if with_rows else (s, g) for g in range(md.num_row_groups)]
+    return units
 
 
 class LCUStream:
@@ -106,23 +133,11 @@ class LCUStream:
 
     def __init__(self, data: str | list[str], cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 1,
                  worker: int = 0, num_workers: int = 1) -> None:
-        from acedata.errors import UserError
+        self._layout(lcu_units(data), cfg, seed, rank * num_workers + worker, world_size * num_workers)
 
-        paths = [data] if isinstance(data, str) else list(data)
-        try:
-            self.shards = sorted(s for p in paths for s in list_shards(p))
-        except FileNotFoundError as e:
-            raise UserError(f"{e}; point --data at an lcu table directory or .parquet files") from None
-        if not self.shards:
-            raise UserError(f"no LCU shards under {paths}; point --data at an lcu table directory or .parquet files")
-        self.units = []
-        for s in self.shards:
-            fs, p = resolve(s)
-            with fs.open_input_file(p) as f:
-                md = pq.ParquetFile(f).metadata
-                self.units += [(s, g) for g in range(md.num_row_groups)]
-        self.cfg, self.seed = cfg, seed
-        self.slot, self.slots = rank * num_workers + worker, world_size * num_workers
+    def _layout(self, units: list, cfg: DataConfig, seed: int, slot: int, slots: int) -> None:
+        self.units, self.cfg, self.seed = units, cfg, seed
+        self.slot, self.slots = slot, slots
         if len(self.units) < self.slots:
             raise ValueError(f"{len(self.units)} row groups cannot feed {self.slots} rank x worker slots")
         self.epoch, self.unit_pos, self.row_pos = 0, 0, 0
@@ -149,6 +164,9 @@ class LCUStream:
         with fs.open_input_file(p) as f:
             return pq.ParquetFile(f).read_row_group(group, columns=self.COLUMNS).to_pylist()
 
+    def _sample(self, row: dict, drop_instruction: bool):
+        return row_to_sample(row, self.cfg, drop_instruction)
+
     def __iter__(self) -> Iterator[Sample]:
         while True:
             units = self._my_units(self.epoch)
@@ -161,7 +179,7 @@ class LCUStream:
                     r = int(order[self.row_pos])
                     drop = _rng(self.seed, "cfg", self.epoch, u, r).random() < self.cfg.cfg_dropout
                     self.row_pos += 1  # advance first: a saved state points past what was yielded
-                    yield row_to_sample(rows[r], self.cfg, drop)
+                    yield self._sample(rows[r], drop)
                 self.unit_pos, self.row_pos = self.unit_pos + 1, 0
             self.epoch, self.unit_pos = self.epoch + 1, 0
 

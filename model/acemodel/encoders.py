@@ -114,6 +114,22 @@ class VAE:
         return out
 
     @torch.no_grad()
+    def encode_batch(self, images: list[torch.Tensor], batch_size: int = 8) -> list[torch.Tensor]:
+        """Like `encode`, with same-size images run together (the cache stage's bulk path); no memo."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            by_shape.setdefault(tuple(im.shape), []).append(i)
+        for idx in by_shape.values():
+            for k in range(0, len(idx), batch_size):
+                chunk = idx[k: k + batch_size]
+                x = torch.stack([images[i] for i in chunk]).to(self.device, self.dtype)
+                z = (self.model.encode(x).latent_dist.mean * self.scale).float()
+                for i, zi in zip(chunk, z):
+                    out[i] = zi
+        return out
+
+    @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         x = self.model.decode((latent / self.scale).unsqueeze(0).to(self.device, self.dtype)).sample[0]
         return x.float().clamp(-1, 1)
