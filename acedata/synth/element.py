@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from acedata.synth.base import Draft, Img, Synthesizer, mask_img, new_img, register
-from acedata.synth.segments import object_mask, segment_mask
+from acedata.synth.segments import MaskSource, object_mask, segment_mask
 
 
 def inpaint_region(rgb: np.ndarray, mask: np.ndarray, method: str, radius: int) -> np.ndarray:
@@ -18,8 +18,13 @@ def inpaint_region(rgb: np.ndarray, mask: np.ndarray, method: str, radius: int) 
     return cv2.cvtColor(cv2.inpaint(bgr, (mask > 0).astype(np.uint8) * 255, radius, flag), cv2.COLOR_BGR2RGB)
 
 
+def _weight_free_element(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    found = segment_mask(rgb, rng, 0.02, 0.2)
+    return found if found is not None else object_mask(rgb, rng, max_frac=0.35)
+
+
 @register
-class RemoveAdd(Synthesizer):
+class RemoveAdd(MaskSource, Synthesizer):
     name = "remove_add"
     task = "element_editing"
     subtasks = ("remove", "add")
@@ -28,8 +33,7 @@ class RemoveAdd(Synthesizer):
 
     def make(self, src: Img, rng: np.random.Generator, caption: str | None = None) -> list[Draft]:
         rgb = src.array()
-        found = segment_mask(rgb, rng, 0.02, 0.2)
-        mask, params = found if found is not None else object_mask(rgb, rng, max_frac=0.35)
+        mask, params = self.region_mask(rgb, rng, 0.02, 0.35, lambda: _weight_free_element(rgb, rng))
         k = max(3, min(rgb.shape[:2]) // 48) | 1
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))  # cover the outline
         method = "telea" if rng.random() < 0.6 else "ns"
@@ -41,3 +45,14 @@ class RemoveAdd(Synthesizer):
             Draft(self.task, "remove", src, removed, mask=m, params=params, synthesizer=self.name),
             Draft(self.task, "add", removed, src, mask=m, params=params, synthesizer=self.name),
         ]
+
+
+@register
+class RemoveAddModelMask(RemoveAdd):
+    """Remove / add with the element's region from a model (segmentation class region or SAM)."""
+
+    name = "remove_add_model_mask"
+    needs_weights = True
+    num_gpus = 0.25
+    mask_source = "model"
+    algorithm = "model object mask (semantic segmentation or SAM) + OpenCV inpainting (Telea or Navier-Stokes)"

@@ -14,7 +14,7 @@ import numpy as np
 
 from acedata.synth.base import Draft, Img, Synthesizer, new_img, register
 from acedata.synth.element import inpaint_region
-from acedata.synth.segments import object_mask
+from acedata.synth.segments import MaskSource, object_mask
 
 
 def subject_layer(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -31,7 +31,7 @@ def composite(background: np.ndarray, layer_rgba: np.ndarray) -> np.ndarray:
 
 
 @register
-class Layers(Synthesizer):
+class Layers(MaskSource, Synthesizer):
     name = "layers"
     task = "layer_editing"
     subtasks = ("decompose_subject", "decompose_background", "fuse")
@@ -39,7 +39,7 @@ class Layers(Synthesizer):
 
     def make(self, src: Img, rng: np.random.Generator, caption: str | None = None) -> list[Draft]:
         rgb = src.array()
-        mask, params = object_mask(rgb, rng, max_frac=0.6)
+        mask, params = self.region_mask(rgb, rng, 0.03, 0.6, lambda: object_mask(rgb, rng, max_frac=0.6))
         feather = max(1, min(rgb.shape[:2]) // 200)
         alpha = cv2.GaussianBlur(mask.astype(np.float32) * 255, (0, 0), feather) if feather > 1 else mask * 255.0
         alpha = np.clip(alpha, 0, 255).astype(np.uint8)
@@ -58,3 +58,14 @@ class Layers(Synthesizer):
             Draft(self.task, "decompose_background", src, bg, params=params, synthesizer=self.name),
             Draft(self.task, "fuse", bg, target, extras=[layer], params=params, synthesizer=self.name),
         ]
+
+
+@register
+class LayersModelMask(Layers):
+    """Layers whose alpha comes from a model's object mask (segmentation class region or SAM)."""
+
+    name = "layers_model_mask"
+    needs_weights = True
+    num_gpus = 0.25
+    mask_source = "model"
+    algorithm = "model object mask alpha (semantic segmentation or SAM, feathered) + OpenCV Telea background fill"

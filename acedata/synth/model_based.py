@@ -38,7 +38,8 @@ def _need(spec: ModelSpec | None, name: str) -> ModelSpec:
     return spec
 
 
-def _load_transformers(synth, spec: ModelSpec | None, auto_model: str, tiny_builder: str) -> None:
+def _load_transformers(synth, spec: ModelSpec | None, auto_model: str, tiny_builder: str,
+                       processor: str = "AutoImageProcessor", tiny_kwargs: dict | None = None) -> None:
     """Load a transformers vision model + processor onto `synth` (local path / HF cache, or tiny)."""
     import torch
     import transformers
@@ -48,13 +49,156 @@ def _load_transformers(synth, spec: ModelSpec | None, auto_model: str, tiny_buil
     if spec.random_init:
         from acedata.synth import tiny_models
 
-        model, synth.processor = getattr(tiny_models, tiny_builder)(seed=int(spec.options.get("seed", 0)))
+        model, synth.processor = getattr(tiny_models, tiny_builder)(seed=int(spec.options.get("seed", 0)),
+                                                                    **(tiny_kwargs or {}))
     else:
         path = resolve_local(spec, spec.options.get("hf_repo"))
         model = getattr(transformers, auto_model).from_pretrained(path, local_files_only=True)
-        synth.processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        synth.processor = getattr(transformers, processor).from_pretrained(path, local_files_only=True)
     synth.model = model.to(synth.device, _torch_dtype(spec, synth.device)).eval()
     synth._torch = torch
+
+
+def sub_spec(spec: ModelSpec, key: str) -> ModelSpec | None:
+    """A second model named inside a synthesizer's options (e.g. `options.detector`), as a ModelSpec."""
+    raw = spec.options.get(key)
+    if raw is None or isinstance(raw, ModelSpec):
+        return raw
+    if not isinstance(raw, dict):
+        raise UserError(f"models.{spec.name}.options.{key} must be a model spec (name/path), got {raw!r}")
+    return ModelSpec(**raw)
+
+
+class ObjectDetector:
+    """Boxes of chosen classes (`person`, `face` ...) from a transformers object detector
+    (DETR / RT-DETR / YOLOS family, AutoModelForObjectDetection), matched by label name."""
+
+    name = "detector"
+
+    def __init__(self, spec: ModelSpec, labels: list[str], threshold: float = 0.5) -> None:
+        _load_transformers(self, spec, "AutoModelForObjectDetection", "build_tiny_detector",
+                           tiny_kwargs={"labels": tuple(labels)})
+        names = {int(k): str(v).lower() for k, v in self.model.config.id2label.items()}
+        self.label_ids = {i for i, n in names.items() if n in {lab.lower() for lab in labels}}
+        if not self.label_ids:
+            raise UserError(f"detector {spec.name!r} has no class named {labels} (it knows "
+                            f"{sorted(set(names.values()))[:12]}); set detector_labels")
+        self.threshold = threshold
+
+    @property
+    def weights_id(self) -> str:
+        return self.spec.weights_id
+
+    def boxes(self, rgb: np.ndarray) -> list[tuple[list[float], float]]:
+        """[(x0, y0, x1, y1), score] of the wanted classes, best first."""
+        torch = self._torch
+        h, w = rgb.shape[:2]
+        x = self.processor(images=Image.fromarray(rgb), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = self.model(pixel_values=x.to(self.device, self.model.dtype))
+        out.logits, out.pred_boxes = out.logits.float(), out.pred_boxes.float()
+        det = self.processor.post_process_object_detection(out, threshold=self.threshold, target_sizes=[(h, w)])[0]
+        found = []
+        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            x0, y0, x1, y1 = max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3])
+            if int(label) in self.label_ids and x1 - x0 >= 2 and y1 - y0 >= 2:
+                found.append(([x0, y0, x1, y1], float(score)))
+        # Set-prediction detectors have no NMS; queries that found the same object are merged here.
+        kept: list[tuple[list[float], float]] = []
+        for box, score in sorted(found, key=lambda b: -b[1]):
+            if all(_iou(box, k) < 0.7 for k, _ in kept):
+                kept.append((box, score))
+        return kept
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class ModelMasker:
+    """Object/region masks from a model, for repainting, element removal and layer alpha.
+
+    `mask_model: segmentation` (default) takes one class region of a semantic segmenter (the
+    `segmentation_model` synthesizer's models: SegFormer, UperNet ...), its class name kept as
+    the object; `mask_model: sam` prompts a SAM-family model (transformers SamModel: SAM,
+    SlimSAM) with a random point and keeps its best-scored mask within the area bounds."""
+
+    name = "mask_model"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.kind = str(spec.options.get("mask_model", "segmentation"))
+        if self.kind == "sam":
+            _load_transformers(self, spec, "SamModel", "build_tiny_sam", processor="SamProcessor")
+        elif self.kind == "segmentation":
+            _load_transformers(self, spec, "AutoModelForSemanticSegmentation", "build_tiny_segformer")
+        else:
+            raise UserError(f"models.{spec.name}.options.mask_model must be segmentation or sam, got {self.kind!r}")
+        self.points = int(spec.options.get("sam_points", 4))  # prompts tried per image (SAM)
+
+    @property
+    def weights_id(self) -> str:
+        return self.spec.weights_id
+
+    def mask(self, rgb: np.ndarray, rng: np.random.Generator, min_frac: float,
+             max_frac: float) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """A binary (0/1) mask whose area lies in [min_frac, max_frac], or None."""
+        if self.kind == "sam":
+            return self._sam(rgb, rng, min_frac, max_frac)
+        return self._segmentation(rgb, rng, min_frac, max_frac)
+
+    def _segmentation(self, rgb, rng, min_frac, max_frac):
+        torch = self._torch
+        x = self.processor(images=Image.fromarray(rgb), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            logits = self.model(pixel_values=x.to(self.device, self.model.dtype)).logits
+        up = torch.nn.functional.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
+        labels = up.argmax(1)[0].cpu().numpy()
+        # Connected regions of one class, so a mask is one object rather than every pixel of a class.
+        regions = []
+        for cls in np.unique(labels):
+            n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == cls).astype(np.uint8), connectivity=8)
+            for k in range(1, n):
+                frac = stats[k, cv2.CC_STAT_AREA] / labels.size
+                if min_frac <= frac <= max_frac:
+                    regions.append((int(cls), k, comp))
+        if not regions:
+            return None
+        cls, k, comp = regions[int(rng.integers(len(regions)))]
+        names = getattr(self.model.config, "id2label", {}) or {}
+        label = str(names.get(cls, names.get(str(cls), cls)))
+        mask = (comp == k).astype(np.uint8)
+        return mask, {"method": "segmentation_model", "model": self.spec.weights_id, "class_id": cls,
+                      "object": label, "segment_frac": round(float(mask.mean()), 4)}
+
+    def _sam(self, rgb, rng, min_frac, max_frac):
+        torch = self._torch
+        h, w = rgb.shape[:2]
+        pts = [[float(rng.uniform(0.2, 0.8) * w), float(rng.uniform(0.2, 0.8) * h)] for _ in range(self.points)]
+        # One point prompt per candidate object: input_points [image, prompt, points, xy].
+        inputs = self.processor(images=Image.fromarray(rgb), input_points=[[[p] for p in pts]], return_tensors="pt")
+        with torch.no_grad():
+            out = self.model(pixel_values=inputs["pixel_values"].to(self.device, self.model.dtype),
+                             input_points=inputs["input_points"].to(self.device, self.model.dtype),
+                             multimask_output=True)
+        masks = self.processor.image_processor.post_process_masks(
+            out.pred_masks.float().cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"])[0].numpy()
+        scores = out.iou_scores.float().cpu().numpy()[0]  # [prompt, mask]
+        best = None
+        for p in range(masks.shape[0]):
+            for m in range(masks.shape[1]):
+                frac = float(masks[p, m].mean())
+                if min_frac <= frac <= max_frac and (best is None or scores[p, m] > best[0]):
+                    best = (float(scores[p, m]), p, m)
+        if best is None:
+            return None
+        score, p, m = best
+        mask = masks[p, m].astype(np.uint8)
+        return mask, {"method": "sam", "model": self.spec.weights_id, "point": [round(v, 1) for v in pts[p]],
+                      "iou_score": round(score, 4), "segment_frac": round(float(mask.mean()), 4)}
 
 
 @register
@@ -258,3 +402,8 @@ class InpaintReplace(DiffusersSynth):
         params = {**mparams, "prompt": prompt, "object": prompt, "steps": self.steps}
         return [Draft(self.task, "replace", src, new_img(result), mask=mask_img(mask), params=params,
                       synthesizer=self.name)]
+
+
+# Pose and facial-attribute synthesizers build on the loaders above; importing them here registers
+# them wherever the model synthesizers are loaded.
+from acedata.synth import face, pose  # noqa: F401

@@ -122,3 +122,74 @@ def build_tiny_segformer(folder: str | None = None, seed: int = 0, num_labels: i
         model.save_pretrained(folder, safe_serialization=True)
         proc.save_pretrained(folder)
     return model, proc
+
+
+def build_tiny_vitpose(folder: str | None = None, seed: int = 0):
+    """A tiny ViTPose keypoint estimator (17 COCO keypoints, simple decoder) and its processor."""
+    import torch
+    from transformers import (
+        VitPoseBackboneConfig,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessor,
+    )
+
+    torch.manual_seed(seed)
+    backbone = VitPoseBackboneConfig(image_size=[64, 48], patch_size=[8, 8], hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, mlp_ratio=2, part_features=8, out_indices=[2])
+    model = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=17)).eval()
+    proc = VitPoseImageProcessor(size={"height": 64, "width": 48})
+    if folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        proc.save_pretrained(folder)
+    return model, proc
+
+
+def build_tiny_detector(folder: str | None = None, seed: int = 0, labels: tuple[str, ...] = ("person",)):
+    """A tiny YOLOS object detector whose classes are `labels` (e.g. person, face) and its processor.
+
+    Initialised with a wide spread so its random boxes differ from one query to the next."""
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(seed)
+    cfg = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                      image_size=[64, 64], patch_size=16, num_detection_tokens=6, initializer_range=0.5,
+                      id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = YolosForObjectDetection(cfg).eval()
+    proc = YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 64})
+    if folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        proc.save_pretrained(folder)
+    return model, proc
+
+
+def build_tiny_sam(folder: str | None = None, seed: int = 0):
+    """A tiny SAM (ViT image encoder, prompt encoder, two-way mask decoder) and its SamProcessor."""
+    import torch
+    from transformers import (
+        SamConfig,
+        SamImageProcessor,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    vision = SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
+                             image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64,
+                             num_pos_feats=8)
+    prompt = SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=32,
+                                   iou_head_hidden_dim=16)
+    model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt,
+                               mask_decoder_config=decoder)).eval()
+    proc = SamProcessor(image_processor=SamImageProcessor(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+        mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}))
+    if folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        proc.save_pretrained(folder)
+    return model, proc
