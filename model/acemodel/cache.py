@@ -26,35 +26,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from acemodel.cache_schema import ENCODED, ENCODERS, META, SETTINGS, TABLE, unit_id  # noqa: F401 - re-exported
 from acemodel.config import DataConfig, TrainConfig
 from acemodel.data import LCUStream, row_inputs, row_target
 from acemodel.dit import INDICATORS
 
-TABLE = "encoded"
-META = "cache.json"
-ENCODERS = "encoders.safetensors"
-SETTINGS = ("token_budget", "max_side", "text_tokens")  # DataConfig fields a cache depends on
-STORAGE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _NUMPY = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
-
-TENSOR = pa.struct([("dtype", pa.string()), ("shape", pa.list_(pa.int32())), ("data", pa.binary())])
-FRAME = pa.struct([("latent", TENSOR), ("mask", TENSOR), ("turn", pa.int32())])
-ENCODED = pa.schema([
-    pa.field("sample_id", pa.string(), False),
-    pa.field("task", pa.string()),
-    pa.field("unit", pa.int32(), False),  # index of the LCU (shard, row group) in cache.json units
-    pa.field("row", pa.int32(), False),  # row inside that row group
-    pa.field("target", TENSOR),  # (C, h, w) scaled VAE latent
-    pa.field("frames", pa.list_(FRAME)),  # condition frames in model order; mask null = all ones
-    pa.field("texts", pa.list_(TENSOR)),  # (L_i, D) per CU instruction: history oldest first, current last
-    pa.field("text_lengths", pa.list_(pa.int32())),
-    pa.field("instructions", pa.list_(pa.string())),
-])
-
-
-def unit_id(index: int) -> str:
-    return f"g{index:06d}"
-
 
 def tensor_cell(t: torch.Tensor, dtype: str) -> dict:
     """A tensor as {dtype, shape, raw little-endian bytes}; bfloat16 is stored via its uint16 bits."""
