@@ -56,7 +56,8 @@ def test_stage_writes_every_row_with_shapes_and_lengths(built):
     lcu, cache, run = built
     counts = run["stages"][0]["counts"]
     assert counts["encoded"] == 8 and counts["quarantine"] == 0
-    meta = json.load(open(os.path.join(cache, "cache.json")))
+    with open(os.path.join(cache, "cache.json")) as f:
+        meta = json.load(f)
     assert len(meta["units"]) == len(LCUStream(lcu, _cfg().data).units) and sum(u["rows"] for u in meta["units"]) == 8
     rows = {r["sample_id"]: r for r in read_table(os.path.join(cache, "encoded")).to_pylist()}
     chain = rows["astronaut-chain"]
