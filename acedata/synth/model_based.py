@@ -169,10 +169,13 @@ class ModelMasker:
             return None
         cls, k, comp = regions[int(rng.integers(len(regions)))]
         names = getattr(self.model.config, "id2label", {}) or {}
-        label = str(names.get(cls, names.get(str(cls), cls)))
+        label = str(names.get(cls, names.get(str(cls), "")))
         mask = (comp == k).astype(np.uint8)
-        return mask, {"method": "segmentation_model", "model": self.spec.weights_id, "class_id": cls,
-                      "object": label, "segment_frac": round(float(mask.mean()), 4)}
+        params = {"method": "segmentation_model", "model": self.spec.weights_id, "class_id": cls,
+                  "segment_frac": round(float(mask.mean()), 4)}
+        if label and not label.startswith("LABEL_"):  # a real class name names the object in instructions
+            params["object"] = label
+        return mask, params
 
     def _sam(self, rgb, rng, min_frac, max_frac):
         torch = self._torch

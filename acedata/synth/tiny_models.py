@@ -106,8 +106,11 @@ def build_tiny_dpt(folder: str | None = None, seed: int = 0):
     return model, proc
 
 
+SEG_CLASSES = ("background", "person", "sky", "tree", "building", "road", "grass", "car", "dog", "chair")
+
+
 def build_tiny_segformer(folder: str | None = None, seed: int = 0, num_labels: int = 8):
-    """A tiny SegFormer semantic segmenter and its image processor."""
+    """A tiny SegFormer semantic segmenter (ADE/COCO-like class names) and its image processor."""
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
@@ -115,6 +118,8 @@ def build_tiny_segformer(folder: str | None = None, seed: int = 0, num_labels: i
     cfg = SegformerConfig(
         num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[4, 2, 1, 1], hidden_sizes=[8, 16, 24, 32],
         num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16, num_labels=num_labels,
+        id2label={i: SEG_CLASSES[i] if i < len(SEG_CLASSES) else f"class_{i}" for i in range(num_labels)},
+        label2id={SEG_CLASSES[i] if i < len(SEG_CLASSES) else f"class_{i}": i for i in range(num_labels)},
     )
     model = SegformerForSemanticSegmentation(cfg).eval()
     proc = SegformerImageProcessor(size={"height": 32, "width": 32})
