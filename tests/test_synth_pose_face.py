@@ -211,6 +211,12 @@ def test_model_masks_for_repaint_remove_and_layers(weights, photo, kind):
     # the weight-free synthesizers keep their masks unless a spec asks for a model
     plain = REGISTRY["inpaint_segment"]()
     assert plain.masker is None and "mask_source" not in plain.make(photo, np.random.default_rng(1))[0].params
+    opted = REGISTRY["layers"]()
+    opted.load(_spec(kind, path, mask_model=kind, mask_source="model"))
+    assert opted.masker is not None and opted.make(photo, np.random.default_rng(1))[0].params["mask_source"] in (
+        "model", "weight_free_fallback")
+    with pytest.raises(UserError, match="mask_source"):
+        REGISTRY["remove_add"]().load(_spec(kind, path, mask_source="sam"))
     with pytest.raises(UserError, match="mask model"):
         REGISTRY["layers_model_mask"]().load(None)
 

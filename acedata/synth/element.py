@@ -1,6 +1,8 @@
 """Element editing without weights: remove an object region (OpenCV Telea / Navier-Stokes
 inpainting) and the reverse pair, add. The mask (binary, 255 = the element's region)
-travels with both pairs; outside it source and target are identical.
+travels with both pairs; outside it source and target are identical. `remove_add_model_mask`
+(or `mask_source: model` in the synthesizer's model options) takes the region from a segmentation
+or SAM-family model instead.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ mask) and a background layer (the subject region inpainted), and fuse them back.
 Pairs: `decompose_subject` (photo -> subject layer), `decompose_background` (photo ->
 background) and `fuse` (background + subject layer -> photo; the subject layer is the
 second input, in `extra_input_ids`). The subject layer's RGB is white where alpha is 0,
-so readers that drop alpha see the subject on white.
+so readers that drop alpha see the subject on white. `layers_model_mask` (or `mask_source: model`)
+takes the alpha from a segmentation or SAM-family model's mask.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Target = the original photo. Source = the photo with the masked region filled wi
 mid-gray (128): the ACE DiT normalises inputs to [-1, 1], where 128 is ~0, i.e. "no
 information" — the same as zeroing the masked latent region. Masks are binary (255 =
 repaint), the photo's size, and the only place where source and target differ.
+`inpaint_model_mask` (or `mask_source: model` on `inpaint_segment`) draws object masks from a
+segmentation or SAM-family model; brush, box and border masks stay weight-free.
 """
 
 from __future__ import annotations
