@@ -118,8 +118,12 @@ class Pose(ConditionSynth):
         """(17 x 2 image coordinates, 17 scores) per box."""
         torch = self._torch
         inputs = self.processor(images=Image.fromarray(rgb), boxes=[boxes], return_tensors="pt")
+        x = inputs["pixel_values"].to(self.device, self.model.dtype)
+        extra = {}
+        if getattr(self.model.config.backbone_config, "num_experts", 1) > 1:  # ViTPose++: expert 0 is COCO
+            extra["dataset_index"] = torch.zeros(x.shape[0], dtype=torch.long, device=self.device)
         with torch.no_grad():
-            out = self.model(pixel_values=inputs["pixel_values"].to(self.device, self.model.dtype))
+            out = self.model(pixel_values=x, **extra)
         out.heatmaps = out.heatmaps.float()
         people = self.processor.post_process_pose_estimation(out, boxes=[boxes])[0]
         return [(p["keypoints"].numpy().astype(np.float32), p["scores"].numpy().reshape(-1).astype(np.float32))
