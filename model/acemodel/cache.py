@@ -18,12 +18,11 @@ would (token budget, max side), so a cache only fits configs with the same data 
 from __future__ import annotations
 
 import json
-import os
+import posixpath
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from acemodel.cache_schema import ENCODED, ENCODERS, META, SETTINGS, TABLE, unit_id  # noqa: F401 - re-exported
@@ -95,11 +94,26 @@ def encoder_tensors(text) -> dict[str, torch.Tensor]:
             "empty_text": text.encode([""])[0].float().cpu().contiguous()}
 
 
+def _exists(uri: str) -> bool:
+    from acedata import shards
+
+    fs, p = shards.resolve(uri)
+    return shards.exists(fs, p)
+
+
+def _read_bytes(uri: str) -> bytes:
+    from acedata import shards
+
+    fs, p = shards.resolve(uri)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
 def cache_root(path: str) -> str:
-    """The cache folder, given it or its `encoded` table."""
+    """The cache folder (local path or URI), given it or its `encoded` table."""
     path = path.rstrip("/")
-    if not os.path.exists(os.path.join(path, META)) and os.path.basename(path) == TABLE:
-        path = os.path.dirname(path)
+    if not _exists(posixpath.join(path, META)) and posixpath.basename(path) == TABLE:
+        path = posixpath.dirname(path)
     return path
 
 
@@ -107,12 +121,16 @@ def read_meta(path: str) -> dict:
     from acedata.errors import UserError
 
     root = cache_root(path)
-    meta_path = os.path.join(root, META)
-    if not os.path.exists(meta_path) or not os.path.exists(os.path.join(root, ENCODERS)):
+    if not _exists(posixpath.join(root, META)) or not _exists(posixpath.join(root, ENCODERS)):
         raise UserError(f"no encode cache at {path!r} (expected {META} and {ENCODERS}); "
                         "build one with `acedata encode-cache CONFIG --data LCU --out DIR`")
-    with open(meta_path) as f:
-        return json.load(f)
+    return json.loads(_read_bytes(posixpath.join(root, META)))
+
+
+def read_encoder_tensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(_read_bytes(posixpath.join(cache_root(path), ENCODERS)))
 
 
 def check_compatible(meta: dict, cfg: TrainConfig, path: str) -> None:
@@ -144,13 +162,11 @@ class CachedLCUStream(LCUStream):
 
     def __init__(self, cache: str, cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 1,
                  worker: int = 0, num_workers: int = 1) -> None:
-        from safetensors.torch import load_file
-
         self.root = cache_root(cache)
         meta = read_meta(self.root)
-        self.table = os.path.join(self.root, TABLE)
+        self.table = posixpath.join(self.root, TABLE)
         self._unit_ids = [u["id"] for u in meta["units"]]
-        self.empty_text = load_file(os.path.join(self.root, ENCODERS))["empty_text"]
+        self.empty_text = read_encoder_tensors(self.root)["empty_text"]
         units = [(u["shard"], u["row_group"]) for u in meta["units"]]
         self._layout(units, cfg, seed, rank * num_workers + worker, world_size * num_workers)
 
@@ -158,7 +174,7 @@ class CachedLCUStream(LCUStream):
         from acedata import shards
 
         frag = shards.unit_fragment(self.table, self._unit_ids[u])
-        parts = [pq.read_table(os.path.join(self.table, s["file"])) for s in frag["shards"]]
+        parts = [shards.open_parquet(posixpath.join(self.table, s["file"])).read() for s in frag["shards"]]
         rows = pa.concat_tables(parts).to_pylist() if parts else []
         return sorted(rows, key=lambda r: r["row"])
 
@@ -180,12 +196,10 @@ class CachedEncoders:
     """The trainer's encoder interface, served from a cache: no VAE or text encoder is loaded."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        from safetensors.torch import load_file
-
         path = cfg.data.cache
         meta = read_meta(path)
         check_compatible(meta, cfg, path)
-        self.tensors = load_file(os.path.join(cache_root(path), ENCODERS))
+        self.tensors = read_encoder_tensors(path)
         self.device = device
         self.text_dim = int(self.tensors["indicators"].shape[1])
         self.text_weights_id, self.vae_weights_id = meta["text_encoder"], meta["vae"]

@@ -344,7 +344,7 @@ def train_ray(cfg: TrainConfig, data, out: str, address: str | None = None) -> d
 
         init_ray(address)
     out = os.path.abspath(out)
-    if cfg.data.cache:
+    if cfg.data.cache and "://" not in cfg.data.cache:  # workers may run in another directory
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache": os.path.abspath(cfg.data.cache)})})
     trainer = TorchTrainer(
         _ray_worker_loop,
