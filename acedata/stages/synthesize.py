@@ -69,7 +69,8 @@ class Synthesize(Stage):
             raise UserError("synthesize: `synthesizers` is empty; name at least one (see acedata.synth)")
         self.classes: list[type[Synthesizer]] = [get(n) for n in names]
         # An actor pool (model loaded once per actor) only when a model synthesizer or filter runs.
-        self.uses_model = any(c.needs_weights for c in self.classes) or config.clip_filter is not None
+        self.uses_model = (any(c.needs_weights or c.name in config.models for c in self.classes)
+                           or config.clip_filter is not None)
         self.synths: dict[str, Synthesizer] = {}
         self.clip: ClipScorer | None = None
         self._metric_cache: dict = {}
@@ -80,7 +81,7 @@ class Synthesize(Stage):
         from acedata.models import resolve_local
 
         for c in self.classes:
-            if not c.needs_weights:
+            if not c.needs_weights and c.name not in self.config.models:
                 continue
             spec = self.config.models.get(c.name)
             if spec is None:
@@ -179,8 +180,9 @@ class Synthesize(Stage):
     def setup(self) -> None:
         for c in self.classes:
             s = c()
-            if c.needs_weights:
-                s.load(self.config.models.get(c.name))
+            spec = self.config.models.get(c.name)
+            if c.needs_weights or spec is not None:  # weight-free ones may take model masks
+                s.load(spec)
             self.synths[c.name] = s
         if self.config.clip_filter is not None:
             self.clip = ClipScorer(self.config.clip_filter)

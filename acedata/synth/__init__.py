@@ -11,7 +11,7 @@ import importlib
 
 from acedata.synth.base import REGISTRY, Draft, Img, Synthesizer, new_img, register
 
-_MODULES = ("lowlevel", "repaint", "element", "semantic", "layer", "reference", "model_based")
+_MODULES = ("lowlevel", "repaint", "element", "semantic", "layer", "reference", "model_based", "pose", "face")
 
 
 def load_all() -> dict[str, type[Synthesizer]]:

@@ -37,6 +37,7 @@ class Band(Strict):
 
 DEFAULT_BANDS: dict[str, Band] = {
     "low_level": Band(changed_min=0.01),
+    "semantic_editing/facial_attribute": Band(changed_min=0.003, edge_corr_min=0.2),  # a face is a small region
     "controllable": Band(changed_min=0.01),
     "repainting": Band(changed_min=0.005, changed_max=0.9),
     "element_editing": Band(changed_min=0.003, changed_max=0.5, ssim_max=0.995),

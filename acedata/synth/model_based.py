@@ -405,8 +405,3 @@ class InpaintReplace(DiffusersSynth):
         params = {**mparams, "prompt": prompt, "object": prompt, "steps": self.steps}
         return [Draft(self.task, "replace", src, new_img(result), mask=mask_img(mask), params=params,
                       synthesizer=self.name)]
-
-
-# Pose and facial-attribute synthesizers build on the loaders above; importing them here registers
-# them wherever the model synthesizers are loaded.
-from acedata.synth import face, pose  # noqa: F401
