@@ -5,6 +5,8 @@
   ratio test, then a RANSAC homography; score = inliers / ratio-test matches (0 when
   fewer than `min_inliers` agree). Mirror-aware (a flipped copy is matched too), since
   natural pairs are often mirrored;
+* `object_model` — object consistency from DINOv2 patch features (mutual nearest
+  neighbours), in `acedata.mining.object_model`, where the weights exist;
 * `face` — ArcFace embeddings from insightface where its model pack is on disk;
   otherwise a one-line ModelNotFound (nothing is downloaded).
 
@@ -187,13 +189,23 @@ class FaceScorer(Scorer):
 
 
 SCORERS: dict[str, type[Scorer]] = {"siglip": SiglipScorer, "object": ObjectScorer, "face": FaceScorer}
+# Scorers in their own modules (heavier imports), loaded when asked for: name -> "module:Class"
+LAZY_SCORERS: dict[str, str] = {"object_model": "acedata.mining.object_model:ObjectModelScorer"}
+
+
+def scorer_class(name: str) -> type[Scorer]:
+    if name in SCORERS:
+        return SCORERS[name]
+    if name in LAZY_SCORERS:
+        import importlib
+
+        module, cls = LAZY_SCORERS[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+    raise UserError(f"unknown scorer {name!r}; known: {', '.join([*SCORERS, *LAZY_SCORERS])}")
 
 
 def make_scorer(name: str, options: dict | None = None) -> Scorer:
-    try:
-        cls = SCORERS[name]
-    except KeyError:
-        raise UserError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}") from None
+    cls = scorer_class(name)
     try:
         return cls(**(options or {}))
     except TypeError as e:
