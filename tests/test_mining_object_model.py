@@ -151,6 +151,36 @@ def test_missing_weights_is_one_line_model_not_found(tmp_path, monkeypatch, caps
     assert rc == 2 and "facebook/dinov2-small" in err and "not found" in err and "\n" not in err
 
 
+def test_loads_saved_weights_from_path_and_hf_cache(tmp_path, monkeypatch, photos):
+    """The non-random path: AutoModel + AutoImageProcessor from a folder (here a tiny
+    DINOv2-with-registers saved locally, so register tokens must be skipped) or the HF cache."""
+    import torch
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from acedata.mining.object_model import TINY_CONFIG, tiny_dinov2
+
+    torch.manual_seed(0)
+    model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**TINY_CONFIG, num_register_tokens=4))
+    _, processor = tiny_dinov2({})
+    snap = tmp_path / "hf" / "hub" / "models--acme--dino-regs" / "snapshots" / "abc"
+    model.save_pretrained(snap)
+    processor.save_pretrained(snap)
+    by_path = make_scorer("object_model", {"model": {"name": "dino-regs", "path": str(snap)}})
+    by_path.setup()
+    assert by_path.skip == 5
+    patches, cls = by_path.embed([Image.open(io.BytesIO(b)) for b in photos[:2]])
+    assert patches.shape == (2, 144, 64) and cls.shape == (2, 64)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    cached = make_scorer("object_model", {"model": {"name": "acme/dino-regs"}})
+    cached.setup()
+    a = by_path.score_set(np.zeros((3, 4)), photos[:3]).score
+    np.testing.assert_allclose(cached.score_set(np.zeros((3, 4)), photos[:3]).score, a, atol=1e-6)
+    assert cached.model_id == "object_model:acme/dino-regs@hf-cache:mnn"
+    assert ((a >= 0) & (a <= 1)).all()
+
+
 def test_bad_options_are_user_errors():
     with pytest.raises(UserError, match="score must be one of"):
         make_scorer("object_model", {"model": TINY_DINO, "score": "dice"})
