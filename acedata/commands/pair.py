@@ -4,6 +4,7 @@ embeddings table alone (so embeddings made elsewhere work too)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 from acedata.commands.cluster import add_cluster_args, cluster_config
 
@@ -19,7 +20,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_cluster_args(p)
     p.add_argument("--tau-low", type=float, default=0.8, help="turn-1 band lower bound (cosine)")
     p.add_argument("--tau-high", type=float, default=0.95, help="turn-1 band upper bound (drops near-duplicates)")
-    p.add_argument("--scorer", choices=["siglip", "object", "face"], default="siglip", help="turn-2 scorer")
+    p.add_argument("--scorer", choices=["siglip", "object", "object_model", "face"], default="siglip",
+                   help="turn-2 scorer")
+    p.add_argument("--scorer-options", type=json.loads, default={},
+                   help='scorer options as JSON, e.g. \'{"model": {"name": "facebook/dinov2-base"}}\'')
     p.add_argument("--pass2-low", type=float, help="turn-2 band lower bound (default: the scorer's)")
     p.add_argument("--pass2-high", type=float, help="turn-2 band upper bound")
     p.add_argument("--images", help="images table (image bytes for object/face scorers; sizes for filters)")
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if args.min_pair_score is not None:
         guard["min_pair_score"] = args.min_pair_score
     pair = PairConfig(
-        name="pair", tau_low=args.tau_low, tau_high=args.tau_high, scorer=args.scorer,
+        name="pair", tau_low=args.tau_low, tau_high=args.tau_high,
+        scorer=args.scorer, scorer_options=args.scorer_options,
         pass2_low=args.pass2_low, pass2_high=args.pass2_high, guard=guard,
         max_pairs_per_set=args.max_pairs_per_set, both_directions=args.both_directions,
         filters={"duplicate_sim": args.duplicate_sim}, points_per_unit=args.points_per_unit, inputs=inputs,
