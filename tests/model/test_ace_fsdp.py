@@ -63,7 +63,11 @@ def _ranks(rank: int, store: str, lcu: str, out: str) -> None:
 
     bf16 = Trainer(_cfg(precision="bf16", model_overrides={"grad_checkpointing": True}), lcu,
                    os.path.join(out, "bf16"), rank, WORLD, strategy="fsdp")
+    seen = []
+    bf16.model.blocks[0].register_forward_pre_hook(lambda m, i: seen.append(next(m.parameters()).dtype))
     res["bf16"] = [bf16.train_step() for _ in range(3)]
+    res["bf16_compute"] = seen[0]  # the all-gathered copy the block computes with
+    res["bf16_master"] = next(bf16.model.blocks[0].parameters()).dtype  # the sharded master weights
     torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -86,6 +90,8 @@ def test_fsdp_shards_parameters_and_matches_ddp(runs):
         # fp32 on CPU: only the reduction order differs (reduce-scatter vs all-reduce)
         torch.testing.assert_close(torch.tensor(r["fsdp"]), torch.tensor(r["ddp"]), rtol=1e-5, atol=0)
     assert res[1]["fsdp_params"] == {}  # the gathered state lives on rank 0 only
+    worst = max((res[0]["fsdp_params"][k] - v).abs().max().item() for k, v in res[0]["ddp_params"].items())
+    print(f"losses ddp {[r['ddp'] for r in res]} fsdp {[r['fsdp'] for r in res]}; max |param diff| {worst:.2e}")
     for k, v in res[0]["ddp_params"].items():
         torch.testing.assert_close(res[0]["fsdp_params"][k], v, rtol=1e-4, atol=1e-6)
 
@@ -109,10 +115,12 @@ def test_fsdp_checkpoint_resume_gives_the_same_next_step(runs):
 
 def test_fsdp_bf16_mixed_precision_with_gradient_checkpointing(runs):
     _, res = runs
+    print(f"bf16 {[r['bf16'] for r in res]} fp32 {[r['fsdp'] for r in res]}")
     for r in res:
         # bf16 compute, fp32 master weights: close to the fp32 run, not equal to it
         torch.testing.assert_close(torch.tensor(r["bf16"]), torch.tensor(r["fsdp"]), rtol=5e-2, atol=0)
         assert r["bf16"] != r["fsdp"]
+        assert r["bf16_compute"] == torch.bfloat16 and r["bf16_master"] == torch.float32
 
 
 @pytest.mark.slow
