@@ -77,6 +77,14 @@ def make_encoders(cfg: TrainConfig, device: torch.device):
     return Encoders(cfg, device)
 
 
+def check_strategy(cfg: TrainConfig) -> None:
+    if cfg.strategy == "fsdp" and cfg.precision == "fp16":
+        from acedata.errors import UserError
+
+        raise UserError("strategy: fsdp trains in fp32 or bf16 (fp16 loss scaling over shards is not supported); "
+                        "set precision: bf16")
+
+
 def unwrap(model: torch.nn.Module) -> ACEDiT:
     return model.module if hasattr(model, "module") else model
 
@@ -124,11 +132,7 @@ class Trainer:
         if self.strategy == "ddp":
             return parallel.wrap_ddp(self.model, self.device)
         if self.strategy == "fsdp":
-            if self.cfg.precision == "fp16":
-                from acedata.errors import UserError
-
-                raise UserError("strategy: fsdp trains in fp32 or bf16 (fp16 loss scaling over shards is not "
-                                "supported); set precision: bf16")
+            check_strategy(self.cfg)
             parallel.shard_fsdp(self.model, torch.bfloat16 if self.cfg.precision == "bf16" else None)
         return self.model
 
@@ -335,6 +339,7 @@ def train_ray(cfg: TrainConfig, data, out: str, address: str | None = None) -> d
     """Data-parallel training on a Ray cluster: DDP, or FSDP (parameters, gradients, optimizer state
     and EMA sharded per DiT block). Rank 0 writes full checkpoints to `out`, which must be storage
     every node can reach for multi-node runs; a rerun resumes from the newest one."""
+    check_strategy(cfg)  # here, not as a worker's traceback
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

@@ -135,3 +135,12 @@ def test_ray_train_fsdp_run_resumes(ray_local, tmp_path):
     assert result["step"] == 3 and result["strategy"] == "fsdp"
     weights = load_file(os.path.join(result["checkpoint"], "model.safetensors"))
     assert weights["final_layer.linear.weight"].abs().sum() > 0
+
+
+def test_fsdp_with_fp16_is_refused_before_any_worker_starts(tmp_path):
+    from acemodel.train import train_ray
+
+    from acedata.errors import UserError
+
+    with pytest.raises(UserError, match="bf16"):
+        train_ray(_cfg(precision="fp16", num_workers=2), str(tmp_path), str(tmp_path / "run"))
