@@ -60,6 +60,9 @@ def _ranks(rank: int, store: str, lcu: str, out: str) -> None:
     res["resumed"] = resumed.train_step()
     res["resumed_params"] = parallel.full_model_state(resumed.model)
     res["resumed_ema"] = parallel.full_tensors(resumed.ema, rank == 0)
+    as_ddp = Trainer(cfg, lcu, os.path.join(out, "as-ddp"), rank, WORLD, strategy="ddp")
+    as_ddp.load(os.path.join(out, "resume", "checkpoints", "step-00000002"))  # same files, other strategy
+    res["resumed_as_ddp"] = as_ddp.train_step()
 
     bf16 = Trainer(_cfg(precision="bf16", model_overrides={"grad_checkpointing": True}), lcu,
                    os.path.join(out, "bf16"), rank, WORLD, strategy="fsdp")
@@ -100,6 +103,7 @@ def test_fsdp_checkpoint_resume_gives_the_same_next_step(runs):
     out, res = runs
     for r in res:
         assert r["resumed"] == r["fsdp"][2]  # bit-exact: the gathered state is re-scattered unchanged
+        assert abs(r["resumed_as_ddp"] - r["fsdp"][2]) <= 1e-5 * r["fsdp"][2]  # the checkpoint is strategy-free
     for k, v in res[0]["fsdp_params"].items():
         torch.testing.assert_close(res[0]["resumed_params"][k], v, rtol=0, atol=0)
     for k, v in res[0]["fsdp_ema"].items():
