@@ -17,7 +17,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--submit ships the run to a Ray cluster as a job. Reruns resume from the last checkpoint in --out.",
     )
     p.add_argument("config", help="training YAML (see model/configs/tiny.yaml, model/configs/ace-0.6b.yaml)")
-    p.add_argument("--data", required=True, nargs="+", help="LCU table directories or .parquet shards")
+    p.add_argument("--data", nargs="*", default=[], help="LCU table directories or .parquet shards")
+    p.add_argument("--cache", help="train from an encode cache instead (acedata encode-cache): no VAE/T5 loaded")
     p.add_argument("--out", default="runs/train", help="run directory (checkpoints, logs)")
     p.add_argument("--steps", type=int, help="override the config's number of steps")
     p.add_argument("--workers", type=int, help="Ray Train workers (overrides num_workers; >1 uses Ray)")
@@ -46,6 +47,8 @@ def load_config(path: str, args: argparse.Namespace | None = None):
                 raw[key] = val
         if args.gpu:
             raw["use_gpu"] = True
+        if getattr(args, "cache", None):
+            raw.setdefault("data", {})["cache"] = args.cache
     try:
         return TrainConfig(**raw)
     except ValidationError as e:
@@ -56,12 +59,11 @@ def load_config(path: str, args: argparse.Namespace | None = None):
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args)
+    if not args.data and not cfg.data.cache:
+        raise UserError("nothing to train on: give --data LCU_DIR... or --cache ENCODE_CACHE")
     if args.submit:
-        try:
-            from acedata.jobs import submit_training
-        except ImportError:
-            raise UserError("--submit needs acedata.jobs.submit_training, which this install lacks; run "
-                            "without --submit, or submit jobs/train.py with `ray job submit`") from None
+        from acedata.jobs import submit_training
+
         job = submit_training(config=args.config, data=args.data, out=args.out, address=args.address,
                               overrides=cfg.model_dump(mode="json"))
         print(f"submitted training job {job}")
