@@ -100,18 +100,21 @@ class _ModelWorker:
         self.stage.setup()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        units = _units_from_batch(batch)
-        return {"id": [u.id for u in units], "counts": [json.dumps(execute_unit(self.stage, u)) for u in units]}
+        return _execute_batch(self.stage, batch)
 
 
 def _task_fn(stage_cls: type[Stage], config: dict[str, Any], ctx: RunContext):
     def run(batch: dict[str, Any]) -> dict[str, list[str]]:
         stage = stage_cls(stage_cls.Config.model_validate(config), ctx)
         stage.setup()
-        units = _units_from_batch(batch)
-        return {"id": [u.id for u in units], "counts": [json.dumps(execute_unit(stage, u)) for u in units]}
+        return _execute_batch(stage, batch)
 
     return run
+
+
+def _execute_batch(stage: Stage, batch: dict[str, Any]) -> dict[str, list[str]]:
+    units = _units_from_batch(batch)
+    return {"id": [u.id for u in units], "counts": [json.dumps(execute_unit(stage, u)) for u in units]}
 
 
 # Called on the driver as each unit commits: (unit id, that unit's counts).
