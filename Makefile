@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m acedata validate runs/demo
 	$(PY) -m acedata contact-sheet runs/demo --out runs/demo/contact_sheets
 	$(PY) -m acedata stats runs/demo --plot runs/demo/plots
-	$(PY) -m acedata train model/configs/tiny.yaml --cache runs/demo/encode_cache --out runs/demo/train --steps 80
+	$(PY) -m acedata train model/configs/tiny.yaml --data runs/demo/assemble/lcu --out runs/demo/train --steps 80
 	$(PY) -m acedata generate runs/demo/train --image runs/demo/corpus/chelsea/chelsea_0.jpg \
 	  --instruction "turn {image} into a pencil sketch" --steps 20 --out runs/demo/sample.png
 	@echo "demo output: runs/demo (contact sheets, plots, dataset card runs/demo/assemble/README.md, sample.png)"
