@@ -143,6 +143,30 @@ LCU = pa.schema(
     ]
 )
 
+# One human decision on one pair (review tool or an imported Label Studio annotation).
+# Append-only: a later decision on the same pair by the same annotator supersedes an
+# earlier one by `decided_at`; consumers take the latest per (pair_id, annotator).
+REVIEW_DECISIONS = ("accept", "edit", "reject", "skip")
+REVIEWS = pa.schema(
+    [
+        _f("review_id", pa.string(), False),  # sha256 of (pair_id, annotator, decided_at, origin)
+        _f("pair_id", pa.string(), False),
+        _f("task", pa.string()),
+        _f("subtask", pa.string()),
+        _f("annotator", pa.string(), False),
+        _f("queue", pa.string()),
+        _f("decision", pa.string(), False),  # one of REVIEW_DECISIONS
+        _f("instruction", pa.string()),  # the accepted or corrected text (accept / edit)
+        _f("chosen_variant", pa.int32()),  # instructions.variant accepted (accept), else null
+        _f("chosen_method", pa.string()),  # that variant's method, or "human" for an edit
+        _f("reject_reason", pa.string()),  # short code from the review tool's list (reject)
+        _f("comment", pa.string()),
+        _f("shown", pa.string()),  # JSON: the candidates shown to the annotator, in order
+        _f("decided_at", pa.timestamp("us", tz="UTC"), False),
+        _f("origin", pa.string(), False),  # review_app | label_studio
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "quarantine": QUARANTINE,
@@ -151,6 +175,7 @@ TABLES: dict[str, pa.Schema] = {
     "pairs": PAIRS,
     "instructions": INSTRUCTIONS,
     "lcu": LCU,
+    "reviews": REVIEWS,
 }
 
 
@@ -186,6 +211,7 @@ def _feature(typ: pa.DataType, image_hint: bool) -> Any:
         pa.int32(): "int32",
         pa.int64(): "int64",
         pa.bool_(): "bool",
+        pa.timestamp("us", tz="UTC"): "timestamp[us, tz=UTC]",
     }[typ]
     return {"dtype": dtype, "_type": "Value"}
 
