@@ -78,6 +78,7 @@ def _machine_records(instructions: list[str], pair_info: dict, methods: tuple[st
 def _curated_records(reviews: list[str], instructions: list[str], pair_info: dict, limit: int | None,
                      counts: dict[str, int]) -> list[dict[str, Any]]:
     """One record per accepted or corrected pair, with the human text (acedata/review/decisions.py)."""
+    from acedata.lcu import local_refs
     from acedata.review.decisions import Reviews, outcome
 
     final = Reviews.load(reviews).final
@@ -94,6 +95,8 @@ def _curated_records(reviews: list[str], instructions: list[str], pair_info: dic
             counts[f"skipped_{'rejected' if o.kind == 'reject' else 'stale'}"] += 1
         elif pid not in pair_info:
             counts["skipped_no_pair"] += 1
+        elif any(k > 1 + len(pair_info[pid]["extra_input_ids"] or []) for k in local_refs(o.text or "")):
+            counts["skipped_bad_indicator"] += 1  # assemble quarantines it too
         else:
             wanted.append({"pair_id": pid, "instruction": o.text, "method": o.method})
             if limit and len(wanted) >= limit:
@@ -127,7 +130,7 @@ def export_captioner_data(
     counts = {"records": 0, "skipped_method": 0, "skipped_variant": 0, "skipped_no_pair": 0, "skipped_no_image": 0,
               "skipped_duplicate": 0}
     if reviews is not None:
-        counts.update(skipped_rejected=0, skipped_stale=0)
+        counts.update(skipped_rejected=0, skipped_stale=0, skipped_bad_indicator=0)
         wanted = _curated_records(reviews, instructions, pair_info, limit, counts)
     else:
         wanted = _machine_records(instructions, pair_info, methods, variants, limit, counts)
