@@ -162,7 +162,7 @@ def test_export_captioner_curated_formats(world, tmp_path, capsys):
     assert _cli("export-captioner", run, "--out", out, "--json") == 0  # curated by default: the run has reviews
     counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert counts["curated"] == 1 and counts["skipped_rejected"] == 2 and counts["skipped_bad_indicator"] == 1
-    recs = [json.loads(x) for x in open(os.path.join(out, "captioner.jsonl"), encoding="utf-8")]
+    recs = [json.loads(x) for x in (tmp_path / "internvl" / "captioner.jsonl").read_text().splitlines()]
     by_pair = {r["id"].split("#")[0]: r for r in recs}
     assert set(by_pair) == {"chain1", "ref", "repaint", world["accept_v1"]}  # the t2i caption has no pair
     c1 = by_pair["chain1"]
@@ -245,7 +245,7 @@ def test_label_studio_round_trip(world, tmp_path, capsys):
     os.makedirs(os.path.dirname(tasks_file))
     assert _cli("review-tasks", "export", run, "--out", tasks_file, "--json") == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    tasks = json.load(open(tasks_file, encoding="utf-8"))
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
     assert res["tasks"] == len(tasks) > 10
     cfg = ET.parse(res["label_config"]).getroot()
     names = {e.get("name"): e.tag for e in cfg.iter() if e.get("name")}
@@ -296,6 +296,17 @@ def test_label_studio_round_trip(world, tmp_path, capsys):
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["imported"] == 0 and again["already_imported"] == 4
 
+    # a second round: only pairs nobody reviewed yet; self-contained tasks with data URIs
+    more = str(tmp_path / "ls2" / "tasks.json")
+    os.makedirs(os.path.dirname(more))
+    assert _cli("review-tasks", "export", run, "--out", more, "--unreviewed", "--images", "data-uri",
+                "--task", "natural_edit", "--json") == 0
+    capsys.readouterr()
+    second = {t["data"]["pair_id"]: t["data"] for t in json.loads((tmp_path / "ls2" / "tasks.json").read_text())}
+    assert set(second) == set(mined) - {mined[1]}
+    assert all(d["target"].startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for d in second.values())
+    assert not os.path.exists(os.path.join(tmp_path, "ls2", "images"))
+
     assemble(src, "asm", run, max_history=2, rows_per_unit=50, seed=0, dataset_card=False)
     rows = shards.read_table(os.path.join(run, "asm", "lcu")).to_pylist()
     q = shards.read_table(os.path.join(run, "asm", "quarantine")).to_pylist()
@@ -313,8 +324,8 @@ def test_label_studio_round_trip(world, tmp_path, capsys):
     ('{"tasks": []}', "a list of tasks"),
     ('[{"pair_id": "x"}]', "no 'data' object"),
     ('[{"data": {"pair_id": "ref"}, "annotations": [{"result": [1], "completed_by": 1}]}]', "result item"),
-    ('[{"data": {"pair_id": "ref"}, "annotations": [{"result": [], "updated_at": "yesterday", '
-     '"completed_by": 1}]}]', "not ISO 8601"),
+    (('[{"data": {"pair_id": "ref"}, "annotations": [{"updated_at": "yesterday", "completed_by": 1, "result": '
+      '[{"type": "choices", "from_name": "reject", "value": {"choices": ["other"]}}]}]}]'), "not ISO 8601"),
 ])
 def test_label_studio_import_rejects_malformed_files(world, tmp_path, capsys, body, needle):
     run = str(tmp_path / "run")
@@ -322,10 +333,24 @@ def test_label_studio_import_rejects_malformed_files(world, tmp_path, capsys, bo
     os.symlink(os.path.join(world["run"], "synth"), os.path.join(run, "synth"))
     bad = tmp_path / "bad.json"
     bad.write_text(body)
-    if needle == "not ISO 8601":  # only a decided annotation needs its time
-        bad.write_text(body.replace('"result": []', '"result": [{"type": "choices", "from_name": "reject", '
-                                    '"value": {"choices": ["other"]}}]'))
     code = _cli("review-tasks", "import", run, "--from", str(bad))
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
     assert not os.path.exists(os.path.join(run, "review"))
+
+
+def test_label_studio_task_shows_the_mllm_analysis():
+    from acedata.review.labelstudio import analysis_text, build_task
+
+    prov = json.dumps({"natural": "mllm_llm", "analysis": {"differences": ["the cup is red"],
+                                                           "commonalities": ["same table", "same light"]}})
+    cands = [{"variant": 0, "method": "template", "instruction": "edit {image}", "provenance": None},
+             {"variant": 1, "method": "mllm_llm", "instruction": "make the cup in {image} red", "provenance": prov}]
+    assert analysis_text(cands) == ("MLLM analysis. Differences: the cup is red. "
+                                    "Commonalities: same table; same light.")
+    pair = {"pair_id": "p", "task": "natural_edit", "subtask": "general", "source_id": "a", "target_id": "b",
+            "mask_id": None, "extra_input_ids": []}
+    data = build_task(pair, cands, {"a": "u/a.png", "b": "u/b.png"}, 2, "BLANK")["data"]
+    assert (data["input_1"], data["input_2"], data["mask"], data["target"]) == ("u/a.png", "BLANK", "BLANK", "u/b.png")
+    assert [c["value"] for c in data["candidates"]] == ["1. edit {image}", "2. make the cup in {image} red"]
+    assert data["candidate_info"][1]["variant"] == 1 and data["indicator_hint"] == "name the input image {image}"

@@ -68,6 +68,7 @@ def labeling_config(max_inputs: int, with_mask: bool) -> str:
   <View style="display: flex; gap: 8px">
 {images}
   </View>
+  <Text name="analysis" value="$analysis"/>
   <Header value="Accept the right instruction"/>
   <Choices name="{CANDIDATE}" toName="target" choice="single" value="$candidates"/>
   <Header value="...or write the corrected instruction ($indicator_hint)"/>
@@ -101,7 +102,23 @@ def build_task(pair: dict[str, Any], candidates: list[dict[str, Any]], urls: dic
              "text": c["instruction"]} for k, c in enumerate(candidates, 1)]
     data["candidates"] = [{"value": c["value"]} for c in info]
     data["candidate_info"] = info
+    data["analysis"] = analysis_text(candidates)
     return {"data": data}
+
+
+def analysis_text(candidates: list[dict[str, Any]]) -> str:
+    """The MLLM's difference/commonality analysis of a natural pair, when a candidate has one."""
+    for c in candidates:
+        try:
+            a = json.loads(c.get("provenance") or "null")
+        except ValueError:
+            continue
+        a = a.get("analysis") if isinstance(a, dict) else None
+        if isinstance(a, dict):
+            diff = "; ".join(map(str, a.get("differences") or []))
+            same = "; ".join(map(str, a.get("commonalities") or []))
+            return f"MLLM analysis. Differences: {diff or '-'}. Commonalities: {same or '-'}."
+    return "(no MLLM analysis for this pair)"
 
 
 # --- import ---------------------------------------------------------------------------------
@@ -267,7 +284,8 @@ def export_tasks(run_dir: str, out_path: str, images: str = "files", url_prefix:
     for r in _iter_rows(find_tables(run_dir, "pairs"), cols):
         pairs.setdefault(r["pair_id"], r)
     cands: dict[str, dict[int, dict[str, Any]]] = {}
-    for r in _iter_rows(find_tables(run_dir, "instructions"), ["pair_id", "variant", "instruction", "method"]):
+    for r in _iter_rows(find_tables(run_dir, "instructions"),
+                        ["pair_id", "variant", "instruction", "method", "provenance"]):
         if r["pair_id"] in pairs:
             cands.setdefault(r["pair_id"], {}).setdefault(int(r["variant"]), r)
     reviewed = set(read_reviews(run_dir).column("pair_id").to_pylist()) if unreviewed_only else set()
