@@ -14,6 +14,7 @@ from test_assemble import assemble, build_world
 from acedata import shards
 from acedata.cli import main
 from acedata.config import config_hash
+from acedata.errors import UserError
 from acedata.lcu import INDICATOR
 from acedata.pipeline import run_stages
 from acedata.review.table import append_reviews, read_reviews, review_id
@@ -144,6 +145,13 @@ def test_reviews_change_the_resume_key(world, tmp_path):
     # reviews: false ignores the table (and its digest)
     off = Assemble(AssembleConfig(reviews=False), None)
     assert off.review_tables() == []
+    # inputs.reviews points at another run's table; a path that is not one is a one-line error
+    cfg.inputs["reviews"] = os.path.join(run, "review", "reviews")
+    other = go()
+    assert not other.get("skipped") and other["counts"]["reviewed_pairs"] == 8
+    cfg.inputs["reviews"] = str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="not a reviews table"):
+        go()
 
 
 # --- captioner export ------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from pydantic import Field
 
 from acedata import shards
 from acedata.config import StageConfig
+from acedata.errors import UserError
 from acedata.images import image_cell
 from acedata.lcu import (
     ChainIndex,
@@ -83,6 +84,10 @@ class Assemble(Stage):
         if not self.config.reviews:
             return []
         if self.ctx.inputs.get("reviews"):
+            for p in self.ctx.inputs["reviews"]:
+                if shards.read_manifest(p) is None:
+                    raise UserError(f"inputs.reviews: {p} is not a reviews table (no {shards.MANIFEST}); "
+                                    "point it at RUN/review/reviews")
             return self.ctx.inputs["reviews"]
         d = reviews_dir(self.ctx.run_dir)
         return [d] if shards.read_manifest(d) is not None else []
