@@ -48,6 +48,20 @@ class Outcome:
                 "model": None, "provenance": json.dumps({"review": self.review}, sort_keys=True)}
 
 
+def find_tables(run_dir: str, override: list[str] | None) -> list[str]:
+    """The reviews tables a consumer applies: `override` (checked), else the run's own table if any."""
+    from acedata.review.table import reviews_dir
+
+    if override:
+        for p in override:
+            if shards.read_manifest(p) is None:
+                raise UserError(f"inputs.reviews: {p} is not a reviews table (no {shards.MANIFEST}); "
+                                "point it at RUN/review/reviews")
+        return override
+    d = reviews_dir(run_dir)
+    return [d] if shards.read_manifest(d) is not None else []
+
+
 def read_tables(paths: list[str]) -> pa.Table:
     """Every review row of the given reviews tables (table folders with a manifest)."""
     parts = []
@@ -124,6 +138,13 @@ class Reviews:
 
     def __bool__(self) -> bool:
         return bool(self.final)
+
+    def apply(self, pid: str, rows: dict[int, dict[str, Any]] | None) -> tuple[dict | None, tuple[str, str] | None]:
+        """A reviewed pair's instruction rows ({HUMAN_VARIANT: row}), or (None, (reason, detail)) to quarantine."""
+        o = outcome(self.final[pid], rows)
+        if o.kind == "text":
+            return {HUMAN_VARIANT: o.instruction_row(pid)}, None
+        return None, ("review_rejected" if o.kind == "reject" else "review_stale", o.detail or "")
 
     def summary(self) -> dict[str, int]:
         kinds = [r["decision"] for r in self.final.values()]

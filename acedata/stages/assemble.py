@@ -36,7 +36,6 @@ from pydantic import Field
 
 from acedata import shards
 from acedata.config import StageConfig
-from acedata.errors import UserError
 from acedata.images import image_cell
 from acedata.lcu import (
     ChainIndex,
@@ -47,8 +46,8 @@ from acedata.lcu import (
     renumber_lcu,
     stable_hash,
 )
-from acedata.review.decisions import HUMAN_VARIANT, Reviews, outcome, tables_digest
-from acedata.review.table import reviews_dir
+from acedata.review.decisions import HUMAN_VARIANT, Reviews, tables_digest
+from acedata.review.decisions import find_tables as find_reviews
 from acedata.schemas import QUARANTINE, schema_for
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -81,16 +80,7 @@ class Assemble(Stage):
 
     def review_tables(self) -> list[str]:
         """The reviews tables this assembly applies: inputs.reviews, else the run's own table."""
-        if not self.config.reviews:
-            return []
-        if self.ctx.inputs.get("reviews"):
-            for p in self.ctx.inputs["reviews"]:
-                if shards.read_manifest(p) is None:
-                    raise UserError(f"inputs.reviews: {p} is not a reviews table (no {shards.MANIFEST}); "
-                                    "point it at RUN/review/reviews")
-            return self.ctx.inputs["reviews"]
-        d = reviews_dir(self.ctx.run_dir)
-        return [d] if shards.read_manifest(d) is not None else []
+        return find_reviews(self.ctx.run_dir, self.ctx.inputs.get("reviews")) if self.config.reviews else []
 
     def input_digest(self) -> str | None:
         # new or changed reviews must rerun assembly even though no config changed
@@ -118,11 +108,11 @@ class Assemble(Stage):
                 continue
             rows = instr.get(pid)
             if pid in reviews.final:
-                o = outcome(reviews.final[pid], rows)
-                if o.kind != "text":
-                    bad(f"pair:{pid}", f"review_{'rejected' if o.kind == 'reject' else 'stale'}", o.detail, pid)
+                rows, why = reviews.apply(pid, rows)
+                if why:
+                    bad(f"pair:{pid}", *why, pid)
                     continue
-                rows = instr[pid] = {HUMAN_VARIANT: o.instruction_row(pid)}
+                instr[pid] = rows
             if not rows:
                 bad(f"pair:{pid}", "no_instruction", "the pair has no instruction row", pid)
                 continue
@@ -148,14 +138,11 @@ class Assemble(Stage):
             elif pid[len(T2I_PREFIX):] not in images:
                 bad(f"pair:{pid}", "missing_image", "caption for an image no images table has", pid)
             elif pid in reviews.final:  # a reviewed caption: the reviewed text, rejected, or stale
-                o = outcome(reviews.final[pid], rows)
-                if o.kind != "text":
-                    bad(f"pair:{pid}", f"review_{'rejected' if o.kind == 'reject' else 'stale'}", o.detail, pid)
-                elif local_refs(o.text or ""):
-                    bad(f"pair:{pid}", "bad_indicator", f"{o.method} text names an input; a caption has none", pid)
+                rows, why = reviews.apply(pid, rows)
+                if why or local_refs(rows[HUMAN_VARIANT]["instruction"]):
+                    bad(f"pair:{pid}", *(why or ("bad_indicator", "reviewed caption names an input")), pid)
                 else:
-                    instr[pid] = {HUMAN_VARIANT: o.instruction_row(pid)}
-                    captions[pid] = [HUMAN_VARIANT]
+                    instr[pid], captions[pid] = rows, [HUMAN_VARIANT]
             else:
                 captions[pid] = sorted(rows)
         for pid in sorted(set(reviews.final) - set(pairs) - set(instr)):
