@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from collections import Counter
 
 import pytest
@@ -260,6 +261,9 @@ def test_label_studio_round_trip(world, tmp_path, capsys):
     assert names["candidate"] == "Choices" and names["corrected"] == "TextArea" and names["reject"] == "Choices"
     assert {"input_1", "input_2", "mask", "target"} <= set(names)
     assert next(e for e in cfg.iter("Choices") if e.get("name") == "candidate").get("value") == "$candidates"
+    with open(res["label_config"], encoding="utf-8") as f:
+        fields = set(re.findall(r"\$(\w+)", f.read()))  # every $field the interface reads is in every task
+    assert {"candidates", "target", "title", "analysis"} <= fields and all(fields <= set(t["data"]) for t in tasks)
     by_pid = {t["data"]["pair_id"]: t["data"] for t in tasks}
     ref = by_pid["ref"]
     assert ref["task"] == "reference_generation" and ref["n_inputs"] == 2

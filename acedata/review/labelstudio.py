@@ -63,15 +63,15 @@ def labeling_config(max_inputs: int, with_mask: bool) -> str:
         f'<Image name="{s}" value="${s}" maxWidth="100%"/></View>' for s in slots)
     reasons = "\n".join(f"      <Choice value={quoteattr(r)}/>" for r in REJECT_REASONS)
     return f"""<View>
-  <Header value="$task / $subtask"/>
-  <Text name="pair" value="$pair_id"/>
+  <Text name="title" value="$title"/>
   <View style="display: flex; gap: 8px">
 {images}
   </View>
   <Text name="analysis" value="$analysis"/>
   <Header value="Accept the right instruction"/>
   <Choices name="{CANDIDATE}" toName="target" choice="single" value="$candidates"/>
-  <Header value="...or write the corrected instruction ($indicator_hint)"/>
+  <Header value="...or write the corrected instruction"/>
+  <Text name="hint" value="$indicator_hint"/>
   <TextArea name="{CORRECTED}" toName="target" maxSubmissions="1" editable="true" rows="2"/>
   <Header value="...or reject the pair"/>
   <Choices name="{REJECT}" toName="target" choice="single">
@@ -92,7 +92,9 @@ def build_task(pair: dict[str, Any], candidates: list[dict[str, Any]], urls: dic
                blank: str) -> dict[str, Any]:
     """One Label Studio task for a pair (`urls`: image_id -> URL or data URI)."""
     inputs = [pair["source_id"], *(pair.get("extra_input_ids") or [])]
+    # Label Studio fills a tag attribute from one whole `$field`, so composed texts are fields of their own
     data: dict[str, Any] = {"pair_id": pair["pair_id"], "task": pair["task"], "subtask": pair["subtask"],
+                            "title": f"{pair['task']} / {pair['subtask']} (pair {pair['pair_id']})",
                             "n_inputs": len(inputs), "indicator_hint": indicator_hint(len(inputs))}
     for i in range(max_inputs):
         data[f"input_{i + 1}"] = urls[inputs[i]] if i < len(inputs) else blank
@@ -221,7 +223,7 @@ def load_export(path: str) -> list[dict[str, Any]]:
     for i, t in enumerate(tasks):
         if not isinstance(t, dict) or not isinstance(t.get("data"), dict):
             raise UserError(f"{path}: task {i} has no 'data' object (is this a JSON-MIN or CSV export?)")
-        if not isinstance(t.get("annotations", []), list):
+        if not isinstance(t.get("annotations", t.get("completions", [])), list):
             raise UserError(f"{path}: task {i}: 'annotations' is not a list")
     return tasks
 
@@ -240,7 +242,7 @@ def import_annotations(run_dir: str, path: str, known_pairs: dict[str, int]) -> 
     rows: list[dict[str, Any]] = []
     for i, task in enumerate(tasks):
         pid = task["data"].get("pair_id")
-        anns = task.get("annotations") or []
+        anns = task.get("annotations") or task.get("completions") or []  # "completions": Label Studio < 1.0
         counts["annotations"] += len(anns)
         if pid is None or str(pid) not in known_pairs:
             counts["unknown_pair"] += len(anns)
