@@ -366,3 +366,21 @@ def test_label_studio_task_shows_the_mllm_analysis():
     assert (data["input_1"], data["input_2"], data["mask"], data["target"]) == ("u/a.png", "BLANK", "BLANK", "u/b.png")
     assert [c["value"] for c in data["candidates"]] == ["1. edit {image}", "2. make the cup in {image} red"]
     assert data["candidate_info"][1]["variant"] == 1 and data["indicator_hint"] == "name the input image {image}"
+
+
+def test_reviewed_assembly_on_ray_equals_local(world, ray_local, tmp_path):
+    """Reviewed rows travel through Ray Data tasks exactly as in process (plans carry the human text)."""
+    from acedata.runtime import run_stage
+    from acedata.stage import RunContext
+
+    run, out = world["run"], str(tmp_path)
+    os.makedirs(os.path.join(out, "review"))
+    os.symlink(os.path.join(run, "review", "reviews"), os.path.join(out, "review", "reviews"))
+    inputs = {"images": [os.path.join(run, "ingest", "images"), os.path.join(run, "synth", "images")],
+              "pairs": [os.path.join(run, "synth", "pairs")], "instructions": [os.path.join(run, "label", "instructions")]}
+    cfg = AssembleConfig(name="onray", max_history=2, rows_per_unit=7, seed=0, dataset_card=False)
+    summary = run_stage(Assemble(cfg, RunContext(out, os.path.join(out, "onray"), inputs)), "ray")
+    assert summary["counts"]["reviewed_pairs"] == 8
+    got = shards.read_table(os.path.join(out, "onray", "lcu"), ["sample_id", "instruction", "instruction_method"])
+    assert got.to_pylist() == [{k: r[k] for k in ("sample_id", "instruction", "instruction_method")}
+                               for r in world["rows"]]
