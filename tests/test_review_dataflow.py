@@ -39,6 +39,7 @@ def world(tmp_path_factory, demo_corpus):
     t2i = next(i["pair_id"] for i in w["instr"] if i["pair_id"].startswith("t2i:") and "test subject" in i["instruction"])
     w["bad_edit"], w["accept_v1"] = mined[0], mined[1]
     w["t2i"] = t2i
+    w["stale"] = min(p["pair_id"] for p in w["pairs"] if p["pair_id"].startswith("simple-"))
     w["reviews"] = [
         review("chain1", "accept", "ann2", 0, chosen_variant=0, instruction="turn {image} into black and white"),
         review("chain1", "edit", "ann1", 5, instruction="make {image} monochrome", chosen_method="human"),
@@ -51,6 +52,7 @@ def world(tmp_path_factory, demo_corpus):
         review(mined[2], "skip", "ann1", 4),
         review("ghost", "reject", "ann1", 4, reject_reason="other"),
         review(t2i, "edit", "ann1", 6, instruction="a corrected caption of a test subject"),
+        review(w["stale"], "accept", "ann1", 6, chosen_variant=7),  # a variant the instructions no longer have
     ]
     assert append_reviews(run, w["reviews"]) == len(w["reviews"])
     w["summary"] = assemble(run, max_history=2, rows_per_unit=7, seed=0)
@@ -106,18 +108,20 @@ def test_assemble_rejects_go_to_quarantine_and_break_chains(world):
         assert "chain2" not in json.loads(r["provenance"]).get("chain", [])
     assert {r["num_turns"] for r in rows if r["pair_id"] == "chain3"} == {1}
     assert not [r for r in rows if r["pair_id"] == world["bad_edit"]]
+    (stale,) = [r for r in world["q"] if r["item_id"] == world["stale"]]
+    assert stale["reason"] == "review_stale" and "variant 7 not found" in stale["detail"]
     # every pair ends in a row or in quarantine
     assert {r["pair_id"] for r in rows} | {r["item_id"] for r in world["q"]} >= {p["pair_id"] for p in world["pairs"]}
 
 
 def test_dataset_card_counts_reviews(world):
     c = world["summary"]["counts"]
-    assert (c["reviewed_pairs"], c["review_accepted"], c["review_corrected"], c["review_rejected"]) == (8, 2, 4, 2)
+    assert (c["reviewed_pairs"], c["review_accepted"], c["review_corrected"], c["review_rejected"]) == (9, 3, 4, 2)
     assert c["review_conflicts"] == 1  # chain1: ann2 accepted, ann1 corrected
     with open(os.path.join(world["run"], "assemble", "README.md"), encoding="utf-8") as f:
         text = f.read()
     human = Counter(r["instruction_method"] for r in world["rows"])
-    for needle in ("## Human review", "Pairs reviewed 8: accepted 2, corrected 4, rejected 2",
+    for needle in ("## Human review", "Pairs reviewed 9: accepted 3, corrected 4, rejected 2",
                    f"accepted (`human_accept`) {human['human_accept']}", f"corrected (`human_edit`) {human['human_edit']}",
                    "| review_rejected | not_an_edit | 1 |", "disagreed: 1"):
         assert needle in text, needle
@@ -149,7 +153,7 @@ def test_reviews_change_the_resume_key(world, tmp_path):
     # inputs.reviews points at another run's table; a path that is not one is a one-line error
     cfg.inputs["reviews"] = os.path.join(run, "review", "reviews")
     other = go()
-    assert not other.get("skipped") and other["counts"]["reviewed_pairs"] == 8
+    assert not other.get("skipped") and other["counts"]["reviewed_pairs"] == 9
     cfg.inputs["reviews"] = str(tmp_path / "nowhere")
     with pytest.raises(UserError, match="not a reviews table"):
         go()
@@ -171,6 +175,7 @@ def test_export_captioner_curated_formats(world, tmp_path, capsys):
     assert _cli("export-captioner", run, "--out", out, "--json") == 0  # curated by default: the run has reviews
     counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert counts["curated"] == 1 and counts["skipped_rejected"] == 2 and counts["skipped_bad_indicator"] == 1
+    assert counts["skipped_stale"] == 1
     recs = [json.loads(x) for x in (tmp_path / "internvl" / "captioner.jsonl").read_text().splitlines()]
     by_pair = {r["id"].split("#")[0]: r for r in recs}
     assert set(by_pair) == {"chain1", "ref", "repaint", world["accept_v1"]}  # the t2i caption has no pair
@@ -380,7 +385,7 @@ def test_reviewed_assembly_on_ray_equals_local(world, ray_local, tmp_path):
               "pairs": [os.path.join(run, "synth", "pairs")], "instructions": [os.path.join(run, "label", "instructions")]}
     cfg = AssembleConfig(name="onray", max_history=2, rows_per_unit=7, seed=0, dataset_card=False)
     summary = run_stage(Assemble(cfg, RunContext(out, os.path.join(out, "onray"), inputs)), "ray")
-    assert summary["counts"]["reviewed_pairs"] == 8
+    assert summary["counts"]["reviewed_pairs"] == 9
     got = shards.read_table(os.path.join(out, "onray", "lcu"), ["sample_id", "instruction", "instruction_method"])
     assert got.to_pylist() == [{k: r[k] for k in ("sample_id", "instruction", "instruction_method")}
                                for r in world["rows"]]
