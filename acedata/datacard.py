@@ -166,6 +166,40 @@ def _split_counts(folder: str) -> tuple[list[dict[str, Any]], dict[str, int], li
     return groups, rows, turn_rows
 
 
+def review_section(folder: str, counts: dict[str, Any]) -> list[str]:
+    """Human review totals: pairs reviewed/accepted/corrected/rejected and rows carrying reviewed text."""
+    if not counts.get("reviewed_pairs"):
+        return []
+    by_method: Counter = Counter()
+    for t in SPLIT_TABLES.values():
+        path = os.path.join(folder, t)
+        files = _files([path]) if os.path.isdir(path) else []
+        if files:
+            df = pl.scan_parquet(files).group_by("instruction_method").len().collect()
+            by_method.update({m: int(n) for m, n in df.iter_rows() if m})
+    reasons: list[dict[str, Any]] = []
+    q = os.path.join(folder, "quarantine")
+    q_files = _files([q]) if os.path.isdir(q) else []
+    if q_files:
+        reasons = (pl.scan_parquet(q_files).filter(pl.col("reason").str.starts_with("review_"))
+                   .group_by("reason", "detail").len("pairs").sort("reason", "detail").collect().to_dicts())
+    lines = [
+        "## Human review",
+        "",
+        (f"Pairs reviewed {counts['reviewed_pairs']:,}: accepted {counts.get('review_accepted', 0):,}, "
+         f"corrected {counts.get('review_corrected', 0):,}, rejected {counts.get('review_rejected', 0):,} "
+         f"(left the dataset; see below). Pairs whose overlapping reviewers disagreed: "
+         f"{counts.get('review_conflicts', 0):,} (the latest decision was used)."),
+        "",
+        (f"Rows whose current instruction was reviewed: accepted (`human_accept`) {by_method['human_accept']:,}, "
+         f"corrected (`human_edit`) {by_method['human_edit']:,}; every other row carries a machine instruction."),
+        "",
+    ]
+    if reasons:
+        lines += [table(reasons, ["reason", "detail", "pairs"]), ""]
+    return lines
+
+
 def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None,
                counts: dict[str, Any] | None = None) -> str:
     """Write `FOLDER/README.md` for the LCU tables under FOLDER; returns its path."""
@@ -201,6 +235,7 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
     if counts:
         keys = ("single_turn", "multi_turn", "t2i", "pairs_in", "pairs_labelled", "quarantine")
         lines += ["Assembly: " + ", ".join(f"{k} {counts[k]:,}" for k in keys if k in counts) + ".", ""]
+    lines += review_section(folder, counts or {})
     lines += [
         "## Loading",
         "",

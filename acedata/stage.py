@@ -76,6 +76,13 @@ class Stage:
     def output_schema(self, table: str) -> pa.Schema:
         return self.outputs[table]
 
+    def input_digest(self) -> str | None:
+        """A digest of inputs the config does not name (e.g. the run's reviews table).
+
+        The pipeline folds it into the stage's resume key, so changing them reruns the stage.
+        """
+        return None
+
     def plan(self) -> list[WorkUnit]:
         raise NotImplementedError
 

@@ -23,6 +23,9 @@ from acedata.schemas import REVIEW_DECISIONS, REVIEWS, conform, schema_for
 
 TABLE = "reviews"
 STAGE_DIR = "review"
+# Reason codes a reviewer picks when rejecting a pair (`reject_reason`); the Label Studio
+# labeling config offers the same list. Assemble quarantines with the code as detail.
+REJECT_REASONS = ("not_an_edit", "wrong_task", "bad_images", "target_mismatch", "unsafe", "other")
 
 
 def reviews_dir(run_dir: str) -> str:

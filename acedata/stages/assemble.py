@@ -10,6 +10,12 @@ Rows made:
 Every pair ends in a row or in quarantine (`missing_image`, `no_instruction`, `bad_indicator`);
 so do captions and instructions whose pair does not exist (`orphan_instruction`).
 
+Human reviews (the run's `review/reviews` table, or `inputs: {reviews: PATH}`; `reviews: false`
+ignores them) decide first: a pair's final decision replaces all its machine variants with the
+reviewed text (`instruction_method` `human_edit` / `human_accept`; indicators checked like any
+instruction), or sends it to quarantine (`review_rejected` with the reason code, `review_stale`).
+A rejected pair is unusable, so no multi-turn chain passes through it. See acedata/review/decisions.py.
+
 The driver plans from metadata columns only (ids, sizes, texts): which samples, their chains,
 the train/validation split (by connected source images, so no image is a source in both
 splits) and a seeded shuffle. Units are contiguous runs of the shuffled order, so reading
@@ -40,6 +46,8 @@ from acedata.lcu import (
     renumber_lcu,
     stable_hash,
 )
+from acedata.review.decisions import HUMAN_VARIANT, Reviews, tables_digest
+from acedata.review.decisions import find_tables as find_reviews
 from acedata.schemas import QUARANTINE, schema_for
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -59,6 +67,7 @@ class AssembleConfig(StageConfig):
     rows_per_unit: int = Field(500, ge=1)
     max_condition_frames: int = Field(9, ge=1, le=9)  # the target's indicator index stays <= 9
     dataset_card: bool = True
+    reviews: bool = True  # apply human review decisions when the run (or inputs.reviews) has them
 
 
 @register
@@ -69,11 +78,20 @@ class Assemble(Stage):
 
     # --- driver: plan ---------------------------------------------------------------
 
+    def review_tables(self) -> list[str]:
+        """The reviews tables this assembly applies: inputs.reviews, else the run's own table."""
+        return find_reviews(self.ctx.run_dir, self.ctx.inputs.get("reviews")) if self.config.reviews else []
+
+    def input_digest(self) -> str | None:
+        # new or changed reviews must rerun assembly even though no config changed
+        return tables_digest(self.review_tables())
+
     def plan(self) -> list[WorkUnit]:
         c: AssembleConfig = self.config
         images = _image_index(self.ctx.input("images"))
         pair_rows = _read_pairs(self.ctx.input("pairs"))
         instr = _read_instructions(self.ctx.input("instructions"))
+        reviews = Reviews.load(self.review_tables())
         quarantine: list[dict[str, Any]] = []
 
         def bad(uri: str, reason: str, detail: str, item: str) -> None:
@@ -89,6 +107,12 @@ class Assemble(Stage):
                 bad(f"pair:{pid}", "missing_image", f"images not in any images table: {missing[:3]}", pid)
                 continue
             rows = instr.get(pid)
+            if pid in reviews.final:
+                rows, why = reviews.apply(pid, rows)
+                if why:
+                    bad(f"pair:{pid}", *why, pid)
+                    continue
+                instr[pid] = rows
             if not rows:
                 bad(f"pair:{pid}", "no_instruction", "the pair has no instruction row", pid)
                 continue
@@ -96,8 +120,9 @@ class Assemble(Stage):
             for v, row in sorted(rows.items()):
                 refs = local_refs(row["instruction"])
                 if any(j > len(p.input_ids) for j in refs):
+                    what = f"{row['method']} text" if v == HUMAN_VARIANT else f"variant {v}"
                     bad(f"pair:{pid}", "bad_indicator",
-                        f"variant {v}: indicators {refs} but {len(p.input_ids)} input(s)", pid)
+                        f"{what}: indicators {refs} but {len(p.input_ids)} input(s)", pid)
                 else:
                     good.append(v)
             if good:
@@ -112,8 +137,16 @@ class Assemble(Stage):
                 continue
             elif pid[len(T2I_PREFIX):] not in images:
                 bad(f"pair:{pid}", "missing_image", "caption for an image no images table has", pid)
+            elif pid in reviews.final:  # a reviewed caption: the reviewed text, rejected, or stale
+                rows, why = reviews.apply(pid, rows)
+                if why or local_refs(rows[HUMAN_VARIANT]["instruction"]):
+                    bad(f"pair:{pid}", *(why or ("bad_indicator", "reviewed caption names an input")), pid)
+                else:
+                    instr[pid], captions[pid] = rows, [HUMAN_VARIANT]
             else:
                 captions[pid] = sorted(rows)
+        for pid in sorted(set(reviews.final) - set(pairs) - set(instr)):
+            bad(f"pair:{pid}", "orphan_review", "a review of a pair no pairs table has", pid)
 
         def choose(pid: str, variants: list[int], salt: str) -> list[int]:
             if c.instruction_variants == "all":
@@ -149,6 +182,7 @@ class Assemble(Stage):
             "pairs_in": len(pairs),
             "pairs_labelled": len(ok_variants),
             "quarantine": len(quarantine),
+            "review": reviews.summary() if reviews else {},
         }
         return units
 
@@ -218,7 +252,7 @@ class Assemble(Stage):
                 raise RuntimeError(f"assemble lost rows: planned {planned}, made {made} + {counts['quarantine']} q")
             if sum(made.values()) != sum(rows.values()):
                 raise RuntimeError(f"assemble: {sum(made.values())} rows built, tables hold {rows}")
-            counts.update(pairs_in=planned["pairs_in"], pairs_labelled=planned["pairs_labelled"])
+            counts.update(pairs_in=planned["pairs_in"], pairs_labelled=planned["pairs_labelled"], **planned["review"])
         fs, stage_dir = shards.resolve(self.ctx.stage_dir)
         if shards.exists(fs, posixpath.join(stage_dir, PLAN_DIR)):  # plan() rewrites it whenever it is needed
             fs.delete_dir(posixpath.join(stage_dir, PLAN_DIR))
