@@ -38,3 +38,79 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def _pg_bin() -> str | None:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    path = found[-1] if found else shutil.which("initdb")
+    return os.path.dirname(path) if path else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server on 127.0.0.1 in a temporary data directory (scram password auth)."""
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    from review_helpers import free_port
+
+    pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]'")
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
+    as_user: list[str] = []
+    root = tempfile.mkdtemp(prefix="acedata-pg-", dir="/tmp")
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the package's postgres user
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    password = "review-test-pw"
+    pwfile = os.path.join(root, "pw")
+    with open(pwfile, "w") as f:
+        f.write(password)
+    if as_user:
+        os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+    data, port = os.path.join(root, "data"), free_port()
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(f"{bindir}/initdb", "-D", data, "-U", "acedata", f"--pwfile={pwfile}", "--auth=scram-sha-256",
+        "-E", "UTF8", "--no-sync")
+    run(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60", "-o",
+        f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root}", "start")
+    try:
+        yield f"postgresql+psycopg://acedata:{password}@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], check=False,
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh review database: SQLite in tmp, or a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        yield "sqlite:///" + str(tmp_path / "review.db")
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = request.getfixturevalue("postgres_url")
+    name = "review_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield base.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()
