@@ -12,9 +12,10 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -43,6 +44,9 @@ SECURITY_HEADERS = {
 }
 
 
+SESSION_CACHE_S = 5.0  # a revoked session stays usable at most this long in this process
+
+
 @dataclass
 class Ctx:
     engine: sa.Engine
@@ -50,6 +54,21 @@ class Ctx:
     run_dir: str
     lease_s: int = 900
     secure_cookies: bool = False
+    _sessions: dict[str, tuple[float, dict[str, str]]] = field(default_factory=dict)
+
+    async def user(self, token: str | None) -> dict[str, str] | None:
+        """The session's user; live sessions are remembered briefly so image requests skip the database."""
+        if not token:
+            return None
+        hit = self._sessions.get(token)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        user = await run_in_threadpool(store.session_user, self.engine, token)
+        if user is not None:
+            if len(self._sessions) > 10_000:
+                self._sessions.clear()
+            self._sessions[token] = (time.monotonic() + SESSION_CACHE_S, user)
+        return user
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -81,7 +100,7 @@ def guard(ctx: Ctx, role: str | None = None, write: bool = False, page: bool = F
 
     def wrap(fn: Handler) -> Handler:
         async def inner(request: Request) -> Response:
-            user = await run_in_threadpool(store.session_user, ctx.engine, _token(request))
+            user = await ctx.user(_token(request))
             if user is None:
                 if page:
                     return RedirectResponse("/login?next=" + urllib.parse.quote(request.url.path), 303)
@@ -138,6 +157,7 @@ def create_app(ctx: Ctx) -> Starlette:
 
     @guard(c, write=True)
     async def logout(request: Request) -> Response:
+        c._sessions.pop(_token(request) or "", None)
         await run_in_threadpool(store.sign_out, c.engine, _token(request) or "")
         resp = RedirectResponse("/login", 303)
         resp.delete_cookie(COOKIE)

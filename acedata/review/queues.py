@@ -18,7 +18,7 @@ from pydantic import Field
 
 from acedata.config import Strict
 from acedata.errors import UserError
-from acedata.review.store import queues, slots, utcnow
+from acedata.review.store import queues, reading, slots, utcnow
 
 BY = ("task", "method", "random", "stratified")
 
@@ -100,6 +100,6 @@ def list_queues(engine: sa.Engine) -> list[dict]:
                    sa.func.sum(sa.case((slots.c.done, 1), else_=0)).label("done"))
          .join(slots, slots.c.queue == queues.c.name, isouter=True).group_by(queues.c.name, queues.c.spec)
          .order_by(queues.c.name))
-    with engine.connect() as c:
+    with reading(engine) as c:
         return [{"name": r.name, "spec": json.loads(r.spec), "copies": int(r.copies), "done": int(r.done or 0)}
                 for r in c.execute(q)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from acedata.review.store import decisions, slots, utcnow
+from acedata.review.store import decisions, reading, slots, utcnow
 from acedata.review.table import append_reviews
 
 EXPORT_COLUMNS = ["review_id", "queue", "pair_id", "task", "subtask", "annotator", "decision", "instruction",
@@ -40,7 +40,7 @@ def all_decisions(engine: sa.Engine, queue: str | None = None) -> list[dict[str,
     q = sa.select(*[decisions.c[n] for n in EXPORT_COLUMNS]).order_by(decisions.c.id)
     if queue:
         q = q.where(decisions.c.queue == queue)
-    with engine.connect() as c:
+    with reading(engine) as c:
         return [dict(r._mapping) for r in c.execute(q)]
 
 
@@ -76,7 +76,7 @@ def _final(r: dict[str, Any]) -> str | None:
 def summary(engine: sa.Engine) -> dict[str, Any]:
     """Everything the admin page shows."""
     now = utcnow()
-    with engine.connect() as c:
+    with reading(engine) as c:
         per_queue = [dict(r._mapping) for r in c.execute(
             sa.select(slots.c.queue, sa.func.count().label("copies"),
                       sa.func.count(sa.distinct(slots.c.pair_id)).label("items"),

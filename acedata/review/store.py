@@ -85,6 +85,14 @@ decisions = sa.Table(
 )
 
 
+READ_ONLY = "acedata_read_only"
+
+
+def reading(engine: sa.Engine) -> sa.Connection:
+    """A connection for reads only (a deferred transaction on SQLite)."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
+
+
 def utcnow() -> dt.datetime:
     """Naive UTC with microseconds: what both SQLite and PostgreSQL store unchanged."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -116,7 +124,8 @@ def connect(url: str) -> sa.Engine:
 
             @sa.event.listens_for(engine, "begin")
             def _begin(conn: sa.Connection) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # Reads (see `reading`) take no write lock, so they never wait behind a writer.
+                conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
         else:
             engine = sa.create_engine(url, pool_pre_ping=True, pool_size=8)
         meta.create_all(engine)
@@ -173,7 +182,7 @@ def count_users(engine: sa.Engine, role: str | None = None) -> int:
     q = sa.select(sa.func.count()).select_from(users)
     if role:
         q = q.where(users.c.role == role)
-    with engine.connect() as c:
+    with reading(engine) as c:
         return int(c.execute(q).scalar_one())
 
 
@@ -183,7 +192,7 @@ def _token_hash(token: str) -> str:
 
 def sign_in(engine: sa.Engine, name: str, password: str) -> tuple[str, str] | None:
     """(token, csrf) for a new session, or None when the name or password is wrong."""
-    with engine.connect() as c:
+    with reading(engine) as c:
         row = c.execute(sa.select(users.c.pw_hash).where(users.c.name == name)).first()
     # A wrong name costs the same scrypt as a wrong password: no user enumeration by timing.
     ok = check_password(password, row.pw_hash if row else hash_password("x" * 8, b"\0" * 16))
@@ -204,7 +213,7 @@ def session_user(engine: sa.Engine, token: str | None) -> dict[str, str] | None:
     q = (sa.select(users.c.name, users.c.role, sessions.c.csrf)
          .join(sessions, sessions.c.user == users.c.name)
          .where(sessions.c.token_hash == _token_hash(token), sessions.c.expires_at > utcnow()))
-    with engine.connect() as c:
+    with reading(engine) as c:
         row = c.execute(q).first()
     return dict(row._mapping) if row else None
 

@@ -158,7 +158,8 @@ def test_decisions_survive_reconnect_and_export_into_the_run(db_url, catalog, tm
     import shutil
 
     run = str(tmp_path / "run")
-    shutil.copytree(catalog.run_dir, run)  # the export appends to the run; keep the shared one clean
+    # The export appends to the run: work on a copy of the shared run without its reviews.
+    shutil.copytree(catalog.run_dir, run, ignore=shutil.ignore_patterns("review", "*.log"))
     e = store.connect(db_url)
     queues.build(e, "x", catalog.facets(), queues.QueueSpec(size=6, overlap=1.0, seed=7))
     kinds = [{"decision": "accept", "candidate": 2}, {"decision": "reject", "reason": "no_change"},
