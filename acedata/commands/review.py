@@ -90,13 +90,16 @@ def run(args: argparse.Namespace) -> int:
 
     catalog = Catalog(args.run_dir)
     if args.action == "queue":
+        from pydantic import ValidationError
+
         from acedata.review.queues import QueueSpec, build
 
         try:
             spec = QueueSpec(by=args.by, task=args.task, subtask=args.subtask, method=args.method, size=args.size,
                              overlap=args.overlap, seed=args.seed, allow_repeat=args.allow_repeat)
-        except ValueError as e:
-            raise UserError(f"queue options: {str(e).splitlines()[-1].strip()}") from None
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise UserError(f"queue option --{err['loc'][0]}: {err['msg']}") from None
         got = build(engine, args.name, catalog.facets(), spec, created_by="cli")
         print(f"queue {args.name}: {got['items']} items, {got['copies']} copies (overlap {args.overlap})")
         return 0

@@ -88,7 +88,9 @@ def admin(user: dict[str, str], s: dict[str, Any]) -> str:
     g = _table(["measure", "value"], [[k, v] for k, v in s["agreement"].items()])
     body = f"""<main class="admin"><h1>Progress</h1>
 <p>{s['decisions']} decisions, {s['decisions_last_hour']} in the last hour.
-Export: <a href="/admin/decisions.csv">CSV</a> · <a href="/admin/decisions.json">JSON</a></p>
+Export: <a href="/admin/decisions.csv">CSV</a> · <a href="/admin/decisions.json">JSON</a> ·
+<form method="post" action="/api/admin/export-run" class="inline"><input type="hidden" name="csrf"
+value="{esc(user["csrf"])}"><button id="export-run">append to the run's reviews table</button></form></p>
 <h2>Queues</h2>{q}<h2>Annotators</h2>{a}<h2>Reject reasons</h2>{r}
 <h2>Agreement on overlap items</h2>{g}</main>"""
     return _page("Review admin", body, user)

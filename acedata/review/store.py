@@ -101,6 +101,8 @@ def utcnow() -> dt.datetime:
 def default_url(run_dir: str) -> str:
     if "://" in run_dir:
         raise UserError("a run on object storage needs --db URL (the SQLite default lives beside a local run)")
+    if not os.path.isdir(run_dir):
+        raise UserError(f"run directory {run_dir!r} does not exist")
     d = os.path.join(os.path.abspath(run_dir), "review")
     os.makedirs(d, exist_ok=True)
     return "sqlite:///" + os.path.join(d, "review.db")

@@ -136,6 +136,9 @@ def test_two_annotators_never_share_and_overlap_reaches_both(server, browser, re
     assert "both" in text and "exact_agreement" in text and "1.0" in text  # both accepted candidate 1
     csv = admin.evaluate("async () => (await fetch('/admin/decisions.csv')).text()")
     assert csv.splitlines()[0].startswith("review_id,queue,pair_id") and csv.count("\n") >= 18
+    admin.click("#export-run")  # into the run, from the admin page
+    admin.wait_for_selector("text=new")
+    assert read_reviews(review_run).num_rows == len(csv.strip().splitlines()) - 1
     for p in (a, b, admin):
         p.context.close()
 
