@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from review_helpers import Server, add_users, cli, make_queue, sign_in
 
 from acedata.review import store
+from acedata.review.catalog import Catalog
 from acedata.review.table import final_decisions, read_reviews, reviews_dir
 
 SCREENSHOT = os.environ.get("ACEDATA_REVIEW_SCREENSHOT")  # set to refresh the README's screenshot
@@ -40,6 +41,24 @@ def decisions(db: str, queue: str) -> list[dict]:
     return rows
 
 
+def held_next(db: str, queue: str, user: str, current_pid: str) -> str:
+    """The item claimed for `user` besides the one on screen (waits for the background claim)."""
+    engine = store.connect(db)
+    try:
+        for _ in range(100):
+            with engine.connect() as c:
+                held = [r.pair_id for r in c.execute(sa.select(store.slots.c.pair_id).where(
+                    store.slots.c.queue == queue, store.slots.c.annotator == user, sa.not_(store.slots.c.done)))]
+            rest = [p for p in held if p != current_pid]
+            if rest:
+                assert len(held) == 2 and current_pid in held
+                return rest[0]
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+    raise AssertionError("no next item was claimed in the background")
+
+
 def test_review_twenty_items_by_keyboard(server, browser, review_run, tmp_path):
     make_queue(server.db, review_run, "main", size=24, seed=1)
     page = sign_in(browser, server.url, "ann1")
@@ -51,6 +70,11 @@ def test_review_twenty_items_by_keyboard(server, browser, review_run, tmp_path):
         pid = current(page)
         n_candidates = page.locator("#candidates li").count()
         assert n_candidates >= 2 and page.locator("#images img").count() >= 2
+        if k == 0:  # the next item is claimed and its images fetched while this one is on screen
+            nxt = held_next(server.db, "main", "ann1", pid)
+            urls = [f"/img/{i}" for i in Catalog(review_run).image_ids_of(Catalog(review_run).item(nxt))]
+            page.wait_for_function("""us => us.every(u => performance.getEntriesByType('resource')
+                .some(e => e.name.includes(u)))""", arg=urls)
         if k == 4:  # edit: a wrong indicator is refused live, then fixed
             page.keyboard.press("e")
             allowed = page.inner_text("#allowed").split(", ")
@@ -80,6 +104,7 @@ def test_review_twenty_items_by_keyboard(server, browser, review_run, tmp_path):
                 shot = page.screenshot(full_page=True)
             done[act(page, "1" if k % 2 else "2")] = "accept"
     assert len(done) == 20
+    assert list(done)[1] == nxt  # the preloaded item was the next one shown
     rows = decisions(server.db, "main")
     assert [r["pair_id"] for r in rows] == list(done)
     assert [r["decision"] for r in rows] == list(done.values())
