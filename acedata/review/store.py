@@ -10,6 +10,7 @@ no lock-upgrade deadlocks); on PostgreSQL claims are compare-and-set updates.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import os
@@ -165,6 +166,11 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), h)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password(secrets.token_hex(8))
+
+
 def add_user(engine: sa.Engine, name: str, role: str, password: str) -> None:
     if role not in ROLES:
         raise UserError(f"role {role!r} unknown; use one of {ROLES}")
@@ -197,7 +203,7 @@ def sign_in(engine: sa.Engine, name: str, password: str) -> tuple[str, str] | No
     with reading(engine) as c:
         row = c.execute(sa.select(users.c.pw_hash).where(users.c.name == name)).first()
     # A wrong name costs the same scrypt as a wrong password: no user enumeration by timing.
-    ok = check_password(password, row.pw_hash if row else hash_password("x" * 8, b"\0" * 16))
+    ok = check_password(password, row.pw_hash if row else _dummy_hash())
     if not (row and ok):
         return None
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
