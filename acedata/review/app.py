@@ -189,7 +189,15 @@ def create_app(ctx: Ctx) -> Starlette:
                                       request.state.user["name"], c.lease_s, holding)
         if pid is None:
             return JSONResponse({"done": True})
-        return JSONResponse({"done": False, "item": _item_json(pid)})
+        return JSONResponse({"done": False, "item": _item_json(pid), "lease_s": c.lease_s})
+
+    @guard(c, write=True)
+    async def renew(request: Request) -> Response:
+        body = await _json(request)
+        pids = [h for h in body.get("pair_ids", []) if isinstance(h, str)][:10]
+        n = await run_in_threadpool(assign.renew, c.engine, request.path_params["queue"],
+                                    request.state.user["name"], pids, c.lease_s)
+        return JSONResponse({"renewed": n, "lease_s": c.lease_s})
 
     @guard(c, write=True)
     async def decide(request: Request) -> Response:
@@ -268,6 +276,7 @@ def create_app(ctx: Ctx) -> Starlette:
         Route("/", home),
         Route("/review/{queue}", review_page),
         Route("/api/queues/{queue}/claim", claim, methods=["POST"]),
+        Route("/api/queues/{queue}/renew", renew, methods=["POST"]),
         Route("/api/decisions", decide, methods=["POST"]),
         Route("/api/items/{pair_id:path}", item),
         Route("/img/{image_id:path}", image),

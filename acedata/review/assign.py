@@ -94,6 +94,16 @@ def claim(engine: sa.Engine, queue: str, user: str, lease_s: int, holding: list[
     return None
 
 
+def renew(engine: sa.Engine, queue: str, user: str, pair_ids: list[str], lease_s: int) -> int:
+    """Extend the leases `user` still holds on these items (the page calls this while it is open)."""
+    until = utcnow() + dt.timedelta(seconds=lease_s)
+    with engine.begin() as c:
+        return c.execute(slots.update()
+                         .where(slots.c.queue == queue, slots.c.annotator == user, sa.not_(slots.c.done),
+                                slots.c.pair_id.in_(list(pair_ids)))
+                         .values(lease_until=until)).rowcount
+
+
 def decide(engine: sa.Engine, queue: str, user: str, item: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """Validate and commit one decision; returns the stored row. Raises Invalid or Conflict."""
     row = _decision_row(queue, user, item, body)

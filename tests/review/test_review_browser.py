@@ -8,7 +8,7 @@ import time
 
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-from review_helpers import Server, add_users, cli, make_queue, sign_in
+from review_helpers import Api, Server, add_users, cli, make_queue, sign_in
 
 from acedata.review import store
 from acedata.review.catalog import Catalog
@@ -170,13 +170,20 @@ def test_two_annotators_never_share_and_overlap_reaches_both(server, browser, re
 
 def test_killed_server_loses_no_acknowledged_decision(browser, review_run, tmp_path):
     db = "sqlite:///" + str(tmp_path / "review.db")
-    add_users(db, "ann1")
+    add_users(db, "ann1", "ann2")
     make_queue(db, review_run, "crash", size=20, seed=4, allow_repeat=True)
-    srv = Server(review_run, db).start()
+    srv = Server(review_run, db, lease=6).start()
     try:
         page = sign_in(browser, srv.url, "ann1")
         page.goto(srv.url + "/review/crash")
         acked = [act(page, "1") for _ in range(6)]  # act() returns only after the server's 200
+        # An open page keeps renewing its 6 s leases: after 9 s nobody else gets its two items.
+        on_screen = current(page)
+        time.sleep(9)
+        other = Api(srv.url, "ann2")
+        first = other.claim("crash")["pair_id"]
+        theirs = {first, other.claim("crash", holding=[first])["pair_id"]}
+        assert on_screen not in theirs and held_next(db, "crash", "ann1", on_screen) not in theirs
         srv.kill()  # SIGKILL: no shutdown hooks, no flush
         assert [r["pair_id"] for r in decisions(db, "crash")] == acked
         srv = Server(review_run, db, port=srv.port).start()

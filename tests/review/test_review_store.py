@@ -132,6 +132,13 @@ def test_lease_expiry_returns_item_and_skip_goes_to_others(db_url, catalog):
     nxt = assign.claim(e, "l", "other", lease_s=60, holding=[])
     assert nxt not in (None, taken)  # a skipped item never comes back to the one who skipped it
     assert assign.claim(e, "l", "third", lease_s=60) == taken
+    # An open page renews its leases: the item stays with its annotator past the first lease.
+    queues.build(e, "r", catalog.facets(), queues.QueueSpec(size=1, seed=4, allow_repeat=True))
+    kept = assign.claim(e, "r", "slow", lease_s=1)
+    assert assign.renew(e, "r", "slow", [kept], lease_s=60) == 1
+    assert assign.renew(e, "r", "other", [kept], lease_s=60) == 0  # only the holder can
+    time.sleep(1.2)
+    assert assign.claim(e, "r", "other", lease_s=60) is None
 
 
 def test_decision_validation(db_url, catalog):

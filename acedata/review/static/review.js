@@ -9,7 +9,7 @@
   const csrf = document.querySelector('meta[name="csrf"]').content;
   const size = window.innerWidth > 1800 ? 1024 : 768;
   const $ = (id) => document.getElementById(id);
-  let cur = null, nextP = null, mode = "idle", busy = false, reviewed = 0;
+  let cur = null, nextP = null, mode = "idle", busy = false, reviewed = 0, renewer = null;
 
   async function post(path, body) {
     const r = await fetch(path, {method: "POST", credentials: "same-origin",
@@ -26,8 +26,18 @@
                          {holding: cur ? [cur.pair_id] : []});
     if (r.status !== 200) { status(r.body.error || ("claim failed: " + r.status)); return null; }
     if (r.body.done) return null;
+    keepLeases(r.body.lease_s);
     for (const id of idsOf(r.body.item)) { const im = new Image(); im.src = imgUrl(id); }  // preload
     return r.body.item;
+  }
+
+  // While the page is open its items stay claimed: renew the leases well before they run out.
+  function keepLeases(leaseS) {
+    if (renewer || !leaseS) return;
+    renewer = setInterval(async () => {
+      const held = [cur && cur.pair_id, ...(nextP ? [await nextP] : []).map((i) => i && i.pair_id)];
+      post("/api/queues/" + encodeURIComponent(queue) + "/renew", {pair_ids: held.filter(Boolean)});
+    }, Math.max(5, Math.min(60, leaseS / 3)) * 1000);
   }
 
   async function advance() {
