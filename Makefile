@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(PY) -m acedata generate runs/demo/train --image runs/demo/corpus/chelsea/chelsea_0.jpg \
 	  --instruction "turn {image} into a pencil sketch" --steps 20 --out runs/demo/sample.png
 	@echo "demo output: runs/demo (contact sheets, plots, dataset card runs/demo/assemble/README.md, sample.png)"
+	@echo "review the demo's instructions: $(PY) -m acedata review runs/demo add-user me --role admin && $(PY) -m acedata review runs/demo queue all --by stratified --overlap 0.1 && $(PY) -m acedata review runs/demo   # then open http://127.0.0.1:8765/"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

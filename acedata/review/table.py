@@ -59,8 +59,11 @@ def append_reviews(run_dir: str, rows: list[dict[str, Any]] | pa.Table) -> int:
     d = reviews_dir(run_dir)
     known = set(read_reviews(run_dir).column("review_id").to_pylist())
     ids = table.column("review_id").to_pylist()
-    keep = [i for i, r in enumerate(ids) if r not in known]
-    keep = [i for i in keep if ids.index(ids[i]) == i]  # duplicates inside the batch
+    keep = []
+    for i, r in enumerate(ids):  # new ids only, each once (duplicates inside the batch too)
+        if r not in known:
+            known.add(r)
+            keep.append(i)
     if not keep:
         return 0
     table = table.take(pa.array(keep, pa.int64())).sort_by("review_id")
