@@ -30,6 +30,11 @@ def _env(tmpdir: str) -> dict[str, str]:
     return env
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
 def test_choose_follows_rays_order(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
@@ -67,18 +72,18 @@ def test_cli_attaches_to_a_running_local_cluster(tmp_path):
     try:
         recorded = os.path.join(tmpdir, "ray", "ray_current_cluster")
         deadline = time.time() + 120
-        while not (os.path.exists(recorded) and ray_session._reachable(open(recorded).read().strip())):
+        while not (os.path.exists(recorded) and ray_session._reachable(_read(recorded))):
             assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
             assert time.time() < deadline, "head did not start"
             time.sleep(0.5)
         r = subprocess.run(
             [sys.executable, "-m", "acedata", "ingest", str(corpus), "--out", str(tmp_path / "run")],
-            env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+            env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
         )
         assert r.returncode == 0, r.stderr[-3000:]
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("ray: ")]
-        assert lines == [f"ray: attached to the cluster at 127.0.0.1:{port} "
-                         f"(the cluster `ray start` recorded in {recorded})"], r.stderr[-3000:]
+        expect = f"ray: attached to the cluster at 127.0.0.1:{port} (the cluster `ray start` recorded in {recorded})"
+        assert lines == [expect], r.stderr[-3000:]
         assert "inputs 3 = images 3" in r.stdout
     finally:
         os.killpg(head.pid, signal.SIGTERM)
