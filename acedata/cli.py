@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "insecure_trusted_network", False):
+        from acedata import jobs
+
+        jobs.TRUST_PLAIN_HTTP = True
     try:
         return int(args.func(args) or 0)
     except UserError as e:
