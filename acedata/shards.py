@@ -105,7 +105,10 @@ class ShardWriter:
     def __post_init__(self) -> None:
         if b"huggingface" not in (self.schema.metadata or {}):
             # Every table opens in `datasets` with its image columns decoded as images.
-            self.schema = with_hf_metadata(self.schema)
+            try:
+                self.schema = with_hf_metadata(self.schema)
+            except KeyError:  # a column type `datasets` has no feature for: left to its defaults
+                pass
         self._fs, self._dir = resolve(self.table_dir)
         self._fs.create_dir(self._dir, recursive=True)
         self._writer: pq.ParquetWriter | None = None
