@@ -76,15 +76,19 @@ def test_cli_attaches_to_a_running_local_cluster(tmp_path):
             assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
             assert time.time() < deadline, "head did not start"
             time.sleep(0.5)
+        # The case: a spec that asks for num_cpus, no address, a `ray start` cluster running.
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(f"name: t\nexecutor: ray\nray: {{num_cpus: 2}}\nstages:\n  - stage: ingest\n"
+                        f"    sources: [{corpus}]\n")
         r = subprocess.run(
-            [sys.executable, "-m", "acedata", "ingest", str(corpus), "--out", str(tmp_path / "run")],
+            [sys.executable, "-m", "acedata", "run", str(spec), "--out", str(tmp_path / "run")],
             env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
         )
         assert r.returncode == 0, r.stderr[-3000:]
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("ray: ")]
         expect = f"ray: attached to the cluster at 127.0.0.1:{port} (the cluster `ray start` recorded in {recorded})"
         assert lines == [expect], r.stderr[-3000:]
-        assert "inputs 3 = images 3" in r.stdout
+        assert "images=3" in r.stdout, r.stdout
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
