@@ -45,6 +45,18 @@ def test_relative_data_with_two_workers_trains(tmp_path):
     assert os.path.isdir(tmp_path / "runs" / "train" / "checkpoints" / "step-00000001")
 
 
+@pytest.mark.slow
+def test_a_user_error_on_a_worker_is_one_line(tmp_path):
+    """Raised inside the Ray Train workers (the released-weights check), not on the driver."""
+    build(str(tmp_path / "lcu"), (64, 48), photos=["astronaut"], rows_per_group=2)
+    (tmp_path / "released.pth").write_bytes(b"")
+    r = _cli(["train", _config(tmp_path), "--data", "lcu", "--out", "out", "--workers", "2", "--address", "local",
+              "--init-from", "released.pth"], cwd=str(tmp_path))
+    lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("ray: ")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[-1].startswith("acedata train: error: training failed on a worker: released ACE weights"), lines
+
+
 def test_missing_data_is_one_line(tmp_path):
     r = _cli(["train", _config(tmp_path), "--data", "runs/nothing-here", "--out", "runs/train", "--workers", "2",
               "--address", "local"], cwd=str(tmp_path))
