@@ -260,8 +260,11 @@ def _read_tar(path: str, max_file_bytes: int) -> Iterator[Record]:
     Streamed member by member (one sample in memory); damaged or unreadable members are
     reported as records of their own, so every member is counted.
     """
+    from acedata.shards import resolve
+
     try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+        fs, fs_path = resolve(path)
+        raw = fs.open_input_stream(fs_path)  # a pyarrow stream: local files and object stores alike
     except OSError as e:
         yield Record(path, error=("read_error", str(e)[:200]))
         return

@@ -206,3 +206,14 @@ def test_cli_refuses_bad_limits_bad_out_and_empty_source(tmp_path):
     (tmp_path / "none").mkdir()
     _one_line_error(_cli("ingest", str(tmp_path / "none"), "--out", str(tmp_path / "r3"), "--executor", "local"),
                     "holds no files")
+
+
+def test_compressed_tar_is_streamed_too(tmp_path):
+    import gzip
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _webdataset(tmp_path / "plain.tar", 3)
+    (src / "shard.tar").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
+    c = _ingest([src], tmp_path / "run")["counts"]
+    assert c["images"] == 3 and c["inputs"] == 3, c
