@@ -217,3 +217,21 @@ def test_compressed_tar_is_streamed_too(tmp_path):
     (src / "shard.tar").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
     c = _ingest([src], tmp_path / "run")["counts"]
     assert c["images"] == 3 and c["inputs"] == 3, c
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_stream_reads_long_names_and_stops_at_the_end_marker(fmt):
+    from acedata import tar_stream
+
+    long_dir = "d" * 90 + "/" + "e" * 60  # > 100 bytes: a pax/GNU extension or the ustar prefix
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for i, data in enumerate((b"x" * 700, b"", b"y" * 512)):
+            info = tarfile.TarInfo(f"{long_dir}/{i:04d}.bin")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.write(b"junk after the end-of-archive marker")
+    buf.seek(0)
+    got = list(tar_stream.members(buf, max_bytes=600))
+    assert [m.name for m in got] == [f"{long_dir}/{i:04d}.bin" for i in range(3)]
+    assert got[0].error[0] == "file_too_large" and got[1].data == b"" and got[2].data == b"y" * 512
