@@ -235,3 +235,13 @@ def test_tar_stream_reads_long_names_and_stops_at_the_end_marker(fmt):
     got = list(tar_stream.members(buf, max_bytes=600))
     assert [m.name for m in got] == [f"{long_dir}/{i:04d}.bin" for i in range(3)]
     assert got[0].error[0] == "file_too_large" and got[1].data == b"" and got[2].data == b"y" * 512
+
+
+def test_a_device_named_as_the_source_is_quarantined(tmp_path):
+    signal.alarm(120)
+    try:
+        c = _ingest(["/dev/zero"], tmp_path / "run")["counts"]  # reading it would never end
+    finally:
+        signal.alarm(0)
+    assert c["inputs"] == 1 and c["quarantine"] == 1
+    assert _reasons(tmp_path / "run") == Counter({"not_regular_file": 1})
