@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import yaml
+from acemodel.config import TrainConfig
 from acemodel.demo_lcu import build
-from acemodel.train import root_cause
+from acemodel.train import root_cause, train_ray
 
 from acedata.errors import UserError
 
@@ -34,27 +35,34 @@ def _config(tmp_path) -> str:
     return str(path)
 
 
+def _cfg(**kw) -> TrainConfig:
+    with open(CONFIG) as f:
+        raw = yaml.safe_load(f)
+    raw.update(steps=1, checkpoint_every=1, num_workers=2, strategy="ddp", **kw)
+    raw["data"].update(batch_size=2, token_budget=12)
+    return TrainConfig(**raw)
+
+
 @pytest.mark.slow
-def test_relative_data_with_two_workers_trains(tmp_path):
+def test_relative_data_with_two_workers_trains(ray_local, tmp_path, monkeypatch):
+    """The README's `--data runs/...` from the user's directory; Ray workers run elsewhere."""
     build(str(tmp_path / "runs" / "lcu"), (64, 48), photos=["astronaut", "chelsea"], rows_per_group=2)
-    # `--address local`: a private Ray whose workers start in their own directories, not tmp_path.
-    r = _cli(["train", _config(tmp_path), "--data", "runs/lcu", "--out", "runs/train", "--workers", "2",
-              "--address", "local"], cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "trained with Ray Train (2 workers" in r.stdout
+    monkeypatch.chdir(tmp_path)
+    result = train_ray(_cfg(), ["runs/lcu"], "runs/train")
+    assert result["step"] == 1
     assert os.path.isdir(tmp_path / "runs" / "train" / "checkpoints" / "step-00000001")
 
 
 @pytest.mark.slow
-def test_a_user_error_on_a_worker_is_one_line(tmp_path):
+def test_a_user_error_on_a_worker_is_one_line(ray_local, tmp_path, monkeypatch):
     """Raised inside the Ray Train workers (the released-weights check), not on the driver."""
     build(str(tmp_path / "lcu"), (64, 48), photos=["astronaut"], rows_per_group=2)
     (tmp_path / "released.pth").write_bytes(b"")
-    r = _cli(["train", _config(tmp_path), "--data", "lcu", "--out", "out", "--workers", "2", "--address", "local",
-              "--init-from", "released.pth"], cwd=str(tmp_path))
-    lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("ray: ")]
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert lines[-1].startswith("acedata train: error: training failed on a worker: released ACE weights"), lines
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        train_ray(_cfg(init_from="released.pth"), "lcu", "out")
+    msg = str(e.value)
+    assert msg.startswith("training failed on a worker: released ACE weights") and "\n" not in msg, msg
 
 
 def test_missing_data_is_one_line(tmp_path):
