@@ -15,10 +15,10 @@ import tempfile
 import time
 
 import pytest
+from cluster_helper import RAY, _node_ports, free_port
 from PIL import Image
 
 from acedata import ray_session
-from tests.cluster_helper import RAY, _node_ports, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
