@@ -11,6 +11,8 @@ import os
 import pkgutil
 import sys
 
+from pydantic import ValidationError
+
 from acedata.errors import UserError
 
 
@@ -40,16 +42,32 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "insecure_trusted_network", False):
+        from acedata import jobs
+
+        jobs.TRUST_PLAIN_HTTP = True
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"acedata {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:  # a config built from command-line options: name the option
+        print(f"acedata {args.command}: error: {_option_errors(e, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; committed work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os._exit(0)
+
+
+def _option_errors(err: ValidationError, args: argparse.Namespace) -> str:
+    parts = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else ""
+        where = f"--{field.replace('_', '-')}" if hasattr(args, field) else ".".join(map(str, e["loc"]))
+        parts.append(f"{where}: {e['msg']}" if where else e["msg"])
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

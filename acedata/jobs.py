@@ -82,12 +82,42 @@ def auth_token() -> str | None:
     return None
 
 
+# Set by `--insecure-trusted-network`: send the token over plain http to any host.
+TRUST_PLAIN_HTTP = False
+INSECURE_FLAG = "--insecure-trusted-network"
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token_transport(address: str, token: str | None) -> None:
+    """Refuse to send a bearer token in clear text across a network, unless told it is trusted."""
+    from urllib.parse import urlsplit
+
+    if not token or TRUST_PLAIN_HTTP:
+        return
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    if parts.scheme == "https" or _loopback(parts.hostname or ""):
+        return
+    raise UserError(f"refusing to send the Ray auth token in clear text to {address}: use https://, a loopback "
+                    f"address (e.g. through an SSH tunnel), or pass {INSECURE_FLAG} if this network is trusted")
+
+
 def client(address: str | None = None):
     """A JobSubmissionClient for the cluster, with the auth token when there is one."""
     from ray.job_submission import JobSubmissionClient
 
     address = resolve_address(address)
     token = auth_token()
+    check_token_transport(address, token)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         c = JobSubmissionClient(address, headers=headers)

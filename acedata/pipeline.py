@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+import pyarrow.fs as pafs
 import yaml
 from pydantic import Field
 
@@ -165,10 +166,15 @@ def run_stages(
     """
     load_stages()
     t0 = time.time()
+    fs, out_path = shards.resolve(out)
+    if fs.get_file_info(out_path).type == pafs.FileType.File:
+        raise UserError(f"--out {out} is an existing file; give a directory (new or a run to resume)")
+    try:
+        fs.create_dir(out_path, recursive=True)
+    except OSError as e:  # e.g. a parent that is a file, or no permission
+        raise UserError(f"--out {out}: cannot create the run directory ({str(e).splitlines()[0]})") from None
     if executor == "ray":
         runtime.init_ray(address, num_cpus)
-    fs, out_path = shards.resolve(out)
-    fs.create_dir(out_path, recursive=True)
     status = RunStatus(out, name, [c.name or stage_kind(c) for c in configs], on_status)
     status.write(force=True)
     tables: dict[str, list[str]] = {}

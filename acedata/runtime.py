@@ -31,27 +31,15 @@ SUCCESS = "_SUCCESS.json"
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Attach to `address` (or $RAY_ADDRESS); else start an embedded Ray on loopback."""
+    """Attach to a cluster or start a private embedded Ray (see `acedata.ray_session`)."""
     import ray
 
     if ray.is_initialized():
         return
-    # Keep an embedded Ray on 127.0.0.1 (Ray otherwise rewrites loopback to the NIC address).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address and not address.startswith(("http://", "https://")):
-        ray.init(address=address, log_to_driver=False)
-        return
-    if address:  # a job-server URL (what `acedata submit` and `ray job` use) cannot host this driver
-        log.warning("%s is a Ray job server address: running on an embedded local Ray instead; "
-                    "use `acedata submit` to run on that cluster, or give its GCS address (HEAD:6379)", address)
-    ray.init(
-        num_cpus=num_cpus or max(2, os.cpu_count() or 2),
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-    )
+    from acedata import ray_session
+
+    ray_session.start(address, num_cpus)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = True

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from acedata.schemas import SCHEMA_VERSION, TABLES
+from acedata.schemas import SCHEMA_VERSION, TABLES, with_hf_metadata
 
 MANIFEST = "_manifest.json"
 UNITS_DIR = "_units"
@@ -103,6 +103,12 @@ class ShardWriter:
     shards: list[ShardInfo] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if b"huggingface" not in (self.schema.metadata or {}):
+            # Every table opens in `datasets` with its image columns decoded as images.
+            try:
+                self.schema = with_hf_metadata(self.schema)
+            except KeyError:  # a column type `datasets` has no feature for: left to its defaults
+                pass
         self._fs, self._dir = resolve(self.table_dir)
         self._fs.create_dir(self._dir, recursive=True)
         self._writer: pq.ParquetWriter | None = None

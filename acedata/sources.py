@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
+import posixpath
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
+
+from acedata import tar_stream
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 TEXT_META = (".txt", ".caption")
@@ -73,6 +76,8 @@ def list_units(root: str, files_per_unit: int = 64) -> list[tuple[str, dict[str,
     root = os.path.abspath(root)
     if os.path.isfile(root):
         return _file_units(root, root)
+    if not os.path.isdir(root):  # a fifo, socket or device named as a source: never opened
+        return [(_unit_id("special", [root]), {"kind": "special", "root": root, "files": [root]})]
     files: list[str] = []
     rejected: list[str] = []
     tars = set()
@@ -94,10 +99,13 @@ def list_units(root: str, files_per_unit: int = 64) -> list[tuple[str, dict[str,
             files.append(p)
     units: list[tuple[str, dict[str, Any]]] = []
     loose: list[str] = []
+    special: list[str] = []
     for p in files:
         ext = os.path.splitext(p)[1].lower()
         if os.path.islink(p):
             loose.append(p)  # rejected when read, so it is counted
+        elif not _regular(p):
+            special.append(p)  # a fifo, socket or device: opening it could block forever
         elif ext == ".tar":
             units.extend(_file_units(p, root))
         elif ext == ".parquet":
@@ -113,7 +121,16 @@ def list_units(root: str, files_per_unit: int = 64) -> list[tuple[str, dict[str,
     if rejected:
         payload = {"kind": "rejected", "root": root, "files": rejected}
         units.append((_unit_id("rejected", rejected), payload))
+    if special:
+        units.append((_unit_id("special", special), {"kind": "special", "root": root, "files": special}))
     return units
+
+
+def _regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return True  # vanished or unreadable: the reader reports it as a read error
 
 
 def _has_image_sibling(p: str) -> bool:
@@ -152,6 +169,9 @@ def read_unit(payload: dict[str, Any], max_file_bytes: int) -> Iterator[Record]:
     elif kind == "rejected":
         for p in payload["files"]:
             yield Record(p, error=("symlink", "symbolic links are not followed"))
+    elif kind == "special":
+        for p in payload["files"]:
+            yield Record(p, error=("not_regular_file", "a fifo, socket or device file; only regular files are read"))
     elif kind == "bad_file":
         yield Record(payload["file"], error=("unreadable_source", payload["detail"]))
     else:
@@ -165,6 +185,9 @@ def _read_files(files: list[str], root: str, max_file_bytes: int) -> Iterator[Re
             continue
         if not _inside(p, root):
             yield Record(p, error=("outside_root", f"resolves outside {root}"))
+            continue
+        if not _regular(p):  # replaced by a fifo/device since listing: never open it
+            yield Record(p, error=("not_regular_file", "not a regular file; only regular files are read"))
             continue
         try:
             size = os.path.getsize(p)
@@ -206,6 +229,9 @@ def _read_parquet(path: str, row_group: int, max_file_bytes: int) -> Iterator[Re
             if not _inside(ref_path, base) or os.path.islink(ref_path):
                 yield Record(uri, error=("outside_root", f"path {ref!r} escapes {base}"))
                 continue
+            if not _regular(ref_path):
+                yield Record(uri, error=("not_regular_file", f"path {ref!r} is not a regular file"))
+                continue
             try:
                 if os.path.getsize(ref_path) > max_file_bytes:
                     yield Record(uri, error=("file_too_large", ref))
@@ -229,42 +255,62 @@ def _jsonable(v: Any) -> bool:
 
 
 def _read_tar(path: str, max_file_bytes: int) -> Iterator[Record]:
-    """WebDataset: members sharing a key (name up to the first dot) form one sample."""
-    samples: dict[str, dict[str, bytes]] = {}
+    """WebDataset: consecutive members sharing a key (name up to the first dot) form one sample.
+
+    Streamed member by member (one sample in memory); damaged or unreadable members are
+    reported as records of their own, so every member is counted.
+    """
+    from acedata.shards import resolve
+
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue  # links and devices inside a tar are never read
-                base = os.path.basename(m.name)
-                key, _, ext = base.partition(".")
-                key = os.path.join(os.path.dirname(m.name), key)
-                if m.size > max_file_bytes:
-                    samples.setdefault(key, {})["__too_large__"] = str(m.size).encode()
-                    continue
-                f = tar.extractfile(m)
-                samples.setdefault(key, {})[ext.lower()] = f.read() if f else b""
-    except (tarfile.TarError, OSError, EOFError) as e:
-        yield Record(path, error=("unreadable_source", f"tar: {str(e)[:200]}"))
+        fs, fs_path = resolve(path)
+        raw = fs.open_input_stream(fs_path)  # a pyarrow stream: local files and object stores alike
+    except OSError as e:
+        yield Record(path, error=("read_error", str(e)[:200]))
         return
-    for key, parts in samples.items():
-        uri = f"{path}#{key}"
-        if "__too_large__" in parts:
-            yield Record(uri, error=("file_too_large", parts["__too_large__"].decode() + " bytes"))
-            continue
-        img_ext = next((e for e in parts if "." + e.split(".")[-1] in IMAGE_EXTS), None)
-        if img_ext is None:
-            yield Record(uri, error=("no_image_in_sample", f"members: {sorted(parts)}"))
-            continue
-        meta: dict[str, Any] = {}
-        if "json" in parts:
-            try:
-                loaded = json.loads(parts["json"])
-                if isinstance(loaded, dict):
-                    meta.update({k: v for k, v in loaded.items() if _jsonable(v)})
-            except ValueError:
-                meta["meta_error"] = "bad json sidecar"
-        for t in ("txt", "caption"):
-            if t in parts:
-                meta.setdefault("caption", parts[t].decode("utf-8", errors="replace").strip())
-        yield Record(uri, parts[img_ext], meta)
+    key: str | None = None
+    parts: dict[str, bytes] = {}
+    too_large: int | None = None
+    try:
+        for m in tar_stream.members(tar_stream.open_decompressed(raw), max_file_bytes):
+            if m.error and m.error[0] != "file_too_large":
+                yield Record(f"{path}#{m.name}", error=m.error)
+                continue
+            base = posixpath.basename(m.name)
+            stem, _, ext = base.partition(".")
+            k = posixpath.join(posixpath.dirname(m.name), stem)
+            if k != key:
+                if key is not None:
+                    yield _sample(path, key, parts, too_large)
+                key, parts, too_large = k, {}, None
+            if m.error:
+                too_large = m.size
+            else:
+                parts[ext.lower()] = m.data or b""
+    except (OSError, EOFError, ValueError) as e:  # a decompression error: keep what was read
+        yield Record(path, error=("unreadable_source", f"tar: {str(e)[:200]}"))
+    finally:
+        raw.close()
+    if key is not None:
+        yield _sample(path, key, parts, too_large)
+
+
+def _sample(path: str, key: str, parts: dict[str, bytes], too_large: int | None) -> Record:
+    uri = f"{path}#{key}"
+    if too_large is not None:
+        return Record(uri, error=("file_too_large", f"{too_large} bytes"))
+    img_ext = next((e for e in parts if "." + e.split(".")[-1] in IMAGE_EXTS), None)
+    if img_ext is None:
+        return Record(uri, error=("no_image_in_sample", f"members: {sorted(parts)}"))
+    meta: dict[str, Any] = {}
+    if "json" in parts:
+        try:
+            loaded = json.loads(parts["json"])
+            if isinstance(loaded, dict):
+                meta.update({k: v for k, v in loaded.items() if _jsonable(v)})
+        except ValueError:
+            meta["meta_error"] = "bad json sidecar"
+    for t in ("txt", "caption"):
+        if t in parts:
+            meta.setdefault("caption", parts[t].decode("utf-8", errors="replace").strip())
+    return Record(uri, parts[img_ext], meta)

@@ -30,6 +30,6 @@ def ray_local():
 
     from acedata.runtime import init_ray
 
-    init_ray(num_cpus=2)
+    init_ray("local", num_cpus=2)  # never a `ray start` cluster that happens to run on this machine
     yield ray
     ray.shutdown()

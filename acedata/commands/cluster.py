@@ -38,6 +38,9 @@ def cluster_config(args: argparse.Namespace):
 
     if "://" not in args.embeddings and not os.path.exists(args.embeddings):
         raise UserError(f"embeddings {args.embeddings!r} does not exist")
+    from acedata import embeddings_input
+
+    embeddings_input.check([args.embeddings])  # a table made elsewhere: bad rows fail here, in one line
     gpu = {"auto": "auto", "true": True, "false": False}[args.gpu]
     return ClusterConfig(name="cluster", k=args.k, niter=args.niter, max_points_per_centroid=args.max_points_per_centroid,
                          seed=args.seed, gpu=gpu, inputs={"embeddings": args.embeddings})

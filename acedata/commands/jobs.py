@@ -18,6 +18,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--address", help="job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    common.add_argument("--insecure-trusted-network", action="store_true",
+                        help="send the Ray auth token over plain http to a non-loopback job server (only on a trusted network)")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     v = verbs.add_parser("list", parents=[common], help="jobs on the cluster, newest first")

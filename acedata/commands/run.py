@@ -14,7 +14,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("spec", help="pipeline spec, e.g. pipelines/demo.yaml")
     p.add_argument("--out", required=True, help="run directory (local path or s3://, gs:// URI)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--address", help="Ray GCS address HOST:PORT (default: $RAY_ADDRESS, else a `ray start` "
+                   "cluster on this machine, else a private embedded Ray; `local` forces a private one)")
     p.add_argument("--executor", choices=["ray", "local"], help="override the spec's executor")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(func=run)

@@ -18,6 +18,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="run directory as the cluster sees it: an absolute path on storage every node "
                    "mounts, or a URI (s3://, gs://, file://)")
     p.add_argument("--address", help="job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    p.add_argument("--insecure-trusted-network", action="store_true",
+                   help="send the Ray auth token over plain http to a non-loopback job server (only on a trusted network)")
     p.add_argument("--code", choices=["project", "installed"], default="project",
                    help="project: ship this checkout's packages with the job (default); "
                    "installed: use the acedata installed on the cluster")

@@ -28,6 +28,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
     p.add_argument("--address", help="Ray cluster address (Ray Train or --submit)")
     p.add_argument("--submit", action="store_true", help="submit as a Ray job (needs a cluster address)")
+    p.add_argument("--insecure-trusted-network", action="store_true",
+                   help="send the Ray auth token over plain http to a non-loopback job server (only on a trusted network)")
     p.set_defaults(func=run)
 
 

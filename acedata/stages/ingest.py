@@ -14,6 +14,7 @@ from pydantic import Field
 
 from acedata import shards
 from acedata.config import StageConfig
+from acedata.errors import UserError
 from acedata.images import Limits, Rejected, decode, image_cell
 from acedata.schemas import DUPLICATES, IMAGES, QUARANTINE
 from acedata.sources import Record, list_units, read_unit
@@ -22,12 +23,15 @@ from acedata.stage import Stage, UnitResult, WorkUnit, register
 
 class IngestConfig(StageConfig):
     sources: list[str] = Field(min_length=1)  # folders, .parquet files, WebDataset .tar files
-    max_pixels: int = 64_000_000
-    min_side: int = 32
-    max_aspect: float = 8.0
-    max_side: int | None = 4096
-    max_file_bytes: int = 200 << 20
-    files_per_unit: int = 64
+    # Limits are range-checked: a 0 would quarantine every input and still exit 0.
+    max_pixels: int = Field(64_000_000, gt=0)
+    min_side: int = Field(32, ge=1)
+    max_aspect: float = Field(8.0, ge=1.0)  # long side / short side, so never below 1
+    max_side: int | None = Field(4096, gt=0)
+    max_file_bytes: int = Field(200 << 20, gt=0)
+    files_per_unit: int = Field(64, ge=1)
+    # A source with no files at all is almost always a wrong path; say so unless allowed.
+    allow_empty: bool = False
 
 
 @register
@@ -39,7 +43,11 @@ class Ingest(Stage):
     def plan(self) -> list[WorkUnit]:
         units: list[WorkUnit] = []
         for root in self.config.sources:
-            units.extend(WorkUnit(uid, payload) for uid, payload in list_units(root, self.config.files_per_unit))
+            found = list_units(root, self.config.files_per_unit)
+            if not found and not self.config.allow_empty:
+                raise UserError(f"source {root!r} holds no files to ingest; check the path, "
+                                "or set allow_empty: true to accept an empty source")
+            units.extend(WorkUnit(uid, payload) for uid, payload in found)
         return units
 
     def process(self, unit: WorkUnit) -> UnitResult:

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from acedata import shards
 from acedata.config import StageConfig
+from acedata.dedupe import drop_later_copies
 from acedata.errors import UserError
 from acedata.images import encode, open_rgb
 from acedata.models import ModelSpec
@@ -155,6 +156,12 @@ class Synthesize(Stage):
         return units
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
+        # Two units can draw byte-identical images (e.g. the same mask for look-alike photos):
+        # keep the first unit's row so every image_id appears once.
+        repeated = drop_later_copies(self.ctx.out("images"))
+        if repeated:
+            shards.finalize_manifest(self.ctx.out("images"), self.output_schema("images"), table="images")
+        counts["images"] = shards.count_rows(self.ctx.out("images"))
         pairs = shards.count_rows(self.ctx.out("pairs"))
         quarantined = shards.count_rows(self.ctx.out("quarantine"))
         if pairs + quarantined != counts.get("candidates", 0):
@@ -171,7 +178,7 @@ class Synthesize(Stage):
                 reasons[r] += 1
         log.info("synthesize: %d candidates -> %d pairs (%d chained) + %d quarantined %s", counts.get("candidates", 0),
                  pairs, chained, quarantined, dict(reasons))
-        return {"pairs_by_task": dict(sorted(per.items())), "chained_pairs": chained,
+        return {"pairs_by_task": dict(sorted(per.items())), "chained_pairs": chained, "repeated_images": repeated,
                 "quarantine_reasons": dict(sorted(reasons.items())),
                 "reference_sets": getattr(self, "reference_origin", "unknown")}
 

@@ -335,11 +335,47 @@ def _ray_worker_loop(config: dict) -> None:
     trainer.fit(progress=False, report=lambda metrics, _saved: ray.train.report(metrics))
 
 
+def _absolute(path: str) -> str:
+    """A user path as every Ray worker must see it: URIs as given, local paths made absolute here,
+    on the driver (a worker's working directory is not the user's)."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The exception behind a Ray Train failure: the first failing rank's error, unwrapped."""
+    seen: set[int] = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        failures = getattr(err, "worker_failures", None)
+        if failures:
+            err = failures[min(failures)]
+            continue
+        inner = getattr(err, "controller_failure", None) or getattr(err, "cause", None) or err.__cause__
+        if isinstance(inner, BaseException):
+            err = inner
+            continue
+        break
+    return err
+
+
 def train_ray(cfg: TrainConfig, data, out: str, address: str | None = None) -> dict:
     """Data-parallel training on a Ray cluster: DDP, or FSDP (parameters, gradients, optimizer state
     and EMA sharded per DiT block). Rank 0 writes full checkpoints to `out`, which must be storage
     every node can reach for multi-node runs; a rerun resumes from the newest one."""
+    from acedata.errors import UserError
+    from acemodel.data import lcu_units
+
     check_strategy(cfg)  # here, not as a worker's traceback
+    data = [_absolute(p) for p in ([data] if isinstance(data, str) else list(data or []))]
+    out = _absolute(out)
+    update: dict = {}
+    if cfg.data.cache:
+        update["data"] = cfg.data.model_copy(update={"cache": _absolute(cfg.data.cache)})
+    elif data:
+        lcu_units(data)  # a missing or empty table fails here, in one line, before any worker starts
+    if cfg.init_from:
+        update["init_from"] = _absolute(cfg.init_from)
+    cfg = cfg.model_copy(update=update)
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -348,18 +384,21 @@ def train_ray(cfg: TrainConfig, data, out: str, address: str | None = None) -> d
         from acedata.runtime import init_ray
 
         init_ray(address)
-    out = os.path.abspath(out)
-    if cfg.data.cache and "://" not in cfg.data.cache:  # workers may run in another directory
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache": os.path.abspath(cfg.data.cache)})})
     trainer = TorchTrainer(
         _ray_worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": data, "out": out},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(storage_path=os.path.join(out, "ray"), name="train"),
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    try:
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+    except Exception as e:  # a worker's user error comes back wrapped; show its message, not the wrapping
+        cause = root_cause(e)
+        if isinstance(cause, UserError | FileNotFoundError | PermissionError):
+            raise UserError(f"training failed on a worker: {str(cause).strip().splitlines()[0]}") from None
+        raise
     ckpt = latest_checkpoint(out)
     with open(os.path.join(ckpt, "state.json")) as f:
         step = json.load(f)["step"]
