@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from acedata.synth import REGISTRY, Img, load_all, weight_free
-from acedata.synth.filters import check
-from acedata.synth.layer import composite
+from acedata.synth.support.filters import check
+from acedata.synth.support.pixels import composite
 
 load_all()
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from acedata.synth.base import Draft, Img, mask_img, new_img
-from acedata.synth.filters import Band, FilterConfig, check
+from acedata.synth.support.filters import Band, FilterConfig, check
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_fully_changed_repaint_is_rejected(photo):
 
 
 def test_a_real_style_edit_passes(photo):
-    from acedata.synth.semantic import _grade
+    from acedata.synth.families.semantic import _grade
 
     v = check(Draft("semantic_editing", "color_grading", photo, new_img(_grade(photo.array(), "sepia", 1.0))))
     assert v.ok and v.scores["changed"] > 0.5 and v.scores["edge_corr"] > 0.5
@@ -74,7 +74,7 @@ def test_blank_condition_map_is_rejected(photo):
 
 
 def test_bands_are_configurable(photo):
-    from acedata.synth.semantic import _grade
+    from acedata.synth.families.semantic import _grade
 
     d = Draft("semantic_editing", "color_grading", photo, new_img(_grade(photo.array(), "warm", 1.0)))
     assert check(d).ok
@@ -86,8 +86,8 @@ def test_bands_are_configurable(photo):
 def test_fast_ssim_matches_scikit_image(photo):
     from skimage.metrics import structural_similarity
 
-    from acedata.synth.filters import ssim_gray
-    from acedata.synth.semantic import _grade
+    from acedata.synth.families.semantic import _grade
+    from acedata.synth.support.filters import ssim_gray
 
     a = np.asarray(photo.pil.convert("L"))
     for b in (np.asarray(Image.fromarray(_grade(photo.array(), "vintage", 1.0)).convert("L")),

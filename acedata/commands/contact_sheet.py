@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from acedata.errors import UserError
-    from acedata.synth.contact_sheet import write_contact_sheets
+    from acedata.synth.support.contact_sheet import write_contact_sheets
 
     if not os.path.isdir(args.run_dir):
         raise UserError(f"{args.run_dir}: no such run directory")

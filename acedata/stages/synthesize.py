@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from acedata import shards
 from acedata.config import StageConfig
@@ -34,8 +34,8 @@ from acedata.schemas import IMAGES, PAIRS, QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 from acedata.synth import get, weight_free
 from acedata.synth.base import Draft, Img, Synthesizer
-from acedata.synth.clip_filter import ClipFilterConfig, ClipScorer
-from acedata.synth.filters import FilterConfig, check
+from acedata.synth.support.clip_filter import ClipFilterConfig, ClipScorer
+from acedata.synth.support.filters import FilterConfig, check
 
 log = logging.getLogger("acedata")
 
@@ -54,6 +54,15 @@ class SynthesizeConfig(StageConfig):
     filters: FilterConfig = Field(default_factory=FilterConfig)
     clip_filter: ClipFilterConfig | None = None  # CLIP/SigLIP similarity filter (needs a model)
     models: dict[str, ModelSpec] = Field(default_factory=dict)  # synthesizer name -> weights
+
+    @model_validator(mode="after")
+    def _known_names_and_options(self) -> SynthesizeConfig:
+        """Unknown synthesizer names and typos in `models.<name>.options` fail when the spec loads."""
+        for name in self.synthesizers or []:
+            get(name)
+        for name, spec in self.models.items():
+            get(name).parse_options(spec)
+        return self
 
 
 @register

@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 
 from acedata.synth.base import MASK_FILL_GRAY, Draft, Img, Synthesizer, mask_img, new_img, register
-from acedata.synth.segments import MaskSource, object_mask
+from acedata.synth.support.masks import object_mask
+from acedata.synth.support.model_masks import MaskSource
 
 
 def brush_mask(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -119,7 +120,6 @@ class InpaintModelMask(InpaintSegment):
 
     name = "inpaint_model_mask"
     needs_weights = True
-    num_gpus = 0.25
     mask_source = "model"
     algorithm = "model object mask (semantic segmentation or SAM), dilated"
 

@@ -16,15 +16,17 @@ prompts), plus the diffusers knobs (steps, guidance, image_guidance, max_side).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import AfterValidator, Field
 
 from acedata.errors import UserError
 from acedata.models import ModelSpec
 from acedata.synth.base import Draft, Img, new_img, register
-from acedata.synth.model_based import DiffusersSynth, ObjectDetector, sub_spec
+from acedata.synth.support.diffusers import DiffusersOptions, DiffusersSynth
+from acedata.synth.support.model_loading import ObjectDetector, check_detector
 
 # (attribute as a state, for "make the person in {image} <attribute>"; the edit prompt)
 FACE_ATTRIBUTES: list[tuple[str, str]] = [
@@ -38,6 +40,17 @@ FACE_ATTRIBUTES: list[tuple[str, str]] = [
     ("surprised", "make the person look surprised"),
     ("wearing red lipstick", "add red lipstick"),
 ]
+
+
+class FaceOptions(DiffusersOptions):
+    region: Literal["face", "whole"] = "face"
+    attributes: list[str | dict[str, str]] | None = None  # prompts, or {attribute, prompt}
+    face_margin: float = Field(0.35, ge=0)
+    min_face: float = Field(0.02, ge=0, le=1)  # of the image area
+    image_guidance: float = 1.5
+    detector: Annotated[ModelSpec | None, AfterValidator(check_detector)] = None  # a `face` class (region: face)
+    detector_labels: list[str] = ["face"]
+    detector_threshold: float = 0.5
 
 
 class NoFaceFound(RuntimeError):
@@ -84,25 +97,21 @@ class FacialAttribute(DiffusersSynth):
     pipeline_class = "StableDiffusionInstructPix2PixPipeline"
     tiny_kind = "instruct_pix2pix"
     algorithm = "face detector box + diffusers StableDiffusionInstructPix2PixPipeline, pasted back"
+    Options = FaceOptions
 
     def load(self, spec: ModelSpec | None) -> None:
         super().load(spec)
-        opts = self.spec.options
-        self.region = str(opts.get("region", "face"))
-        if self.region not in ("face", "whole"):
-            raise UserError(f"models.facial_attribute.options.region must be face or whole, got {self.region!r}")
-        self.attributes = _attributes(opts.get("attributes"))
-        self.margin = float(opts.get("face_margin", 0.35))
-        self.min_face = float(opts.get("min_face", 0.02))
-        self.image_guidance = float(opts.get("image_guidance", 1.5))
+        opts = self.opts
+        self.region = opts.region
+        self.attributes = _attributes(opts.attributes)
+        self.margin, self.min_face, self.image_guidance = opts.face_margin, opts.min_face, opts.image_guidance
         self.detector = None
         if self.region == "face":
-            det = sub_spec(self.spec, "detector")
-            if det is None:
+            if opts.detector is None:
                 raise UserError("facial_attribute: region face needs options.detector (a face detector spec); "
                                 "or set options.region: whole")
-            self.detector = ObjectDetector(det, list(opts.get("detector_labels", ["face"])),
-                                           float(opts.get("detector_threshold", 0.5)))
+            self.detector = ObjectDetector(opts.detector, opts.detector_labels, opts.detector_threshold,
+                                           f"models.{self.name}.options.detector")
 
     @property
     def weights_id(self) -> str | None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from acedata.synth.base import Draft, Img, Synthesizer, as_rgb3, gray_of, new_img, register
+from acedata.synth.base import Draft, Img, Synthesizer, new_img, register
+from acedata.synth.support.pixels import as_rgb3, gray_of
 
 
 class StyleSynth(Synthesizer):
