@@ -246,7 +246,3 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             raise ValueError(f"required column {field.name!r} missing")
     return pa.Table.from_arrays(cols, schema=schema)
-
-
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
