@@ -78,6 +78,15 @@ class Draft:
     parent: Draft | None = None  # the draft whose target this edit was applied to
 
 
+class Rejected(Exception):
+    """Raised by `make` when this input cannot give a pair (no face, no person found...).
+
+    The candidate is quarantined with `reason`; any other exception is a failing synthesizer,
+    which the synthesize stage counts and, past a bounded rate, fails the unit on."""
+
+    reason = "synth_rejected"
+
+
 class Options(Strict):
     """A synthesizer's `models.<name>.options`. Each synthesizer names its own subclass in
     `Options`; unknown keys and bad values are errors when the pipeline spec is loaded.

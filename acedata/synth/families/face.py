@@ -24,7 +24,7 @@ from pydantic import AfterValidator, Field
 
 from acedata.errors import UserError
 from acedata.models import ModelSpec
-from acedata.synth.base import Draft, Img, new_img, register
+from acedata.synth.base import Draft, Img, Rejected, new_img, register
 from acedata.synth.support.diffusers import DiffusersOptions, DiffusersSynth
 from acedata.synth.support.model_loading import ObjectDetector, check_detector
 
@@ -53,8 +53,10 @@ class FaceOptions(DiffusersOptions):
     detector_threshold: float = 0.5
 
 
-class NoFaceFound(RuntimeError):
+class NoFaceFound(Rejected):
     """The detector found no face large enough to edit (the candidate goes to quarantine)."""
+
+    reason = "no_face"
 
 
 def _attributes(raw: Any) -> list[tuple[str, str]]:

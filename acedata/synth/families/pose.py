@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import Field
 
 from acedata.models import ModelSpec
-from acedata.synth.base import register
+from acedata.synth.base import Rejected, register
 from acedata.synth.support.conditions import ConditionSynth
 from acedata.synth.support.model_loading import DetectorOptions, ObjectDetector, load_transformers
 
@@ -48,8 +48,10 @@ class PoseOptions(DetectorOptions):
     max_people: int = Field(6, ge=1)
 
 
-class NoPoseFound(RuntimeError):
+class NoPoseFound(Rejected):
     """No person had enough confident keypoints to draw (the candidate goes to quarantine)."""
+
+    reason = "no_pose"
 
 
 def openpose18(keypoints: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
