@@ -51,14 +51,16 @@ def test_a_real_style_edit_passes(photo):
 
 
 def test_mask_must_cover_every_change(photo):
-    a = photo.array().copy()
-    a[10:30, 10:30] = 0
     m = np.zeros((128, 128), np.uint8)
-    m[60:90, 60:90] = 1  # the change is elsewhere
-    v = check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(m)))
+    m[8:32, 8:32] = m[60:90, 60:90] = 1
+    a = photo.array().copy()
+    a[m > 0] = 128  # a repainting source: the masked region filled with mid-gray
+    only = m.copy()
+    only[:40, :40] = 0  # this mask misses the change at the top left
+    fill = {"fill": 128}
+    v = check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(only), params=fill))
     assert not v.ok and v.reason == "mask_misaligned"
-    m[8:32, 8:32] = 1
-    assert check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(m))).ok
+    assert check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(m), params=fill)).ok
 
 
 def test_mask_must_be_binary_and_sized(photo):

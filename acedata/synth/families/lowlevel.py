@@ -16,7 +16,7 @@ import numpy as np
 from acedata.synth.base import register
 from acedata.synth.support.conditions import ConditionSynth
 from acedata.synth.support.masks import felzenszwalb_labels, slic_labels
-from acedata.synth.support.pixels import as_rgb3, gray_of, palette
+from acedata.synth.support.pixels import as_rgb3, canny_map, gray_of, palette, pixelate
 
 
 @register
@@ -26,12 +26,10 @@ class Canny(ConditionSynth):
     algorithm = "opencv Canny, thresholds from the median intensity"
 
     def condition(self, rgb, rng):
-        gray = cv2.GaussianBlur(gray_of(rgb), (5, 5), 0)
-        med = float(np.median(gray))
+        med = float(np.median(cv2.GaussianBlur(gray_of(rgb), (5, 5), 0)))
         spread = float(rng.uniform(0.25, 0.45))
         lo, hi = int(max(10, (1 - spread) * med)), int(min(255, max(40, (1 + spread) * med)))
-        edges = cv2.Canny(gray, lo, hi)
-        return as_rgb3(edges), {"low": lo, "high": hi}
+        return canny_map(rgb, lo, hi), {"low": lo, "high": hi}
 
 
 @register
@@ -51,10 +49,8 @@ class Mosaic(ConditionSynth):
     algorithm = "area downscale + nearest upscale (pixelate)"
 
     def condition(self, rgb, rng):
-        h, w = rgb.shape[:2]
-        block = int(max(4, round(min(h, w) / rng.uniform(16, 40))))
-        small = cv2.resize(rgb, (max(1, w // block), max(1, h // block)), interpolation=cv2.INTER_AREA)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST), {"block": block}
+        block = int(max(4, round(min(rgb.shape[:2]) / rng.uniform(16, 40))))
+        return pixelate(rgb, block), {"block": block}
 
 
 @register

@@ -15,6 +15,26 @@ def as_rgb3(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
+def canny_map(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
+    """The Canny condition map at the stated thresholds: white edges on black, 3 channels."""
+    gray = cv2.GaussianBlur(gray_of(rgb), (5, 5), 0)
+    return as_rgb3(cv2.Canny(gray, low, high))
+
+
+def pixelate(rgb: np.ndarray, block: int) -> np.ndarray:
+    """Mosaic: area-average blocks of about `block` pixels, drawn back at full size."""
+    h, w = rgb.shape[:2]
+    small = cv2.resize(rgb, (max(1, w // block), max(1, h // block)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def fill_masked(rgb: np.ndarray, mask: np.ndarray, fill: int) -> np.ndarray:
+    """The photo with the masked pixels set to one gray value (a repainting source)."""
+    out = rgb.copy()
+    out[mask > 0] = fill
+    return out
+
+
 def palette(n: int, seed: int = 7) -> np.ndarray:
     """Distinct, saturated colours for label maps (fixed, so one label keeps one colour)."""
     hues = (np.arange(n) * 0.61803398875 + (seed % 10) / 10) % 1.0
