@@ -108,3 +108,33 @@ def test_slots_from_synthesizer_provenance():
     text = load_bank().choose("element_editing", "replace", 1, slots("replace", {"params": {"object": "a lamp"}}),
                               0, "p").text
     assert "a lamp" in text
+
+
+def test_the_slots_column_is_read_before_provenance():
+    import json
+
+    from acedata.stages.instruct import pair_slots
+
+    prov = json.dumps({"params": {"look": "sepia", "prompt": "make it old"}, "source_caption": "a barn"})
+    pair = {"task": "semantic_editing", "subtask": "color_grading", "source_id": "s", "target_id": "t",
+            "provenance": prov, "slots": {"style": "teal orange", "object": None}}
+    assert pair_slots(pair, {}) == {"style": "teal orange"}  # stated slots only: nothing guessed
+    assert pair_slots({**pair, "slots": {"style": None}}, {"t": {"caption": "a red barn."}}) == {"caption": "a red barn"}
+    assert pair_slots({**pair, "slots": None}, {})["style"] == "sepia"  # no column: provenance keys
+
+
+def test_synthesizers_state_their_slots():
+    import numpy as np
+    from PIL import Image
+
+    from acedata.synth import REGISTRY, Img, load_all
+    from acedata.synth.base import Draft
+
+    load_all()
+    photo = Img(Image.new("RGB", (64, 48), (120, 60, 30)), "image", "c" * 64)
+    (d,) = REGISTRY["color_grading"]().make(photo, np.random.default_rng(0))
+    assert d.slots["style"] == d.params["look"].replace("_", " ")
+    (w,) = REGISTRY["watercolor"]().make(photo, np.random.default_rng(0))
+    assert w.slots == {"style": "watercolor"}
+    with pytest.raises(ValueError, match="unknown template slots"):
+        Draft("low_level", "canny", photo, photo, slots={"objct": "cat"})

@@ -17,6 +17,7 @@ from PIL import Image
 
 from acedata.config import Strict, validate_model
 from acedata.images import pixel_id
+from acedata.schemas import SLOTS as SLOTS_TYPE
 
 MASK_FILL_GRAY = 128  # masked source pixels: mid-gray = 0 in the [-1, 1] input the DiT sees
 
@@ -65,6 +66,15 @@ def mask_img(mask: np.ndarray) -> Img:
     return new_img(np.where(mask > 0, 255, 0).astype(np.uint8), "mask")
 
 
+# The template slots a synthesizer may fill (acedata/instruct/templates/*.yaml use them as {name}).
+SLOTS = tuple(f.name for f in SLOTS_TYPE)
+
+
+def slot_text(value: Any) -> str:
+    """A slot value as template text: underscores to spaces, single spaces, no final period."""
+    return " ".join(str(value).replace("_", " ").split()).rstrip(".")
+
+
 @dataclass
 class Draft:
     task: str
@@ -76,6 +86,15 @@ class Draft:
     params: dict[str, Any] = field(default_factory=dict)
     synthesizer: str = ""
     parent: Draft | None = None  # the draft whose target this edit was applied to
+    # template slot values (keys from SLOTS) stated by the synthesizer; written to the pairs
+    # table's `slots` column, which the instruct stage fills templates from
+    slots: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.slots) - set(SLOTS)
+        if unknown:
+            raise ValueError(f"unknown template slots {sorted(unknown)}; known: {SLOTS}")
+        self.slots = {k: slot_text(v) for k, v in self.slots.items() if str(v).strip()}
 
 
 class Rejected(Exception):

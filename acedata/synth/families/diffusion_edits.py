@@ -54,7 +54,7 @@ class InstructPix2Pix(DiffusersSynth):
         params: dict[str, Any] = {"prompt": prompt, "steps": self.steps, "guidance": self.guidance,
                                   "image_guidance": image_guidance}
         return [Draft(self.task, "instruct_edit", src, new_img(self._same_size(out, src.pil)), params=params,
-                      synthesizer=self.name)]
+                      synthesizer=self.name, slots={"prompt": prompt})]
 
 
 @register
@@ -78,7 +78,7 @@ class Img2ImgStyle(DiffusersSynth):
                         guidance_scale=self.guidance, generator=self._generator(rng)).images[0]
         params = {"prompt": prompt, "style": style, "strength": round(strength, 3), "steps": self.steps}
         return [Draft(self.task, "style_transfer", src, new_img(self._same_size(out, src.pil)), params=params,
-                      synthesizer=self.name)]
+                      synthesizer=self.name, slots={"style": style, "prompt": prompt})]
 
 
 @register
@@ -108,4 +108,4 @@ class InpaintReplace(DiffusersSynth):
         result = np.where(mask[:, :, None] > 0, gen, rgb).astype(np.uint8)
         params = {**mparams, "prompt": prompt, "object": prompt, "steps": self.steps}
         return [Draft(self.task, "replace", src, new_img(result), mask=mask_img(mask), params=params,
-                      synthesizer=self.name)]
+                      synthesizer=self.name, slots={"new_object": prompt, "prompt": prompt})]

@@ -12,7 +12,7 @@ import numpy as np
 
 from acedata.synth.base import Draft, Img, Synthesizer, mask_img, new_img, register
 from acedata.synth.support.masks import object_mask, segment_mask
-from acedata.synth.support.model_masks import MaskSource
+from acedata.synth.support.model_masks import MaskSource, object_slot
 from acedata.synth.support.pixels import inpaint_region
 
 
@@ -40,8 +40,10 @@ class RemoveAdd(MaskSource, Synthesizer):
         m = mask_img(mask)
         params = {**params, "inpaint": method, "radius": radius}
         return [
-            Draft(self.task, "remove", src, removed, mask=m, params=params, synthesizer=self.name),
-            Draft(self.task, "add", removed, src, mask=m, params=params, synthesizer=self.name),
+            Draft(self.task, "remove", src, removed, mask=m, params=params, synthesizer=self.name,
+                  slots=object_slot(params)),
+            Draft(self.task, "add", removed, src, mask=m, params=params, synthesizer=self.name,
+                  slots=object_slot(params)),
         ]
 
 

@@ -134,7 +134,8 @@ class FacialAttribute(DiffusersSynth):
         if self.region == "whole":
             src = self._fit(src)
             target = new_img(self._edit(src.pil, prompt, rng))
-            return [Draft(self.task, "facial_attribute", src, target, params=params, synthesizer=self.name)]
+            return [Draft(self.task, "facial_attribute", src, target, params=params, synthesizer=self.name,
+                          slots={"attribute": attribute, "prompt": prompt})]
         rgb = src.array()
         h, w = rgb.shape[:2]
         faces = [(b, s) for b, s in self.detector.boxes(rgb)
@@ -155,4 +156,5 @@ class FacialAttribute(DiffusersSynth):
         region = rgb[y0:y1, x0:x1].astype(np.float32)
         out[y0:y1, x0:x1] = np.clip(edited * alpha + region * (1 - alpha) + 0.5, 0, 255).astype(np.uint8)
         params.update(face_box=[round(v, 1) for v in box], face_score=round(score, 4), edit_box=[x0, y0, x1, y1])
-        return [Draft(self.task, "facial_attribute", src, new_img(out), params=params, synthesizer=self.name)]
+        return [Draft(self.task, "facial_attribute", src, new_img(out), params=params, synthesizer=self.name,
+                      slots={"attribute": attribute, "prompt": prompt})]

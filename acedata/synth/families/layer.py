@@ -15,7 +15,7 @@ import numpy as np
 
 from acedata.synth.base import Draft, Img, Synthesizer, new_img, register
 from acedata.synth.support.masks import object_mask
-from acedata.synth.support.model_masks import MaskSource
+from acedata.synth.support.model_masks import MaskSource, object_slot
 from acedata.synth.support.pixels import composite, inpaint_region, subject_layer
 
 
@@ -42,10 +42,11 @@ class Layers(MaskSource, Synthesizer):
         fused = composite(background, subject_layer(rgb, alpha))
         target = src if np.array_equal(fused, rgb) else new_img(fused, "image")
         params = {**params, "feather": feather}
+        slots = object_slot(params)
         return [
-            Draft(self.task, "decompose_subject", src, layer, params=params, synthesizer=self.name),
-            Draft(self.task, "decompose_background", src, bg, params=params, synthesizer=self.name),
-            Draft(self.task, "fuse", bg, target, extras=[layer], params=params, synthesizer=self.name),
+            Draft(self.task, "decompose_subject", src, layer, params=params, synthesizer=self.name, slots=slots),
+            Draft(self.task, "decompose_background", src, bg, params=params, synthesizer=self.name, slots=slots),
+            Draft(self.task, "fuse", bg, target, extras=[layer], params=params, synthesizer=self.name, slots=slots),
         ]
 
 

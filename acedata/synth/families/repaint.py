@@ -15,7 +15,7 @@ import numpy as np
 
 from acedata.synth.base import MASK_FILL_GRAY, Draft, Img, Synthesizer, mask_img, new_img, register
 from acedata.synth.support.masks import object_mask
-from acedata.synth.support.model_masks import MaskSource
+from acedata.synth.support.model_masks import MaskSource, object_slot
 from acedata.synth.support.pixels import fill_masked
 
 
@@ -75,7 +75,7 @@ class RepaintSynth(Synthesizer):
         source = new_img(fill_masked(rgb, mask, MASK_FILL_GRAY), "image")
         params = {**params, "fill": MASK_FILL_GRAY}
         return [Draft(self.task, self.subtasks[0], source, src, mask=mask_img(mask), params=params,
-                      synthesizer=self.name)]
+                      synthesizer=self.name, slots=object_slot(params))]
 
 
 @register

@@ -23,7 +23,7 @@ from pydantic import Field
 from acedata.config import Strict
 from acedata.images import encode
 from acedata.schemas import IMAGES, PAIRS, QUARANTINE
-from acedata.synth.base import Draft, Img, Synthesizer
+from acedata.synth.base import Draft, Img, Synthesizer, slot_text
 
 
 class FailureLimit(Strict):
@@ -120,6 +120,7 @@ class Collector:
             "scores": [{"name": k, "value": float(v)} for k, v in sorted(verdict.scores.items())],
             "parent_pair_id": pair_id_of(d.parent) if d.parent else None,
             "provenance": json.dumps(provenance, default=str),
+            "slots": pair_slots(d, row),
         })
 
     def tables(self) -> dict[str, pa.Table]:
@@ -134,6 +135,15 @@ class Collector:
                   "synth_failures": sum(len(v) for v in self.failures.values())}
         counts.update({f"synth_failures.{name}": len(v) for name, v in sorted(self.failures.items())})
         return counts
+
+
+def pair_slots(d: Draft, row: dict[str, Any]) -> dict[str, str]:
+    """The draft's own slots plus the caption of the photo it came from (when it has one)."""
+    slots = dict(d.slots)
+    caption = row.get("caption")
+    if "caption" not in slots and isinstance(caption, str) and caption.strip():
+        slots["caption"] = slot_text(caption)
+    return slots
 
 
 def describe_failures(failures: dict[str, list[str]]) -> str:

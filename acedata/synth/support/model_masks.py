@@ -109,6 +109,11 @@ class ModelMasker:
                       "iou_score": round(score, 4), "segment_frac": round(float(mask.mean()), 4)}
 
 
+def object_slot(params: dict[str, Any]) -> dict[str, str]:
+    """The `object` template slot when a model mask named the region's class (weight-free masks don't)."""
+    return {"object": params["object"]} if params.get("object") else {}
+
+
 class MaskSource:
     """Mixin for synthesizers that need an object region: weight-free masks by default, or a model's
     (`mask_source: model` in the synthesizer's model options; `ModelMasker` above:
