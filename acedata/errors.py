@@ -1,17 +1,11 @@
-"""Errors a user can fix: the CLI prints them as one line, without a traceback."""
+"""Errors a user can fix: the CLI prints them as one line, without a traceback.
+
+The classes live in the standalone trainer package (`acemodel.errors`, the lower layer) so that
+one `except UserError` covers the data platform and the trainer alike.
+"""
 
 from __future__ import annotations
 
+from acemodel.errors import ModelNotFound, UserError
 
-class UserError(Exception):
-    """A mistake in input, config or environment, with what is wrong and how to fix it."""
-
-
-class ModelNotFound(UserError):
-    """Model weights that are not on this machine (nothing is ever downloaded)."""
-
-    def __init__(self, model: str, looked: list[str] | str, hint: str = "") -> None:
-        where = ", ".join(looked) if isinstance(looked, list) else looked
-        msg = f"model {model!r} not found (looked in: {where})"
-        super().__init__(msg + (f"; {hint}" if hint else ""))
-        self.model = model
+__all__ = ["ModelNotFound", "UserError"]

@@ -92,6 +92,9 @@ CLUSTERS = pa.schema(
     ]
 )
 
+# Template slots ({object}, {style} ... in acedata/instruct/templates/*.yaml); null = not stated.
+SLOTS = pa.struct([(name, pa.string()) for name in ("object", "new_object", "style", "attribute", "prompt", "caption")])
+
 PAIRS = pa.schema(
     [
         _f("pair_id", pa.string(), False),
@@ -108,6 +111,9 @@ PAIRS = pa.schema(
         _f("scores", SCORES),  # filter metrics (ssim, l1, clip directional ...)
         _f("parent_pair_id", pa.string()),  # the pair this edit was applied on top of (chains)
         _f("provenance", pa.string()),  # JSON: stage, algorithm/model, params, seed
+        # template slot values the synthesizer states; the instruct stage fills templates from
+        # them. Null for mined pairs.
+        _f("slots", SLOTS),
     ]
 )
 
@@ -246,7 +252,3 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             raise ValueError(f"required column {field.name!r} missing")
     return pa.Table.from_arrays(cols, schema=schema)
-
-
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()

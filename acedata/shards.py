@@ -171,13 +171,6 @@ class ShardWriter:
         write_bytes_atomic(self._fs, posixpath.join(units, f"{self.unit}.json"), json.dumps(fragment).encode())
         return self.shards
 
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-            self._fs.delete_file(self._tmp)
-            self._writer = None
-
 
 def write_table(
     table_dir: str, rows: pa.Table, schema: pa.Schema, unit: str = "part", table: str | None = None, **kw: Any

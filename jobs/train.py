@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int)
     args = p.parse_args(argv)
 
-    from acemodel.train import train_ray
+    from acemodel.launch import train_ray
 
     from acedata.commands.train import load_config
 

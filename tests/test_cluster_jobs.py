@@ -282,7 +282,7 @@ def test_stopped_job_resubmitted_gives_exactly_the_uninterrupted_rows(cluster, c
 
 def test_train_submit_runs_ray_train_on_the_cluster(cluster, cluster_env, tmp_path):
     pytest.importorskip("acemodel")
-    from acemodel.demo_lcu import build
+    from acedata.demo_lcu import build
 
     build(str(tmp_path / "lcu"))
     out = tmp_path / "train"

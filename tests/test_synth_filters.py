@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from acedata.synth.base import Draft, Img, mask_img, new_img
-from acedata.synth.filters import Band, FilterConfig, check
+from acedata.synth.support.filters import Band, FilterConfig, check
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +44,23 @@ def test_fully_changed_repaint_is_rejected(photo):
 
 
 def test_a_real_style_edit_passes(photo):
-    from acedata.synth.semantic import _grade
+    from acedata.synth.families.semantic import _grade
 
     v = check(Draft("semantic_editing", "color_grading", photo, new_img(_grade(photo.array(), "sepia", 1.0))))
     assert v.ok and v.scores["changed"] > 0.5 and v.scores["edge_corr"] > 0.5
 
 
 def test_mask_must_cover_every_change(photo):
-    a = photo.array().copy()
-    a[10:30, 10:30] = 0
     m = np.zeros((128, 128), np.uint8)
-    m[60:90, 60:90] = 1  # the change is elsewhere
-    v = check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(m)))
+    m[8:32, 8:32] = m[60:90, 60:90] = 1
+    a = photo.array().copy()
+    a[m > 0] = 128  # a repainting source: the masked region filled with mid-gray
+    only = m.copy()
+    only[:40, :40] = 0  # this mask misses the change at the top left
+    fill = {"fill": 128}
+    v = check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(only), params=fill))
     assert not v.ok and v.reason == "mask_misaligned"
-    m[8:32, 8:32] = 1
-    assert check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(m))).ok
+    assert check(Draft("repainting", "inpainting", new_img(a), photo, mask=mask_img(m), params=fill)).ok
 
 
 def test_mask_must_be_binary_and_sized(photo):
@@ -74,7 +76,7 @@ def test_blank_condition_map_is_rejected(photo):
 
 
 def test_bands_are_configurable(photo):
-    from acedata.synth.semantic import _grade
+    from acedata.synth.families.semantic import _grade
 
     d = Draft("semantic_editing", "color_grading", photo, new_img(_grade(photo.array(), "warm", 1.0)))
     assert check(d).ok
@@ -86,8 +88,8 @@ def test_bands_are_configurable(photo):
 def test_fast_ssim_matches_scikit_image(photo):
     from skimage.metrics import structural_similarity
 
-    from acedata.synth.filters import ssim_gray
-    from acedata.synth.semantic import _grade
+    from acedata.synth.families.semantic import _grade
+    from acedata.synth.support.filters import ssim_gray
 
     a = np.asarray(photo.pil.convert("L"))
     for b in (np.asarray(Image.fromarray(_grade(photo.array(), "vintage", 1.0)).convert("L")),

@@ -15,12 +15,16 @@ from acedata.models import ModelSpec
 from acedata.synth import REGISTRY, Img, load_all
 
 load_all()
-OPTS = {"steps": 2, "max_side": 64, "guidance": 3.0}
+DIFFUSERS = {"steps": 2, "max_side": 64, "guidance": 3.0}  # only diffusers synthesizers take these
+
+
+def _opts(name: str) -> dict:
+    return DIFFUSERS if REGISTRY[name].Options.model_fields.keys() >= DIFFUSERS.keys() else {}
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, str]:
-    from acedata.synth.tiny_models import build_tiny_dpt, build_tiny_pipeline, build_tiny_segformer
+    from acedata.synth.support.tiny_models import build_tiny_dpt, build_tiny_pipeline, build_tiny_segformer
 
     root = tmp_path_factory.mktemp("tiny")
     out = {"depth": str(root / "dpt"), "segmentation_model": str(root / "segformer")}
@@ -42,7 +46,7 @@ def photo() -> Img:
 
 def _loaded(name: str, path: str):
     s = REGISTRY[name]()
-    s.load(ModelSpec(name=f"tiny-{name}", path=path, device="cpu", options=OPTS))
+    s.load(ModelSpec(name=f"tiny-{name}", path=path, device="cpu", options=_opts(name)))
     return s
 
 
@@ -58,7 +62,7 @@ def test_condition_models_make_map_and_inverse(weights, photo, name, subtask):
     if name == "depth":
         assert d.std() > 0 and (d[:, :, 0] == d[:, :, 1]).all()
     else:  # every pixel carries one palette colour
-        from acedata.synth.lowlevel import palette
+        from acedata.synth.support.pixels import palette
 
         assert {tuple(c) for c in d.reshape(-1, 3)} <= {tuple(c) for c in palette(8)}
 
@@ -81,7 +85,7 @@ def test_stage_with_model_synthesizers(weights, demo_corpus, tmp_path):
     from acedata.stages.ingest import IngestConfig
     from acedata.stages.synthesize import Synthesize, SynthesizeConfig
 
-    models = {n: ModelSpec(name=f"tiny-{n}", path=p, device="cpu", options=OPTS) for n, p in weights.items()}
+    models = {n: ModelSpec(name=f"tiny-{n}", path=p, device="cpu", options=_opts(n)) for n, p in weights.items()}
     cfg = SynthesizeConfig(name="synthesize", synthesizers=sorted(weights), models=models, max_images=2,
                            max_side=96, chain_fraction=0)
     assert Synthesize(cfg, None).uses_model  # an actor pool on Ray
@@ -97,6 +101,23 @@ def test_stage_with_model_synthesizers(weights, demo_corpus, tmp_path):
         assert json.loads(p["provenance"])["weights"].startswith("tiny-")
 
 
+def test_options_typo_fails_when_the_spec_loads(tmp_path):
+    from acedata.errors import UserError
+    from acedata.stages.synthesize import SynthesizeConfig
+
+    with pytest.raises(UserError, match=r"models\.instruct_pix2pix\.options\.stpes: unknown key"):
+        SynthesizeConfig(name="synthesize", models={"instruct_pix2pix": ModelSpec(name="x", options={"stpes": 2})})
+    with pytest.raises(UserError, match=r"models\.depth\.options\.steps: unknown key"):  # not a diffusers model
+        SynthesizeConfig(name="synthesize", models={"depth": ModelSpec(name="x", options={"steps": 2})})
+    with pytest.raises(UserError, match=r"models\.img2img_style\.options\.strength"):
+        SynthesizeConfig(name="synthesize", models={"img2img_style": ModelSpec(name="x", options={"strength": 3})})
+    with pytest.raises(UserError, match="sed: unknown key"):  # a detector's own options are checked too
+        SynthesizeConfig(name="synthesize", models={"pose": ModelSpec(
+            name="x", options={"detector": {"name": "d", "options": {"sed": 1}}})})
+    ok = SynthesizeConfig(name="synthesize", models={"instruct_pix2pix": ModelSpec(name="x", options=DIFFUSERS)})
+    assert ok.models["instruct_pix2pix"].options == DIFFUSERS
+
+
 def test_missing_weights_name_the_model(demo_corpus, tmp_path):
     from acedata.pipeline import run_stages
     from acedata.stages.ingest import IngestConfig
@@ -110,9 +131,9 @@ def test_missing_weights_name_the_model(demo_corpus, tmp_path):
 
 def test_clip_filter_scores_and_rejects(photo):
     from acedata.synth.base import Draft, new_img
-    from acedata.synth.clip_filter import ClipFilterConfig, ClipScorer
-    from acedata.synth.filters import Verdict
-    from acedata.synth.semantic import _grade
+    from acedata.synth.families.semantic import _grade
+    from acedata.synth.support.clip_filter import ClipFilterConfig, ClipScorer
+    from acedata.synth.support.filters import Verdict
 
     spec = ModelSpec(name="acedata-tiny-siglip", random_init=True, device="cpu")
     d = Draft("semantic_editing", "color_grading", photo, new_img(_grade(photo.array(), "sepia", 1.0)),

@@ -13,7 +13,7 @@ from acedata import shards
 from acedata.errors import ModelNotFound, UserError
 from acedata.models import ModelSpec
 from acedata.synth import REGISTRY, Img, load_all
-from acedata.synth.filters import check
+from acedata.synth.support.filters import check
 
 load_all()
 DIFFUSERS = {"steps": 2, "max_side": 64, "guidance": 3.0}
@@ -21,7 +21,7 @@ DIFFUSERS = {"steps": 2, "max_side": 64, "guidance": 3.0}
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, str]:
-    from acedata.synth.tiny_models import (
+    from acedata.synth.support.tiny_models import (
         build_tiny_detector,
         build_tiny_pipeline,
         build_tiny_sam,
@@ -58,7 +58,7 @@ def _synth(name: str, spec: ModelSpec):
 
 
 def _palette_colours() -> set[tuple[int, ...]]:
-    from acedata.synth.pose import COLOURS, LIMB_SHADE
+    from acedata.synth.families.pose import COLOURS, LIMB_SHADE
 
     shaded = (COLOURS.astype(np.float32) * LIMB_SHADE).astype(np.uint8)
     return {(0, 0, 0)} | {tuple(int(v) for v in c) for c in np.concatenate([COLOURS, shaded])}
@@ -68,7 +68,7 @@ def _palette_colours() -> set[tuple[int, ...]]:
 
 
 def test_openpose_drawing_from_coco_keypoints():
-    from acedata.synth.pose import COLOURS, draw_openpose, openpose18
+    from acedata.synth.families.pose import COLOURS, draw_openpose, openpose18
 
     kps = np.zeros((17, 2), np.float32)
     kps[0] = (50, 20)  # nose
@@ -115,7 +115,7 @@ def test_pose_person_boxes_from_detector_and_fallback(weights, photo):
 
 
 def test_pose_without_confident_keypoints_is_an_error(weights, photo):
-    from acedata.synth.pose import NoPoseFound
+    from acedata.synth.families.pose import NoPoseFound
 
     s = _synth("pose", _spec("vitpose", weights["vitpose"], keypoint_threshold=5.0))
     with pytest.raises(NoPoseFound):
@@ -155,7 +155,7 @@ def test_facial_attribute_edits_only_the_face_region(weights, photo):
 
 
 def test_facial_attribute_whole_image_and_errors(weights, photo):
-    from acedata.synth.face import FACE_ATTRIBUTES, NoFaceFound
+    from acedata.synth.families.face import FACE_ATTRIBUTES, NoFaceFound
 
     s = _synth("facial_attribute", _spec("ip2p", weights["ip2p"], **DIFFUSERS, region="whole"))
     (d,) = s.make(photo, np.random.default_rng(0))
@@ -224,7 +224,7 @@ def test_model_masks_for_repaint_remove_and_layers(weights, photo, kind):
 def test_segmentation_mask_names_its_class(weights, photo):
     s = _synth("remove_add_model_mask", _spec("segformer", weights["segformer"]))
     mask, params = s.masker.mask(photo.array(), np.random.default_rng(0), 0.0, 1.0)
-    from acedata.synth.tiny_models import SEG_CLASSES
+    from acedata.synth.support.tiny_models import SEG_CLASSES
 
     assert params["object"] == s.masker.model.config.id2label[params["class_id"]] == SEG_CLASSES[params["class_id"]]
     assert 0 < mask.mean() == pytest.approx(params["segment_frac"], abs=1e-4)

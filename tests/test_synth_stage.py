@@ -52,6 +52,11 @@ def test_pairs_reference_existing_aligned_images(synth_run):
         assert all(i in store for i in ids), p["task"]
         prov = json.loads(p["provenance"])
         assert prov["synthesizer"] and prov["random_init"] is False
+        slots = p["slots"]  # typed template slots: style edits name their style
+        if p["subtask"] in ("watercolor", "cartoon", "pencil_sketch", "color_grading"):
+            assert slots["style"], p["subtask"]
+        if prov.get("source_caption"):
+            assert slots["caption"] == " ".join(prov["source_caption"].replace("_", " ").split()).rstrip(".")
         if p["mask_id"]:
             assert kinds[p["mask_id"]] == "mask"
     masked = [p for p in pairs if p["task"] == "repainting"][:4]

@@ -10,7 +10,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "contact-sheet",
         help="draw sample pairs of a run as PNG contact sheets, one per task family",
         description="Reads the pairs and images tables of a run directory and writes "
-        "OUT/<family>.png: each row one pair (inputs, mask, target), titled by subtask.",
+        "OUT/<family>.png: each row one pair (inputs, mask, target), titled by subtask, with its "
+        "instruction (each turn, for a multi-turn chain) when the run has an instructions table.",
     )
     p.add_argument("run_dir", help="a run directory (holding _run.json or stage folders with pairs tables)")
     p.add_argument("--out", help="output folder (default RUN_DIR/contact_sheets)")
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from acedata.errors import UserError
-    from acedata.synth.contact_sheet import write_contact_sheets
+    from acedata.synth.support.contact_sheet import write_contact_sheets
 
     if not os.path.isdir(args.run_dir):
         raise UserError(f"{args.run_dir}: no such run directory")

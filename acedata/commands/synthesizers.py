@@ -8,7 +8,7 @@ import argparse
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synthesizers",
-        help="list the pair synthesizers (task family, subtasks, weights, resources)",
+        help="list the pair synthesizers (task family, subtasks, weights, options)",
         description="Every synthesizer the synthesize stage can run; name them in the stage's "
         "`synthesizers:` list (default: all weight-free ones).",
     )
@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'name':<20} {'task':<25} {'subtasks':<46} {'weights':<8} {'gpus':>5}")
+    print(f"{'name':<22} {'task':<34} {'subtasks':<46} {'weights':<8} options")
     for r in rows:
         task = r["task"] + (f" + {r['inverse_task']}" if r["inverse_task"] else "")
-        print(f"{r['name']:<20} {task:<25} {', '.join(r['subtasks']):<46} {'yes' if r['needs_weights'] else 'no':<8} "
-              f"{r['num_gpus']:>5}")
+        print(f"{r['name']:<22} {task:<34} {', '.join(r['subtasks']):<46} {'yes' if r['needs_weights'] else 'no':<8} "
+              f"{', '.join(r['options']) or '-'}")
     return 0

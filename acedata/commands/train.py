@@ -70,9 +70,13 @@ def run(args: argparse.Namespace) -> int:
                               overrides=cfg.model_dump(mode="json"))
         print(f"submitted training job {job}")
         return 0
-    from acemodel.train import train_local, train_ray
+    from acemodel.launch import train_ray
+    from acemodel.train import train_local
 
     if cfg.num_workers > 1 or args.address:
+        from acedata.runtime import init_ray
+
+        init_ray(args.address)  # the platform's Ray setup (job-server URLs, loopback) before the launch
         metrics = train_ray(cfg, args.data, args.out, address=args.address)
         print(f"trained with Ray Train ({cfg.num_workers} workers, {cfg.strategy}): {metrics}")
         return 0

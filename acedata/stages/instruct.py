@@ -44,7 +44,8 @@ from acedata.stage import Stage, UnitResult, WorkUnit, register
 log = logging.getLogger("acedata")
 
 NATURAL = "natural_edit"
-# Where template slots come from in a pair's provenance JSON (top level, or params/meta inside it).
+# Pairs tables without a `slots` column (mined pairs, tables from elsewhere): where template slots
+# come from in a pair's provenance JSON (top level, or params/meta inside it).
 SLOT_KEYS = {
     "object": ("object", "object_name", "subject", "category", "label"),
     "new_object": ("new_object", "replacement", "replace_with", "target_object"),
@@ -330,7 +331,24 @@ class Instruct(Stage):
 
 
 def pair_slots(pair: dict[str, Any], images: dict[str, dict]) -> dict[str, str]:
-    """Template slot values for a pair: from its provenance, else the images' captions."""
+    """Template slot values for a pair: its `slots` column (what the synthesizer stated), else, for
+    pairs tables without one (mined pairs, tables from elsewhere), keys found in its provenance; a
+    missing caption comes from the images' captions."""
+    if pair.get("slots") is not None:
+        slots = {k: v for k, v in pair["slots"].items() if v}
+    else:
+        slots = _provenance_slots(pair)
+    if "caption" not in slots:
+        for iid in (pair.get("target_id"), pair.get("source_id")):
+            cap = (images.get(iid) or {}).get("caption")
+            if cap and cap.strip():
+                slots["caption"] = " ".join(cap.split()).rstrip(".")
+                break
+    return slots
+
+
+def _provenance_slots(pair: dict[str, Any]) -> dict[str, str]:
+    """Slot values read from provenance JSON by the key names in SLOT_KEYS (pairs without `slots`)."""
     prov: dict[str, Any] = {}
     try:
         loaded = json.loads(pair.get("provenance") or "{}")
@@ -347,12 +365,6 @@ def pair_slots(pair: dict[str, Any], images: dict[str, dict]) -> dict[str, str]:
                      None)
             if v is not None:
                 slots[slot] = " ".join(str(v).replace("_", " ").split()).rstrip(".")
-                break
-    if "caption" not in slots:
-        for iid in (pair.get("target_id"), pair.get("source_id")):
-            cap = (images.get(iid) or {}).get("caption")
-            if cap and cap.strip():
-                slots["caption"] = " ".join(cap.split()).rstrip(".")
                 break
     return slots
 

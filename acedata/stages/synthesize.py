@@ -15,28 +15,27 @@ table from an earlier stage with `set_id`) when present, else the ingest `group`
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from acedata import shards
 from acedata.config import StageConfig
 from acedata.dedupe import drop_later_copies
 from acedata.errors import UserError
-from acedata.images import encode, open_rgb
+from acedata.images import open_rgb
 from acedata.models import ModelSpec
 from acedata.schemas import IMAGES, PAIRS, QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 from acedata.synth import get, weight_free
-from acedata.synth.base import Draft, Img, Synthesizer
-from acedata.synth.clip_filter import ClipFilterConfig, ClipScorer
-from acedata.synth.filters import FilterConfig, check
+from acedata.synth.base import Draft, Img, Rejected, Synthesizer
+from acedata.synth.support.clip_filter import ClipFilterConfig, ClipScorer
+from acedata.synth.support.collect import Collector, FailureLimit, SynthesizerFailures, describe_failures
+from acedata.synth.support.filters import FilterConfig, check
 
 log = logging.getLogger("acedata")
 
@@ -55,6 +54,18 @@ class SynthesizeConfig(StageConfig):
     filters: FilterConfig = Field(default_factory=FilterConfig)
     clip_filter: ClipFilterConfig | None = None  # CLIP/SigLIP similarity filter (needs a model)
     models: dict[str, ModelSpec] = Field(default_factory=dict)  # synthesizer name -> weights
+    # A synthesizer that raises (a bug, CUDA out of memory) rather than rejecting its input: past
+    # this limit the unit fails (and the stage, over all units), with the exception in the log.
+    failures: FailureLimit = Field(default_factory=FailureLimit)
+
+    @model_validator(mode="after")
+    def _known_names_and_options(self) -> SynthesizeConfig:
+        """Unknown synthesizer names and typos in `models.<name>.options` fail when the spec loads."""
+        for name in self.synthesizers or []:
+            get(name)
+        for name, spec in self.models.items():
+            get(name).parse_options(spec)
+        return self
 
 
 @register
@@ -178,7 +189,14 @@ class Synthesize(Stage):
                 reasons[r] += 1
         log.info("synthesize: %d candidates -> %d pairs (%d chained) + %d quarantined %s", counts.get("candidates", 0),
                  pairs, chained, quarantined, dict(reasons))
-        return {"pairs_by_task": dict(sorted(per.items())), "chained_pairs": chained, "repeated_images": repeated,
+        failed = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("synth_failures.") and v}
+        if self.config.failures.exceeded(counts.get("synth_failures", 0), counts.get("synth_calls", 0)):
+            raise SynthesizerFailures(f"synthesize: {counts['synth_failures']} of {counts['synth_calls']} synthesizer "
+                                      f"calls failed over all units (limit {self.config.failures.max_rate:.0%}): "
+                                      + ", ".join(f"{k} x{v}" for k, v in sorted(failed.items()))
+                                      + "; the exceptions are in the quarantine table (reason synth_failed)")
+        return {"synth_failures": dict(sorted(failed.items())), "pairs_by_task": dict(sorted(per.items())),
+                "chained_pairs": chained, "repeated_images": repeated,
                 "quarantine_reasons": dict(sorted(reasons.items())),
                 "reference_sets": getattr(self, "reference_origin", "unknown")}
 
@@ -200,14 +218,30 @@ class Synthesize(Stage):
 
     def process(self, unit: WorkUnit) -> UnitResult:
         self._ensure_setup()
-        out = _Collector(self)
+        out = Collector(self.kind, self.config.seed, self.synths)
         if "images" in unit.payload:
             rows = _read_locs(unit.payload["images"])
             for k, row in enumerate(rows):
                 self._per_image(unit.payload["offset"] + k, row, out)
         for k, members in enumerate(unit.payload.get("sets", [])):
             self._per_set(unit.payload["offset"] + k, _read_locs(members), out)
-        return out.result()
+        if out.failures:
+            log.warning("synthesize unit %s: failing synthesizers: %s", unit.id, describe_failures(out.failures))
+        out.check_failures(self.config.failures, unit.id)
+        return UnitResult(out.tables(), out.counts())
+
+    def _call(self, out: Collector, row: dict[str, Any], name: str, make, *args) -> list[Draft] | None:
+        """One synthesizer call, `make(*args)`: its drafts, or None after recording a rejection or a
+        failure (counted; past the failure limit the unit fails)."""
+        out.calls += 1
+        try:
+            return make(*args)
+        except Rejected as e:
+            out.rejected(row, name, e.reason, f"{type(e).__name__}: {e}")
+        except Exception as e:  # a failing synthesizer: counted, bounded by `failures`
+            log.exception("synthesizer %s failed on %s", name, row["image_id"])
+            out.failed(row, name, e)
+        return None
 
     def _source(self, row: dict[str, Any]) -> Img:
         im = open_rgb(row["image"]["bytes"])
@@ -223,11 +257,11 @@ class Synthesize(Stage):
     def _rng(self, image_id: str, *salt: int) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, int(image_id[:12], 16), *salt])
 
-    def _per_image(self, index: int, row: dict[str, Any], out: _Collector) -> None:
+    def _per_image(self, index: int, row: dict[str, Any], out: Collector) -> None:
         try:
             src = self._source(row)
         except Exception as e:  # noqa: BLE001 - one unreadable row must not stop the unit
-            out.error(row, "", f"{type(e).__name__}: {e}")
+            out.unreadable(row, e)
             return
         order = [c.name for c in self.classes if c.inputs == "image"]
         if self.config.per_image is None or self.config.per_image >= len(order):
@@ -235,13 +269,9 @@ class Synthesize(Stage):
         else:
             chosen = [order[(index * self.config.per_image + j) % len(order)] for j in range(self.config.per_image)]
         for j, name in enumerate(chosen):
-            synth = self.synths[name]
-            try:
-                drafts = synth.make(src, self._rng(row["image_id"], j), row.get("caption"))
-            except Exception as e:  # noqa: BLE001 - recorded in quarantine with the error
-                out.error(row, name, f"{type(e).__name__}: {str(e)[:200]}")
-                continue
-            for d in drafts:
+            synth, rng = self.synths[name], self._rng(row["image_id"], j)
+            drafts = self._call(out, row, name, synth.make, src, rng, row.get("caption"))
+            for d in drafts or []:
                 out.add(d, row, self._judge(d, row))
         chainable = [c.name for c in self.classes if c.chainable and c.inputs == "image"]
         rng = self._rng(row["image_id"], 1_000)
@@ -249,15 +279,13 @@ class Synthesize(Stage):
             self._chain(src, row, chainable, rng, out)
 
     def _chain(self, src: Img, row: dict[str, Any], names: list[str], rng: np.random.Generator,
-               out: _Collector) -> None:
+               out: Collector) -> None:
         """A multi-turn chain: each turn edits the previous turn's target."""
         current, parent = src, None
         for turn in range(self.config.chain_turns):
             name = names[int(rng.integers(len(names)))]
-            try:
-                drafts = self.synths[name].make(current, rng, row.get("caption"))
-            except Exception as e:  # noqa: BLE001
-                out.error(row, name, f"{type(e).__name__}: {str(e)[:200]}")
+            drafts = self._call(out, row, name, self.synths[name].make, current, rng, row.get("caption"))
+            if not drafts:
                 return
             d = drafts[0]
             d.parent = parent
@@ -268,11 +296,13 @@ class Synthesize(Stage):
                 return
             current, parent = d.target, d
 
-    def _per_set(self, index: int, rows: list[dict[str, Any]], out: _Collector) -> None:
+    def _per_set(self, index: int, rows: list[dict[str, Any]], out: Collector) -> None:
         images = [Img(open_rgb(r["image"]["bytes"]), "image", r["image_id"]) for r in rows]
         by_id = {r["image_id"]: r for r in rows}
         for synth in (self.synths[c.name] for c in self.classes if c.inputs == "group"):
-            for d in synth.make_group(images, self._rng(rows[0]["image_id"], 2_000, index)):
+            rng = self._rng(rows[0]["image_id"], 2_000, index)
+            drafts = self._call(out, rows[0], synth.name, synth.make_group, images, rng)
+            for d in drafts or []:
                 row = by_id[d.target.id]
                 out.add(d, row, self._judge(d, row))
 
@@ -311,96 +341,3 @@ def _read_locs(locs: list[list]) -> list[dict[str, Any]]:
         for (k, _), r in zip(wanted, t.take(pa.array(idx)).to_pylist()):
             out[k] = r
     return [r for r in out if r is not None]
-
-
-def pair_id_of(d: Draft) -> str:
-    parts = [d.task, d.subtask, d.source.id, d.target.id, d.mask.id if d.mask else "",
-             ",".join(e.id for e in d.extras), pair_id_of(d.parent) if d.parent else ""]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
-
-
-class _Collector:
-    """Rows of one unit: new images (deduplicated), accepted pairs, quarantined candidates."""
-
-    def __init__(self, stage: Synthesize) -> None:
-        self.stage = stage
-        self.images: dict[str, dict[str, Any]] = {}
-        self.pairs: list[dict[str, Any]] = []
-        self.accepted: set[str] = set()
-        self.bad: list[dict[str, Any]] = []
-        self.candidates = 0
-
-    def error(self, row: dict[str, Any], synth: str, detail: str) -> None:
-        self.candidates += 1
-        self.bad.append({"source_uri": f"synth://{synth or 'input'}/{row['image_id']}", "stage": self.stage.kind,
-                         "reason": "synth_error", "detail": detail, "item_id": row["image_id"]})
-
-    def add(self, d: Draft, row: dict[str, Any], verdict) -> None:
-        self.candidates += 1
-        pid = pair_id_of(d)
-        uri = f"synth://{d.synthesizer}/{row['image_id']}"
-        if verdict.ok and pid in self.accepted:  # the same edit drawn twice (e.g. by a chain)
-            verdict.ok, verdict.reason, verdict.detail = False, "duplicate_pair", "same inputs and target as an earlier pair"
-        if not verdict.ok:
-            self.bad.append({"source_uri": uri, "stage": self.stage.kind, "reason": verdict.reason,
-                             "detail": f"{d.task}/{d.subtask}: {verdict.detail}", "item_id": pid})
-            return
-        synth = self.stage.synths.get(d.synthesizer)
-        weights = synth.weights_id if synth is not None else None
-        for im in [d.source, d.target, *d.extras] + ([d.mask] if d.mask else []):
-            if im.is_new and im.id not in self.images:
-                self.images[im.id] = _image_row(im, uri, row, d, weights)
-        provenance = {
-            "stage": self.stage.kind,
-            "synthesizer": d.synthesizer,
-            "algorithm": getattr(synth, "algorithm", ""),
-            "params": d.params,
-            "seed": self.stage.config.seed,
-            "origin_image_id": row["image_id"],
-            "source_caption": row.get("caption"),
-            "weights": weights,
-            "random_init": bool(weights and "random-init" in weights),
-        }
-        self.accepted.add(pid)
-        self.pairs.append({
-            "pair_id": pid,
-            "source_id": d.source.id,
-            "target_id": d.target.id,
-            "task": d.task,
-            "subtask": d.subtask,
-            "mask_id": d.mask.id if d.mask else None,
-            "extra_input_ids": [e.id for e in d.extras],
-            "scores": [{"name": k, "value": float(v)} for k, v in sorted(verdict.scores.items())],
-            "parent_pair_id": pair_id_of(d.parent) if d.parent else None,
-            "provenance": json.dumps(provenance, default=str),
-        })
-
-    def result(self) -> UnitResult:
-        counts: dict[str, int] = {"candidates": self.candidates}
-        return UnitResult(
-            {
-                "images": pa.Table.from_pylist(list(self.images.values()), IMAGES),
-                "pairs": pa.Table.from_pylist(self.pairs, PAIRS),
-                "quarantine": pa.Table.from_pylist(self.bad, QUARANTINE),
-            },
-            counts,
-        )
-
-
-def _image_row(im: Img, uri: str, row: dict[str, Any], d: Draft, weights: str | None) -> dict[str, Any]:
-    meta = {k: v for k, v in im.meta.items() if not k.startswith("_")}
-    meta.update(derived_from=row["image_id"], synthesizer=d.synthesizer, task=d.task, subtask=d.subtask)
-    if weights:  # model output: which weights, and whether they were random-init
-        meta.update(weights=weights, random_init="random-init" in weights)
-    return {
-        "image_id": im.id,
-        "source_uri": uri,
-        "width": im.pil.width,
-        "height": im.pil.height,
-        "format": "PNG",
-        "image": {"bytes": encode(im.pil, "PNG"), "path": None},
-        "kind": im.kind,
-        "orig_mode": im.pil.mode,
-        "group": row.get("group"),
-        "meta": json.dumps(meta, default=str),
-    }

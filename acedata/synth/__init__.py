@@ -1,27 +1,43 @@
 """Edit-pair synthesis for the ACE task families (DESIGN.md §5).
 
-One small module per family; each synthesizer registers itself in `REGISTRY` with its
-task, subtasks, inputs, weight needs and resources. `weight_free()` lists those that
-run with no model weights (the offline demo runs all of them).
+    base.py      the contract: Img, Draft, Synthesizer, `register` (the registry)
+    families/    one module per task family; each `@register`s its synthesizers
+    support/     shared pieces families use: masks, pixels, model loading, filters, contact sheets
+
+Families are discovered: every module under `families/` is imported by `load_all()`, so a new
+synthesizer is one new class (or module) there. Every list of synthesizers (the stage's default,
+`acedata synthesizers`, the template coverage test) is read from the registry.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
+from acedata.synth import families
 from acedata.synth.base import REGISTRY, Draft, Img, Synthesizer, new_img, register
-
-_MODULES = ("lowlevel", "repaint", "element", "semantic", "layer", "reference", "model_based", "pose", "face")
 
 
 def load_all() -> dict[str, type[Synthesizer]]:
-    for m in _MODULES:
-        importlib.import_module(f"acedata.synth.{m}")
+    """Import every family module (sorted, so registration order is stable) and return the registry."""
+    for info in sorted(pkgutil.iter_modules(families.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{families.__name__}.{info.name}")
     return REGISTRY
 
 
 def weight_free() -> list[str]:
     return sorted(n for n, cls in load_all().items() if not cls.needs_weights)
+
+
+def task_subtasks() -> set[tuple[str, str]]:
+    """Every (task, subtask) some synthesizer emits: its own task and, for condition maps, the
+    inverse task with the same subtask names."""
+    out = set()
+    for cls in load_all().values():
+        for task in (cls.task, cls.inverse_task):
+            if task:
+                out.update((task, sub) for sub in cls.subtasks)
+    return out
 
 
 def get(name: str) -> type[Synthesizer]:
@@ -33,4 +49,5 @@ def get(name: str) -> type[Synthesizer]:
     return reg[name]
 
 
-__all__ = ["REGISTRY", "Draft", "Img", "Synthesizer", "get", "load_all", "new_img", "register", "weight_free"]
+__all__ = ["REGISTRY", "Draft", "Img", "Synthesizer", "get", "load_all", "new_img", "register", "task_subtasks",
+           "weight_free"]

@@ -3,7 +3,7 @@
 A synthesizer turns one source image (or, for reference generation, a set of images of
 one subject) into draft pairs: source, target, optional mask and further inputs. Each
 declares its task family, subtasks, input kind, whether it needs model weights and the
-resources one worker needs. Drafts carry pixels; the synthesize stage content-addresses
+options its model spec takes. GPUs are the synthesize stage's `resources` (one actor pool). Drafts carry pixels; the synthesize stage content-addresses
 them, filters them and writes the `images` and `pairs` rows.
 """
 
@@ -15,7 +15,9 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from acedata.config import Strict, validate_model
 from acedata.images import pixel_id
+from acedata.schemas import SLOTS as SLOTS_TYPE
 
 MASK_FILL_GRAY = 128  # masked source pixels: mid-gray = 0 in the [-1, 1] input the DiT sees
 
@@ -64,6 +66,15 @@ def mask_img(mask: np.ndarray) -> Img:
     return new_img(np.where(mask > 0, 255, 0).astype(np.uint8), "mask")
 
 
+# The template slots a synthesizer may fill (acedata/instruct/templates/*.yaml use them as {name}).
+SLOTS = tuple(f.name for f in SLOTS_TYPE)
+
+
+def slot_text(value: Any) -> str:
+    """A slot value as template text: underscores to spaces, single spaces, no final period."""
+    return " ".join(str(value).replace("_", " ").split()).rstrip(".")
+
+
 @dataclass
 class Draft:
     task: str
@@ -75,9 +86,30 @@ class Draft:
     params: dict[str, Any] = field(default_factory=dict)
     synthesizer: str = ""
     parent: Draft | None = None  # the draft whose target this edit was applied to
+    # template slot values (keys from SLOTS) stated by the synthesizer; written to the pairs
+    # table's `slots` column, which the instruct stage fills templates from
+    slots: dict[str, str] = field(default_factory=dict)
 
-    def inputs(self) -> list[Img]:
-        return [self.source, *self.extras]
+    def __post_init__(self) -> None:
+        unknown = set(self.slots) - set(SLOTS)
+        if unknown:
+            raise ValueError(f"unknown template slots {sorted(unknown)}; known: {SLOTS}")
+        self.slots = {k: slot_text(v) for k, v in self.slots.items() if str(v).strip()}
+
+
+class Rejected(Exception):
+    """Raised by `make` when this input cannot give a pair (no face, no person found...).
+
+    The candidate is quarantined with `reason`; any other exception is a failing synthesizer,
+    which the synthesize stage counts and, past a bounded rate, fails the unit on."""
+
+    reason = "synth_rejected"
+
+
+class Options(Strict):
+    """A synthesizer's `models.<name>.options`. Each synthesizer names its own subclass in
+    `Options`; unknown keys and bad values are errors when the pipeline spec is loaded.
+    Weight-free synthesizers take none."""
 
 
 class Synthesizer:
@@ -89,10 +121,15 @@ class Synthesizer:
     inverse_task: ClassVar[str | None] = None  # family of the inverse pair it also makes, if any
     inputs: ClassVar[str] = "image"  # image: one source image | group: images of one subject
     needs_weights: ClassVar[bool] = False
-    num_cpus: ClassVar[float] = 1.0
-    num_gpus: ClassVar[float] = 0.0  # per worker, when GPUs exist
     chainable: ClassVar[bool] = False  # can edit an earlier edit's target (multi-turn chains)
     algorithm: ClassVar[str] = ""  # what produced the pixels, for provenance
+    Options: ClassVar[type[Options]] = Options
+
+    @classmethod
+    def parse_options(cls, spec: Any | None) -> Options:
+        """The spec's `options` as this synthesizer's Options (UserError naming the bad key)."""
+        raw = spec.options if spec is not None else {}
+        return validate_model(cls.Options, raw, f"models.{cls.name}.options")  # type: ignore[return-value]
 
     def load(self, spec: Any | None) -> None:
         """Load model weights (model synthesizers); weight-free ones need nothing."""
@@ -115,10 +152,9 @@ class Synthesizer:
             "inverse_task": self.inverse_task,
             "inputs": self.inputs,
             "needs_weights": self.needs_weights,
-            "num_cpus": self.num_cpus,
-            "num_gpus": self.num_gpus,
             "chainable": self.chainable,
             "algorithm": self.algorithm,
+            "options": sorted(self.Options.model_fields),
         }
 
 
@@ -132,15 +168,3 @@ def register(cls: type[Synthesizer]) -> type[Synthesizer]:
     return cls
 
 
-def to_rgb_array(im: Image.Image) -> np.ndarray:
-    return np.asarray(im.convert("RGB"))
-
-
-def gray_of(rgb: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-
-
-def as_rgb3(gray: np.ndarray) -> np.ndarray:
-    return np.repeat(gray[:, :, None], 3, axis=2)

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from acemodel import files
 from acemodel.cache_schema import ENCODED, ENCODERS, META, SETTINGS, TABLE, unit_id  # noqa: F401 - re-exported
 from acemodel.config import DataConfig, TrainConfig
 from acemodel.data import LCUStream, row_inputs, row_target
@@ -95,18 +96,11 @@ def encoder_tensors(text) -> dict[str, torch.Tensor]:
 
 
 def _exists(uri: str) -> bool:
-    from acedata import shards
-
-    fs, p = shards.resolve(uri)
-    return shards.exists(fs, p)
+    return files.exists(uri)
 
 
 def _read_bytes(uri: str) -> bytes:
-    from acedata import shards
-
-    fs, p = shards.resolve(uri)
-    with fs.open_input_stream(p) as f:
-        return f.read()
+    return files.read_bytes(uri)
 
 
 def cache_root(path: str) -> str:
@@ -118,12 +112,12 @@ def cache_root(path: str) -> str:
 
 
 def read_meta(path: str) -> dict:
-    from acedata.errors import UserError
+    from acemodel.errors import UserError
 
     root = cache_root(path)
     if not _exists(posixpath.join(root, META)) or not _exists(posixpath.join(root, ENCODERS)):
         raise UserError(f"no encode cache at {path!r} (expected {META} and {ENCODERS}); "
-                        "build one with `acedata encode-cache CONFIG --data LCU --out DIR`")
+                        "build one with the data CLI's `encode-cache CONFIG --data LCU --out DIR`")
     return json.loads(_read_bytes(posixpath.join(root, META)))
 
 
@@ -135,7 +129,7 @@ def read_encoder_tensors(path: str) -> dict[str, torch.Tensor]:
 
 def check_compatible(meta: dict, cfg: TrainConfig, path: str) -> None:
     """A cache is only valid for the encoders and data settings it was built with."""
-    from acedata.errors import UserError
+    from acemodel.errors import UserError
 
     want = {**{k: getattr(cfg.data, k) for k in SETTINGS},
             "text_encoder": cfg.text_encoder.model_dump(mode="json"), "vae": cfg.vae.model_dump(mode="json")}
@@ -171,10 +165,8 @@ class CachedLCUStream(LCUStream):
         self._layout(units, cfg, seed, rank * num_workers + worker, world_size * num_workers)
 
     def _read_unit(self, u: int) -> list[dict]:
-        from acedata import shards
-
-        frag = shards.unit_fragment(self.table, self._unit_ids[u])
-        parts = [shards.open_parquet(posixpath.join(self.table, s["file"])).read() for s in frag["shards"]]
+        frag = files.unit_fragment(self.table, self._unit_ids[u])
+        parts = [files.open_parquet(posixpath.join(self.table, s["file"])).read() for s in frag["shards"]]
         rows = pa.concat_tables(parts).to_pylist() if parts else []
         return sorted(rows, key=lambda r: r["row"])
 

@@ -74,7 +74,7 @@ class DataConfig(_Strict):
     shuffle_buffer_row_groups: int = 16
     batch_size: int = 4
     num_workers: int = 0
-    # a latent / text-embedding cache (`acedata encode-cache`): train from it instead of encoding on the fly
+    # a latent / text-embedding cache (the data CLI's `encode-cache`): train from it instead of encoding on the fly
     cache: str | None = None
 
 

@@ -18,14 +18,14 @@ import os
 
 import torch
 
-from acedata.errors import UserError
+from acemodel.errors import UserError
 
 SKIP_PREFIXES = ("model_ema.", "first_stage_model.", "cond_stage_model.", "ema.")
 
 
 def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     if not os.path.exists(path):
-        from acedata.errors import ModelNotFound
+        from acemodel.errors import ModelNotFound
 
         raise ModelNotFound("ACE checkpoint", [path], "download it on a machine with internet and copy it here")
     if path.endswith(".safetensors"):

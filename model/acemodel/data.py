@@ -1,4 +1,4 @@
-"""Streaming loader over LCU shards (acedata.schemas.LCU).
+"""Streaming loader over LCU shards (the `lcu` table the data platform assembles).
 
 Work is split into (shard, row group) units. Each epoch the unit order is shuffled with a
 seed-derived permutation, units are dealt to ranks and then to loader workers round-robin, and
@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from acedata.shards import list_shards, resolve
 from acemodel.config import DataConfig
+from acemodel.files import list_shards, resolve
 
 PIXELS_PER_TOKEN_SIDE = 16  # VAE /8 x patch 2
 
@@ -108,7 +108,7 @@ def row_to_sample(row: dict, cfg: DataConfig, drop_instruction: bool) -> Sample:
 
 def lcu_units(data: str | list[str], with_rows: bool = False) -> list[tuple]:
     """The stream's units: (shard, row group[, rows]) over the sorted shards of `data`."""
-    from acedata.errors import UserError
+    from acemodel.errors import UserError
 
     paths = [data] if isinstance(data, str) else list(data)
     try:

@@ -1,6 +1,7 @@
-"""Frozen encoders: T5 text encoder (120 tokens, padding dropped) and an SD-style AutoencoderKL.
+"""Frozen encoders: T5 text encoder (120 tokens, padding dropped) and an SD-style AutoencoderKL,
+and `Encoders`, which turns loader Samples into the DiT's inputs with them.
 
-Both load from a local path or the Hugging Face cache through `acedata.models` (nothing is
+Both load from a local path or the Hugging Face cache (nothing is
 downloaded). `random_init: true` builds tiny, deterministic random models with a byte-level
 tokenizer that needs no files — for tests and the offline demo only.
 """
@@ -13,8 +14,10 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from acedata.models import ModelSpec, resolve_local
-from acemodel.config import EncoderSpec
+from acemodel.config import EncoderSpec, TrainConfig
+from acemodel.data import LCUStream, Sample
+from acemodel.dit import INDICATORS
+from acemodel.errors import ModelNotFound
 
 VAE_SCALE = 0.18215
 VAE_FACTOR = 8
@@ -22,6 +25,25 @@ VAE_FACTOR = 8
 
 def _seeded(seed: int):
     torch.manual_seed(seed)
+
+
+def local_weights(spec: EncoderSpec) -> str:
+    """The local folder holding `spec`'s weights: its `path`, else the model id's snapshot in the
+    Hugging Face cache (never downloaded); ModelNotFound names both places otherwise."""
+    import os
+
+    if spec.path and os.path.exists(spec.path):
+        return spec.path
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(spec.name, local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError):
+        looked = [p for p in (spec.path, os.path.join(constants.HF_HUB_CACHE, "models--" + spec.name.replace("/", "--")))
+                  if p]
+        raise ModelNotFound(spec.name, looked, "put the weights there or set `path:` in the config "
+                                                 "(nothing is downloaded)") from None
 
 
 class TextEncoder:
@@ -39,7 +61,7 @@ class TextEncoder:
                 self.model = T5EncoderModel(cfg)
             self.tokenizer = ByT5Tokenizer()
         else:
-            path = resolve_local(ModelSpec(name=spec.name, path=spec.path))
+            path = local_weights(spec)
             self.model = T5EncoderModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -84,7 +106,7 @@ class VAE:
                     mid_block_add_attention=False,
                 )
         else:
-            path = resolve_local(ModelSpec(name=spec.name, path=spec.path))
+            path = local_weights(spec)
             self.model = AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
         if not spec.random_init or dtype != torch.float32:
             self.model.to(dtype=dtype)
@@ -140,3 +162,31 @@ def downsample_mask(mask: torch.Tensor | None, latent_hw: tuple[int, int]) -> to
     if mask is None:
         return torch.ones(1, *latent_hw)
     return F.interpolate(mask.unsqueeze(0).float(), size=latent_hw, mode="nearest-exact")[0]
+
+
+class Encoders:
+    """The frozen text encoder and VAE plus the conversion of Samples to model inputs."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.text = TextEncoder(cfg.text_encoder, cfg.data.text_tokens, str(device))
+        self.vae = VAE(cfg.vae, str(device))
+        self.device = device
+        self.text_dim = self.text.dim
+        self.text_weights_id, self.vae_weights_id = self.text.weights_id, self.vae.weights_id
+
+    def indicator_embeddings(self) -> torch.Tensor:
+        return self.text.indicator_embeddings(INDICATORS)
+
+    def stream(self, cfg: TrainConfig, rank: int, world_size: int, data) -> LCUStream:
+        return LCUStream(data, cfg.data, cfg.seed, rank, world_size)
+
+    def condition_frames(self, s: Sample) -> list[torch.Tensor]:
+        lats = self.vae.encode([f.image for f in s.conditions]) if s.conditions else []
+        return [torch.cat([z, downsample_mask(f.mask, z.shape[-2:]).to(z.device)]) for z, f in zip(lats, s.conditions)]
+
+    def encode(self, samples: list[Sample]):
+        """(target latents, condition frames (latent ⊕ mask), per-frame instruction states)."""
+        x0s = self.vae.encode([s.target for s in samples])
+        conds = [self.condition_frames(s) for s in samples]
+        texts = [self.text.encode(s.frame_instructions()) for s in samples]
+        return x0s, conds, texts

@@ -14,11 +14,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from acemodel.checkpoint import latest_checkpoint
 from acemodel.config import TrainConfig
 from acemodel.data import Frame, Sample, fit_size, mask_tensor, to_tensor
 from acemodel.diffusion import guided, make_objective
 from acemodel.dit import ACEDiT, DiTInput
-from acemodel.train import Encoders, latest_checkpoint, pick_device
+from acemodel.encoders import Encoders
+from acemodel.train import pick_device
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Generator:
 
     @classmethod
     def load(cls, path: str, device: str = "auto", use_ema: bool = True) -> Generator:
-        from acedata.errors import UserError
+        from acemodel.errors import UserError
 
         ckpt = latest_checkpoint(path)
         if ckpt is None:

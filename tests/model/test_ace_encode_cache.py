@@ -12,9 +12,9 @@ import yaml
 from acemodel.cache import CachedEncoders, CachedLCUStream, cell_tensor, tensor_cell
 from acemodel.config import TrainConfig
 from acemodel.data import LCUStream
-from acemodel.demo_lcu import build
 from acemodel.train import Trainer, step_generator
 
+from acedata.demo_lcu import build
 from acedata.errors import UserError
 from acedata.pipeline import run_stages
 from acedata.shards import read_table

@@ -14,9 +14,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 from acemodel.config import TrainConfig
-from acemodel.demo_lcu import build
 from acemodel.dit import ACEDiT
 from safetensors.torch import load_file
+
+from acedata.demo_lcu import build
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "model", "configs", "tiny.yaml")
 WORLD = 2
@@ -129,7 +130,7 @@ def test_fsdp_bf16_mixed_precision_with_gradient_checkpointing(runs):
 
 @pytest.mark.slow
 def test_ray_train_fsdp_run_resumes(ray_local, tmp_path):
-    from acemodel.train import train_ray
+    from acemodel.launch import train_ray
 
     lcu = build(str(tmp_path / "lcu"), (64, 48), photos=["astronaut", "chelsea"], rows_per_group=2)
     out = str(tmp_path / "run")
@@ -142,7 +143,7 @@ def test_ray_train_fsdp_run_resumes(ray_local, tmp_path):
 
 
 def test_fsdp_with_fp16_is_refused_before_any_worker_starts(tmp_path):
-    from acemodel.train import train_ray
+    from acemodel.launch import train_ray
 
     from acedata.errors import UserError
 

@@ -7,9 +7,10 @@ import os
 import pytest
 import yaml
 from acemodel.config import TrainConfig
-from acemodel.demo_lcu import build
-from acemodel.train import train_ray
+from acemodel.launch import train_ray
 from safetensors.torch import load_file
+
+from acedata.demo_lcu import build
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "model", "configs", "tiny.yaml")
 

@@ -9,8 +9,9 @@ import torch
 import yaml
 from acemodel.config import DataConfig, TrainConfig
 from acemodel.data import LCUStream, fit_size
-from acemodel.demo_lcu import build
 from acemodel.train import Trainer, latest_checkpoint, step_generator
+
+from acedata.demo_lcu import build
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "model", "configs", "tiny.yaml")
 

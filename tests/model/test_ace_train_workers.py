@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 from acemodel.config import TrainConfig
-from acemodel.demo_lcu import build
-from acemodel.train import root_cause, train_ray
+from acedata.demo_lcu import build
+from acemodel.launch import root_cause, train_ray
 
 from acedata.errors import UserError
 

@@ -10,29 +10,13 @@ pixel-aligned.
 
 from __future__ import annotations
 
-from typing import Any
-
 import cv2
 import numpy as np
 
-from acedata.synth.base import Draft, Img, Synthesizer, as_rgb3, gray_of, new_img, register
-
-
-class ConditionSynth(Synthesizer):
-    task = "low_level"
-    inverse_task = "controllable"
-
-    def condition(self, rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-        raise NotImplementedError
-
-    def make(self, src: Img, rng: np.random.Generator, caption: str | None = None) -> list[Draft]:
-        cond, params = self.condition(src.array(), rng)
-        cmap = new_img(cond, "condition", condition=self.subtasks[0])
-        sub = self.subtasks[0]
-        return [
-            Draft("low_level", sub, src, cmap, params=params, synthesizer=self.name),
-            Draft("controllable", sub, cmap, src, params=params, synthesizer=self.name),
-        ]
+from acedata.synth.base import register
+from acedata.synth.support.conditions import ConditionSynth
+from acedata.synth.support.masks import felzenszwalb_labels, slic_labels
+from acedata.synth.support.pixels import as_rgb3, canny_map, gray_of, palette, pixelate
 
 
 @register
@@ -42,12 +26,10 @@ class Canny(ConditionSynth):
     algorithm = "opencv Canny, thresholds from the median intensity"
 
     def condition(self, rgb, rng):
-        gray = cv2.GaussianBlur(gray_of(rgb), (5, 5), 0)
-        med = float(np.median(gray))
+        med = float(np.median(cv2.GaussianBlur(gray_of(rgb), (5, 5), 0)))
         spread = float(rng.uniform(0.25, 0.45))
         lo, hi = int(max(10, (1 - spread) * med)), int(min(255, max(40, (1 + spread) * med)))
-        edges = cv2.Canny(gray, lo, hi)
-        return as_rgb3(edges), {"low": lo, "high": hi}
+        return canny_map(rgb, lo, hi), {"low": lo, "high": hi}
 
 
 @register
@@ -67,10 +49,8 @@ class Mosaic(ConditionSynth):
     algorithm = "area downscale + nearest upscale (pixelate)"
 
     def condition(self, rgb, rng):
-        h, w = rgb.shape[:2]
-        block = int(max(4, round(min(h, w) / rng.uniform(16, 40))))
-        small = cv2.resize(rgb, (max(1, w // block), max(1, h // block)), interpolation=cv2.INTER_AREA)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST), {"block": block}
+        block = int(max(4, round(min(rgb.shape[:2]) / rng.uniform(16, 40))))
+        return pixelate(rgb, block), {"block": block}
 
 
 @register
@@ -192,13 +172,6 @@ class Doodle(ConditionSynth):
         return as_rgb3((soft * 255).astype(np.uint8)), {"gamma": round(gamma, 3)}
 
 
-def palette(n: int, seed: int = 7) -> np.ndarray:
-    """Distinct, saturated colours for label maps (fixed, so one label keeps one colour)."""
-    hues = (np.arange(n) * 0.61803398875 + (seed % 10) / 10) % 1.0
-    hsv = np.stack([hues * 179, np.full(n, 200), np.full(n, 230)], 1).astype(np.uint8)[None]
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
-
-
 @register
 class Segmentation(ConditionSynth):
     """A segmentation colour map from SLIC superpixels or Felzenszwalb's graph segmentation."""
@@ -208,8 +181,6 @@ class Segmentation(ConditionSynth):
     algorithm = "scikit-image SLIC / felzenszwalb"
 
     def condition(self, rgb, rng):
-        from acedata.synth.segments import felzenszwalb_labels, slic_labels
-
         if rng.random() < 0.5:
             labels, params = slic_labels(rgb, int(rng.integers(24, 80)))
         else:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from acedata.synth.base import Draft, Img, Synthesizer, as_rgb3, gray_of, new_img, register
+from acedata.synth.base import Draft, Img, Synthesizer, new_img, register
+from acedata.synth.support.pixels import as_rgb3, gray_of
 
 
 class StyleSynth(Synthesizer):
@@ -23,7 +24,9 @@ class StyleSynth(Synthesizer):
 
     def make(self, src: Img, rng: np.random.Generator, caption: str | None = None) -> list[Draft]:
         out, params = self.stylize(src.array(), rng)
-        return [Draft(self.task, self.subtasks[0], src, new_img(out), params=params, synthesizer=self.name)]
+        style = params.get("style") or params.get("look")  # the named style or colour look
+        return [Draft(self.task, self.subtasks[0], src, new_img(out), params=params, synthesizer=self.name,
+                      slots={"style": style} if style else {})]
 
 
 def _bgr(rgb: np.ndarray) -> np.ndarray:

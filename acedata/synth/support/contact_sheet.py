@@ -1,8 +1,11 @@
 """Contact sheets: one PNG per task family showing sample pairs, so a person can look at them.
 
 Each row is one pair: its inputs in order (source, further inputs), its mask, then the
-target, each labelled; the row is titled task/subtask. Layers with alpha are drawn over
-a checkerboard. Rows are drawn round-robin over subtasks so every subtask shows up.
+target, each labelled; the row is titled task/subtask, and beside the images stands the pair's
+instruction (from the run's instructions tables, when instruct has run) so image and text are
+checked together. A later turn of a multi-turn chain shows the whole chain, oldest turn first.
+Layers with alpha are drawn over a checkerboard. Rows are drawn round-robin over subtasks so
+every subtask shows up.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import glob
 import json
 import os
 import random
+import textwrap
 from collections import defaultdict
 from typing import Any
 
@@ -23,21 +27,57 @@ from acedata.lookup import ImageStore
 LABEL_H = 14
 TITLE_W = 150
 PAD = 4
+TEXT_W = 360  # the instruction column
+LINE_H = 12  # the default bitmap font's line height
+WRAP = 56  # characters per instruction line
 
 
-def find_tables(run_dir: str) -> tuple[list[str], list[str]]:
-    """(pairs tables, images tables) of a run directory (from _run.json, else by folder)."""
+def find_tables(run_dir: str, kinds: tuple[str, ...] = ("pairs", "images", "instructions")) -> dict[str, list[str]]:
+    """Table paths of a run directory by kind (from _run.json, else by folder)."""
     run_file = os.path.join(run_dir, "_run.json")
     if os.path.isfile(run_file):
         with open(run_file) as f:
             tables = json.load(f).get("tables", {})
-        pairs, images = tables.get("pairs", []), tables.get("images", [])
+        found = {k: list(tables.get(k, [])) for k in kinds}
     else:
-        pairs = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(run_dir, "*", "pairs", "_manifest.json")))
-        images = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(run_dir, "*", "images", "_manifest.json")))
-    if not pairs:
+        found = {k: sorted(os.path.dirname(p) for p in glob.glob(os.path.join(run_dir, "*", k, "_manifest.json")))
+                 for k in kinds}
+    if not found["pairs"]:
         raise UserError(f"{run_dir}: no pairs table found (run a pipeline with a synthesize or pair stage first)")
-    return pairs, images
+    return found
+
+
+def first_instructions(tables: list[str]) -> dict[str, str]:
+    """pair_id -> its first instruction (variant 0: the template or the first accepted text)."""
+    best: dict[str, tuple[int, str]] = {}
+    for t in tables:
+        for r in shards.read_table(t, columns=["pair_id", "variant", "instruction"]).to_pylist():
+            if r["pair_id"] not in best or r["variant"] < best[r["pair_id"]][0]:
+                best[r["pair_id"]] = (r["variant"], r["instruction"])
+    return {k: v for k, (_, v) in best.items()}
+
+
+def chain_of(p: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pair and the earlier turns it builds on, oldest first (a chain's parents are pairs too)."""
+    chain = [p]
+    while chain[0].get("parent_pair_id") in by_id and len(chain) < 32:
+        chain.insert(0, by_id[chain[0]["parent_pair_id"]])
+    return chain
+
+
+def text_lines(p: dict[str, Any], by_id: dict[str, dict[str, Any]],
+               instructions: dict[str, str]) -> list[tuple[str, bool]]:
+    """The instruction column of one row as (line, is the pair's own turn): the instruction, or
+    each turn of its chain numbered, oldest first."""
+    if not instructions:
+        return [("(no instructions table: run the instruct stage)", True)]
+    chain = chain_of(p, by_id)
+    lines: list[tuple[str, bool]] = []
+    for k, q in enumerate(chain, 1):
+        text = instructions.get(q["pair_id"], "(no instruction)")
+        prefix = f"turn {k}: " if len(chain) > 1 else ""
+        lines += [(line, q is p) for line in textwrap.wrap(prefix + text, WRAP, subsequent_indent="  ")]
+    return lines
 
 
 def pick_rows(pairs: list[dict[str, Any]], per_family: int, seed: int) -> dict[str, list[dict[str, Any]]]:
@@ -94,22 +134,31 @@ def cells_of(p: dict[str, Any]) -> list[tuple[str, str]]:
     return cells
 
 
-def render(rows: list[dict[str, Any]], images: dict[str, bytes], family: str, cell: int) -> Image.Image:
-    width = TITLE_W + max(len(cells_of(p)) for p in rows) * (cell + PAD) + PAD
-    row_h = cell + LABEL_H + PAD
-    sheet = Image.new("RGB", (width, 24 + len(rows) * row_h), (255, 255, 255))
+def render(rows: list[dict[str, Any]], images: dict[str, bytes], family: str, cell: int,
+           texts: list[list[tuple[str, bool]]] | None = None) -> Image.Image:
+    """The sheet: per row a title, the image cells and (given `texts`) the instruction lines."""
+    texts = texts or [[] for _ in rows]
+    text_x = TITLE_W + max(len(cells_of(p)) for p in rows) * (cell + PAD) + PAD
+    width = text_x + (TEXT_W if any(texts) else 0)
+    heights = [max(cell + LABEL_H, len(t) * LINE_H) + PAD for t in texts]
+    sheet = Image.new("RGB", (width, 24 + sum(heights)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     draw.text((PAD, 6), f"{family}: {len(rows)} sample pairs", fill=(0, 0, 0), font=font)
-    for r, p in enumerate(rows):
-        y = 24 + r * row_h
+    y = 24
+    for p, lines, h in zip(rows, texts, heights):
         title = p["subtask"] + ("\n(chained)" if p.get("parent_pair_id") else "")
         draw.multiline_text((PAD, y + cell // 2 - 8), title, fill=(20, 20, 120), font=font)
         for c, (label, image_id) in enumerate(cells_of(p)):
             x = TITLE_W + c * (cell + PAD)
             sheet.paste(_thumb(images.get(image_id), cell), (x, y))
             draw.text((x + 2, y + cell + 1), label, fill=(60, 60, 60), font=font)
+        for k, (line, own) in enumerate(lines):  # the pair's own turn in black, earlier turns grey
+            draw.text((text_x, y + k * LINE_H), line, fill=(0, 0, 0) if own else (110, 110, 110), font=font)
+        draw.line([(0, y + h - 2), (width, y + h - 2)], fill=(225, 225, 225))
+        y += h
     return sheet
+
 
 
 def write_contact_sheets(run_dir: str, out_dir: str | None = None, per_family: int = 6, cell: int = 128,
@@ -117,18 +166,21 @@ def write_contact_sheets(run_dir: str, out_dir: str | None = None, per_family: i
     """One PNG per task family under `out_dir` (default RUN/contact_sheets); returns the paths."""
     from tqdm import tqdm
 
-    pairs_tables, image_tables = find_tables(run_dir)
-    pairs = [p for t in pairs_tables for p in shards.read_table(t).to_pylist()]
+    tables = find_tables(run_dir)
+    pairs = [p for t in tables["pairs"] for p in shards.read_table(t).to_pylist()]
     if not pairs:
         raise UserError(f"{run_dir}: the pairs tables are empty; nothing to draw")
     picked = pick_rows(pairs, per_family, seed)
-    store = ImageStore(image_tables)
+    by_id = {p["pair_id"]: p for p in pairs}
+    instructions = first_instructions(tables["instructions"])
+    store = ImageStore(tables["images"])
     out_dir = out_dir or os.path.join(run_dir, "contact_sheets")
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for family, rows in tqdm(picked.items(), desc="contact sheets", unit="family", disable=not progress):
         ids = [i for p in rows for _, i in cells_of(p)]
-        sheet = render(rows, store.image_bytes(ids), family, cell)
+        texts = [text_lines(p, by_id, instructions) for p in rows]
+        sheet = render(rows, store.image_bytes(ids), family, cell, texts)
         path = os.path.join(out_dir, f"{family}.png")
         sheet.save(path)
         written.append(path)

@@ -2,7 +2,8 @@
 
 Pixel checks need no model: sizes aligned, masks binary and covering every change,
 change detection (an unchanged pair and a fully-changed pair are both rejected), L1 and
-SSIM bands, and condition maps that are not blank. CLIP/SigLIP image and directional
+SSIM bands, condition maps that are not blank, and outputs defined by their inputs equal to
+that definition (`definitions`). CLIP/SigLIP image and directional
 similarity (DESIGN.md §5 thresholds) run in `clip_filter` when a model is configured.
 Every reject has a short reason code for the quarantine table.
 """
@@ -17,6 +18,7 @@ from pydantic import Field
 
 from acedata.config import Strict
 from acedata.synth.base import Draft, Img
+from acedata.synth.support.definitions import verify
 
 ALIGNED_TASKS = {"low_level", "controllable", "repainting", "element_editing", "semantic_editing", "layer_editing"}
 MASKED_TASKS = {"repainting", "element_editing"}  # the mask must cover every changed pixel
@@ -54,6 +56,12 @@ class FilterConfig(Strict):
     pixel_tol: int = 8  # |difference| (0..255, any channel) above which a pixel counts as changed
     mask_leak_max: float = 0.002  # changed pixels outside the (slightly dilated) mask, as a fraction
     condition_min_std: float = 2.0  # a condition map flatter than this is blank
+    # outputs defined by their inputs (grayscale, mosaic, canny, repainting source, layers) against the
+    # recomputed definition: mean |difference| at most `mean_tol`, and at most `max_mismatch` of the
+    # pixels further than `tol` (a JPEG round trip at quality 90 stays well inside both)
+    definition_mean_tol: float = Field(6.0, ge=0)
+    definition_tol: int = Field(32, ge=0, le=255)
+    definition_max_mismatch: float = Field(0.01, ge=0, le=1)
     # overrides of DEFAULT_BANDS, keyed "task" or "task/subtask" (the more specific wins)
     bands: dict[str, Band] = Field(default_factory=dict)
 
@@ -181,4 +189,7 @@ def check(draft: Draft, cfg: FilterConfig | None = None, cache: dict | None = No
             return Verdict(False, low_reason, f"{key} {v:.4f} < {lo}", scores)
         if hi is not None and v > hi:
             return Verdict(False, high_reason, f"{key} {v:.4f} > {hi}", scores)
+    broken = verify(draft, cfg.definition_mean_tol, cfg.definition_tol, cfg.definition_max_mismatch)
+    if broken is not None:
+        return Verdict(False, *broken, scores)
     return Verdict(True, scores=scores)

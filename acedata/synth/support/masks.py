@@ -2,12 +2,12 @@
 
 Segmentation runs on a copy at most `WORK_SIDE` pixels on its long side (the label map is
 scaled back with nearest neighbour), which keeps it fast at training resolutions.
-`MaskSource` lets a synthesizer take its object masks from a model instead (`mask_source: model`).
+`acedata.synth.support.model_masks.MaskSource` lets a synthesizer take its object masks from a
+model instead (`mask_source: model`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -112,46 +112,3 @@ def object_mask(rgb: np.ndarray, rng: np.random.Generator, max_frac: float = 0.6
     mask = np.zeros((h, w), np.uint8)
     cv2.ellipse(mask, (w // 2, h // 2), (w // 5, h // 4), 0, 0, 360, 1, -1)
     return mask, {"method": "ellipse"}
-
-
-class MaskSource:
-    """Mixin for synthesizers that need an object region: weight-free masks by default, or a model's
-    (`mask_source: model` in the synthesizer's model options; `acedata.synth.model_based.ModelMasker`:
-    a semantic segmenter or a SAM-family model). When the model finds no region of a usable size the
-    weight-free mask is used and the params say so."""
-
-    mask_source: str = "weight_free"
-    masker: Any = None
-
-    def load(self, spec: Any | None) -> None:
-        if spec is None:
-            if self.mask_source == "model":
-                from acedata.errors import UserError
-
-                raise UserError(f"synthesizer {getattr(self, 'name', '?')!r} needs a mask model: set "
-                                f"models.{getattr(self, 'name', '?')} (name/path) in the stage")
-            return
-        self.mask_source = str(spec.options.get("mask_source", self.mask_source))
-        if self.mask_source == "model":
-            from acedata.synth.model_based import ModelMasker
-
-            self.masker = ModelMasker(spec)
-        elif self.mask_source != "weight_free":
-            from acedata.errors import UserError
-
-            raise UserError(f"models.{spec.name}.options.mask_source must be weight_free or model, "
-                            f"got {self.mask_source!r}")
-
-    @property
-    def weights_id(self) -> str | None:
-        return self.masker.weights_id if self.masker is not None else None
-
-    def region_mask(self, rgb: np.ndarray, rng: np.random.Generator, min_frac: float, max_frac: float,
-                    weight_free: Callable[[], tuple[np.ndarray, dict[str, Any]]]) -> tuple[np.ndarray, dict[str, Any]]:
-        if self.masker is not None:
-            found = self.masker.mask(rgb, rng, min_frac, max_frac)
-            if found is not None:
-                return found[0], {**found[1], "mask_source": "model"}
-            mask, params = weight_free()
-            return mask, {**params, "mask_source": "weight_free_fallback"}
-        return weight_free()

@@ -16,15 +16,17 @@ prompts), plus the diffusers knobs (steps, guidance, image_guidance, max_side).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import AfterValidator, Field
 
 from acedata.errors import UserError
 from acedata.models import ModelSpec
-from acedata.synth.base import Draft, Img, new_img, register
-from acedata.synth.model_based import DiffusersSynth, ObjectDetector, sub_spec
+from acedata.synth.base import Draft, Img, Rejected, new_img, register
+from acedata.synth.support.diffusers import DiffusersOptions, DiffusersSynth
+from acedata.synth.support.model_loading import ObjectDetector, check_detector
 
 # (attribute as a state, for "make the person in {image} <attribute>"; the edit prompt)
 FACE_ATTRIBUTES: list[tuple[str, str]] = [
@@ -40,8 +42,21 @@ FACE_ATTRIBUTES: list[tuple[str, str]] = [
 ]
 
 
-class NoFaceFound(RuntimeError):
+class FaceOptions(DiffusersOptions):
+    region: Literal["face", "whole"] = "face"
+    attributes: list[str | dict[str, str]] | None = None  # prompts, or {attribute, prompt}
+    face_margin: float = Field(0.35, ge=0)
+    min_face: float = Field(0.02, ge=0, le=1)  # of the image area
+    image_guidance: float = 1.5
+    detector: Annotated[ModelSpec | None, AfterValidator(check_detector)] = None  # a `face` class (region: face)
+    detector_labels: list[str] = ["face"]
+    detector_threshold: float = 0.5
+
+
+class NoFaceFound(Rejected):
     """The detector found no face large enough to edit (the candidate goes to quarantine)."""
+
+    reason = "no_face"
 
 
 def _attributes(raw: Any) -> list[tuple[str, str]]:
@@ -84,25 +99,21 @@ class FacialAttribute(DiffusersSynth):
     pipeline_class = "StableDiffusionInstructPix2PixPipeline"
     tiny_kind = "instruct_pix2pix"
     algorithm = "face detector box + diffusers StableDiffusionInstructPix2PixPipeline, pasted back"
+    Options = FaceOptions
 
     def load(self, spec: ModelSpec | None) -> None:
         super().load(spec)
-        opts = self.spec.options
-        self.region = str(opts.get("region", "face"))
-        if self.region not in ("face", "whole"):
-            raise UserError(f"models.facial_attribute.options.region must be face or whole, got {self.region!r}")
-        self.attributes = _attributes(opts.get("attributes"))
-        self.margin = float(opts.get("face_margin", 0.35))
-        self.min_face = float(opts.get("min_face", 0.02))
-        self.image_guidance = float(opts.get("image_guidance", 1.5))
+        opts = self.opts
+        self.region = opts.region
+        self.attributes = _attributes(opts.attributes)
+        self.margin, self.min_face, self.image_guidance = opts.face_margin, opts.min_face, opts.image_guidance
         self.detector = None
         if self.region == "face":
-            det = sub_spec(self.spec, "detector")
-            if det is None:
+            if opts.detector is None:
                 raise UserError("facial_attribute: region face needs options.detector (a face detector spec); "
                                 "or set options.region: whole")
-            self.detector = ObjectDetector(det, list(opts.get("detector_labels", ["face"])),
-                                           float(opts.get("detector_threshold", 0.5)))
+            self.detector = ObjectDetector(opts.detector, opts.detector_labels, opts.detector_threshold,
+                                           f"models.{self.name}.options.detector")
 
     @property
     def weights_id(self) -> str | None:
@@ -123,7 +134,8 @@ class FacialAttribute(DiffusersSynth):
         if self.region == "whole":
             src = self._fit(src)
             target = new_img(self._edit(src.pil, prompt, rng))
-            return [Draft(self.task, "facial_attribute", src, target, params=params, synthesizer=self.name)]
+            return [Draft(self.task, "facial_attribute", src, target, params=params, synthesizer=self.name,
+                          slots={"attribute": attribute, "prompt": prompt})]
         rgb = src.array()
         h, w = rgb.shape[:2]
         faces = [(b, s) for b, s in self.detector.boxes(rgb)
@@ -144,4 +156,5 @@ class FacialAttribute(DiffusersSynth):
         region = rgb[y0:y1, x0:x1].astype(np.float32)
         out[y0:y1, x0:x1] = np.clip(edited * alpha + region * (1 - alpha) + 0.5, 0, 255).astype(np.uint8)
         params.update(face_box=[round(v, 1) for v in box], face_score=round(score, 4), edit_box=[x0, y0, x1, y1])
-        return [Draft(self.task, "facial_attribute", src, new_img(out), params=params, synthesizer=self.name)]
+        return [Draft(self.task, "facial_attribute", src, new_img(out), params=params, synthesizer=self.name,
+                      slots={"attribute": attribute, "prompt": prompt})]

@@ -11,13 +11,9 @@ import cv2
 import numpy as np
 
 from acedata.synth.base import Draft, Img, Synthesizer, mask_img, new_img, register
-from acedata.synth.segments import MaskSource, object_mask, segment_mask
-
-
-def inpaint_region(rgb: np.ndarray, mask: np.ndarray, method: str, radius: int) -> np.ndarray:
-    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    return cv2.cvtColor(cv2.inpaint(bgr, (mask > 0).astype(np.uint8) * 255, radius, flag), cv2.COLOR_BGR2RGB)
+from acedata.synth.support.masks import object_mask, segment_mask
+from acedata.synth.support.model_masks import MaskSource, object_slot
+from acedata.synth.support.pixels import inpaint_region
 
 
 def _weight_free_element(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -44,8 +40,10 @@ class RemoveAdd(MaskSource, Synthesizer):
         m = mask_img(mask)
         params = {**params, "inpaint": method, "radius": radius}
         return [
-            Draft(self.task, "remove", src, removed, mask=m, params=params, synthesizer=self.name),
-            Draft(self.task, "add", removed, src, mask=m, params=params, synthesizer=self.name),
+            Draft(self.task, "remove", src, removed, mask=m, params=params, synthesizer=self.name,
+                  slots=object_slot(params)),
+            Draft(self.task, "add", removed, src, mask=m, params=params, synthesizer=self.name,
+                  slots=object_slot(params)),
         ]
 
 
@@ -55,6 +53,5 @@ class RemoveAddModelMask(RemoveAdd):
 
     name = "remove_add_model_mask"
     needs_weights = True
-    num_gpus = 0.25
     mask_source = "model"
     algorithm = "model object mask (semantic segmentation or SAM) + OpenCV inpainting (Telea or Navier-Stokes)"

@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 
 from acedata.synth.base import MASK_FILL_GRAY, Draft, Img, Synthesizer, mask_img, new_img, register
-from acedata.synth.segments import MaskSource, object_mask
+from acedata.synth.support.masks import object_mask
+from acedata.synth.support.model_masks import MaskSource, object_slot
+from acedata.synth.support.pixels import fill_masked
 
 
 def brush_mask(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -60,12 +62,6 @@ def border_mask(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, d
     return mask, {"mask_type": "border", "margins": [round(float(m), 3) for m in margins]}
 
 
-def fill_masked(rgb: np.ndarray, mask: np.ndarray, fill: int = MASK_FILL_GRAY) -> np.ndarray:
-    out = rgb.copy()
-    out[mask > 0] = fill
-    return out
-
-
 class RepaintSynth(Synthesizer):
     task = "repainting"
     subtasks = ("inpainting",)
@@ -76,10 +72,10 @@ class RepaintSynth(Synthesizer):
     def make(self, src: Img, rng: np.random.Generator, caption: str | None = None) -> list[Draft]:
         rgb = src.array()
         mask, params = self.mask(rgb, rng)
-        source = new_img(fill_masked(rgb, mask), "image")
+        source = new_img(fill_masked(rgb, mask, MASK_FILL_GRAY), "image")
         params = {**params, "fill": MASK_FILL_GRAY}
         return [Draft(self.task, self.subtasks[0], source, src, mask=mask_img(mask), params=params,
-                      synthesizer=self.name)]
+                      synthesizer=self.name, slots=object_slot(params))]
 
 
 @register
@@ -119,7 +115,6 @@ class InpaintModelMask(InpaintSegment):
 
     name = "inpaint_model_mask"
     needs_weights = True
-    num_gpus = 0.25
     mask_source = "model"
     algorithm = "model object mask (semantic segmentation or SAM), dilated"
 

@@ -14,21 +14,9 @@ import cv2
 import numpy as np
 
 from acedata.synth.base import Draft, Img, Synthesizer, new_img, register
-from acedata.synth.element import inpaint_region
-from acedata.synth.segments import MaskSource, object_mask
-
-
-def subject_layer(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    a = alpha.astype(np.float32)[:, :, None] / 255.0
-    colour = (rgb.astype(np.float32) * a + 255.0 * (1 - a) + 0.5).astype(np.uint8)
-    return np.dstack([colour, alpha])
-
-
-def composite(background: np.ndarray, layer_rgba: np.ndarray) -> np.ndarray:
-    """Straight-alpha "over"; exact inverse of `subject_layer` where alpha is 0 or 255."""
-    a = layer_rgba[:, :, 3:4].astype(np.float32) / 255.0
-    rgb = layer_rgba[:, :, :3].astype(np.float32)
-    return (rgb * a + background.astype(np.float32) * (1 - a) + 0.5).astype(np.uint8)
+from acedata.synth.support.masks import object_mask
+from acedata.synth.support.model_masks import MaskSource, object_slot
+from acedata.synth.support.pixels import composite, inpaint_region, subject_layer
 
 
 @register
@@ -54,10 +42,11 @@ class Layers(MaskSource, Synthesizer):
         fused = composite(background, subject_layer(rgb, alpha))
         target = src if np.array_equal(fused, rgb) else new_img(fused, "image")
         params = {**params, "feather": feather}
+        slots = object_slot(params)
         return [
-            Draft(self.task, "decompose_subject", src, layer, params=params, synthesizer=self.name),
-            Draft(self.task, "decompose_background", src, bg, params=params, synthesizer=self.name),
-            Draft(self.task, "fuse", bg, target, extras=[layer], params=params, synthesizer=self.name),
+            Draft(self.task, "decompose_subject", src, layer, params=params, synthesizer=self.name, slots=slots),
+            Draft(self.task, "decompose_background", src, bg, params=params, synthesizer=self.name, slots=slots),
+            Draft(self.task, "fuse", bg, target, extras=[layer], params=params, synthesizer=self.name, slots=slots),
         ]
 
 
@@ -67,6 +56,5 @@ class LayersModelMask(Layers):
 
     name = "layers_model_mask"
     needs_weights = True
-    num_gpus = 0.25
     mask_source = "model"
     algorithm = "model object mask alpha (semantic segmentation or SAM, feathered) + OpenCV Telea background fill"

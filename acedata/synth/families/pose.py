@@ -2,7 +2,7 @@
 the inverse controllable pair (skeleton -> photo).
 
 Keypoints come from a ViTPose model (transformers `VitPoseForPoseEstimation`, COCO-17, top-down)
-loaded from local weights through `acedata.models`. Person boxes come from an object detector
+loaded from local weights (acedata.models conventions). Person boxes come from an object detector
 named in `models.pose.options.detector` (a ModelSpec for any transformers detector with a
 `person` class, e.g. RT-DETR); without one the whole image is one box. COCO-17 keypoints are
 drawn in the OpenPose-18 layout (the neck is the midpoint of the shoulders) with OpenPose's limb
@@ -19,11 +19,12 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from acedata.models import ModelSpec
-from acedata.synth.base import register
-from acedata.synth.lowlevel import ConditionSynth
-from acedata.synth.model_based import ObjectDetector, _load_transformers, sub_spec
+from acedata.synth.base import Rejected, register
+from acedata.synth.support.conditions import ConditionSynth
+from acedata.synth.support.model_loading import DetectorOptions, ObjectDetector, load_transformers
 
 # OpenPose-18 order: nose, neck, r-shoulder, r-elbow, r-wrist, l-shoulder, l-elbow, l-wrist, r-hip, r-knee,
 # r-ankle, l-hip, l-knee, l-ankle, r-eye, l-eye, r-ear, l-ear. Index into COCO-17 (None: the neck).
@@ -41,8 +42,16 @@ COLOURS = np.array([
 LIMB_SHADE = 0.6  # limbs are drawn darker than joints, as OpenPose renders them
 
 
-class NoPoseFound(RuntimeError):
+class PoseOptions(DetectorOptions):
+    keypoint_threshold: float = 0.3
+    min_keypoints: int = Field(4, ge=1)  # per person
+    max_people: int = Field(6, ge=1)
+
+
+class NoPoseFound(Rejected):
     """No person had enough confident keypoints to draw (the candidate goes to quarantine)."""
+
+    reason = "no_pose"
 
 
 def openpose18(keypoints: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -86,18 +95,17 @@ class Pose(ConditionSynth):
     name = "pose"
     subtasks = ("pose",)
     needs_weights = True
-    num_gpus = 0.25
     algorithm = "person boxes (detector or whole image) + transformers ViTPose COCO-17 keypoints, OpenPose-18 skeleton"
 
+    Options = PoseOptions
+
     def load(self, spec: ModelSpec | None) -> None:
-        _load_transformers(self, spec, "VitPoseForPoseEstimation", "build_tiny_vitpose")
-        opts = self.spec.options
-        self.keypoint_threshold = float(opts.get("keypoint_threshold", 0.3))
-        self.min_keypoints = int(opts.get("min_keypoints", 4))
-        self.max_people = int(opts.get("max_people", 6))
-        det = sub_spec(self.spec, "detector")
-        self.detector = None if det is None else ObjectDetector(
-            det, list(opts.get("detector_labels", ["person"])), float(opts.get("detector_threshold", 0.5)))
+        opts = self.parse_options(spec)
+        load_transformers(self, spec, opts, "VitPoseForPoseEstimation", "build_tiny_vitpose")
+        self.keypoint_threshold, self.min_keypoints, self.max_people = (
+            opts.keypoint_threshold, opts.min_keypoints, opts.max_people)
+        self.detector = None if opts.detector is None else ObjectDetector(
+            opts.detector, opts.detector_labels, opts.detector_threshold, f"models.{self.name}.options.detector")
 
     @property
     def weights_id(self) -> str | None:

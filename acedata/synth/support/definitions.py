@@ -1,0 +1,125 @@
+"""Pairs whose output is defined by their inputs, checked against that definition.
+
+A grayscale map is the luma of its photo, a mosaic the block average at the stated block size, a
+Canny map the edges at the stated thresholds, a repainting source the photo with the mask filled,
+a subject layer the photo under its own alpha, and a fused image the alpha composite of its
+layers. The filter recomputes the definition from the draft's inputs (and stated parameters)
+and compares: the mean difference may be up to `mean_tol` and a pixel may differ by `tol`
+(encoding: a JPEG round trip, a colour conversion), at most `max_mismatch` of the pixels by more. Weight-free, so it always runs; a
+layer_editing/fuse draft whose target is some other photo of the same size fails here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from acedata.synth.base import Draft, Img
+from acedata.synth.support.pixels import (
+    as_rgb3,
+    canny_map,
+    composite,
+    fill_masked,
+    gray_of,
+    pixelate,
+    subject_layer,
+)
+
+# (expected, actual) arrays of one shape, or None when the draft lacks what the definition needs
+Check = Callable[[Draft], tuple[np.ndarray, np.ndarray] | None]
+
+
+def _rgb(im: Img) -> np.ndarray:
+    return np.asarray(im.pil.convert("RGB"))
+
+
+def _rgba(im: Img) -> np.ndarray | None:
+    return np.asarray(im.pil) if im.pil.mode == "RGBA" else None
+
+
+def _photo_and_map(d: Draft) -> tuple[np.ndarray, np.ndarray]:
+    """low_level: photo -> condition map; controllable: the same pair the other way round."""
+    photo, cmap = (d.source, d.target) if d.task == "low_level" else (d.target, d.source)
+    return _rgb(photo), _rgb(cmap)
+
+
+def _grayscale(d: Draft):
+    photo, cmap = _photo_and_map(d)
+    return as_rgb3(gray_of(photo)), cmap
+
+
+def _mosaic(d: Draft):
+    block = d.params.get("block")
+    if not isinstance(block, int) or block < 1:
+        return None
+    photo, cmap = _photo_and_map(d)
+    return pixelate(photo, block), cmap
+
+
+def _canny(d: Draft):
+    low, high = d.params.get("low"), d.params.get("high")
+    if not isinstance(low, int) or not isinstance(high, int):
+        return None
+    photo, cmap = _photo_and_map(d)
+    return canny_map(photo, low, high), cmap
+
+
+def _repaint_source(d: Draft):
+    fill = d.params.get("fill")
+    if d.mask is None or not isinstance(fill, int):
+        return None
+    mask = np.asarray(d.mask.pil.convert("L"))
+    return fill_masked(_rgb(d.target), mask, fill), _rgb(d.source)
+
+
+def _subject_layer(d: Draft):
+    layer = _rgba(d.target)
+    if layer is None:
+        return None
+    return subject_layer(_rgb(d.source), layer[:, :, 3]), layer
+
+
+def _fuse(d: Draft):
+    layers = [x for x in (_rgba(e) for e in d.extras) if x is not None]
+    if len(layers) != 1:  # one subject layer over the background (the source)
+        return None
+    return composite(_rgb(d.source), layers[0]), _rgb(d.target)
+
+
+DEFINITIONS: dict[str, Check] = {
+    "low_level/grayscale": _grayscale,
+    "controllable/grayscale": _grayscale,
+    "low_level/mosaic": _mosaic,
+    "controllable/mosaic": _mosaic,
+    "low_level/canny": _canny,
+    "controllable/canny": _canny,
+    "repainting/inpainting": _repaint_source,
+    "repainting/outpainting": _repaint_source,
+    "layer_editing/decompose_subject": _subject_layer,
+    "layer_editing/fuse": _fuse,
+}
+
+
+def verify(d: Draft, mean_tol: float, tol: int, max_mismatch: float) -> tuple[str, str] | None:
+    """(reason, detail) when the draft breaks its family's definition; None when it holds or the
+    family has none. A draft missing what its definition needs (a fuse without its layer) fails."""
+    check = DEFINITIONS.get(f"{d.task}/{d.subtask}")
+    if check is None:
+        return None
+    pair = check(d)
+    if pair is None:
+        return "definition_unverifiable", f"{d.task}/{d.subtask} lacks the inputs or parameters that define it"
+    expected, actual = pair
+    if expected.shape != actual.shape:
+        return "definition_mismatch", f"shape {actual.shape} != defined {expected.shape}"
+    diff = np.abs(expected.astype(np.int16) - actual.astype(np.int16))
+    mean = float(diff.mean())
+    if mean > mean_tol:
+        return "definition_mismatch", (f"mean difference {mean:.2f} from the {d.task}/{d.subtask} definition "
+                                       f"> {mean_tol}")
+    off = float((diff.max(axis=2) > tol).mean())
+    if off > max_mismatch:
+        return "definition_mismatch", (f"{off:.4f} of pixels differ by more than {tol} from the "
+                                       f"{d.task}/{d.subtask} definition (max {max_mismatch})")
+    return None

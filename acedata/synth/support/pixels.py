@@ -1,0 +1,61 @@
+"""Pixel helpers shared by families and filters: colour conversions, label palettes,
+inpainting, and the layer maths (a subject layer and its alpha composite)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def gray_of(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def as_rgb3(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def canny_map(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
+    """The Canny condition map at the stated thresholds: white edges on black, 3 channels."""
+    gray = cv2.GaussianBlur(gray_of(rgb), (5, 5), 0)
+    return as_rgb3(cv2.Canny(gray, low, high))
+
+
+def pixelate(rgb: np.ndarray, block: int) -> np.ndarray:
+    """Mosaic: area-average blocks of about `block` pixels, drawn back at full size."""
+    h, w = rgb.shape[:2]
+    small = cv2.resize(rgb, (max(1, w // block), max(1, h // block)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def fill_masked(rgb: np.ndarray, mask: np.ndarray, fill: int) -> np.ndarray:
+    """The photo with the masked pixels set to one gray value (a repainting source)."""
+    out = rgb.copy()
+    out[mask > 0] = fill
+    return out
+
+
+def palette(n: int, seed: int = 7) -> np.ndarray:
+    """Distinct, saturated colours for label maps (fixed, so one label keeps one colour)."""
+    hues = (np.arange(n) * 0.61803398875 + (seed % 10) / 10) % 1.0
+    hsv = np.stack([hues * 179, np.full(n, 200), np.full(n, 230)], 1).astype(np.uint8)[None]
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
+
+
+def inpaint_region(rgb: np.ndarray, mask: np.ndarray, method: str, radius: int) -> np.ndarray:
+    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return cv2.cvtColor(cv2.inpaint(bgr, (mask > 0).astype(np.uint8) * 255, radius, flag), cv2.COLOR_BGR2RGB)
+
+
+def subject_layer(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha.astype(np.float32)[:, :, None] / 255.0
+    colour = (rgb.astype(np.float32) * a + 255.0 * (1 - a) + 0.5).astype(np.uint8)
+    return np.dstack([colour, alpha])
+
+
+def composite(background: np.ndarray, layer_rgba: np.ndarray) -> np.ndarray:
+    """Straight-alpha "over"; exact inverse of `subject_layer` where alpha is 0 or 255."""
+    a = layer_rgba[:, :, 3:4].astype(np.float32) / 255.0
+    rgb = layer_rgba[:, :, :3].astype(np.float32)
+    return (rgb * a + background.astype(np.float32) * (1 - a) + 0.5).astype(np.uint8)
