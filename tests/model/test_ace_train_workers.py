@@ -9,9 +9,9 @@ import sys
 import pytest
 import yaml
 from acemodel.config import TrainConfig
-from acedata.demo_lcu import build
 from acemodel.launch import root_cause, train_ray
 
+from acedata.demo_lcu import build
 from acedata.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
