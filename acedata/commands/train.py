@@ -74,8 +74,12 @@ def run(args: argparse.Namespace) -> int:
     from acemodel.train import train_local
 
     if cfg.num_workers > 1 or args.address:
+        from acemodel.data import lcu_units
+
         from acedata.runtime import init_ray
 
+        if args.data and not cfg.data.cache:
+            lcu_units(args.data)  # a missing table is one line, before any Ray starts
         init_ray(args.address)  # the platform's Ray setup (job-server URLs, loopback) before the launch
         metrics = train_ray(cfg, args.data, args.out, address=args.address)
         print(f"trained with Ray Train ({cfg.num_workers} workers, {cfg.strategy}): {metrics}")
