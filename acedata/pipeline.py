@@ -14,7 +14,6 @@ import logging
 import os
 import pkgutil
 import posixpath
-import shutil
 import string
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
-from acedata import runtime, shards
+from acedata import runtime, shards, storage
 from acedata.config import StageConfig, Strict, config_hash, validate_model
 from acedata.errors import UserError
 from acedata.stage import REGISTRY, RunContext, Stage
@@ -164,6 +163,7 @@ def run_stages(
     """
     load_stages()
     t0 = time.time()
+    out = storage.absolute(out)
     if executor == "ray":
         runtime.init_ray(address, num_cpus)
     fs, out_path = shards.resolve(out)
@@ -179,7 +179,7 @@ def run_stages(
             stage_dir = posixpath.join(out, cfg.name or kind)
             digest = config_hash(*configs[: i + 1])
             inputs = {k: list(v) for k, v in tables.items()}
-            inputs.update({k: [p] for k, p in cfg.inputs.items()})
+            inputs.update({k: [storage.absolute(p)] for k, p in cfg.inputs.items()})
             stage = cls(cfg, RunContext(out, stage_dir, inputs))
             marker = _read_marker(stage_dir)
             if marker and marker.get("config_hash") == digest:
@@ -218,7 +218,8 @@ def run_pipeline(
     executor: str | None = None,
     on_status: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    spec, configs = load_spec(path, {"out": os.path.abspath(out) if "://" not in out else out})
+    out = storage.absolute(out)  # resolved here, before anything travels to workers
+    spec, configs = load_spec(path, {"out": out})
     return run_stages(
         configs,
         out,
@@ -254,10 +255,7 @@ def _prepare_stage_dir(stage_dir: str, digest: str) -> None:
             with fs.open_input_stream(cfg_file) as f:
                 same = f.read().decode() == digest
         if not same:
-            if "://" in stage_dir:
-                fs.delete_dir(d)
-            else:
-                shutil.rmtree(d)
+            storage.delete_dir(stage_dir)
     fs.create_dir(d, recursive=True)
     marker = posixpath.join(d, runtime.SUCCESS)
     if shards.exists(fs, marker):

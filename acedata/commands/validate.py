@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -18,12 +17,12 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def find_tables(path: str) -> list[str]:
-    from acedata import shards
+    from acedata import shards, storage
 
-    if "://" in path or shards.read_manifest(path) is not None:
+    if shards.read_manifest(path) is not None:
         return [path]
     found = []
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, dirnames, filenames in storage.walk(path):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(("_", ".")))
         if "_manifest.json" in filenames:
             found.append(dirpath)
@@ -31,10 +30,10 @@ def find_tables(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from acedata import shards
+    from acedata import shards, storage
     from acedata.errors import UserError
 
-    if "://" not in args.path and not os.path.exists(args.path):
+    if not storage.exists_uri(args.path):
         raise UserError(f"{args.path} does not exist")
     tables = find_tables(args.path)
     if not tables:
