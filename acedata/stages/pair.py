@@ -138,7 +138,7 @@ class Pair(Stage):
     outputs: ClassVar[dict[str, pa.Schema]] = {"pairs": PAIRS}
 
     def _partition_dir(self) -> str:
-        return shards.resolve(posixpath.join(self.ctx.stage_dir, PARTITIONS))[1]
+        return storage.join(self.ctx.stage_dir, PARTITIONS)  # a URI: workers resolve it themselves
 
     # --- driver ------------------------------------------------------------------
 
