@@ -18,6 +18,7 @@ there the object is written directly under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -167,6 +168,31 @@ def write_file(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         return
     with fs.open_output_stream(path) as f:
         f.write(data)
+
+
+@contextlib.contextmanager
+def open_output(uri: str) -> Iterator[pa.NativeFile]:
+    """Stream one object out; it appears under `uri` only once the block completes.
+
+    Locally a hidden temporary file is renamed at the end; on object stores the upload
+    completes at close (a failed block deletes what was uploaded).
+    """
+    fs, path = resolve(uri)
+    local = is_local(fs)
+    if local:
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+    target = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}") \
+        if local else path
+    out = fs.open_output_stream(target)
+    try:
+        yield out
+    except BaseException:
+        out.close()
+        fs.delete_file(target)
+        raise
+    out.close()
+    if local:
+        fs.move(target, path)
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -19,12 +19,11 @@ indicators in the instruction.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from acedata import shards
+from acedata import shards, storage
 from acedata.errors import UserError
 from acedata.instruct.captioner import CAPTIONER_PROMPT
 from acedata.lookup import ImageStore
@@ -34,12 +33,12 @@ CURATED_METHODS = ("template", "llm_rewrite", "mllm_llm", "captioner")
 
 def find_tables(run_dir: str, table: str) -> list[str]:
     """Finished `table` folders directly under the stage folders of a run directory."""
-    if not os.path.isdir(run_dir):
+    if not storage.is_dir(run_dir):
         raise UserError(f"run directory {run_dir!r} does not exist")
     out = []
-    for stage in sorted(os.listdir(run_dir)):
-        d = os.path.join(run_dir, stage, table)
-        if os.path.isfile(os.path.join(d, shards.MANIFEST)):
+    for stage in storage.subdirs(run_dir):
+        d = storage.join(run_dir, stage, table)
+        if storage.is_file(storage.join(d, shards.MANIFEST)):
             out.append(d)
     return out
 
@@ -63,7 +62,7 @@ def export_captioner_data(
     progress: bool = False,
 ) -> dict[str, int]:
     """Write `out_dir/captioner.jsonl` and `out_dir/images/`; returns counts (kept and why others were not)."""
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    out_dir = storage.absolute(out_dir)
     pair_info = {r["pair_id"]: r for r in _iter_rows(pairs, ["pair_id", "source_id", "target_id", "extra_input_ids",
                                                               "task", "subtask"])}
     wanted: list[dict[str, Any]] = []
@@ -93,12 +92,11 @@ def export_captioner_data(
             break
     store = ImageStore(images)
     written: dict[str, str] = {}
-    path = os.path.join(out_dir, "captioner.jsonl")
-    tmp = path + ".tmp"
+    path = storage.join(out_dir, "captioner.jsonl")
     from tqdm import tqdm
 
     bar = tqdm(total=len(wanted), desc="export", unit="rec", disable=not progress)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with storage.open_output(path) as f:
         for lo in range(0, len(wanted), 512):
             chunk = wanted[lo: lo + 512]
             ids_of = {id(r): _image_ids(pair_info[r["pair_id"]]) for r in chunk}
@@ -107,8 +105,7 @@ def export_captioner_data(
             for image_id, row in store.rows(need, columns=["image_id", "image", "format"]).items():
                 ext = (row.get("format") or "PNG").lower().replace("jpeg", "jpg")
                 rel = posixpath.join("images", f"{image_id}.{ext}")
-                with open(os.path.join(out_dir, rel), "wb") as img:
-                    img.write(row["image"]["bytes"])
+                storage.write_bytes(storage.join(out_dir, rel), row["image"]["bytes"])
                 written[image_id] = rel
             for r in chunk:
                 ids = ids_of[id(r)]
@@ -116,11 +113,11 @@ def export_captioner_data(
                     counts["skipped_no_image"] += 1
                     continue
                 p = pair_info[r["pair_id"]]
-                f.write(json.dumps(_record(r, p, [written[i] for i in ids], fmt, prompt), ensure_ascii=False) + "\n")
+                line = json.dumps(_record(r, p, [written[i] for i in ids], fmt, prompt), ensure_ascii=False) + "\n"
+                f.write(line.encode())
                 counts["records"] += 1
             bar.update(len(chunk))
     bar.close()
-    os.replace(tmp, path)
     counts["images"] = len(written)
     return counts
 

@@ -7,16 +7,14 @@ a checkerboard. Rows are drawn round-robin over subtasks so every subtask shows 
 
 from __future__ import annotations
 
-import glob
-import json
-import os
+import io
 import random
 from collections import defaultdict
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from acedata import shards
+from acedata import shards, storage
 from acedata.errors import UserError
 from acedata.lookup import ImageStore
 
@@ -27,14 +25,14 @@ PAD = 4
 
 def find_tables(run_dir: str) -> tuple[list[str], list[str]]:
     """(pairs tables, images tables) of a run directory (from _run.json, else by folder)."""
-    run_file = os.path.join(run_dir, "_run.json")
-    if os.path.isfile(run_file):
-        with open(run_file) as f:
-            tables = json.load(f).get("tables", {})
+    run_file = storage.join(run_dir, "_run.json")
+    if storage.is_file(run_file):
+        tables = storage.read_json(run_file).get("tables", {})
         pairs, images = tables.get("pairs", []), tables.get("images", [])
     else:
-        pairs = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(run_dir, "*", "pairs", "_manifest.json")))
-        images = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(run_dir, "*", "images", "_manifest.json")))
+        found = {t: [storage.join(run_dir, s, t) for s in storage.subdirs(run_dir)
+                     if storage.is_file(storage.join(run_dir, s, t, "_manifest.json"))] for t in ("pairs", "images")}
+        pairs, images = found["pairs"], found["images"]
     if not pairs:
         raise UserError(f"{run_dir}: no pairs table found (run a pipeline with a synthesize or pair stage first)")
     return pairs, images
@@ -123,13 +121,14 @@ def write_contact_sheets(run_dir: str, out_dir: str | None = None, per_family: i
         raise UserError(f"{run_dir}: the pairs tables are empty; nothing to draw")
     picked = pick_rows(pairs, per_family, seed)
     store = ImageStore(image_tables)
-    out_dir = out_dir or os.path.join(run_dir, "contact_sheets")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = storage.absolute(out_dir or storage.join(run_dir, "contact_sheets"))
     written = []
     for family, rows in tqdm(picked.items(), desc="contact sheets", unit="family", disable=not progress):
         ids = [i for p in rows for _, i in cells_of(p)]
         sheet = render(rows, store.image_bytes(ids), family, cell)
-        path = os.path.join(out_dir, f"{family}.png")
-        sheet.save(path)
+        path = storage.join(out_dir, f"{family}.png")
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG")
+        storage.write_bytes(path, buf.getvalue())
         written.append(path)
     return written
