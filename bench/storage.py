@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from s3_server import S3Server  # noqa: E402
+from s3_server import S3Server
 
 
 def run(args: list[str], cwd: str, env: dict[str, str]) -> float:
