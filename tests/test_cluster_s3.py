@@ -106,3 +106,81 @@ def test_train_from_s3(s3_demo, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "trained to step 3" in r.stdout
     assert os.path.isdir(os.path.join(out, "checkpoints"))
+
+
+# --- a submitted job on the two-node cluster, writing to the bucket, a worker killed -------
+
+
+@pytest.fixture(scope="module")
+def s3_cluster(s3_server):
+    """A two-node loopback cluster started after the S3 env is set: every node inherits it."""
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from cluster_helper import LocalCluster
+
+    root = tempfile.mkdtemp(prefix="acedata-s3c-", dir="/tmp")  # short: Ray's socket paths are length-bound
+    c = LocalCluster(root)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_submitted_job_writes_to_the_bucket_with_a_worker_killed(s3_cluster, s3_demo, s3_server, tmp_path,
+                                                                  monkeypatch):
+    import signal
+
+    import cluster_stages  # noqa: F401 - registers the test stages for the local reference run
+    import yaml
+
+    from acedata import jobs
+    from acedata.pipeline import load_spec, run_stages
+
+    monkeypatch.setenv("RAY_ADDRESS", s3_cluster.address)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", s3_cluster.token)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    images = f"{s3_demo.out}/ingest/images"  # the demo's images table, in the bucket
+    trace = str(tmp_path / "trace")
+    spec = tmp_path / "kill.yaml"
+    spec.write_text(yaml.safe_dump({"name": "kill", "executor": "ray", "stages": [
+        {"stage": "color_stats", "name": "stats", "rows_per_unit": 8, "pause_s": 1.5, "trace_dir": trace,
+         "inputs": {"images": images}, "resources": {"concurrency": 2, "max_retries": 2}}]}))
+    _, configs = load_spec(str(spec), {})
+    configs[0].pause_s, configs[0].trace_dir = 0.0, None
+    run_stages(configs, str(tmp_path / "reference"), executor="local")
+    expected = _rows(str(tmp_path / "reference" / "stats" / "embeddings"))
+
+    out = f"s3://{s3_server.bucket}/killed"
+    job_id = jobs.submit_pipeline(str(spec), out, plugins=[os.path.join(ROOT, "tests", "cluster_stages.py")])
+    deadline = time.time() + 300
+    first = None
+    while first is None and time.time() < deadline:
+        started = [_load(os.path.join(trace, f)) for f in sorted(os.listdir(trace))
+                   if ".start." in f] if os.path.isdir(trace) else []
+        first = started[0] if started else None
+        if first is None:
+            assert jobs.wait_for(job_id, timeout=0) not in jobs.TERMINAL, jobs.job_logs(job_id)[-3000:]
+            time.sleep(0.2)
+    assert first is not None, "no unit started"
+    os.kill(first["pid"], signal.SIGKILL)  # the worker process dies mid-unit
+    state = jobs.wait_for(job_id, timeout=300, poll=1.0)
+    assert state == "SUCCEEDED", jobs.job_logs(job_id)[-4000:]
+    retried = [f for f in os.listdir(trace) if f.startswith(first["unit"] + ".start.")]
+    assert len(retried) >= 2, "the killed unit was not run again"
+    assert _rows(f"{out}/stats/embeddings") == expected  # every image exactly once, as in a clean run
+    assert shards.validate(f"{out}/stats/embeddings") == []
+    assert "killed/_run.json" in s3_server.keys("killed/")
+
+
+def _rows(table: str) -> list:
+    t = shards.read_table(table, columns=["image_id", "embedding"])
+    return sorted(zip(t.column("image_id").to_pylist(), t.column("embedding").to_pylist()))
+
+
+def _load(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
