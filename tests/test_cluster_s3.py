@@ -130,7 +130,21 @@ def s3_cluster(s3_server):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_submitted_job_writes_to_the_bucket_with_a_worker_killed(s3_cluster, s3_demo, s3_server, tmp_path,
+@pytest.fixture(scope="module")
+def s3_images(s3_server, tmp_path_factory) -> str:
+    """A small images table in the bucket (ingested in-process), the cluster job's input."""
+    from acedata.demo_data import build
+    from acedata.pipeline import run_stages
+    from acedata.stages.ingest import IngestConfig
+
+    d = tmp_path_factory.mktemp("s3-cluster-input")
+    build(str(d / "corpus"), variants=2, seed=0, odd=False)
+    out = f"s3://{s3_server.bucket}/cluster-input"
+    run_stages([IngestConfig(name="ingest", sources=[str(d / "corpus")], files_per_unit=8)], out, executor="local")
+    return f"{out}/ingest/images"
+
+
+def test_submitted_job_writes_to_the_bucket_with_a_worker_killed(s3_cluster, s3_images, s3_server, tmp_path,
                                                                   monkeypatch):
     import signal
 
@@ -143,7 +157,7 @@ def test_submitted_job_writes_to_the_bucket_with_a_worker_killed(s3_cluster, s3_
     monkeypatch.setenv("RAY_ADDRESS", s3_cluster.address)
     monkeypatch.setenv("RAY_AUTH_TOKEN", s3_cluster.token)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    images = f"{s3_demo.out}/ingest/images"  # the demo's images table, in the bucket
+    images = s3_images
     trace = str(tmp_path / "trace")
     spec = tmp_path / "kill.yaml"
     spec.write_text(yaml.safe_dump({"name": "kill", "executor": "ray", "stages": [
