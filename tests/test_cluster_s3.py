@@ -21,6 +21,8 @@ import pytest
 
 from acedata import shards
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the first test waits for the whole demo
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ["ingest", "embed", "cluster", "pair", "synthesize", "instruct", "assemble"]
 
