@@ -54,6 +54,25 @@ def test_helpers_round_trip_on_every_filesystem(root):
     storage.delete_dir(storage.join(root, "never-made"))  # a missing scratch dir is fine
 
 
+def test_streamed_output_appears_whole_or_not_at_all(root):
+    target = storage.join(root, "out", "records.jsonl")
+    with pytest.raises(RuntimeError), storage.open_output(target) as f:
+        f.write(b"half a file")
+        raise RuntimeError("the writer failed")
+    assert not storage.exists_uri(target)
+    assert [n for _, _, files in storage.walk(root) for n in files] == []  # no temp or partial object left
+    with storage.open_output(target) as f:
+        f.write(b"a\nb\n")
+    assert storage.read_bytes(target) == b"a\nb\n"
+
+
+def test_relative_paths_are_made_absolute_where_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("runs/x") == str(tmp_path / "runs" / "x")
+    assert storage.absolute("s3://b/runs/x") == "s3://b/runs/x"
+    assert storage.resolve("runs/x")[1] == str(tmp_path / "runs" / "x")
+
+
 def test_table_write_read_validate_on_every_filesystem(root):
     from acedata import schemas
 
