@@ -53,7 +53,9 @@ def main() -> None:
             with open(spec_path, "w", encoding="utf-8") as f:
                 f.write(spec)
             local = run(["run", spec_path, "--out", os.path.join(tmp, "local")], tmp, env)
+            print(f"demo, output on local disk: {local:.1f} s", flush=True)
             s3 = run(["run", spec_path, "--out", f"s3://{server.bucket}/demo"], tmp, env)
+            print(f"demo, output on S3: {s3:.1f} s", flush=True)
         finally:
             server.stop()
     print(json.dumps({"demo_local_s": round(local, 1), "demo_s3_s": round(s3, 1),
