@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections import Counter
 from typing import Any
 
 import polars as pl
 from pydantic import BaseModel
 
-from acedata import shards
+from acedata import shards, storage
 from acedata.schemas import LCU, SCHEMA_VERSION
 from acedata.stats import run_tables, stage_summaries
 
@@ -71,12 +70,12 @@ def models_used(tables: dict[str, list[str]]) -> Counter:
     for name in ("instructions", "embeddings"):
         files = _files(tables.get(name, []))
         if files:
-            df = pl.scan_parquet(files).select("model").drop_nulls().group_by("model").len().collect()
+            df = storage.scan_parquet(files).select("model").drop_nulls().group_by("model").len().collect()
             found.update({m: int(n) for m, n in df.iter_rows()})
     pair_files = _files(tables.get("pairs", []))
     if pair_files:
         # only the distinct provenance texts that name a model are parsed (per-pair texts differ by seed/params)
-        prov = (pl.scan_parquet(pair_files).select("provenance")
+        prov = (storage.scan_parquet(pair_files).select("provenance")
                 .filter(pl.col("provenance").str.contains('"model', literal=True)).unique()
                 .collect().to_series().to_list())
         for p in _provenance(prov):
@@ -129,7 +128,7 @@ def provenance_thresholds(tables: dict[str, list[str]]) -> list[dict[str, Any]]:
     if not pair_files:
         return []
     hint = '"[^"]*(' + "|".join(THRESHOLD_HINTS) + ')[^"]*":'
-    df = (pl.scan_parquet(pair_files).select("task", "provenance")
+    df = (storage.scan_parquet(pair_files).select("task", "provenance")
           .filter(pl.col("provenance").str.contains(hint)).unique().collect())
     seen: set[tuple[str, str]] = set()
     for task, prov in df.iter_rows():
@@ -146,12 +145,12 @@ def _split_counts(folder: str) -> tuple[list[dict[str, Any]], dict[str, int], li
     rows: dict[str, int] = {}
     turns: Counter = Counter()
     for split, t in SPLIT_TABLES.items():
-        path = os.path.join(folder, t)
-        files = _files([path]) if os.path.isdir(path) else []
+        path = storage.join(folder, t)
+        files = _files([path]) if storage.is_dir(path) else []
         rows[split] = sum(shards.open_parquet(f).metadata.num_rows for f in files)
         if not files:
             continue
-        lf = pl.scan_parquet(files)
+        lf = storage.scan_parquet(files)
         for task, subtask, n in lf.group_by("task", "subtask").len().collect().iter_rows():
             per.setdefault((task, subtask), {})[split] = int(n)
         for k, n in lf.group_by("num_turns").len().collect().iter_rows():
@@ -172,16 +171,16 @@ def review_section(folder: str, counts: dict[str, Any]) -> list[str]:
         return []
     by_method: Counter = Counter()
     for t in SPLIT_TABLES.values():
-        path = os.path.join(folder, t)
-        files = _files([path]) if os.path.isdir(path) else []
+        path = storage.join(folder, t)
+        files = _files([path]) if storage.is_dir(path) else []
         if files:
-            df = pl.scan_parquet(files).group_by("instruction_method").len().collect()
+            df = storage.scan_parquet(files).group_by("instruction_method").len().collect()
             by_method.update({m: int(n) for m, n in df.iter_rows() if m})
     reasons: list[dict[str, Any]] = []
-    q = os.path.join(folder, "quarantine")
-    q_files = _files([q]) if os.path.isdir(q) else []
+    q = storage.join(folder, "quarantine")
+    q_files = _files([q]) if storage.is_dir(q) else []
     if q_files:
-        reasons = (pl.scan_parquet(q_files).filter(pl.col("reason").str.starts_with("review_"))
+        reasons = (storage.scan_parquet(q_files).filter(pl.col("reason").str.starts_with("review_"))
                    .group_by("reason", "detail").len("pairs").sort("reason", "detail").collect().to_dicts())
     lines = [
         "## Human review",
@@ -204,8 +203,8 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
                counts: dict[str, Any] | None = None) -> str:
     """Write `FOLDER/README.md` for the LCU tables under FOLDER; returns its path."""
     groups, rows, turns = _split_counts(folder)
-    tables = run_tables(run_dir) if run_dir and os.path.isdir(run_dir) else {}
-    summaries = stage_summaries(run_dir) if run_dir and os.path.isdir(run_dir) else []
+    tables = run_tables(run_dir) if run_dir and storage.is_dir(run_dir) else {}
+    summaries = stage_summaries(run_dir) if run_dir and storage.is_dir(run_dir) else []
     models = models_used(tables)
     for s in summaries:
         for m in config_models(s.get("config") or {}):
@@ -242,7 +241,7 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
         "```python",
         "import datasets, polars as pl",
         f"ds = datasets.load_dataset({folder!r})  # splits from the YAML above; images decode to PIL",
-        "meta = pl.scan_parquet('lcu/*.parquet').select('task', 'subtask', 'instruction')  # no image bytes read",
+        "meta = storage.scan_parquet('lcu/*.parquet').select('task', 'subtask', 'instruction')  # no image bytes read",
         "```",
         "",
         ("Image indicators: condition frames are the history CUs' inputs (oldest first) then the current "
@@ -300,7 +299,7 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
         lines.append("(no filter settings recorded in stage configs or pair provenance)")
     q_files = _files(tables.get("quarantine", []))
     if q_files:
-        df = pl.scan_parquet(q_files).group_by("stage", "reason").len("count").sort("stage", "reason").collect()
+        df = storage.scan_parquet(q_files).group_by("stage", "reason").len("count").sort("stage", "reason").collect()
         lines += ["", "## Quarantined inputs", "", table(df.to_dicts(), ["stage", "reason", "count"])]
     lines += ["", "## Files", "", ("Shards are zstd Parquet with image bytes inline, listed with rows, bytes and sha256 "
               "in each table's `_manifest.json`; `acedata validate` checks them. Reading the shards in manifest "

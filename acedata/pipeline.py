@@ -15,7 +15,6 @@ import logging
 import os
 import pkgutil
 import posixpath
-import shutil
 import string
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ import pyarrow.fs as pafs
 import yaml
 from pydantic import Field
 
-from acedata import runtime, shards
+from acedata import runtime, shards, storage
 from acedata.config import StageConfig, Strict, config_hash, validate_model
 from acedata.errors import UserError
 from acedata.stage import REGISTRY, RunContext, Stage
@@ -166,6 +165,7 @@ def run_stages(
     """
     load_stages()
     t0 = time.time()
+    out = storage.absolute(out)
     fs, out_path = shards.resolve(out)
     if fs.get_file_info(out_path).type == pafs.FileType.File:
         raise UserError(f"--out {out} is an existing file; give a directory (new or a run to resume)")
@@ -187,7 +187,7 @@ def run_stages(
             stage_dir = posixpath.join(out, cfg.name or kind)
             digest = config_hash(*configs[: i + 1])
             inputs = {k: list(v) for k, v in tables.items()}
-            inputs.update({k: [p] for k, p in cfg.inputs.items()})
+            inputs.update({k: [storage.absolute(p)] for k, p in cfg.inputs.items()})
             stage = cls(cfg, RunContext(out, stage_dir, inputs))
             # content configs do not name (assemble: the reviews table) reruns this stage and later ones
             extra = stage.input_digest()
@@ -232,7 +232,8 @@ def run_pipeline(
     executor: str | None = None,
     on_status: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    spec, configs = load_spec(path, {"out": os.path.abspath(out) if "://" not in out else out})
+    out = storage.absolute(out)  # resolved here, before anything travels to workers
+    spec, configs = load_spec(path, {"out": out})
     return run_stages(
         configs,
         out,
@@ -268,10 +269,7 @@ def _prepare_stage_dir(stage_dir: str, digest: str) -> None:
             with fs.open_input_stream(cfg_file) as f:
                 same = f.read().decode() == digest
         if not same:
-            if "://" in stage_dir:
-                fs.delete_dir(d)
-            else:
-                shutil.rmtree(d)
+            storage.delete_dir(stage_dir)
     fs.create_dir(d, recursive=True)
     marker = posixpath.join(d, runtime.SUCCESS)
     if shards.exists(fs, marker):

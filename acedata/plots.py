@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from typing import Any
 
 import matplotlib
@@ -12,11 +12,15 @@ matplotlib.use("Agg")
 logging.getLogger("matplotlib").setLevel(logging.WARNING)
 import matplotlib.pyplot as plt  # the backend is chosen first
 
+from acedata import storage
+
 
 def _save(fig: plt.Figure, out_dir: str, name: str) -> str:
-    path = os.path.join(out_dir, name)
+    path = storage.join(out_dir, name)
+    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    storage.write_bytes(path, buf.getvalue())
     plt.close(fig)
     return path
 
@@ -50,7 +54,7 @@ def _hist(bins: list[dict[str, Any]], title: str, xlabel: str) -> plt.Figure:
 
 def write_plots(res: dict[str, Any], out_dir: str) -> list[str]:
     """Write one PNG per chart that has data; returns the paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = storage.absolute(out_dir)
     paths: list[str] = []
     if res.get("rows"):
         by = res["by"]

@@ -49,12 +49,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def _clear_unit_files(table_dir: str, unit_id: str) -> None:
+    """Delete an earlier, uncommitted attempt's shards of this unit (nothing lists them)."""
     fs, d = shards.resolve(table_dir)
     if not shards.exists(fs, d):
         return
     for info in fs.get_file_info(pafs.FileSelector(d)):
         name = posixpath.basename(info.path)
-        if name.startswith(f"{unit_id}-") and name.endswith(".parquet"):
+        if shards.shard_unit(name) == unit_id:
             fs.delete_file(info.path)
 
 

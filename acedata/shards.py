@@ -1,15 +1,29 @@
-"""Parquet shard IO: size-bounded atomic shards, per-table manifests, streaming reads.
+"""Parquet shard IO: size-bounded shards, per-table manifests, streaming reads.
 
 Layout of a table directory::
 
     TABLE/
-      <unit>-00000.parquet   shards, each written under a hidden temporary name and renamed
-      _units/<unit>.json     one fragment per committed unit of work (its shards, rows, sha256)
-      _manifest.json         the merged manifest: every shard, rows, bytes, sha256, schema version
+      <unit>-<attempt>-00000.parquet   shards; <attempt> is unique to one write attempt
+      _units/<unit>.json               one fragment per committed unit (its shards, rows, sha256)
+      _manifest.json                   the merged manifest: every shard, rows, bytes, sha256, schema
 
-A unit's fragment is written after its shards, so a unit is committed exactly when its
-fragment exists; a killed writer leaves only temporary files that nothing lists.
-Paths may be local or any pyarrow/fsspec URI (s3://, gs://, file://).
+Commit protocol, the same on a local disk and on object stores (which have no rename):
+
+* Shard names are write-once: every attempt at a unit writes under its own attempt id,
+  so a retried or zombie attempt never overwrites a file another attempt already listed.
+  Locally a shard is written under a hidden temporary name and renamed; on an object
+  store it is uploaded directly under its final name (a "move" there is a copy plus a
+  delete, and an upload is invisible until it completes, so nothing is gained by it).
+* A unit's fragment is written after all its shards, as one whole-object write
+  (`storage.write_file`: rename locally, a single PUT on object stores). The unit is
+  committed exactly when its fragment exists.
+* Readers trust only what a fragment (via the manifest) lists. A writer killed before
+  its fragment leaves only files that nothing lists; a rerun of the unit deletes them
+  and writes a new attempt; `validate` reports any that remain as unlisted.
+* The stage's `_done/<unit>.json` marker and the table's `_manifest.json` are likewise
+  single whole-object writes, made after the fragments they summarise.
+
+Paths may be local or any pyarrow/fsspec URI (s3://, gs://, file://, memory://).
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-import uuid
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +40,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from acedata import storage
 from acedata.schemas import SCHEMA_VERSION, TABLES, with_hf_metadata
 
 MANIFEST = "_manifest.json"
@@ -35,30 +50,13 @@ UNITS_DIR = "_units"
 # --- filesystem helpers ------------------------------------------------------------
 
 
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local path or URI."""
-    if "://" not in uri:
-        import os
-
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(uri)
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
-
-
-def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+resolve = storage.resolve
+exists = storage.exists
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    """Write a whole object atomically (see `storage.write_file`)."""
+    storage.write_file(fs, path, data)
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
@@ -85,13 +83,52 @@ class ShardInfo:
     sha256: str
 
 
+class _HashingSink:
+    """A write-only file object that hashes and counts what passes through to `out`."""
+
+    def __init__(self, out: pa.NativeFile) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        self.out.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.out.close()
+
+
+SHARD_NAME = re.compile(r"^(?P<unit>.+)-(?P<attempt>[0-9a-f]{12})-\d{5}\.parquet$")
+
+
+def shard_unit(name: str) -> str | None:
+    """The unit id a shard file name belongs to (None for names not written by ShardWriter)."""
+    m = SHARD_NAME.match(name)
+    return m.group("unit") if m else None
+
+
 @dataclass
 class ShardWriter:
     """Writes one unit's rows as size-bounded zstd Parquet shards.
 
-    Each shard is written under a hidden temporary name and renamed when complete.
-    Call `commit()` to close the last shard and record the unit in the table's
-    `_units/` folder; until then nothing the writer wrote is listed anywhere.
+    Shards are named `<unit>-<attempt>-NNNNN.parquet` with an id unique to this writer,
+    hashed while they stream out. Call `commit()` to close the last shard and record the
+    unit in the table's `_units/` folder; until then nothing the writer wrote is listed.
     """
 
     table_dir: str
@@ -111,16 +148,22 @@ class ShardWriter:
                 pass
         self._fs, self._dir = resolve(self.table_dir)
         self._fs.create_dir(self._dir, recursive=True)
+        self._local = storage.is_local(self._fs)
+        self._attempt = storage.attempt_id()
         self._writer: pq.ParquetWriter | None = None
         self._tmp = ""
         self._rows = 0
         self._bytes = 0
 
+    def _name(self) -> str:
+        return f"{self.unit}-{self._attempt}-{len(self.shards):05d}.parquet"
+
     def _open(self) -> None:
-        self._tmp = posixpath.join(self._dir, f".tmp-{uuid.uuid4().hex}.parquet")
-        sink = self._fs.open_output_stream(self._tmp)
-        self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
-        self._sink = sink
+        # locally: a hidden temp name renamed on close; object stores: the final name (one upload)
+        name = f".tmp-{self._attempt}-{self._name()}" if self._local else self._name()
+        self._tmp = posixpath.join(self._dir, name)
+        self._sink = _HashingSink(self._fs.open_output_stream(self._tmp))
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
         self._rows = self._bytes = 0
 
     def _close_shard(self) -> None:
@@ -128,12 +171,11 @@ class ShardWriter:
             return
         self._writer.close()
         self._sink.close()
-        name = f"{self.unit}-{len(self.shards):05d}.parquet"
+        name = self._name()
         final = posixpath.join(self._dir, name)
-        digest = sha256_file(self._fs, self._tmp)
-        size = self._fs.get_file_info(self._tmp).size
-        self._fs.move(self._tmp, final)
-        self.shards.append(ShardInfo(name, self._rows, size, digest))
+        if self._tmp != final:
+            self._fs.move(self._tmp, final)
+        self.shards.append(ShardInfo(name, self._rows, self._sink.size, self._sink.sha.hexdigest()))
         self._writer = None
 
     def write(self, table: pa.Table) -> None:

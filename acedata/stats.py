@@ -7,16 +7,16 @@ instruction text, scores), not with image bytes. `compute()` answers the questio
 
 from __future__ import annotations
 
-import json
-import os
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from acedata import shards
+from acedata import shards, storage
 from acedata.errors import UserError
+from acedata.storage import join
 
 LCU_TABLES = ("lcu", "lcu_validation")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -37,73 +37,66 @@ class Dataset:
 
 
 def _is_table(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, shards.MANIFEST))
+    return storage.is_file(join(path, shards.MANIFEST))
 
 
 def _is_run(path: str) -> bool:
-    if os.path.isfile(os.path.join(path, "_run.json")):
+    if storage.is_file(join(path, "_run.json")):
         return True
-    return any(os.path.isfile(os.path.join(path, d, "_SUCCESS.json")) for d in _subdirs(path))
+    return any(storage.is_file(join(path, d, "_SUCCESS.json")) for d in _subdirs(path))
 
 
 def _subdirs(path: str) -> list[str]:
-    try:
-        return sorted(d for d in os.listdir(path) if not d.startswith((".", "_")) and os.path.isdir(os.path.join(path, d)))
-    except FileNotFoundError:
-        return []
+    return storage.subdirs(path)
 
 
 def run_tables(run_dir: str) -> dict[str, list[str]]:
     """Table name -> table dirs of a run: `_run.json` when present, else the stage folders."""
     tables: dict[str, list[str]] = {}
-    run_file = os.path.join(run_dir, "_run.json")
-    if os.path.isfile(run_file):
-        with open(run_file, encoding="utf-8") as f:
-            listed = json.load(f).get("tables", {})
+    run_file = join(run_dir, "_run.json")
+    if storage.is_file(run_file):
+        listed = storage.read_json(run_file).get("tables", {})
         for name, paths in listed.items():
             tables[name] = [p for p in paths if _is_table(p)]
     for stage in _stage_dirs(run_dir):  # stages finished after the last _run.json was written
         for t in _subdirs(stage):
-            path = os.path.join(stage, t)
+            path = join(stage, t)
             if _is_table(path) and path not in tables.get(t, []):
                 tables.setdefault(t, []).append(path)
     return tables
 
 
 def _stage_dirs(run_dir: str) -> list[str]:
-    dirs = [os.path.join(run_dir, d) for d in _subdirs(run_dir)]
-    return [d for d in dirs if any(_is_table(os.path.join(d, t)) for t in _subdirs(d))]
+    dirs = [join(run_dir, d) for d in _subdirs(run_dir)]
+    return [d for d in dirs if any(_is_table(join(d, t)) for t in _subdirs(d))]
 
 
 def stage_summaries(run_dir: str) -> list[dict[str, Any]]:
     """Per-stage summaries (kind, counts, seconds) in run order, from `_SUCCESS.json` markers."""
     out = []
     for d in _stage_dirs(run_dir):
-        marker = os.path.join(d, "_SUCCESS.json")
-        if os.path.isfile(marker):
-            with open(marker, encoding="utf-8") as f:
-                body = json.load(f)
-            out.append({"name": os.path.basename(d), "finished": body.get("finished", 0), **body["summary"],
+        marker = join(d, "_SUCCESS.json")
+        if storage.is_file(marker):
+            body = storage.read_json(marker)
+            out.append({"name": posixpath.basename(d), "finished": body.get("finished", 0), **body["summary"],
                         "config": body.get("config")})
     return sorted(out, key=lambda s: s["finished"])
 
 
 def resolve_dataset(path: str) -> Dataset:
     """An LCU table dir, a dataset folder holding `lcu/`, a run dir, or a folder of Parquet files."""
-    path = path.rstrip("/")
-    if "://" in path:  # object storage: an LCU table (its manifest lists the shards)
-        return Dataset(shards.list_shards(path), [path], None)
-    if not os.path.exists(path):
+    path = storage.absolute(path.rstrip("/"))
+    if not storage.exists_uri(path):
         raise UserError(f"{path} does not exist; give an LCU table folder or a run folder")
     tables: list[str] = []
     run_dir: str | None = None
-    if os.path.isfile(path) or _is_table(path):
+    if storage.is_file(path) or _is_table(path):
         tables = [path]
-        up = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        up = posixpath.dirname(posixpath.dirname(path))
         run_dir = up if _is_run(up) else None
-    elif any(_is_table(os.path.join(path, t)) for t in LCU_TABLES):
-        tables = [os.path.join(path, t) for t in LCU_TABLES if _is_table(os.path.join(path, t))]
-        up = os.path.dirname(os.path.abspath(path))
+    elif any(_is_table(join(path, t)) for t in LCU_TABLES):
+        tables = [join(path, t) for t in LCU_TABLES if _is_table(join(path, t))]
+        up = posixpath.dirname(path)
         run_dir = up if _is_run(up) else None
     elif _is_run(path):
         run_dir = path
@@ -197,7 +190,7 @@ def compute(
     by = by or ["task", "subtask"]
     result: dict[str, Any] = {"dataset": path, "tables": ds.tables, "where": where or [], "by": by}
     if ds.files:
-        lf = pl.scan_parquet(ds.files)
+        lf = storage.scan_parquet(ds.files)
         schema = lf.collect_schema()
         for col in by:
             if col not in schema:
@@ -319,7 +312,7 @@ def funnel(run_dir: str) -> dict[str, Any]:
     quarantined: list[dict[str, Any]] = []
     q_files = _files(tables.get("quarantine", []))
     if q_files:
-        df = (pl.scan_parquet(q_files).group_by("stage", "reason").len("count")
+        df = (storage.scan_parquet(q_files).group_by("stage", "reason").len("count")
               .sort(["stage", "count"], descending=[False, True]).collect())
         quarantined = df.to_dicts()
     steps.append({"step": "quarantined", "count": sum(q["count"] for q in quarantined)})
@@ -328,7 +321,7 @@ def funnel(run_dir: str) -> dict[str, Any]:
     pair_files = _files(tables.get("pairs", []))
     mined = synth = 0
     if pair_files:
-        row = (pl.scan_parquet(pair_files).select(
+        row = (storage.scan_parquet(pair_files).select(
             (pl.col("task") == "natural_edit").sum().alias("mined"), (pl.col("task") != "natural_edit").sum().alias("synth")
         ).collect().row(0, named=True))
         mined, synth = int(row["mined"]), int(row["synth"])
@@ -337,7 +330,7 @@ def funnel(run_dir: str) -> dict[str, Any]:
     instr_files = _files(tables.get("instructions", []))
     labelled = captions = 0
     if instr_files:
-        row = (pl.scan_parquet(instr_files).select(pl.col("pair_id")).unique().select(
+        row = (storage.scan_parquet(instr_files).select(pl.col("pair_id")).unique().select(
             (~pl.col("pair_id").str.starts_with("t2i:")).sum().alias("labelled"),
             pl.col("pair_id").str.starts_with("t2i:").sum().alias("captions"),
         ).collect().row(0, named=True))

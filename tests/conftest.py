@@ -33,3 +33,27 @@ def ray_local():
     init_ray("local", num_cpus=2)  # never a `ray start` cluster that happens to run on this machine
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto, separate process on 127.0.0.1) with one bucket.
+
+    Its endpoint and credentials are put in this process's environment the standard AWS
+    way, so subprocesses and the Ray workers they start reach it too.
+    """
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from s3_server import S3Server
+
+    server = S3Server().start(str(tmp_path_factory.mktemp("moto") / "moto.log"))
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -31,19 +31,18 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def cluster_config(args: argparse.Namespace):
-    import os
-
+    from acedata import storage
     from acedata.errors import UserError
     from acedata.stages.cluster import ClusterConfig
 
-    if "://" not in args.embeddings and not os.path.exists(args.embeddings):
+    if not storage.exists_uri(args.embeddings):
         raise UserError(f"embeddings {args.embeddings!r} does not exist")
     from acedata import embeddings_input
 
     embeddings_input.check([args.embeddings])  # a table made elsewhere: bad rows fail here, in one line
     gpu = {"auto": "auto", "true": True, "false": False}[args.gpu]
     return ClusterConfig(name="cluster", k=args.k, niter=args.niter, max_points_per_centroid=args.max_points_per_centroid,
-                         seed=args.seed, gpu=gpu, inputs={"embeddings": args.embeddings})
+                         seed=args.seed, gpu=gpu, inputs={"embeddings": storage.absolute(args.embeddings)})
 
 
 def run(args: argparse.Namespace) -> int:

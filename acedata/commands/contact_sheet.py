@@ -22,12 +22,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
+    from acedata import storage
     from acedata.errors import UserError
     from acedata.synth.support.contact_sheet import write_contact_sheets
 
-    if not os.path.isdir(args.run_dir):
+    if not storage.is_dir(args.run_dir):
         raise UserError(f"{args.run_dir}: no such run directory")
     if args.per_family < 1 or args.cell < 16:
         raise UserError("--per-family must be >= 1 and --cell >= 16")

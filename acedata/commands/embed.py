@@ -32,14 +32,13 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
+    from acedata import storage
     from acedata.commands._common import print_run
     from acedata.errors import UserError
     from acedata.pipeline import run_stages
     from acedata.stages.embed import EmbedConfig
 
-    if not os.path.exists(args.images) and "://" not in args.images:
+    if not storage.exists_uri(args.images):
         raise UserError(f"images table {args.images!r} does not exist")
     cfg = EmbedConfig(
         name="embed",

@@ -28,8 +28,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
+    from acedata import storage
     from acedata.commands._common import print_run
     from acedata.commands.train import load_config
     from acedata.errors import UserError
@@ -40,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if len(args.data) > 1:
         raise UserError("encode-cache takes one LCU table (directory or .parquet file) per run")
     data = args.data[0]
-    if not os.path.exists(data) and "://" not in data:
+    data = storage.absolute(data)
+    if not storage.exists_uri(data):
         raise UserError(f"LCU table {data!r} does not exist")
     cfg = EncodeCacheConfig(
         name="encode_cache", text_encoder=tc.text_encoder, vae=tc.vae, token_budget=tc.data.token_budget,
@@ -51,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
     result = run_stages([cfg], args.out, executor=args.executor, address=args.address, name="encode-cache")
     print_run(result, args.json)
     if not args.json:
-        print(f"train from it with data.cache: {os.path.join(args.out, 'encode_cache')}")
+        print(f"train from it with data.cache: {storage.join(storage.absolute(args.out), 'encode_cache')}")
     return 0

@@ -65,10 +65,9 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     import posixpath
 
-    from acedata import runtime
+    from acedata import runtime, storage
     from acedata.commands._common import print_run
     from acedata.config import config_hash
     from acedata.errors import UserError
@@ -79,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     load_stages()
-    own = os.path.join(args.run_dir, args.name)
-    pairs = [t for t in find_tables(args.run_dir, "pairs") if not t.startswith(own + os.sep)]
-    images = [t for t in find_tables(args.run_dir, "images") if not t.startswith(own + os.sep)]
+    args.run_dir = storage.absolute(args.run_dir)
+    own = posixpath.join(args.run_dir, args.name)
+    pairs = [t for t in find_tables(args.run_dir, "pairs") if not t.startswith(own + "/")]
+    images = [t for t in find_tables(args.run_dir, "images") if not t.startswith(own + "/")]
     if not pairs:
         raise UserError(f"no pairs tables under {args.run_dir} (run the pair / synthesis stages first)")
     stage_dir = posixpath.join(args.run_dir, args.name)

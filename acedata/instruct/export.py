@@ -23,7 +23,7 @@ import posixpath
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from acedata import shards
+from acedata import shards, storage
 from acedata.errors import UserError
 from acedata.instruct.captioner import CAPTIONER_PROMPT
 from acedata.lookup import ImageStore
@@ -33,12 +33,12 @@ CURATED_METHODS = ("template", "llm_rewrite", "mllm_llm", "captioner")
 
 def find_tables(run_dir: str, table: str) -> list[str]:
     """Finished `table` folders directly under the stage folders of a run directory."""
-    if not os.path.isdir(run_dir):
+    if not storage.is_dir(run_dir):
         raise UserError(f"run directory {run_dir!r} does not exist")
     out = []
-    for stage in sorted(os.listdir(run_dir)):
-        d = os.path.join(run_dir, stage, table)
-        if os.path.isfile(os.path.join(d, shards.MANIFEST)):
+    for stage in storage.subdirs(run_dir):
+        d = storage.join(run_dir, stage, table)
+        if storage.is_file(storage.join(d, shards.MANIFEST)):
             out.append(d)
     return out
 

@@ -196,7 +196,8 @@ class Assemble(Stage):
         def emit(unit_id: str, body: dict[str, Any]) -> None:
             path = posixpath.join(plan_dir, f"{unit_id}.json")
             shards.write_bytes_atomic(fs, path, json.dumps(body).encode())
-            units.append(WorkUnit(unit_id, {"plan": path}))
+            # the payload travels to workers: a URI they resolve themselves, not this fs's bare path
+            units.append(WorkUnit(unit_id, {"plan": posixpath.join(self.ctx.stage_dir, PLAN_DIR, f"{unit_id}.json")}))
 
         for split in SPLITS:
             part = [s for s in samples if s["split"] == split]

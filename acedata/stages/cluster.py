@@ -8,8 +8,6 @@ faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cp
 
 from __future__ import annotations
 
-import json
-import os
 import posixpath
 from typing import Any, ClassVar, Literal
 
@@ -17,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from acedata import shards
+from acedata import shards, storage
 from acedata.config import StageConfig
 from acedata.errors import UserError
 from acedata.mining.kmeans import assign, sample_size, size_stats, train_spherical, use_gpu
@@ -69,23 +67,18 @@ class Cluster(Stage):
     def plan(self) -> list[WorkUnit]:
         c: ClusterConfig = self.config
         tables = self.ctx.input("embeddings")
-        fs, _ = shards.resolve(self.ctx.stage_dir)
-        if not shards.exists(fs, shards.resolve(self._path(CENTROIDS))[1]):  # resumed runs keep their centroids
+        if not storage.exists_uri(self._path(CENTROIDS)):  # resumed runs keep their centroids
             sample = sample_rows(tables, sample_size(c.k, c.max_points_per_centroid), c.seed)
             km = train_spherical(sample, c.k, c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
             info = {"k": len(km.centroids), "k_requested": c.k, "train_points": km.train_points,
                     "objective": km.objective, "gpu": km.gpu, "dim": int(km.centroids.shape[1])}
-            _, d = shards.resolve(self.ctx.stage_dir)
-            os.makedirs(d, exist_ok=True)
-            tmp = os.path.join(d, ".tmp-" + CENTROIDS)
-            np.save(tmp, km.centroids)
-            os.replace(tmp, os.path.join(d, CENTROIDS))
-            shards.write_bytes_atomic(fs, os.path.join(d, TRAIN_INFO), json.dumps(info).encode())
+            # info first, centroids last: the centroids' presence means both are there
+            storage.write_json(self._path(TRAIN_INFO), info)
+            storage.save_npy(self._path(CENTROIDS), km.centroids)
         return [WorkUnit(uid, p) for uid, p in row_group_units(tables, c.rows_per_unit)]
 
     def setup(self) -> None:
-        _, d = shards.resolve(self.ctx.stage_dir)
-        self.centroids = np.load(os.path.join(d, CENTROIDS))
+        self.centroids = storage.load_npy(self._path(CENTROIDS))
         self.gpu = use_gpu(self.config.gpu)
 
     def process(self, unit: WorkUnit) -> UnitResult:
@@ -99,11 +92,8 @@ class Cluster(Stage):
         return UnitResult({"clusters": out}, {"inputs": t.num_rows})
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
-        _, d = shards.resolve(self.ctx.stage_dir)
-        with open(os.path.join(d, TRAIN_INFO)) as f:
-            info = json.load(f)
+        info = storage.read_json(self._path(TRAIN_INFO))
         ids = shards.read_table(self.ctx.out("clusters"), ["cluster_id"]).column("cluster_id").to_numpy()
         stats = size_stats(np.bincount(ids, minlength=info["k"]), info["k"])
-        shards.write_bytes_atomic(*shards.resolve(os.path.join(d, "cluster_sizes.json")),
-                                  json.dumps(stats).encode())
+        storage.write_json(self._path("cluster_sizes.json"), stats)
         return {"kmeans": info, "cluster_sizes": stats}

@@ -79,7 +79,7 @@ class Embed(Stage):
             for info in fs.get_file_info(pafs.FileSelector(d)):
                 name = posixpath.basename(info.path)
                 if name.endswith(".parquet") and not name.startswith((".", "_")):
-                    return shards.open_parquet(info.path).schema_arrow.field("embedding").type.list_size
+                    return shards.open_parquet(posixpath.join(out, name)).schema_arrow.field("embedding").type.list_size
         import open_clip
 
         from acedata.models.siglip import register_tiny

@@ -12,7 +12,6 @@ writes `encoders.safetensors` (indicator and empty-instruction embeddings); `fin
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -20,6 +19,7 @@ from acemodel.cache_schema import ENCODED, ENCODERS, META, SETTINGS, TABLE, unit
 from acemodel.config import EncoderSpec
 from pydantic import Field
 
+from acedata import storage
 from acedata.config import StageConfig
 from acedata.schemas import QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
@@ -138,7 +138,7 @@ class EncodeCache(Stage):
         counts.update(encoded=cached, quarantine=quarantined)
         if cached + quarantined != counts.get("inputs", 0):
             raise RuntimeError(f"encode_cache lost rows: inputs {counts.get('inputs')} != {cached}+{quarantined}")
-        return {"cache": os.path.abspath(d) if "://" not in self.ctx.stage_dir else self.ctx.stage_dir}
+        return {"cache": storage.absolute(self.ctx.stage_dir)}
 
 
 def _weights_id(spec: EncoderSpec) -> str:

@@ -140,14 +140,15 @@ def collapse_cross_unit_duplicates(images_dir: str, duplicates_dir: str) -> int:
     # so a crash part-way through pass 2 loses nothing.
     for unit in units:
         for s in shards.unit_fragment(images_dir, unit)["shards"]:
-            ids = shards.open_parquet(f"{d}/{s['file']}").read(columns=["image_id", "source_uri"]).to_pylist()
+            ids = shards.open_parquet(f"{images_dir}/{s['file']}").read(columns=["image_id", "source_uri"]).to_pylist()
             for r in ids:
                 if r["image_id"] in seen:
                     moved.append(r)
                 seen.add(r["image_id"])
     if moved:
         if "cross-unit" in shards.committed_units(duplicates_dir):
-            prior_rows = shards.read_table(f"{duplicates_dir}/cross-unit-00000.parquet").to_pylist()
+            prior = shards.unit_fragment(duplicates_dir, "cross-unit")["shards"]
+            prior_rows = [r for s in prior for r in shards.read_table(f"{duplicates_dir}/{s['file']}").to_pylist()]
             moved = prior_rows + [m for m in moved if m["source_uri"] not in {p["source_uri"] for p in prior_rows}]
         w = shards.ShardWriter(duplicates_dir, DUPLICATES, unit="cross-unit")
         w.write(pa.Table.from_pylist(moved, DUPLICATES))
@@ -157,14 +158,14 @@ def collapse_cross_unit_duplicates(images_dir: str, duplicates_dir: str) -> int:
         frag = shards.unit_fragment(images_dir, unit)
         new_shards = []
         for s in frag["shards"]:
-            path = f"{d}/{s['file']}"
-            ids = shards.open_parquet(path).read(columns=["image_id", "source_uri"])
+            path, uri = f"{d}/{s['file']}", f"{images_dir}/{s['file']}"  # fs path, URI
+            ids = shards.open_parquet(uri).read(columns=["image_id", "source_uri"])
             keep = [i not in seen for i in ids.column("image_id").to_pylist()]
             seen.update(ids.column("image_id").to_pylist())
             if all(keep):
                 new_shards.append(s)
                 continue
-            full = shards.open_parquet(path).read()
+            full = shards.open_parquet(uri).read()
             kept = full.filter(pa.array(keep))
             tmp = f"{d}/.tmp-rewrite-{s['file']}"
             import pyarrow.parquet as pq

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
-import shutil
 import time
 from collections import Counter
 from typing import Any, ClassVar
@@ -23,10 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from acedata import shards
+from acedata import shards, storage
 from acedata.config import StageConfig, Strict
 from acedata.errors import UserError
 from acedata.mining.chaining import GuardConfig
@@ -141,7 +138,7 @@ class Pair(Stage):
     outputs: ClassVar[dict[str, pa.Schema]] = {"pairs": PAIRS}
 
     def _partition_dir(self) -> str:
-        return shards.resolve(posixpath.join(self.ctx.stage_dir, PARTITIONS))[1]
+        return storage.join(self.ctx.stage_dir, PARTITIONS)  # a URI: workers resolve it themselves
 
     # --- driver ------------------------------------------------------------------
 
@@ -170,7 +167,7 @@ class Pair(Stage):
         units: list[WorkUnit] = []
         done = {posixpath.basename(p)[:-5] for p in _list(posixpath.join(self.ctx.stage_dir, "_done"))}
         pdir = self._partition_dir()
-        os.makedirs(pdir, exist_ok=True)
+        have = {i.base_name for i in storage.listdir(pdir)}
         i = 0
         while i < len(starts):
             j, n = i, 0
@@ -178,8 +175,8 @@ class Pair(Stage):
                 n += ends[j] - starts[j]
                 j += 1
             uid = f"c{int(cid_sorted[starts[i]]):07d}"
-            path = os.path.join(pdir, f"{uid}.parquet")
-            if uid not in done and not os.path.exists(path):
+            path = storage.join(pdir, f"{uid}.parquet")
+            if uid not in done and f"{uid}.parquet" not in have:
                 rows = order[starts[i] : ends[j - 1]]
                 part = pa.table({
                     "image_id": clusters.column("image_id").take(pa.array(rows)),
@@ -188,9 +185,7 @@ class Pair(Stage):
                     "width": pa.array(sizes[0][rows], pa.float32()) if sizes else pa.nulls(len(rows), pa.float32()),
                     "height": pa.array(sizes[1][rows], pa.float32()) if sizes else pa.nulls(len(rows), pa.float32()),
                 })
-                tmp = path + ".tmp"
-                pq.write_table(part, tmp, compression="none")  # scratch, read once: speed over size
-                os.replace(tmp, path)
+                storage.write_parquet(path, part, compression="none")  # scratch, read once: speed over size
             units.append(WorkUnit(uid, {"partition": path}))
             i = j
         return units
@@ -231,7 +226,7 @@ class Pair(Stage):
 
     def process(self, unit: WorkUnit) -> UnitResult:
         c: PairConfig = self.config
-        part = pq.read_table(unit.payload["partition"])
+        part = storage.read_parquet(unit.payload["partition"])
         ids = part.column("image_id").to_pylist()
         x = normalize(to_matrix(part.column("embedding")))
         cid = part.column("cluster_id").to_numpy()
@@ -299,7 +294,7 @@ class Pair(Stage):
         })
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
-        shutil.rmtree(self._partition_dir(), ignore_errors=True)
+        storage.delete_dir(self._partition_dir())  # scratch: never part of a committed table
         flops = counts.get("sim_flops", 0)
         secs = counts.get("sim_matmul_us", 0) / 1e6
         chain = {

@@ -10,9 +10,7 @@ every subtask shows up.
 
 from __future__ import annotations
 
-import glob
-import json
-import os
+import io
 import random
 import textwrap
 from collections import defaultdict
@@ -20,7 +18,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from acedata import shards
+from acedata import shards, storage
 from acedata.errors import UserError
 from acedata.lookup import ImageStore
 
@@ -34,14 +32,13 @@ WRAP = 56  # characters per instruction line
 
 def find_tables(run_dir: str, kinds: tuple[str, ...] = ("pairs", "images", "instructions")) -> dict[str, list[str]]:
     """Table paths of a run directory by kind (from _run.json, else by folder)."""
-    run_file = os.path.join(run_dir, "_run.json")
-    if os.path.isfile(run_file):
-        with open(run_file) as f:
-            tables = json.load(f).get("tables", {})
+    run_file = storage.join(run_dir, "_run.json")
+    if storage.is_file(run_file):
+        tables = storage.read_json(run_file).get("tables", {})
         found = {k: list(tables.get(k, [])) for k in kinds}
     else:
-        found = {k: sorted(os.path.dirname(p) for p in glob.glob(os.path.join(run_dir, "*", k, "_manifest.json")))
-                 for k in kinds}
+        found = {k: [storage.join(run_dir, s, k) for s in storage.subdirs(run_dir)
+                     if storage.is_file(storage.join(run_dir, s, k, "_manifest.json"))] for k in kinds}
     if not found["pairs"]:
         raise UserError(f"{run_dir}: no pairs table found (run a pipeline with a synthesize or pair stage first)")
     return found
@@ -174,14 +171,15 @@ def write_contact_sheets(run_dir: str, out_dir: str | None = None, per_family: i
     by_id = {p["pair_id"]: p for p in pairs}
     instructions = first_instructions(tables["instructions"])
     store = ImageStore(tables["images"])
-    out_dir = out_dir or os.path.join(run_dir, "contact_sheets")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = storage.absolute(out_dir or storage.join(run_dir, "contact_sheets"))
     written = []
     for family, rows in tqdm(picked.items(), desc="contact sheets", unit="family", disable=not progress):
         ids = [i for p in rows for _, i in cells_of(p)]
         texts = [text_lines(p, by_id, instructions) for p in rows]
         sheet = render(rows, store.image_bytes(ids), family, cell, texts)
-        path = os.path.join(out_dir, f"{family}.png")
-        sheet.save(path)
+        path = storage.join(out_dir, f"{family}.png")
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG")
+        storage.write_bytes(path, buf.getvalue())
         written.append(path)
     return written
