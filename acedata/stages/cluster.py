@@ -94,7 +94,8 @@ class Cluster(Stage):
         c: ClusterConfig = self.config
         tables = self.ctx.input("embeddings")
         fs, _ = shards.resolve(self.ctx.stage_dir)
-        if not shards.exists(fs, shards.resolve(self._path(CENTROIDS))[1]):  # resumed runs keep their centroids
+        done = all(shards.exists(fs, shards.resolve(self._path(n))[1]) for n in (CENTROIDS, TRAIN_INFO))
+        if not done:  # resumed runs keep their centroids (both files: a crash may fall between them)
             sample = sample_rows(tables, sample_size(c.k, c.max_points_per_centroid), c.seed)
             km = train_spherical(sample, c.k, c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
             info = {"k": len(km.centroids), "k_requested": c.k, "train_points": km.train_points,
