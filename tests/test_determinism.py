@@ -60,7 +60,7 @@ def test_same_digest_for_other_paths_executor_and_concurrency(tmp_path, ray_loca
     assert all(not s.get("skipped") for s in first["stages"])
 
     two = tmp_path / "elsewhere" / "deeper" / "two"
-    shutil.copytree(one / "corpus", two / "corpus")
+    shutil.copytree(one / "corpus", two / "corpus", symlinks=True)  # the odd inputs include symlinks
     _, configs = load_spec(SMALL, {"out": str(two)})
     for c in configs:  # other worker counts everywhere; embed gets a pool of 2 actors
         c.resources.concurrency = 2 if c.name == "embed" else 1
