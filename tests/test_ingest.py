@@ -156,3 +156,15 @@ def test_ingest_on_ray_and_rerun_resumes(demo_corpus, tmp_path, ray_local):
                        executor="local")
     assert again["stages"][0].get("skipped") is True
     assert again["stages"][0]["counts"] == first["counts"]
+
+
+def test_unit_ids_do_not_depend_on_where_the_corpus_or_run_lies(demo_corpus, tmp_path):
+    import shutil
+
+    astro = os.path.join(demo_corpus, "astronaut")
+    moved = tmp_path / "somewhere" / "else"
+    shutil.copytree(astro, moved)
+    _ingest([astro], tmp_path / "one", files_per_unit=2)
+    _ingest([str(moved)], tmp_path / "deeper" / "two", files_per_unit=2)
+    names = [sorted(os.listdir(os.path.join(str(r), "ingest", "images"))) for r in (tmp_path / "one", tmp_path / "deeper" / "two")]
+    assert names[0] == names[1] and any(n.endswith(".parquet") for n in names[0])
