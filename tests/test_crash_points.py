@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -37,10 +38,13 @@ def _corpus(d) -> tuple[str, str]:
     a, b = os.path.join(d, "a"), os.path.join(d, "b")
     os.makedirs(a)
     os.makedirs(b)
-    for i in range(6):
-        im = Image.new("RGB", (40 + 6 * i, 36), ((45 * i) % 256, 200 - 20 * i, (70 * i) % 256))
+    for i in range(6):  # gradients with shapes: enough texture for edge/mosaic synthesizers
+        w, h = 64 + 8 * i, 56
+        yy, xx = np.mgrid[0:h, 0:w]
+        arr = np.stack([(xx * 4 + 40 * i) % 256, (yy * 4) % 256, ((xx + yy) * 2 + 70 * i) % 256], -1)
+        arr[10 + i : 30 + i, 12 : 40 - i] = (250 - 30 * i, 30 * i, 128)
         with open(os.path.join(a, f"im{i}.png"), "wb") as f:
-            f.write(encode(im, "PNG"))
+            f.write(encode(Image.fromarray(arr.astype(np.uint8)), "PNG"))
     for i in (1, 4):  # copies in another source: duplicates across units, decided in ingest's finish
         shutil.copy(os.path.join(a, f"im{i}.png"), os.path.join(b, f"copy{i}.png"))
     shutil.copy(os.path.join(a, "im2.png"), os.path.join(a, "zz_im2_again.png"))  # ... and across units of one source
