@@ -134,3 +134,22 @@ def install(monkeypatch, handler: FaultFS) -> None:
         return wrapped, os.path.abspath(uri)
 
     monkeypatch.setattr(shards, "resolve", resolve)
+
+
+def representative_steps(log: list[tuple[str, str]], stages: tuple[str, ...]) -> list[int]:
+    """Step numbers (1-based) of `stages` to crash at, for a quick sweep: every step outside
+    unit work (stage setup, `plan` scratch, manifests, `finish`, markers) plus every step of
+    each stage's first unit. Units run one after another under the local executor, so a
+    unit's steps are those since the previous done-marker up to its own.
+    """
+    picked: list[int] = []
+    for stage in stages:
+        mine = [(k, op, p) for k, (op, p) in enumerate(log, 1) if f"/{stage}/" in p]
+        done = [i for i, (_, op, p) in enumerate(mine) if op == "move" and f"/{stage}/_done/" in p]
+        if not done:
+            picked += [k for k, _, _ in mine]
+            continue
+        # setup, plan scratch and the first unit (up to its done-marker); then all after the last unit
+        keep = [*range(done[0] + 1), *range(done[-1] + 1, len(mine))]
+        picked += [mine[i][0] for i in keep]
+    return sorted(picked)

@@ -3,7 +3,9 @@
 Same method as test_crash_points.py, on a run whose earlier stages are complete: each trial
 copies that run, crashes just before write step k of the later stages (unit commits, their
 `finish`, manifests, markers), reruns, and must validate, equal a clean run, and never have
-replaced or deleted a committed file.
+replaced or deleted a committed file. By default the sweep takes every step outside unit work
+and every step of each stage's first unit (the other units commit through the same code);
+`ACEDATA_CRASH_ALL=1` tries every step (240 here, ~7 min on 2 busy cores).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ def test_crash_at_every_write_step_of_later_stages(tmp_path, monkeypatch, capsys
     assert counter.violations == []
     in_late = [k for k, (_, path) in enumerate(counter.log, 1) if any(f"/{s}/" in path for s in LATE)]
     assert len(in_late) > 30
+    if not os.environ.get("ACEDATA_CRASH_ALL"):  # quick sweep: finish/setup steps and one unit per stage
+        in_late = faultfs.representative_steps(counter.log, LATE)
     tried = 0
     for k in in_late:
         out = str(tmp_path / f"k{k}")
