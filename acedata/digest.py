@@ -15,8 +15,10 @@ scratch, `_status.json`) are not digested.
 
 GPU caveat: models run on a GPU (embedding, diffusers synthesizers, vLLM) are not
 bit-reproducible across GPU models, driver versions or batch composition; comparing
-digests across such runs needs those tables excluded (`--skip`). On CPU every stage here
-is bit-reproducible for a fixed `num_cpus` per worker.
+digests across such runs needs those tables excluded (`--skip`). The same holds for text from
+an LLM/MLLM endpoint (`instruct` with `llm:`/`mllm:`): the request carries the spec's seed,
+but a server batching requests on a GPU need not answer bit-identically. On CPU every stage
+here gave identical digests under the local executor and Ray at other concurrency.
 """
 
 from __future__ import annotations
