@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-cluster install lint bench clean
+.PHONY: demo test test-cluster demo-digest install lint bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Rerun the full demo and compare every table's digest with tests/demo_digest.json.
+demo-digest: $(STAMP)
+	ACEDATA_DEMO_DIGEST=1 $(PY) -m pytest -q tests/test_determinism.py -k demo_digest
 
 test-cluster: $(STAMP)
 	$(PY) -m pytest -q tests/test_cluster_*.py

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from acedata.errors import UserError
+
+# Fields marked this way change how a stage runs, never what it writes; resume keys skip them.
+RUN_ONLY = {"run_only": True}
+
+
+def run_only(default: Any = ..., **kw: Any) -> Any:
+    """A config field that does not affect a stage's output (threads, names, concurrency...)."""
+    return Field(default, json_schema_extra=RUN_ONLY, **kw)
 
 
 class Strict(BaseModel):
@@ -30,15 +39,40 @@ class Resources(Strict):
 class StageConfig(Strict):
     """Fields every stage accepts in a pipeline spec."""
 
-    name: str | None = None  # folder under the run directory (defaults to the stage type)
-    resources: Resources = Field(default_factory=Resources)
-    inputs: dict[str, str] = Field(default_factory=dict)  # table name -> path, overriding the pipeline's
+    name: str | None = run_only(None)  # folder under the run directory (defaults to the stage type)
+    description: str = run_only("")
+    resources: Resources = Field(default_factory=Resources, json_schema_extra=RUN_ONLY)
+    # table name -> path, overriding the pipeline's. Run-only: resume keys hash the tables' content.
+    inputs: dict[str, str] = Field(default_factory=dict, json_schema_extra=RUN_ONLY)
+
+
+def _is_run_only(model: BaseModel, name: str) -> bool:
+    extra = type(model).model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("run_only"))
+
+
+def _output_value(v: Any, dumped: Any) -> Any:
+    """`dumped` (the JSON form of `v`) with run-only fields of nested models removed."""
+    if isinstance(v, BaseModel):
+        return output_config(v)
+    if isinstance(v, dict):
+        return {k: _output_value(v[k], dumped[k]) for k in dumped}
+    if isinstance(v, list | tuple):
+        return [_output_value(x, d) for x, d in zip(v, dumped)]
+    return dumped
+
+
+def output_config(model: BaseModel) -> dict[str, Any]:
+    """The settings that can change a stage's output: every field not marked `run_only`."""
+    dumped = model.model_dump(mode="json")
+    return {k: _output_value(getattr(model, k), dumped[k]) for k in dumped if not _is_run_only(model, k)}
 
 
 def config_hash(*configs: BaseModel) -> str:
+    """A short hash of the output-affecting settings of `configs` (run-only fields left out)."""
     h = hashlib.sha256()
     for c in configs:
-        h.update(json.dumps(c.model_dump(mode="json"), sort_keys=True).encode())
+        h.update(json.dumps(output_config(c), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 

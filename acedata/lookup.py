@@ -1,7 +1,8 @@
 """Fetch image bytes by `image_id` from one or more images tables.
 
 Builds an index (image_id -> shard, row) from the `image_id` column alone, then
-reads only the rows asked for, shard by shard.
+reads only the rows asked for, shard by shard. Rows that ingest listed as duplicates
+(`acedata.kept`) are not indexed, so every id resolves to its kept copy.
 """
 
 from __future__ import annotations
@@ -11,16 +12,23 @@ from collections import defaultdict
 import pyarrow as pa
 
 from acedata import shards
+from acedata.kept import dropped_uris, keep_mask
 
 
 class ImageStore:
     def __init__(self, tables: list[str]) -> None:
         self._where: dict[str, tuple[str, int]] = {}
+        dropped = dropped_uris(tables)
         for t in tables:
             for shard in shards.list_shards(t):
-                ids = shards.open_parquet(shard).read(columns=["image_id"]).column("image_id").to_pylist()
-                for i, image_id in enumerate(ids):
-                    self._where.setdefault(image_id, (shard, i))
+                pf = shards.open_parquet(shard)
+                cols = ["image_id", "source_uri"] if dropped and "source_uri" in pf.schema_arrow.names else ["image_id"]
+                t_ids = pf.read(columns=cols)
+                mask = keep_mask(t_ids.column("source_uri"), dropped) if len(cols) == 2 else None
+                keep = mask.to_pylist() if mask is not None else None
+                for i, image_id in enumerate(t_ids.column("image_id").to_pylist()):
+                    if keep is None or keep[i]:
+                        self._where.setdefault(image_id, (shard, i))
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self._where

@@ -1,14 +1,14 @@
 """Pipeline specs (YAML) and runs: validate, run stages in order, resume.
 
 Each stage writes `RUN/<name>/<table>/` and, when complete, `RUN/<name>/_SUCCESS.json`
-holding its config hash (which covers every earlier stage's config) and its counts.
-A rerun skips stages whose marker matches and redoes the rest; inside an unfinished
-stage, units already committed are kept.
+holding its resume key (`acedata.resume.stage_key`: output-affecting config, code
+version, content digests of its inputs) and its counts. A rerun skips stages whose
+marker matches and redoes the rest; inside an unfinished stage with the same key,
+units already committed are kept.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -25,8 +25,9 @@ import yaml
 from pydantic import Field
 
 from acedata import runtime, shards, storage
-from acedata.config import StageConfig, Strict, config_hash, validate_model
+from acedata.config import StageConfig, Strict, validate_model
 from acedata.errors import UserError
+from acedata.resume import stage_key
 from acedata.stage import REGISTRY, RunContext, Stage
 
 log = logging.getLogger("acedata")
@@ -179,25 +180,18 @@ def run_stages(
     status.write(force=True)
     tables: dict[str, list[str]] = {}
     summaries = []
-    salt = ""
     try:
         for i, cfg in enumerate(configs):
             kind = stage_kind(cfg)
             cls = REGISTRY[kind]
             stage_dir = posixpath.join(out, cfg.name or kind)
-            digest = config_hash(*configs[: i + 1])
             inputs = {k: list(v) for k, v in tables.items()}
             inputs.update({k: [storage.absolute(p)] for k, p in cfg.inputs.items()})
             stage = cls(cfg, RunContext(out, stage_dir, inputs))
-            # content configs do not name (assemble: the reviews table) reruns this stage and later ones
-            extra = stage.input_digest()
-            if extra:
-                salt += f":{extra}"
-            if salt:
-                digest = hashlib.sha256(f"{digest}{salt}".encode()).hexdigest()[:16]
+            digest = stage_key(stage)
             marker = _read_marker(stage_dir)
             if marker and marker.get("config_hash") == digest:
-                log.info("stage %s: complete, skipped (config unchanged)", cfg.name)
+                log.info("stage %s: complete, skipped (config, code version and inputs unchanged)", cfg.name)
                 summary = {**marker["summary"], "skipped": True}
                 status.stage(i, state="skipped", units=summary.get("units"), units_done=summary.get("units"),
                              counts=summary.get("counts", {}))

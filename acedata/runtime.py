@@ -174,8 +174,9 @@ def done_units(stage_dir: str) -> dict[str, dict[str, int]]:
         return {}
     out = {}
     for info in fs.get_file_info(pafs.FileSelector(done)):
-        if info.path.endswith(".json"):
-            out[posixpath.basename(info.path)[:-5]] = shards.read_json(fs, info.path)
+        name = posixpath.basename(info.path)
+        if name.endswith(".json") and not name.startswith("."):  # hidden: a marker still being written
+            out[name[:-5]] = shards.read_json(fs, info.path)
     return out
 
 

@@ -230,7 +230,9 @@ def committed_units(table_dir: str) -> set[str]:
     if not exists(fs, units):
         return set()
     infos = fs.get_file_info(pafs.FileSelector(units))
-    return {posixpath.basename(i.path)[: -len(".json")] for i in infos if i.path.endswith(".json")}
+    names = (posixpath.basename(i.path) for i in infos)
+    # a hidden name is a fragment still being written (or left by a crash): not committed
+    return {n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith(".")}
 
 
 def unit_fragment(table_dir: str, unit: str) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class Stage:
     Config: ClassVar[type[StageConfig]] = StageConfig
     outputs: ClassVar[dict[str, pa.Schema]] = {}  # table name -> schema
     uses_model: ClassVar[bool] = False  # True: an actor pool, `setup` once per actor
+    # Bump when a code change alters what the stage writes: runs resumed from older output redo it.
+    version: ClassVar[int] = 1
 
     def __init__(self, config: StageConfig, ctx: RunContext) -> None:
         self.config = config
@@ -76,12 +78,12 @@ class Stage:
     def output_schema(self, table: str) -> pa.Schema:
         return self.outputs[table]
 
-    def input_digest(self) -> str | None:
-        """A digest of inputs the config does not name (e.g. the run's reviews table).
+    def input_digest(self) -> dict[str, Any]:
+        """Content digests of inputs read from outside any table (e.g. ingest's sources).
 
-        The pipeline folds it into the stage's resume key, so changing them reruns the stage.
+        Part of the stage's resume key, beside its config and its input tables' manifests.
         """
-        return None
+        return {}
 
     def plan(self) -> list[WorkUnit]:
         raise NotImplementedError

@@ -24,6 +24,7 @@ import pyarrow as pa
 from acedata import shards
 from acedata.config import StageConfig
 from acedata.images import open_rgb
+from acedata.kept import dropped_uris, filter_kept
 from acedata.schemas import embeddings_schema
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -82,7 +83,9 @@ class ColorStats(Stage):
         _trace(self.config, unit.id, "start")
         time.sleep(self.config.pause_s)
         p = unit.payload
-        table = shards.open_parquet(p["shard"]).read(columns=["image_id", "image"]).slice(p["start"], p["rows"])
+        table = shards.open_parquet(p["shard"]).read(columns=["image_id", "source_uri", "image"])
+        # copies that ingest listed as duplicates are skipped, as every images reader does
+        table = filter_kept(table.slice(p["start"], p["rows"]), dropped_uris(self.ctx.input("images")))
         rows = [{"image_id": r["image_id"], "embedding": histogram(r["image"]["bytes"]).tolist(), "model": MODEL}
                 for r in table.to_pylist()]
         return UnitResult({"embeddings": pa.Table.from_pylist(rows, self.outputs["embeddings"])})

@@ -144,7 +144,8 @@ def test_reference_sets_from_pair_mining_else_groups_else_none(synth_run, tmp_pa
 
     out, _, _ = synth_run
     images = f"{out}/ingest/images"
-    rows = shards.read_table(images, columns=["image_id", "group"]).to_pylist()[:6]
+    # max_images takes photos in image-id order (not shard order): the first 6 ids
+    rows = sorted(shards.read_table(images, columns=["image_id", "group"]).to_pylist(), key=lambda r: r["image_id"])[:6]
     ids = [r["image_id"] for r in rows]
     # a mined set of three images (ids 0,1,2) linked by two pairs
     mined = pa.Table.from_pylist(

@@ -69,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
     from acedata import runtime, storage
     from acedata.commands._common import print_run
-    from acedata.config import config_hash
     from acedata.errors import UserError
     from acedata.instruct.export import find_tables
     from acedata.pipeline import _prepare_stage_dir, _write_marker, load_stages
+    from acedata.resume import stage_key
     from acedata.stage import RunContext
     from acedata.stages.instruct import Instruct
 
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if not pairs:
         raise UserError(f"no pairs tables under {args.run_dir} (run the pair / synthesis stages first)")
     stage_dir = posixpath.join(args.run_dir, args.name)
-    digest = config_hash(cfg)
     stage = Instruct(cfg, RunContext(args.run_dir, stage_dir, {"pairs": pairs, "images": images}))
+    digest = stage_key(stage)  # config, code version and input content, as in `acedata run`
     if args.executor == "ray":
         runtime.init_ray(args.address)
     _prepare_stage_dir(stage_dir, digest)

@@ -82,9 +82,10 @@ class Assemble(Stage):
         """The reviews tables this assembly applies: inputs.reviews, else the run's own table."""
         return find_reviews(self.ctx.run_dir, self.ctx.inputs.get("reviews")) if self.config.reviews else []
 
-    def input_digest(self) -> str | None:
+    def input_digest(self) -> dict[str, Any]:
         # new or changed reviews must rerun assembly even though no config changed
-        return tables_digest(self.review_tables())
+        digest = tables_digest(self.review_tables())
+        return {"reviews": digest} if digest else {}
 
     def plan(self) -> list[WorkUnit]:
         c: AssembleConfig = self.config

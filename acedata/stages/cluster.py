@@ -8,6 +8,7 @@ faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cp
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from typing import Any, ClassVar, Literal
 
@@ -37,22 +38,45 @@ class ClusterConfig(StageConfig):
     rows_per_unit: int = Field(200_000, ge=1)
 
 
+def _hash_keys(ids: list[str], seed: int) -> np.ndarray:
+    """A seeded 64-bit key per image id: the sample is the `want` smallest keys."""
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big")
+                     for i in ids], dtype=np.uint64)
+
+
 def sample_rows(tables: list[str], want: int, seed: int) -> np.ndarray:
-    """`want` rows drawn uniformly without replacement (all rows when fewer), unit-normalised."""
-    counts = [(s, shards.open_parquet(s).metadata.num_rows) for t in tables for s in shards.list_shards(t)]
-    total = sum(n for _, n in counts)
-    if total == 0:
+    """`want` rows picked by a seeded hash of their image id (all rows when fewer), unit-normalised.
+
+    The pick and the row order handed to k-means depend on the ids only, never on shard
+    layout or order: the same embeddings give the same centroids however they were written.
+    Pass 1 keeps the `want` smallest keys (memory O(want)); pass 2 reads just those rows.
+    """
+    best_keys = np.zeros(0, np.uint64)
+    best_ids: list[str] = []
+    found = False
+    for t in tables:
+        for s in shards.list_shards(t):
+            ids = shards.open_parquet(s).read(columns=["image_id"]).column("image_id").to_pylist()
+            found = found or bool(ids)
+            keys = np.concatenate([best_keys, _hash_keys(ids, seed)])
+            names = best_ids + ids
+            top = np.argsort(keys, kind="stable")[:want]
+            best_keys, best_ids = keys[top], [names[i] for i in top]
+    if not found:
         raise UserError(f"cluster: the embeddings tables {tables} are empty")
-    rng = np.random.default_rng(seed)
-    picks = np.sort(rng.choice(total, size=min(want, total), replace=False))
-    out, start = [], 0
-    for shard, n in counts:
-        mine = picks[(picks >= start) & (picks < start + n)] - start
-        if len(mine):
-            col = shards.open_parquet(shard).read(columns=["embedding"]).column("embedding")
-            out.append(normalize(to_matrix(col.take(pa.array(mine)))))
-        start += n
-    return np.concatenate(out)
+    best_ids = list(dict.fromkeys(best_ids))  # an id listed twice is one point
+    rank = {image_id: r for r, image_id in enumerate(best_ids)}
+    rows: list[np.ndarray] = [np.zeros(0)] * len(best_ids)
+    for t in tables:
+        for s in shards.list_shards(t):
+            got = shards.open_parquet(s).read(columns=["image_id", "embedding"])
+            ids = got.column("image_id").to_pylist()
+            mine = [k for k, i in enumerate(ids) if i in rank]
+            if mine:
+                x = normalize(to_matrix(got.column("embedding").take(pa.array(mine))))
+                for k, v in zip(mine, x):
+                    rows[rank[ids[k]]] = v
+    return np.stack(rows)
 
 
 @register
@@ -67,7 +91,8 @@ class Cluster(Stage):
     def plan(self) -> list[WorkUnit]:
         c: ClusterConfig = self.config
         tables = self.ctx.input("embeddings")
-        if not storage.exists_uri(self._path(CENTROIDS)):  # resumed runs keep their centroids
+        done = all(storage.exists_uri(self._path(n)) for n in (CENTROIDS, TRAIN_INFO))
+        if not done:  # resumed runs keep their centroids (both files: a crash may fall between them)
             sample = sample_rows(tables, sample_size(c.k, c.max_points_per_centroid), c.seed)
             km = train_spherical(sample, c.k, c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
             info = {"k": len(km.centroids), "k_requested": c.k, "train_points": km.train_points,

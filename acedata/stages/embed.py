@@ -22,8 +22,9 @@ import pyarrow.fs as pafs
 from pydantic import Field
 
 from acedata import shards
-from acedata.config import StageConfig
+from acedata.config import StageConfig, run_only
 from acedata.images import open_rgb
+from acedata.kept import dropped_uris, filter_kept
 from acedata.mining.vectors import fixed_list, read_unit, row_group_units
 from acedata.models import ModelSpec
 from acedata.schemas import QUARANTINE, embeddings_schema, schema_for
@@ -36,8 +37,8 @@ class EmbedConfig(StageConfig):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(name=DEFAULT_MODEL))
     batch_size: int = Field(64, ge=1)
     images_per_unit: int = Field(2048, ge=1)
-    decode_threads: int = Field(4, ge=1)
-    prefetch_batches: int = Field(4, ge=1)  # batches decoded ahead of the model
+    decode_threads: int = run_only(4, ge=1)
+    prefetch_batches: int = run_only(4, ge=1)  # batches decoded ahead of the model
     kinds: list[str] = Field(default_factory=lambda: ["image"])  # rows with a null kind count as images
 
 
@@ -65,6 +66,7 @@ class Embed(Stage):
     uses_model = True
 
     _dim: int | None = None
+    _dropped: set[str] | None = None
 
     def output_schema(self, table: str) -> pa.Schema:
         if table == "embeddings":
@@ -131,6 +133,10 @@ class Embed(Stage):
 
     def process(self, unit: WorkUnit) -> UnitResult:
         table = read_unit(unit.payload, ["image_id", "source_uri", "image", "kind"])
+        if self._dropped is None:  # copies ingest listed as duplicates: each image_id is embedded once
+            self._dropped = dropped_uris(self.ctx.input("images"))
+        listed = table.num_rows
+        table = filter_kept(table, self._dropped)
         kinds = set(self.config.kinds)
         rows = [r for r in table.to_pylist() if (r["kind"] or "image") in kinds]
         all_ids: list[str] = []
@@ -148,7 +154,8 @@ class Embed(Stage):
         )
         return UnitResult(
             {"embeddings": emb, "quarantine": pa.Table.from_pylist(bad, QUARANTINE)},
-            {"inputs": len(rows), "skipped_kind": table.num_rows - len(rows)},
+            {"inputs": len(rows), "skipped_kind": table.num_rows - len(rows),
+             "skipped_duplicate": listed - table.num_rows},
         )
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:

@@ -2,21 +2,33 @@
 
 Every input ends in exactly one of `images`, `duplicates` (an exact pixel duplicate
 of a kept image) or `quarantine`, so inputs = images + duplicates + quarantined.
+
+Committed shards are never rewritten. A duplicate inside one unit never reaches the
+images table; copies of one image in several units all stay in their shards, and
+`finish` lists every copy but one in the `duplicates` table (see `acedata.kept`): the
+copy kept is the one with the smallest (source index, path inside the source) key, so
+the choice depends on the spec and the corpus only, never on unit scheduling.
+Unit ids hash the source's index in the spec and paths relative to the source root,
+so moving the corpus or the run directory changes no id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any
+import os
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
 
 from acedata import shards
-from acedata.config import StageConfig
+from acedata.config import StageConfig, run_only
 from acedata.errors import UserError
 from acedata.images import Limits, Rejected, decode, image_cell
+from acedata.kept import dropped_uris
 from acedata.schemas import DUPLICATES, IMAGES, QUARANTINE
+from acedata.source_digest import source_digest
 from acedata.sources import Record, list_units, read_unit
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -32,6 +44,27 @@ class IngestConfig(StageConfig):
     files_per_unit: int = Field(64, ge=1)
     # A source with no files at all is almost always a wrong path; say so unless allowed.
     allow_empty: bool = False
+    # How resume detects a changed corpus: file bytes (exact) or (size, mtime) (cheap at scale).
+    source_digest: Literal["content", "metadata"] = run_only("content")
+
+CROSS_UNIT = "cross-unit"  # the duplicates table's unit written by `finish`
+
+
+def _relative(obj: Any, root: str) -> Any:
+    """`obj` with the source root taken off every path in it."""
+    if isinstance(obj, str):
+        return obj[len(root):] if obj == root or obj.startswith(root + os.sep) else obj
+    if isinstance(obj, list):
+        return [_relative(x, root) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _relative(v, root) for k, v in obj.items()}
+    return obj
+
+
+def content_unit_id(index: int, root: str, uid: str, payload: dict[str, Any]) -> str:
+    """A unit id from the source's index and the unit's paths relative to its root."""
+    rel = json.dumps([index, _relative(payload, os.path.abspath(root))], sort_keys=True)
+    return f"{uid.split('-', 1)[0]}-{hashlib.sha256(rel.encode()).hexdigest()[:16]}"
 
 
 @register
@@ -40,15 +73,26 @@ class Ingest(Stage):
     Config = IngestConfig
     outputs = {"images": IMAGES, "quarantine": QUARANTINE, "duplicates": DUPLICATES}
 
+    def input_digest(self) -> dict[str, Any]:
+        return {"sources": [source_digest(r, self.config.source_digest) for r in self.config.sources]}
+
     def plan(self) -> list[WorkUnit]:
         units: list[WorkUnit] = []
-        for root in self.config.sources:
+        for i, root in enumerate(self.config.sources):
             found = list_units(root, self.config.files_per_unit)
             if not found and not self.config.allow_empty:
                 raise UserError(f"source {root!r} holds no files to ingest; check the path, "
                                 "or set allow_empty: true to accept an empty source")
-            units.extend(WorkUnit(uid, payload) for uid, payload in found)
+            units.extend(WorkUnit(content_unit_id(i, root, uid, payload), payload) for uid, payload in found)
         return units
+
+    def order_key(self, uri: str) -> tuple[int, str]:
+        """Where an input sits in the spec: (source index, its path inside that source)."""
+        for i, root in enumerate(self.config.sources):
+            root = os.path.abspath(root)
+            if uri == root or uri.startswith((root + os.sep, root + "#")):
+                return i, uri[len(root):]
+        return len(self.config.sources), uri
 
     def process(self, unit: WorkUnit) -> UnitResult:
         c: IngestConfig = self.config
@@ -86,15 +130,45 @@ class Ingest(Stage):
         )
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
-        """Collapse exact duplicates across units: the first unit (in id order) keeps the image."""
-        moved = collapse_cross_unit_duplicates(self.ctx.out("images"), self.ctx.out("duplicates"))
-        images = shards.count_rows(self.ctx.out("images"))
-        dup = shards.count_rows(self.ctx.out("duplicates"))
+        """List copies of one image held by several units in `duplicates` (no shard changes)."""
+        images_dir, dup_dir = self.ctx.out("images"), self.ctx.out("duplicates")
+        if CROSS_UNIT not in shards.committed_units(dup_dir):  # a rerun after a crash finds it committed
+            later = self.cross_unit_duplicates()
+            w = shards.ShardWriter(dup_dir, DUPLICATES, unit=CROSS_UNIT)
+            w.write(pa.Table.from_pylist(later, DUPLICATES))
+            w.commit()
+        shards.finalize_manifest(dup_dir, DUPLICATES, table="duplicates")
+        cross = sum(s["rows"] for s in shards.unit_fragment(dup_dir, CROSS_UNIT)["shards"])
+        stored = shards.count_rows(images_dir)
+        dup = shards.count_rows(dup_dir)
         quarantined = shards.count_rows(self.ctx.out("quarantine"))
+        images = stored - cross  # each image_id once
         counts.update(images=images, duplicates=dup, quarantine=quarantined)
         if images + dup + quarantined != counts.get("inputs", 0):
             raise RuntimeError(f"ingest lost rows: inputs {counts.get('inputs')} != {images}+{dup}+{quarantined}")
-        return {"cross_unit_duplicates": moved}
+        if len(dropped_uris([images_dir])) != dup:
+            raise RuntimeError("ingest: duplicates table lists a source_uri twice")
+        return {"cross_unit_duplicates": cross}
+
+    def cross_unit_duplicates(self) -> list[dict[str, str]]:
+        """Every stored copy of an image but the one with the smallest order key.
+
+        Reads only `image_id`/`source_uri`; memory is linear in the number of images.
+        """
+        best: dict[str, tuple[tuple[int, str], str]] = {}
+        later: list[dict[str, str]] = []
+        for batch in shards.iter_batches(self.ctx.out("images"), columns=["image_id", "source_uri"], batch_size=65536):
+            for image_id, uri in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                key = self.order_key(uri)
+                prev = best.get(image_id)
+                if prev is None:
+                    best[image_id] = (key, uri)
+                    continue
+                loser = uri if prev[0] < key else prev[1]
+                if prev[0] > key:
+                    best[image_id] = (key, uri)
+                later.append({"source_uri": loser, "image_id": image_id})
+        return sorted(later, key=lambda r: (r["image_id"], self.order_key(r["source_uri"])))
 
 
 def _quarantine(rec: Record, reason: str, detail: str) -> dict[str, Any]:
@@ -121,67 +195,3 @@ def _image_row(rec: Record, d) -> dict[str, Any]:
         **{k: (str(v) if v is not None else None) for k, v in known.items()},
         "meta": json.dumps(meta, default=str) if meta else None,
     }
-
-
-def collapse_cross_unit_duplicates(images_dir: str, duplicates_dir: str) -> int:
-    """Rewrite the (few) shards holding a later copy of an image kept by an earlier unit.
-
-    Reads only `image_id`/`source_uri`; memory is linear in the number of images.
-    """
-    manifest = shards.read_manifest(images_dir)
-    if manifest is None:
-        return 0
-    seen: set[str] = set()
-    moved: list[dict[str, str]] = []
-    fs, d = shards.resolve(images_dir)
-    changed_units: dict[str, list[dict[str, Any]]] = {}
-    units = sorted(shards.committed_units(images_dir))
-    # Pass 1 (read-only): which rows are later copies. Recorded before any shard changes,
-    # so a crash part-way through pass 2 loses nothing.
-    for unit in units:
-        for s in shards.unit_fragment(images_dir, unit)["shards"]:
-            ids = shards.open_parquet(f"{images_dir}/{s['file']}").read(columns=["image_id", "source_uri"]).to_pylist()
-            for r in ids:
-                if r["image_id"] in seen:
-                    moved.append(r)
-                seen.add(r["image_id"])
-    if moved:
-        if "cross-unit" in shards.committed_units(duplicates_dir):
-            prior = shards.unit_fragment(duplicates_dir, "cross-unit")["shards"]
-            prior_rows = [r for s in prior for r in shards.read_table(f"{duplicates_dir}/{s['file']}").to_pylist()]
-            moved = prior_rows + [m for m in moved if m["source_uri"] not in {p["source_uri"] for p in prior_rows}]
-        w = shards.ShardWriter(duplicates_dir, DUPLICATES, unit="cross-unit")
-        w.write(pa.Table.from_pylist(moved, DUPLICATES))
-        w.commit()
-    seen = set()
-    for unit in units:
-        frag = shards.unit_fragment(images_dir, unit)
-        new_shards = []
-        for s in frag["shards"]:
-            path, uri = f"{d}/{s['file']}", f"{images_dir}/{s['file']}"  # fs path, URI
-            ids = shards.open_parquet(uri).read(columns=["image_id", "source_uri"])
-            keep = [i not in seen for i in ids.column("image_id").to_pylist()]
-            seen.update(ids.column("image_id").to_pylist())
-            if all(keep):
-                new_shards.append(s)
-                continue
-            full = shards.open_parquet(uri).read()
-            kept = full.filter(pa.array(keep))
-            tmp = f"{d}/.tmp-rewrite-{s['file']}"
-            import pyarrow.parquet as pq
-
-            pq.write_table(kept, tmp, compression="zstd", filesystem=fs)
-            fs.move(tmp, path)
-            new_shards.append(
-                {"file": s["file"], "rows": kept.num_rows, "bytes": fs.get_file_info(path).size,
-                 "sha256": shards.sha256_file(fs, path)}
-            )
-        if new_shards != frag["shards"]:
-            changed_units[unit] = new_shards
-    for unit, new_shards in changed_units.items():
-        frag = shards.unit_fragment(images_dir, unit)
-        frag["shards"] = new_shards
-        shards.write_bytes_atomic(fs, f"{d}/{shards.UNITS_DIR}/{unit}.json", json.dumps(frag).encode())
-    shards.finalize_manifest(images_dir, IMAGES, table="images")
-    shards.finalize_manifest(duplicates_dir, DUPLICATES, table="duplicates")
-    return len(moved)

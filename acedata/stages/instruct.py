@@ -38,6 +38,7 @@ from acedata.instruct.captioner import (
 from acedata.instruct.client import ChatClient, EndpointConfig
 from acedata.instruct.rewrite import RewriteConfig, rewrite_all
 from acedata.instruct.templates import FAMILIES, load_bank
+from acedata.kept import dropped_uris, filter_kept
 from acedata.schemas import INSTRUCTIONS, QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -303,6 +304,10 @@ class Instruct(Stage):
 
     def _captions(self, table: pa.Table) -> UnitResult:
         c: InstructConfig = self.config
+        if "source_uri" in table.column_names:  # copies ingest listed as duplicates get no caption row
+            if getattr(self, "_dropped", None) is None:
+                self._dropped = dropped_uris(self.ctx.inputs.get("images", []))
+            table = filter_kept(table, self._dropped)
         cols = [n for n in ("image_id", "kind", "caption", "image") if n in table.column_names]
         rows_in = [r for r in table.select(cols).to_pylist() if (r.get("kind") or "image") in c.t2i.kinds]
         counts = {"t2i_images": len(rows_in)}

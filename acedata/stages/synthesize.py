@@ -28,6 +28,7 @@ from acedata.config import StageConfig
 from acedata.dedupe import drop_later_copies
 from acedata.errors import UserError
 from acedata.images import open_rgb
+from acedata.kept import dropped_uris
 from acedata.models import ModelSpec
 from acedata.schemas import IMAGES, PAIRS, QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
@@ -107,19 +108,21 @@ class Synthesize(Stage):
     def _photos(self) -> list[dict[str, Any]]:
         seen: set[str] = set()
         photos = []
-        for table in self.ctx.input("images"):
+        tables = self.ctx.input("images")
+        dropped = dropped_uris(tables)  # copies ingest listed as duplicates
+        for table in tables:
             for shard in shards.list_shards(table):
                 pf = shards.open_parquet(shard)
-                cols = [c for c in ("image_id", "kind", "group") if c in pf.schema_arrow.names]
+                cols = [c for c in ("image_id", "kind", "group", "source_uri") if c in pf.schema_arrow.names]
                 t = pf.read(columns=cols).to_pylist()
                 for row, r in enumerate(t):
-                    if r.get("kind") not in (None, "image") or r["image_id"] in seen:
+                    if r.get("kind") not in (None, "image") or r["image_id"] in seen or r.get("source_uri") in dropped:
                         continue
                     seen.add(r["image_id"])
                     photos.append({"loc": [shard, row], "id": r["image_id"], "group": r.get("group")})
-                    if self.config.max_images and len(photos) >= self.config.max_images:
-                        return photos
-        return photos
+        # Photo order (which synthesizers each photo gets, unit ids) follows image ids, not shard layout.
+        photos.sort(key=lambda p: p["id"])
+        return photos[: self.config.max_images] if self.config.max_images else photos
 
     def _subject_sets(self, photos: list[dict[str, Any]]) -> tuple[list[list[list]], str]:
         """Sets of photo locations showing one subject: mined sets first, else ingest groups."""
