@@ -73,6 +73,15 @@ def survey(fs: pafs.FileSystem, root: str) -> Findings:
     return found
 
 
+def find_tables(path: str) -> list[str]:
+    """Every table (a folder with _manifest.json) under a table, stage or run directory, as URIs."""
+    from acedata import shards
+
+    fs, root = shards.resolve(path)
+    scheme = path.split("://", 1)[0] + "://" if "://" in path else ""
+    return [scheme + t for t in survey(fs, root.rstrip("/")).tables]
+
+
 def _read(fs: pafs.FileSystem, path: str):
     with fs.open_input_stream(path) as f:
         return json.loads(f.read())
