@@ -157,7 +157,7 @@ def test_loads_saved_weights_from_path_and_hf_cache(tmp_path, monkeypatch, photo
     import torch
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    from acedata.mining.object_model import TINY_CONFIG, tiny_dinov2
+    from acedata.mining.scorers.object_model import TINY_CONFIG, tiny_dinov2
 
     torch.manual_seed(0)
     model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**TINY_CONFIG, num_register_tokens=4))

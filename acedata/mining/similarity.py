@@ -50,8 +50,12 @@ def band_edges(
     block: int = 4096,
     device: str = "cpu",
     stats: BandStats | None = None,
+    max_per_row: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) with tau_low <= x_i . x_j <= tau_high, for unit-norm rows of `x`.
+
+    `max_per_row` keeps, for each i, only its strongest in-band edges to later rows, so a
+    dense cluster (every pair in band) holds O(n * max_per_row) edges, not O(n^2).
 
     Returns (src, dst, sim) sorted by (src, dst). Only the upper-triangle blocks are
     computed, each once. In-band entries are sparse, so only `>= tau_low` is tested on
@@ -69,6 +73,7 @@ def band_edges(
         for r0 in range(0, n, block):
             r1 = min(n, r0 + block)
             rows = xt[r0:r1]
+            first = len(srcs)
             for c0 in range(r0, n, block):
                 c1 = min(n, c0 + block)
                 t0 = time.perf_counter()
@@ -92,6 +97,10 @@ def band_edges(
                     srcs.append(i.cpu().numpy())
                     dsts.append(j.cpu().numpy())
                     sims.append(vals.cpu().numpy())
+            if max_per_row is not None and len(srcs) > first:
+                srcs[first:], dsts[first:], sims[first:] = _cap_rows(
+                    np.concatenate(srcs[first:]), np.concatenate(dsts[first:]), np.concatenate(sims[first:]),
+                    max_per_row)
     if not srcs:
         return empty
     src, dst, sim = np.concatenate(srcs), np.concatenate(dsts), np.concatenate(sims)
@@ -99,6 +108,16 @@ def band_edges(
     if stats is not None:
         stats.edges += len(src)
     return src[order].astype(np.int64), dst[order].astype(np.int64), sim[order].astype(np.float32)
+
+
+def _cap_rows(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, m: int) -> tuple[list, list, list]:
+    """The `m` strongest edges of each src (ties: the smaller dst), as one-element lists."""
+    order = np.lexsort((dst, -sim, src))
+    src, dst, sim = src[order], dst[order], sim[order]
+    starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]])
+    rank = np.arange(len(src)) - np.repeat(starts, np.diff(np.r_[starts, len(src)]))
+    keep = rank < m
+    return [src[keep]], [dst[keep]], [sim[keep]]
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
