@@ -2,17 +2,18 @@
 can merge two unrelated groups. After each union-find turn every set is checked and
 offenders are split, with bounded work:
 
-* check: a set is coherent when it has at most `max_set_size` members and no two of
-  its members have a direct similarity below `min_pair_sim` (an S x S product, cheap
-  because S is capped; oversize sets fail without it) nor, after turn 2, a pass-2
-  score below `min_pair_score`;
+* check: a set is coherent when no two of its members have a direct similarity below
+  `min_pair_sim` nor, after turn 2, a pass-2 score below `min_pair_score` (an S x S
+  product; sets above CHECK_LIMIT are checked on a sample), and it is kept as it is when
+  it also has at most `max_set_size` members. An oversize but coherent set is dense, not
+  chained: it goes straight to the peel below;
 * split, up to `max_rounds` rounds: re-run union-find on the set's own edges with the
   link threshold raised by `step` per round (by default the band up to `upper` is
   spread over the rounds; bridges are the weakest links, so they go first), and check
   each part again;
 * a round that would leave more than half of a part as singletons does not split a
-  chain, it shatters a dense set (hundreds of near-identical images at cosine ~0.9 all
-  cross the raised threshold together), so that part is peeled instead of dropped;
+  chain, it shatters a dense part (hundreds of images at cosine ~0.9 all cross the
+  raised threshold together), so that part is peeled instead of dropped;
 * peel, for such parts and those still failing after the last round: parts larger than
   `BISECT_FACTOR * max_set_size` are first bisected (two far-apart seeds, each member to
   the nearer; deterministic, O(n d) per level), then each piece repeatedly gives up its
@@ -36,6 +37,7 @@ import numpy as np
 from acedata.unionfind import component_labels, label_sets
 
 BISECT_FACTOR = 4  # parts above this many times max_set_size are bisected before peeling
+CHECK_LIMIT = 2048  # coherence of larger sets is checked on an evenly spaced sample of this many
 
 
 @dataclass
@@ -132,8 +134,8 @@ def _peel_piece(left: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: S
         # most similar first, but near-duplicates of the seed (above the band) last: a set
         # of the seed and its copies would make no in-band pair
         above = to_seed[cand] > upper
-        cand = cand[np.lexsort((-to_seed[cand], above))][: cfg.max_set_size]
-        cand = np.concatenate([[seed], cand[cand != seed]])  # the seed first, kept while possible
+        cand = cand[np.lexsort((-to_seed[cand], above))]
+        cand = np.concatenate([[seed], cand[cand != seed]])[: cfg.max_set_size]  # the seed first, kept while possible
         # greedily drop the member with most incoherent partners until none is left
         while len(cand) > 1:
             bad = _bad_pairs(left[cand], emb, cfg, score_of).sum(axis=1)
@@ -180,29 +182,37 @@ def guard_sets(
     src, dst, w, owner = src[order], dst[order], w[order], owner[order]
     starts = np.searchsorted(owner, np.arange(len(sets) + 1))
 
-    def coherent(members: np.ndarray, count_before: bool) -> bool:
-        if len(members) > cfg.max_set_size:
-            if count_before:
-                stats.sets_oversize += 1
-            return False
-        bad = int(np.triu(_bad_pairs(members, emb, cfg, score_of), 1).sum())
+    def bad_count(members: np.ndarray) -> int:
+        """Incoherent member pairs; above CHECK_LIMIT members, among an evenly spaced sample."""
+        if len(members) > CHECK_LIMIT:
+            members = members[np.linspace(0, len(members) - 1, CHECK_LIMIT).astype(np.int64)]
+        return int(np.triu(_bad_pairs(members, emb, cfg, score_of), 1).sum())
+
+    def verdict(members: np.ndarray, count_before: bool) -> str:
+        """"ok", "big" (oversize but pairwise coherent: nothing chained, just dense) or "chained"."""
+        bad = bad_count(members)
         if count_before:
             stats.incoherent_pairs_before += bad
-            if bad:
-                stats.sets_incoherent += 1
-        return bad == 0
+            stats.sets_oversize += len(members) > cfg.max_set_size
+            stats.sets_incoherent += bad > 0
+        if bad:
+            return "chained"
+        return "big" if len(members) > cfg.max_set_size else "ok"
 
     out: list[np.ndarray] = []
     for i, members in enumerate(sets):
         if len(members) < 2:
             continue
         stats.sets_checked += 1
-        if coherent(members, True):
+        v = verdict(members, True)
+        if v == "ok":
             out.append(members)
             continue
         es, ed, ew = src[starts[i] : starts[i + 1]], dst[starts[i] : starts[i + 1]], w[starts[i] : starts[i + 1]]
-        pending, shattered = [members], []
+        pending, to_peel = ([members], []) if v == "chained" else ([], [members])
         for r in range(1, cfg.max_rounds + 1):
+            if not pending:
+                break
             stats.split_rounds += 1
             step = cfg.step if cfg.step is not None else (upper - link_threshold) / (cfg.max_rounds + 1)
             t = link_threshold + step * r
@@ -210,21 +220,20 @@ def guard_sets(
             for part in pending:
                 mask = np.isin(es, part)
                 comps = _components(part, es[mask], ed[mask], ew[mask], t)
-                singles = sum(len(comp) < 2 for comp in comps)
-                if 2 * singles > len(part):  # shattered, not split: peel it into coherent subsets
-                    shattered.append(part)
+                if 2 * sum(len(comp) < 2 for comp in comps) > len(part):
+                    to_peel.append(part)  # shattered, not split: the part is dense, not chained
                     continue
                 for comp in comps:
                     if len(comp) < 2:
                         stats.members_dropped += 1
-                    elif coherent(comp, False):
+                        continue
+                    v = verdict(comp, False)
+                    if v == "ok":
                         out.append(comp)
                     else:
-                        nxt.append(comp)
+                        (nxt if v == "chained" else to_peel).append(comp)
             pending = nxt
-            if not pending:
-                break
-        for part in pending + shattered:
+        for part in pending + to_peel:
             stats.sets_peeled += 1
             kept = [c for c in _peel(part, emb, cfg, score_of, upper) if len(c) > 1]
             out.extend(kept)

@@ -186,6 +186,7 @@ class Pair(Stage):
         c: PairConfig = self.config
         self.scorer = make_scorer(c.scorer, c.scorer_options)
         self.scorer.setup()
+        self._loads = int(self.scorer.loads_model)  # reported by the next unit: summed, the number of model loads
         self.params = mining_params(c, self.scorer)
         self.store = None
         if self.scorer.needs_images:
@@ -260,6 +261,7 @@ class Pair(Stage):
         counts["pairs_out_of_band"] = out_of_band  # enumerated from a set but outside a band: never written
         counts["pairs_border_elsewhere"] = border_dups  # border pairs left to the other cluster that mines them
         counts["border_points"] = int((other >= 0).sum())
+        counts["model_loads"], self._loads = self._loads, 0
         counts["sim_matmul_us"] = int(stats.band.matmul_seconds * 1e6)
         counts["mine_us"] = int((time.perf_counter() - t0) * 1e6)
         return UnitResult({"pairs": self._pairs_table(cols)}, counts)
