@@ -27,7 +27,7 @@ from acedata import shards
 from acedata.config import StageConfig, Strict
 from acedata.errors import UserError
 from acedata.mining.chaining import GuardConfig
-from acedata.mining.pairs import in_band_pairs, set_id, set_key, upper_pairs
+from acedata.mining.pairs import in_band_pairs, set_key, upper_pairs
 from acedata.mining.partition import (
     cluster_index,
     image_sizes,
@@ -218,7 +218,7 @@ class Pair(Stage):
         band, band2 = (p.tau_low, p.tau_high), (p.pass2_low, p.pass2_high)
         stats = MiningStats()
         reasons: Counter[str] = Counter()
-        cols: dict[str, list] = {k: [] for k in ("a", "b", "sim", "score", "set_id", "cluster_id")}
+        found: dict[str, list] = {k: [] for k in ("a", "b", "sim", "score", "set_id", "cluster_id")}
         final_sets = out_of_band = border_dups = 0
         t0 = time.perf_counter()
         bounds = np.flatnonzero(np.diff(cid)) + 1
@@ -244,17 +244,23 @@ class Pair(Stage):
                                                          set_key(names), owned)
                 out_of_band += oob
                 border_dups += dup
-                ga, gb = m[pa_], m[pb_]
-                same = np.array([cluster_ids[a] == cluster_ids[b] for a, b in zip(ga.tolist(), gb.tolist())], bool)
-                why = reject_reasons(c.filters, sims, w[lo + ga], h[lo + ga], w[lo + gb], h[lo + gb], same)
-                reasons.update(why[why != ""].tolist())
-                keep = why == ""
-                cols["a"].extend(cluster_ids[k] for k in ga[keep].tolist())
-                cols["b"].extend(cluster_ids[k] for k in gb[keep].tolist())
-                cols["sim"].append(sims[keep])
-                cols["score"].append(fs.pass2[pa_[keep], pb_[keep]])
-                cols["set_id"].extend([set_id(names)] * int(keep.sum()))
-                cols["cluster_id"].extend([here] * int(keep.sum()))
+                key = set_key(names)
+                found["a"].append(lo + m[pa_])
+                found["b"].append(lo + m[pb_])
+                found["sim"].append(sims)
+                found["score"].append(fs.pass2[pa_, pb_])
+                found["set_id"].append(np.full(len(pa_), int(key[:15], 16), np.int64))  # = set_id(names)
+                found["cluster_id"].append(np.full(len(pa_), here, np.int32))
+        # the cleaning filters once per unit, vectorised over all its pairs (not per set)
+        f = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in found.items()}
+        a, b = f["a"].astype(np.int64), f["b"].astype(np.int64)
+        id_arr = np.array(ids, dtype=object)
+        why = reject_reasons(c.filters, f["sim"], w[a], h[a], w[b], h[b], id_arr[a] == id_arr[b])
+        reasons.update(why[why != ""].tolist())
+        keep = why == ""
+        cols = {"a": id_arr[a[keep]].tolist(), "b": id_arr[b[keep]].tolist(), "sim": [f["sim"][keep]],
+                "score": [f["score"][keep]], "set_id": f["set_id"][keep].tolist(),
+                "cluster_id": f["cluster_id"][keep].tolist()}
         counts = {k: int(v) for k, v in stats.flat().items()}
         counts.update({f"rejected_{k}": v for k, v in reasons.items()})
         counts["final_sets"] = final_sets
