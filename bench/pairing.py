@@ -298,16 +298,17 @@ def bench_quality(tmp: str, ks: list[int | None]) -> None:
 # --- (e) dense sets larger than max_set_size ----------------------------------------------
 
 
-def bench_dense(tmp: str, sizes: list[int]) -> None:
+def bench_dense(tmp: str, sizes: list[int], d: int = 768) -> None:
+    import pyarrow as pa
+
     from acedata import shards
     from acedata.pipeline import run_stages
     from acedata.stages.cluster import ClusterConfig
     from acedata.stages.pair import PairConfig
 
-    print("(e) dense sets at pairwise cosine ~0.9, band [0.8, 0.95], max_set_size 64")
+    print(f"(e) dense sets at pairwise cosine ~0.9 (d={d}), band [0.8, 0.95], max_set_size 64")
     for n in sizes:
         rng = np.random.default_rng(n)
-        d = 128
         c = rng.standard_normal(d)
         c /= np.linalg.norm(c)
         noise = rng.standard_normal((n, d))
@@ -322,7 +323,10 @@ def bench_dense(tmp: str, sizes: list[int]) -> None:
                           PairConfig(name="pair", tau_low=0.8, tau_high=0.95, inputs={"embeddings": emb})],
                          out, executor="local")
         secs = time.perf_counter() - t
-        p = shards.read_table(os.path.join(out, "pair", "pairs"), ["source_id", "target_id", "set_id", "sim_pass1"])
+        p = shards.read_table(os.path.join(out, "pair", "pairs"))
+        if p.num_rows == 0:  # no shards at all: an empty table
+            p = pa.table({"source_id": pa.array([], pa.string()), "target_id": pa.array([], pa.string()),
+                          "set_id": pa.array([], pa.int64()), "sim_pass1": pa.array([], pa.float32())})
         sim = p.column("sim_pass1").to_numpy()
         members: dict[int, set[str]] = {}
         for s, a, b in zip(p.column("set_id").to_pylist(), p.column("source_id").to_pylist(),
@@ -340,6 +344,7 @@ def main() -> int:
     ap.add_argument("--only", choices=["a", "b", "c", "d", "e"], action="append", help="run only these parts")
     ap.add_argument("--ks", default="15,30,60,120,0", help="(d) k values; 0: derived from N")
     ap.add_argument("--dense", default="65,300,1000,4000", help="(e) dense set sizes")
+    ap.add_argument("--dense-d", type=int, default=768, help="(e) dimension")
     ap.add_argument("--full", action="store_true", help="(c) at 1M x 768")
     ap.add_argument("--model", default="ViT-B-32", help="(a) open_clip architecture (random-init)")
     ap.add_argument("--images", type=int, default=48)
@@ -369,7 +374,7 @@ def main() -> int:
         if "d" in parts:
             bench_quality(tmp, [int(k) or None for k in args.ks.split(",")])
         if "e" in parts:
-            bench_dense(tmp, [int(n) for n in args.dense.split(",")])
+            bench_dense(tmp, [int(n) for n in args.dense.split(",")], args.dense_d)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

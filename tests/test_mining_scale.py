@@ -29,7 +29,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def dense_set(n: int, cos: float = 0.9, d: int = 128, seed: int = 0) -> np.ndarray:
+def dense_set(n: int, cos: float = 0.9, d: int = 768, seed: int = 0) -> np.ndarray:
     """n vectors at pairwise cosine ~`cos` (a shared direction plus independent noise)."""
     rng = np.random.default_rng(seed)
     c = _unit(rng.standard_normal(d))
