@@ -57,16 +57,39 @@ class UnionFind:
         return label_sets(self.labels(), min_size)
 
 
+SMALL = 4096  # graphs up to this many nodes: numpy label propagation (scipy's setup costs more)
+
+
 def component_labels(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Component label of each of n nodes under undirected edges (src[i], dst[i])."""
     if len(src) == 0:
         return np.arange(n, dtype=np.int64)
+    if n <= SMALL:
+        return _propagate(n, np.asarray(src, np.int64), np.asarray(dst, np.int64))
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     g = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)).tocsr()
     _, labels = connected_components(g, directed=False)
     return labels.astype(np.int64)
+
+
+def _propagate(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Min-label propagation with pointer jumping: every node ends labelled with the smallest
+    node of its component (hook each edge's larger root under the smaller, then shortcut)."""
+    labels = np.arange(n, dtype=np.int64)
+    while True:
+        ls, ld = labels[src], labels[dst]
+        lo, hi = np.minimum(ls, ld), np.maximum(ls, ld)
+        changed = lo != hi
+        if not changed.any():
+            return labels
+        np.minimum.at(labels, hi[changed], lo[changed])  # hook: a root under a smaller label
+        while True:  # shortcut: follow pointers until every label is a root
+            nxt = labels[labels]
+            if (nxt == labels).all():
+                break
+            labels = nxt
 
 
 def label_sets(labels: np.ndarray, min_size: int = 1) -> list[np.ndarray]:

@@ -114,6 +114,11 @@ def _bisect(members: np.ndarray, emb: np.ndarray, limit: int) -> list[np.ndarray
     return out
 
 
+def _count_bad(bad: np.ndarray) -> int:
+    """Pairs i < j marked in a symmetric S x S matrix."""
+    return int((bad.sum() - np.trace(bad)) // 2)
+
+
 def _peel(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: ScoreOf | None,
           upper: float = 1.0) -> list[np.ndarray]:
     out = []
@@ -186,7 +191,7 @@ def guard_sets(
         """Incoherent member pairs; above CHECK_LIMIT members, among an evenly spaced sample."""
         if len(members) > CHECK_LIMIT:
             members = members[np.linspace(0, len(members) - 1, CHECK_LIMIT).astype(np.int64)]
-        return int(np.triu(_bad_pairs(members, emb, cfg, score_of), 1).sum())
+        return _count_bad(_bad_pairs(members, emb, cfg, score_of))
 
     def verdict(members: np.ndarray, count_before: bool) -> str:
         """"ok", "big" (oversize but pairwise coherent: nothing chained, just dense) or "chained"."""
@@ -236,10 +241,10 @@ def guard_sets(
         for part in pending + to_peel:
             stats.sets_peeled += 1
             kept = [c for c in _peel(part, emb, cfg, score_of, upper) if len(c) > 1]
+            # sets kept whole or split were verified above; peeled ones are re-checked here
+            stats.incoherent_pairs_after += sum(_count_bad(_bad_pairs(c, emb, cfg, score_of)) for c in kept)
             out.extend(kept)
             stats.members_dropped += len(part) - sum(len(c) for c in kept)
-    for s in out:
-        stats.incoherent_pairs_after += int(np.triu(_bad_pairs(s, emb, cfg, score_of), 1).sum())
     out.sort(key=lambda s: int(s[0]))
     stats.micros = int((time.perf_counter() - t0) * 1e6)
     return out, stats
