@@ -197,3 +197,41 @@ def test_scorer_option_typo_fails_when_the_spec_is_loaded():
         validate_model(PairConfig, {"name": "pair", "scorer": "object", "scorer_options": {"nfeaturez": 10}}, "pair")
     with pytest.raises(UserError, match="unknown scorer 'nope'"):
         validate_model(PairConfig, {"name": "pair", "scorer": "nope"}, "pair")
+
+
+def test_pair_resumes_after_a_crash_with_the_same_output(tmp_path, monkeypatch):
+    """A unit dies after others committed: the rerun keeps their partitions and outputs and
+    writes what a clean run writes."""
+    from acedata import runtime
+    from acedata.mining.synthetic import generate
+
+    g = generate(n_coarse=4, fine_per_coarse=3, group_size=8, d=64, near_dups=4, bridges=4, seed=2)
+    emb = str(tmp_path / "emb.parquet")
+    pq.write_table(pa.table({"image_id": g.ids, "embedding": pa.array(g.x.tolist(), pa.list_(pa.float32(), 64))}),
+                   emb)
+    cfgs = [ClusterConfig(name="cluster", k=4, nredo=3, inputs={"embeddings": emb}),
+            PairConfig(name="pair", tau_low=0.7, tau_high=0.97, points_per_unit=30, inputs={"embeddings": emb})]
+    clean = str(tmp_path / "clean")
+    run_stages(cfgs, clean, executor="local")
+    crashed = str(tmp_path / "crashed")
+    real, seen = Pair.process, []
+
+    def dies_on_third(self, unit):
+        seen.append(unit.id)
+        if len(seen) == 3:
+            raise RuntimeError("worker died")
+        return real(self, unit)
+
+    monkeypatch.setattr(Pair, "process", dies_on_third)
+    with pytest.raises(RuntimeError, match="worker died"):
+        run_stages(cfgs, crashed, executor="local")
+    assert len(runtime.done_units(os.path.join(crashed, "pair"))) == 2
+    monkeypatch.setattr(Pair, "process", real)
+    run_stages(cfgs, crashed, executor="local")
+
+    def pairs(run: str) -> list:
+        return sorted(shards.read_table(os.path.join(run, "pair", "pairs"), ["pair_id", "set_id"]).to_pylist(),
+                      key=lambda r: r["pair_id"])
+
+    assert pairs(crashed) == pairs(clean) and pairs(clean)
+    assert not os.path.exists(os.path.join(crashed, "pair", "_partitions"))
