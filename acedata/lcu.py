@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 INDICATOR = re.compile(r"\{image(\d*)\}")
@@ -172,33 +172,3 @@ class ChainIndex:
             frames += len(prev.input_ids)
             cur = prev
         return chain[::-1]
-
-
-# --- split groups ----------------------------------------------------------------------
-
-
-class UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:  # path compression
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, items: Iterable[str]) -> None:
-        it = iter(items)
-        first = next(it, None)
-        if first is None:
-            return
-        a = self.find(first)
-        for b in it:
-            rb = self.find(b)
-            if rb != a:
-                # the smaller id becomes the root, so a component's root is its min id
-                a, rb = min(a, rb), max(a, rb)
-                self.parent[rb] = a

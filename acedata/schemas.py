@@ -89,6 +89,9 @@ CLUSTERS = pa.schema(
         _f("image_id", pa.string(), False),
         _f("cluster_id", pa.int32(), False),
         _f("distance", pa.float32(), False),  # 1 - cosine similarity to the centroid
+        # border points: the second-nearest centroid when it is almost as near (pair mines the
+        # point in both clusters, so pairs split by the partition are recovered); else null
+        _f("cluster_id2", pa.int32()),
     ]
 )
 

@@ -7,7 +7,14 @@
     objective of both;
 (c) cluster + pair stages on many generated vectors (local executor, so the process's
     peak RSS is the stages' peak memory): wall time, peak memory, and the similarity
-    FLOP rate inside the pair stage vs a bare torch matmul over the same cluster shapes.
+    FLOP rate inside the pair stage vs a bare torch matmul over the same cluster shapes;
+    the roofline fraction of the whole stage = (similarity FLOPs / bare-matmul rate) /
+    the pair stage's wall time;
+(d) mining quality on generated hierarchical data (bridges, near-duplicates, singletons,
+    loose fine groups) at several k: precision (a pair touching a bridge is wrong),
+    recall, and written pairs outside [tau_low, tau_high];
+(e) dense sets larger than max_set_size (65 .. 4000 images at pairwise cosine ~0.9, band
+    0.8-0.95): pairs written, out-of-band pairs, largest set, seconds.
 
     .venv/bin/python bench/pairing.py                 # ~3 min on a small CPU machine
     .venv/bin/python bench/pairing.py --full          # (c) at 1M x 768
@@ -228,6 +235,7 @@ def bench_pairs(tmp: str, n: int, d: int, per_cluster: int, tau_low: float, tau_
     xs = normalize(to_matrix(emb_t.column("embedding").take(where)))
     sizes = np.bincount(cids)[np.unique(cids)]
     kern, bare = kernel_vs_bare(xs, sizes, (tau_low, tau_high), device)
+    bare_s = c["sim_flops"] / (bare * 1e9)
     print(f"(c) cluster + pair, {n} x {d} float16 vectors, k={k} (generated in {gen:.0f} s)")
     print(f"    wall {wall:7.1f} s  (cluster {cl['seconds']} s, pair {pr['seconds']} s, mining {c['mine_us'] / 1e6:.1f} s)")
     print(f"    peak RSS {peak_rss_gib():.2f} GiB (before stages {rss0:.2f} GiB)")
@@ -237,11 +245,106 @@ def bench_pairs(tmp: str, n: int, d: int, per_cluster: int, tau_low: float, tau_
     print(f"    similarity: {c['sim_flops'] / 1e12:.2f} TFLOP at {stage_rate:.1f} GFLOP/s inside the stage run")
     print(f"    kernel vs bare matmul, interleaved on the same cluster blocks ({device}): {kern:.1f} vs "
           f"{bare:.1f} GFLOP/s -> fraction {kern / bare:.2f}")
+    print(f"    whole pair stage: {c['sim_flops'] / pr['seconds'] / 1e9:.1f} GFLOP/s = roofline fraction "
+          f"{bare_s / pr['seconds']:.3f} (bare matmul of its FLOPs {bare_s:.1f} s vs stage {pr['seconds']} s; "
+          f"goal >= 0.33)")
+
+
+# --- (d) quality at several k -----------------------------------------------------------
+
+
+def _write_emb(path: str, x: np.ndarray, ids: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(path, exist_ok=True)
+    pq.write_table(pa.table({"image_id": ids, "embedding": pa.array(x.tolist(), pa.list_(pa.float32(), x.shape[1]))}),
+                   os.path.join(path, "part-0.parquet"))
+
+
+def bench_quality(tmp: str, ks: list[int | None]) -> None:
+    from acedata import shards
+    from acedata.mining.synthetic import generate
+    from acedata.pipeline import run_stages
+    from acedata.stages.cluster import ClusterConfig
+    from acedata.stages.pair import PairConfig
+
+    g = generate(n_coarse=30, fine_per_coarse=6, group_size=8, d=128, near_dups=60, bridges=60, singletons=100,
+                 loose_fraction=0.2, loose_b2=0.3, seed=3)
+    truth = g.true_pairs()
+    emb = os.path.join(tmp, "q-emb")
+    _write_emb(emb, g.x, g.ids)
+    lo, hi = 0.7, 0.97
+    print(f"(d) quality: {len(g.ids)} vectors (30 coarse x 6 fine x 8, 20% loose, 60 near-dups, 60 bridges, "
+          f"100 singletons), band [{lo}, {hi}], {len(truth)} true pairs")
+    for k in ks:
+        out = os.path.join(tmp, f"q-{k}")
+        cluster = {"k": k} if k else {}
+        t = time.perf_counter()
+        run = run_stages([ClusterConfig(name="cluster", nredo=3, inputs={"embeddings": emb}, **cluster),
+                          PairConfig(name="pair", tau_low=lo, tau_high=hi, guard={"min_pair_sim": lo},
+                                     inputs={"embeddings": emb})], out, executor="local")
+        secs = time.perf_counter() - t
+        pairs = shards.read_table(os.path.join(out, "pair", "pairs"), ["source_id", "target_id", "sim_pass1"])
+        got = set(zip(pairs.column("source_id").to_pylist(), pairs.column("target_id").to_pylist()))
+        sim = pairs.column("sim_pass1").to_numpy()
+        oob = int(((sim < lo - 1e-6) | (sim > hi + 1e-6)).sum())
+        tp = len(got & truth)
+        kk = run["stages"][0]["kmeans"]["k"]
+        print(f"    k={'derived ' + str(kk) if not k else k:>10}  pairs {len(got):6d}  precision "
+              f"{tp / max(1, len(got)):.3f}  recall {tp / len(truth):.3f}  out-of-band {oob:5d}  {secs:5.1f} s")
+
+
+# --- (e) dense sets larger than max_set_size ----------------------------------------------
+
+
+def bench_dense(tmp: str, sizes: list[int], d: int = 768) -> None:
+    import pyarrow as pa
+
+    from acedata import shards
+    from acedata.pipeline import run_stages
+    from acedata.stages.cluster import ClusterConfig
+    from acedata.stages.pair import PairConfig
+
+    print(f"(e) dense sets at pairwise cosine ~0.9 (d={d}), band [0.8, 0.95], max_set_size 64")
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        c = rng.standard_normal(d)
+        c /= np.linalg.norm(c)
+        noise = rng.standard_normal((n, d))
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        x = np.sqrt(0.9) * c + np.sqrt(0.1) * noise
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        emb = os.path.join(tmp, f"dense-emb-{n}")
+        _write_emb(emb, x, [f"d{i:05d}" for i in range(n)])
+        out = os.path.join(tmp, f"dense-{n}")
+        t = time.perf_counter()
+        run = run_stages([ClusterConfig(name="cluster", k=1, inputs={"embeddings": emb}),
+                          PairConfig(name="pair", tau_low=0.8, tau_high=0.95, inputs={"embeddings": emb})],
+                         out, executor="local")
+        secs = time.perf_counter() - t
+        p = shards.read_table(os.path.join(out, "pair", "pairs"))
+        if p.num_rows == 0:  # no shards at all: an empty table
+            p = pa.table({"source_id": pa.array([], pa.string()), "target_id": pa.array([], pa.string()),
+                          "set_id": pa.array([], pa.int64()), "sim_pass1": pa.array([], pa.float32())})
+        sim = p.column("sim_pass1").to_numpy()
+        members: dict[int, set[str]] = {}
+        for s, a, b in zip(p.column("set_id").to_pylist(), p.column("source_id").to_pylist(),
+                           p.column("target_id").to_pylist()):
+            members.setdefault(s, set()).update((a, b))
+        chain = run["stages"][1]["chaining"]
+        print(f"    n={n:5d}  pairs {p.num_rows:6d}  sets {len(members):4d}  largest set "
+              f"{max((len(v) for v in members.values()), default=0):3d}  out-of-band "
+              f"{int(((sim < 0.8 - 1e-6) | (sim > 0.95 + 1e-6)).sum()):5d}  members_dropped "
+              f"{chain['members_dropped']:5d}  {secs:5.1f} s")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
+    ap.add_argument("--only", choices=["a", "b", "c", "d", "e"], action="append", help="run only these parts")
+    ap.add_argument("--ks", default="15,30,60,120,0", help="(d) k values; 0: derived from N")
+    ap.add_argument("--dense", default="65,300,1000,4000", help="(e) dense set sizes")
+    ap.add_argument("--dense-d", type=int, default=768, help="(e) dimension")
     ap.add_argument("--full", action="store_true", help="(c) at 1M x 768")
     ap.add_argument("--model", default="ViT-B-32", help="(a) open_clip architecture (random-init)")
     ap.add_argument("--images", type=int, default=48)
@@ -255,7 +358,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.full:
         args.n = 1_000_000
-    parts = args.only or ["a", "b", "c"]
+    parts = args.only or ["a", "b", "c", "d", "e"]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import logging
 
@@ -268,6 +371,10 @@ def main() -> int:
             bench_kmeans(args.kmeans_n, 128, args.kmeans_k, 20)
         if "c" in parts:
             bench_pairs(tmp, args.n, args.d, args.per_cluster, tau_low=0.7, tau_high=0.97)
+        if "d" in parts:
+            bench_quality(tmp, [int(k) or None for k in args.ks.split(",")])
+        if "e" in parts:
+            bench_dense(tmp, [int(n) for n in args.dense.split(",")], args.dense_d)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -10,12 +10,14 @@ import pytest
 from acedata.errors import UserError
 from acedata.mining.chaining import GuardConfig, guard_sets
 from acedata.mining.kmeans import assign, size_stats, train_spherical
-from acedata.mining.scorers import SiglipScorer, make_scorer
+from acedata.mining.pairs import sample_pairs
+from acedata.mining.scorers import make_scorer
+from acedata.mining.scorers.siglip import SiglipScorer
 from acedata.mining.similarity import BandStats, band_edges
 from acedata.mining.synthetic import generate
-from acedata.mining.twopass import MiningParams, MiningStats, mine_cluster, sample_pairs
-from acedata.mining.unionfind import UnionFind
+from acedata.mining.twopass import MiningParams, MiningStats, mine_cluster
 from acedata.mining.vectors import fixed_list, to_matrix
+from acedata.unionfind import UnionFind
 
 
 def test_union_find_invariants():

@@ -157,7 +157,7 @@ def test_loads_saved_weights_from_path_and_hf_cache(tmp_path, monkeypatch, photo
     import torch
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    from acedata.mining.object_model import TINY_CONFIG, tiny_dinov2
+    from acedata.mining.scorers.object_model import TINY_CONFIG, tiny_dinov2
 
     torch.manual_seed(0)
     model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**TINY_CONFIG, num_register_tokens=4))
@@ -182,12 +182,14 @@ def test_loads_saved_weights_from_path_and_hf_cache(tmp_path, monkeypatch, photo
 
 
 def test_bad_options_are_user_errors():
-    with pytest.raises(UserError, match="score must be one of"):
+    with pytest.raises(UserError, match=r"scorer_options\.score: Input should be 'mnn', 'cls' or 'blend'"):
         make_scorer("object_model", {"model": TINY_DINO, "score": "dice"})
-    with pytest.raises(UserError, match="bad options"):
+    with pytest.raises(UserError, match=r"bad options: scorer_options\.nope: unknown key"):
         make_scorer("object_model", {"model": TINY_DINO, "nope": 1})
-    with pytest.raises(UserError, match="bad model spec"):
+    with pytest.raises(UserError, match=r"scorer_options\.model\.colour: unknown key"):
         make_scorer("object_model", {"model": {"name": "x", "colour": "red"}})
+    with pytest.raises(UserError, match=r"scorer_options\.cls_weight"):
+        make_scorer("object_model", {"model": TINY_DINO, "cls_weight": 2})
     with pytest.raises(UserError, match="object_model"):
         make_scorer("nope")  # the unknown-scorer message lists it
     assert make_scorer("object_model", {"model": TINY_DINO, "score": "cls"}).default_band == (0.4, 0.9)
@@ -242,3 +244,21 @@ def test_gpu_scores_match_cpu(photos):  # pragma: no cover - GPU machines only
     a = cpu.score_set(np.zeros((6, 4)), some).score
     b = gpu.score_set(np.zeros((6, 4)), some).score
     np.testing.assert_allclose(a, b, atol=0.03)
+
+
+def test_pair_with_a_model_scorer_loads_the_model_once_per_actor_on_ray(demo_corpus, tmp_path, ray_local):
+    """`pair` with object_model runs as an actor pool: several units, one model load."""
+    run = str(tmp_path / "run")
+    run_stages([IngestConfig(name="ingest", sources=[demo_corpus]),
+                EmbedConfig(name="embed", model={"name": "acedata-tiny-siglip", "random_init": True}, batch_size=16,
+                            images_per_unit=32),
+                ClusterConfig(name="cluster", k=4, nredo=3)], run, executor="local")
+    cfg = PairConfig(name="pair", scorer="object_model", scorer_options={"model": TINY_DINO}, tau_low=0.97,
+                     tau_high=0.9995, pass2_low=0.25, guard={"min_pair_sim": 0.94}, filters={"duplicate_sim": 1.01},
+                     points_per_unit=1, resources={"concurrency": 1},
+                     inputs={"embeddings": os.path.join(run, "embed", "embeddings"),
+                             "clusters": os.path.join(run, "cluster", "clusters"),
+                             "images": os.path.join(run, "ingest", "images")})
+    summary = run_stages([cfg], str(tmp_path / "ray"), executor="ray")["stages"][0]
+    assert summary["units"] >= 2
+    assert summary["counts"]["model_loads"] == 1, summary["counts"]

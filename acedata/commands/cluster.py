@@ -1,4 +1,4 @@
-"""`acedata cluster --embeddings FILE_OR_DIR --out DIR --k K`: spherical k-means."""
+"""`acedata cluster --embeddings FILE_OR_DIR --out DIR [--k K]`: spherical k-means."""
 
 from __future__ import annotations
 
@@ -20,10 +20,17 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    from acedata.stages.cluster import ClusterConfig
+
+    default = {k: f.default for k, f in ClusterConfig.model_fields.items()}  # defaults live in the config
     p.add_argument("--embeddings", required=True,
                    help="embeddings table folder or Parquet file (image_id + embedding, float16/32, list or fixed)")
     p.add_argument("--out", required=True, help="output run directory")
-    p.add_argument("--k", type=int, default=1000, help="number of clusters")
+    p.add_argument("--k", type=int, default=None, help="number of clusters (default: N / --target-cluster-size)")
+    p.add_argument("--target-cluster-size", type=int, default=default["target_cluster_size"],
+                   help="points per cluster when k is derived from N")
+    p.add_argument("--border-margin", type=float, default=default["border_margin"],
+                   help="a point within this cosine of its second centroid is mined in both clusters")
     p.add_argument("--niter", type=int, default=20)
     p.add_argument("--max-points-per-centroid", type=int, default=256, help="training sample bound per centroid")
     p.add_argument("--seed", type=int, default=0)
@@ -41,7 +48,9 @@ def cluster_config(args: argparse.Namespace):
 
     embeddings_input.check([args.embeddings])  # a table made elsewhere: bad rows fail here, in one line
     gpu = {"auto": "auto", "true": True, "false": False}[args.gpu]
-    return ClusterConfig(name="cluster", k=args.k, niter=args.niter, max_points_per_centroid=args.max_points_per_centroid,
+    return ClusterConfig(name="cluster", k=args.k, target_cluster_size=args.target_cluster_size,
+                         border_margin=args.border_margin, niter=args.niter,
+                         max_points_per_centroid=args.max_points_per_centroid,
                          seed=args.seed, gpu=gpu, inputs={"embeddings": storage.absolute(args.embeddings)})
 
 

@@ -17,10 +17,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         "[tau-low, tau-high] inside each cluster, re-link each set by a pass-2 scorer, split chained sets, "
         "and write DIR/pair/pairs. The object and face scorers need --images.",
     )
+    from acedata.mining.scorers import SCORERS
+
     add_cluster_args(p)
     p.add_argument("--tau-low", type=float, default=0.8, help="turn-1 band lower bound (cosine)")
     p.add_argument("--tau-high", type=float, default=0.95, help="turn-1 band upper bound (drops near-duplicates)")
-    p.add_argument("--scorer", choices=["siglip", "object", "object_model", "face"], default="siglip",
+    p.add_argument("--scorer", choices=sorted(SCORERS), default="siglip",
                    help="turn-2 scorer")
     p.add_argument("--scorer-options", type=json.loads, default={},
                    help='scorer options as JSON, e.g. \'{"model": {"name": "facebook/dinov2-base"}}\'')
@@ -50,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
     inputs = {"embeddings": args.embeddings}
     if args.images:
         inputs["images"] = args.images
-    elif args.scorer != "siglip":
-        raise UserError(f"--scorer {args.scorer} needs --images (the image bytes to score)")
+    else:
+        from acedata.mining.scorers import scorer_class
+
+        if scorer_class(args.scorer).needs_images:
+            raise UserError(f"--scorer {args.scorer} needs --images (the image bytes to score)")
     guard = {"max_set_size": args.max_set_size}
     if args.min_pair_sim is not None:
         guard["min_pair_sim"] = args.min_pair_sim

@@ -2,31 +2,42 @@
 can merge two unrelated groups. After each union-find turn every set is checked and
 offenders are split, with bounded work:
 
-* check: a set is coherent when it has at most `max_set_size` members and no two of
-  its members have a direct similarity below `min_pair_sim` (an S x S product, cheap
-  because S is capped; oversize sets fail without it) nor, after turn 2, a pass-2
-  score below `min_pair_score`;
+* check: a set is coherent when no two of its members have a direct similarity below
+  `min_pair_sim` nor, after turn 2, a pass-2 score below `min_pair_score` (an S x S
+  product; sets above CHECK_LIMIT are checked on a sample), and it is kept as it is when
+  it also has at most `max_set_size` members. An oversize but coherent set is dense, not
+  chained: it goes straight to the peel below;
 * split, up to `max_rounds` rounds: re-run union-find on the set's own edges with the
   link threshold raised by `step` per round (by default the band up to `upper` is
   spread over the rounds; bridges are the weakest links, so they go first), and check
   each part again;
-* peel, for parts still failing after the last round: repeatedly take the medoid of
-  what is left and the members most similar to it that are pairwise coherent (at most
-  `max_set_size`); every peel removes at least the medoid, so it ends.
+* a round that would leave more than half of a part as singletons does not split a
+  chain, it shatters a dense part (hundreds of images at cosine ~0.9 all cross the
+  raised threshold together), so that part is peeled instead of dropped;
+* peel, for such parts and those still failing after the last round: parts larger than
+  `BISECT_FACTOR * max_set_size` are first bisected (two far-apart seeds, each member to
+  the nearer; deterministic, O(n d) per level), then each piece repeatedly gives up its
+  medoid and the members most similar to it that are pairwise coherent (at most
+  `max_set_size`, in-band members before near-duplicates above the band); every peel
+  removes at least the medoid, so it ends.
 
 Members left alone are dropped (a set of one makes no pair). Counters in GuardStats
-measure how much chaining was found and undone.
+measure how much chaining was found and undone. Components are found vectorised
+(`acedata.unionfind.component_labels`), never by a Python loop over edges.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from acedata.mining.unionfind import UnionFind
+from acedata.unionfind import component_labels, label_sets
+
+BISECT_FACTOR = 4  # parts above this many times max_set_size are bisected before peeling
+CHECK_LIMIT = 2048  # coherence of larger sets is checked on an evenly spaced sample of this many
 
 
 @dataclass
@@ -52,20 +63,21 @@ class GuardStats:
     micros: int = 0  # time spent in the guard
 
     def add(self, other: GuardStats) -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
+        for k in _GUARD_FIELDS:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(k, getattr(self, k)) for k in _GUARD_FIELDS]
 
 
+_GUARD_FIELDS = tuple(f.name for f in fields(GuardStats))  # once, not per call (asdict deep-copies)
 
 
 def _components(members: np.ndarray, src: np.ndarray, dst: np.ndarray, w: np.ndarray, t: float) -> list[np.ndarray]:
-    """Connected components of `members` using only edges with weight >= t (global ids)."""
-    local = {int(m): i for i, m in enumerate(members)}
-    uf = UnionFind(len(members))
+    """Connected components of `members` (sorted) using only edges with weight >= t (global ids)."""
     keep = w >= t
-    for a, b in zip(src[keep].tolist(), dst[keep].tolist()):
-        uf.union(local[a], local[b])
-    return [members[g] for g in uf.sets()]
+    a, b = np.searchsorted(members, src[keep]), np.searchsorted(members, dst[keep])
+    return [members[g] for g in label_sets(component_labels(len(members), a, b))]
 
 
 ScoreOf = Callable[[np.ndarray], np.ndarray]  # member indices -> S x S pass-2 scores (NaN: unscored)
@@ -82,17 +94,53 @@ def _bad_pairs(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of:
     return bad
 
 
-def _peel(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: ScoreOf | None) -> list[np.ndarray]:
+def _bisect(members: np.ndarray, emb: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Pieces of at most `limit` members: split by the nearer of two far-apart seeds
+    (the member least like the mean, then the member least like it), recursively."""
+    out, stack = [], [members]
+    while stack:
+        part = stack.pop()
+        if len(part) <= limit:
+            out.append(part)
+            continue
+        x = emb[part]
+        a = int(np.argmin(x @ x.sum(axis=0)))
+        b = int(np.argmin(x @ x[a]))
+        side = x @ x[a] >= x @ x[b]
+        if side.all() or not side.any():  # identical vectors: halve by position
+            side = np.arange(len(part)) < len(part) // 2
+        stack += [part[~side], part[side]]
+    out.sort(key=lambda p: int(p[0]))
+    return out
+
+
+def _count_bad(bad: np.ndarray) -> int:
+    """Pairs i < j marked in a symmetric S x S matrix."""
+    return int((bad.sum() - np.trace(bad)) // 2)
+
+
+def _peel(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: ScoreOf | None,
+          upper: float = 1.0) -> list[np.ndarray]:
     out = []
-    left = members.copy()
+    for left in _bisect(members, emb, BISECT_FACTOR * cfg.max_set_size):
+        out += _peel_piece(left, emb, cfg, score_of, upper)
+    return out
+
+
+def _peel_piece(left: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: ScoreOf | None,
+                upper: float) -> list[np.ndarray]:
+    out = []
     while len(left) > 1:
         x = emb[left]
         # the medoid under summed cosine similarity: argmax_i x_i . sum_j x_j (no S x S needed)
         seed = int(np.argmax(x @ x.sum(axis=0)))
         to_seed = x @ x[seed]
         cand = np.flatnonzero(to_seed >= cfg.min_pair_sim)
-        cand = cand[np.argsort(-to_seed[cand], kind="stable")][: cfg.max_set_size]
-        cand = np.concatenate([[seed], cand[cand != seed]])  # the seed first, kept while possible
+        # most similar first, but near-duplicates of the seed (above the band) last: a set
+        # of the seed and its copies would make no in-band pair
+        above = to_seed[cand] > upper
+        cand = cand[np.lexsort((-to_seed[cand], above))]
+        cand = np.concatenate([[seed], cand[cand != seed]])[: cfg.max_set_size]  # the seed first, kept while possible
         # greedily drop the member with most incoherent partners until none is left
         while len(cand) > 1:
             bad = _bad_pairs(left[cand], emb, cfg, score_of).sum(axis=1)
@@ -139,52 +187,64 @@ def guard_sets(
     src, dst, w, owner = src[order], dst[order], w[order], owner[order]
     starts = np.searchsorted(owner, np.arange(len(sets) + 1))
 
-    def coherent(members: np.ndarray, count_before: bool) -> bool:
-        if len(members) > cfg.max_set_size:
-            if count_before:
-                stats.sets_oversize += 1
-            return False
-        bad = int(np.triu(_bad_pairs(members, emb, cfg, score_of), 1).sum())
+    def bad_count(members: np.ndarray) -> int:
+        """Incoherent member pairs; above CHECK_LIMIT members, among an evenly spaced sample."""
+        if len(members) > CHECK_LIMIT:
+            members = members[np.linspace(0, len(members) - 1, CHECK_LIMIT).astype(np.int64)]
+        return _count_bad(_bad_pairs(members, emb, cfg, score_of))
+
+    def verdict(members: np.ndarray, count_before: bool) -> str:
+        """"ok", "big" (oversize but pairwise coherent: nothing chained, just dense) or "chained"."""
+        bad = bad_count(members)
         if count_before:
             stats.incoherent_pairs_before += bad
-            if bad:
-                stats.sets_incoherent += 1
-        return bad == 0
+            stats.sets_oversize += len(members) > cfg.max_set_size
+            stats.sets_incoherent += bad > 0
+        if bad:
+            return "chained"
+        return "big" if len(members) > cfg.max_set_size else "ok"
 
     out: list[np.ndarray] = []
     for i, members in enumerate(sets):
         if len(members) < 2:
             continue
         stats.sets_checked += 1
-        if coherent(members, True):
+        v = verdict(members, True)
+        if v == "ok":
             out.append(members)
             continue
         es, ed, ew = src[starts[i] : starts[i + 1]], dst[starts[i] : starts[i + 1]], w[starts[i] : starts[i + 1]]
-        pending = [members]
+        pending, to_peel = ([members], []) if v == "chained" else ([], [members])
         for r in range(1, cfg.max_rounds + 1):
+            if not pending:
+                break
             stats.split_rounds += 1
             step = cfg.step if cfg.step is not None else (upper - link_threshold) / (cfg.max_rounds + 1)
             t = link_threshold + step * r
             nxt = []
             for part in pending:
                 mask = np.isin(es, part)
-                for comp in _components(part, es[mask], ed[mask], ew[mask], t):
+                comps = _components(part, es[mask], ed[mask], ew[mask], t)
+                if 2 * sum(len(comp) < 2 for comp in comps) > len(part):
+                    to_peel.append(part)  # shattered, not split: the part is dense, not chained
+                    continue
+                for comp in comps:
                     if len(comp) < 2:
                         stats.members_dropped += 1
-                    elif coherent(comp, False):
+                        continue
+                    v = verdict(comp, False)
+                    if v == "ok":
                         out.append(comp)
                     else:
-                        nxt.append(comp)
+                        (nxt if v == "chained" else to_peel).append(comp)
             pending = nxt
-            if not pending:
-                break
-        for part in pending:
+        for part in pending + to_peel:
             stats.sets_peeled += 1
-            kept = [c for c in _peel(part, emb, cfg, score_of) if len(c) > 1]
+            kept = [c for c in _peel(part, emb, cfg, score_of, upper) if len(c) > 1]
+            # sets kept whole or split were verified above; peeled ones are re-checked here
+            stats.incoherent_pairs_after += sum(_count_bad(_bad_pairs(c, emb, cfg, score_of)) for c in kept)
             out.extend(kept)
             stats.members_dropped += len(part) - sum(len(c) for c in kept)
-    for s in out:
-        stats.incoherent_pairs_after += int(np.triu(_bad_pairs(s, emb, cfg, score_of), 1).sum())
     out.sort(key=lambda s: int(s[0]))
     stats.micros = int((time.perf_counter() - t0) * 1e6)
     return out, stats

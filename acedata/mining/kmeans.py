@@ -74,20 +74,54 @@ def train_spherical(
     return KMeansResult(np.ascontiguousarray(km.centroids, dtype=np.float32), obj, n, on_gpu)
 
 
-def sample_size(k: int, max_points_per_centroid: int) -> int:
-    return k * max_points_per_centroid
+def derive_k(n: int, target_cluster_size: int, max_k: int | None = None) -> int:
+    """k from the number of vectors: clusters of about `target_cluster_size` points.
+
+    The pair stage's similarity work is sum(n_c^2) ~ N * target, so a fixed k either
+    wastes FLOPs (few large clusters) or cuts groups apart (many tiny ones)."""
+    k = max(1, round(n / max(1, target_cluster_size)))
+    return min(k, max_k) if max_k else k
+
+
+def sample_size(k: int, max_points_per_centroid: int, min_points_per_centroid: int = 39,
+                max_train_points: int | None = None) -> int:
+    """Training points: k * max_points_per_centroid, capped at max_train_points but never
+    below k * min_points_per_centroid (FAISS warns below 39 per centroid). Training costs
+    niter * sample * k * d, so an uncapped 256 * k grows as k^2."""
+    want = k * max_points_per_centroid
+    if max_train_points is not None:
+        want = min(want, max(max_train_points, k * min_points_per_centroid))
+    return want
 
 
 def assign(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid by inner product: (cluster_id int32, cosine similarity float32)."""
+    ids, sims = assign_top2(x, centroids, gpu)
+    return ids[:, 0].copy(), sims[:, 0].copy()
+
+
+def assign_top2(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The two nearest centroids by inner product: ((n, 2) int32 ids, (n, 2) float32 cosines);
+    with one centroid the second column is -1 / -inf."""
     import faiss
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    sims, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return ids[:, 0].astype(np.int32), sims[:, 0].astype(np.float32)
+    sims, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), min(2, len(centroids)))
+    if ids.shape[1] == 1:
+        ids = np.concatenate([ids, np.full_like(ids, -1)], axis=1)
+        sims = np.concatenate([sims, np.full_like(sims, -np.inf)], axis=1)
+    return ids.astype(np.int32), sims.astype(np.float32)
+
+
+def border_second(ids: np.ndarray, sims: np.ndarray, margin: float | None) -> np.ndarray:
+    """Second cluster per point where it is within `margin` cosine of the first, else -1."""
+    if margin is None:
+        return np.full(len(ids), -1, dtype=np.int32)
+    near = (ids[:, 1] >= 0) & (sims[:, 1] >= sims[:, 0] - margin)
+    return np.where(near, ids[:, 1], -1).astype(np.int32)
 
 
 def size_stats(sizes: np.ndarray, k: int) -> dict[str, float | int]:

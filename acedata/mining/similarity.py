@@ -50,8 +50,12 @@ def band_edges(
     block: int = 4096,
     device: str = "cpu",
     stats: BandStats | None = None,
+    max_per_row: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) with tau_low <= x_i . x_j <= tau_high, for unit-norm rows of `x`.
+
+    `max_per_row` keeps, for each i, only its strongest in-band edges to later rows, so a
+    dense cluster (every pair in band) holds O(n * max_per_row) edges, not O(n^2).
 
     Returns (src, dst, sim) sorted by (src, dst). Only the upper-triangle blocks are
     computed, each once. In-band entries are sparse, so only `>= tau_low` is tested on
@@ -69,6 +73,7 @@ def band_edges(
         for r0 in range(0, n, block):
             r1 = min(n, r0 + block)
             rows = xt[r0:r1]
+            first = len(srcs)
             for c0 in range(r0, n, block):
                 c1 = min(n, c0 + block)
                 t0 = time.perf_counter()
@@ -81,7 +86,11 @@ def band_edges(
                 ok = vals <= tau_high
                 if c0 == r0:  # diagonal block: strict upper triangle only
                     ok &= i < j
-                i, j, vals = i[ok] + r0, j[ok] + c0, vals[ok]
+                i, j, vals = i[ok], j[ok], vals[ok]
+                if max_per_row is not None and len(i) > max_per_row and \
+                        int(torch.bincount(i, minlength=r1 - r0).max()) > max_per_row:
+                    i, j, vals = _topk_rows(s, i, j, vals, max_per_row)  # a dense block: its strongest per row
+                i, j = i + r0, j + c0
                 if device != "cpu":
                     torch.cuda.synchronize()
                 if stats is not None:
@@ -92,6 +101,11 @@ def band_edges(
                     srcs.append(i.cpu().numpy())
                     dsts.append(j.cpu().numpy())
                     sims.append(vals.cpu().numpy())
+            if max_per_row is not None and len(srcs) > first + 1:  # rows whose edges span column blocks
+                src_b = np.concatenate(srcs[first:])
+                if np.bincount(src_b - r0).max() > max_per_row:
+                    srcs[first:], dsts[first:], sims[first:] = _cap_rows(
+                        src_b, np.concatenate(dsts[first:]), np.concatenate(sims[first:]), max_per_row)
     if not srcs:
         return empty
     src, dst, sim = np.concatenate(srcs), np.concatenate(dsts), np.concatenate(sims)
@@ -99,6 +113,29 @@ def band_edges(
     if stats is not None:
         stats.edges += len(src)
     return src[order].astype(np.int64), dst[order].astype(np.int64), sim[order].astype(np.float32)
+
+
+def _topk_rows(s, i, j, vals, m: int):
+    """The `m` strongest of the in-band entries (i, j, vals) of block `s`, per row (torch)."""
+    import torch
+
+    dense = torch.full_like(s, -torch.inf)
+    dense[i, j] = vals
+    top, col = torch.topk(dense, m, dim=1)
+    keep = torch.isfinite(top)
+    rows = torch.arange(s.shape[0], device=s.device).unsqueeze(1).expand_as(col)
+    return rows[keep], col[keep], top[keep]
+
+
+def _cap_rows(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, m: int) -> tuple[list, list, list]:
+    """The `m` strongest edges of each src, as one-element lists (two stable sorts, not a lexsort)."""
+    order = np.argsort(-sim, kind="stable")
+    order = order[np.argsort(src[order], kind="stable")]
+    src, dst, sim = src[order], dst[order], sim[order]
+    starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]])
+    rank = np.arange(len(src)) - np.repeat(starts, np.diff(np.r_[starts, len(src)]))
+    keep = rank < m
+    return [src[keep]], [dst[keep]], [sim[keep]]
 
 
 def normalize(x: np.ndarray) -> np.ndarray:

@@ -5,7 +5,9 @@ dimensions, then unit-normalised): members of one fine group have cosine ~ a^2 +
 members of different fine groups in one coarse cluster ~ a^2, other points ~ 0.
 Near-duplicates copy a member with tiny noise (cosine ~ 1); bridges sit halfway between
 two fine groups of one coarse cluster (cosine ~ a^2 + b^2/sqrt(2) to both) and belong
-to no group, so a pair with a bridge is always wrong.
+to no group, so a pair with a bridge is always wrong. Singletons have a fine direction of
+their own (no true partner). Loose groups (`loose_fraction` of the fine groups) have a
+weaker fine component (`loose_b2`), so their members sit near the bottom of the band.
 """
 
 from __future__ import annotations
@@ -53,17 +55,23 @@ def generate(
     near_dups: int = 8,
     bridges: int = 8,
     seed: int = 0,
+    singletons: int = 0,
+    loose_fraction: float = 0.0,
+    loose_b2: float | None = None,
 ) -> Generated:
     rng = np.random.default_rng(seed)
     e2 = 1.0 - a2 - b2
     coarse_dirs = _unit(rng.standard_normal((n_coarse, d)))
     fine_dirs = _unit(rng.standard_normal((n_coarse * fine_per_coarse, d)))
+    n_groups = n_coarse * fine_per_coarse
+    loose = set(rng.choice(n_groups, size=int(loose_fraction * n_groups), replace=False).tolist())
     xs, fine, coarse = [], [], []
     for c in range(n_coarse):
         for f in range(fine_per_coarse):
             g = c * fine_per_coarse + f
             noise = _unit(rng.standard_normal((group_size, d)))
-            xs.append(np.sqrt(a2) * coarse_dirs[c] + np.sqrt(b2) * fine_dirs[g] + np.sqrt(e2) * noise)
+            bg = loose_b2 if g in loose and loose_b2 is not None else b2
+            xs.append(np.sqrt(a2) * coarse_dirs[c] + np.sqrt(bg) * fine_dirs[g] + np.sqrt(1.0 - a2 - bg) * noise)
             fine += [g] * group_size
             coarse += [c] * group_size
     x = np.concatenate(xs)
@@ -82,6 +90,13 @@ def generate(
         noise = _unit(rng.standard_normal(d))
         extra.append(np.sqrt(a2) * coarse_dirs[c] + np.sqrt(b2) * mid + np.sqrt(e2) * noise)
         extra_fine.append(-1)
+        extra_coarse.append(c)
+        extra_dup.append(-1)
+    for k in range(singletons):
+        c = int(rng.integers(n_coarse))
+        own = _unit(rng.standard_normal(d))
+        extra.append(np.sqrt(a2) * coarse_dirs[c] + np.sqrt(b2) * own + np.sqrt(e2) * _unit(rng.standard_normal(d)))
+        extra_fine.append(n_groups + k)  # a group of one
         extra_coarse.append(c)
         extra_dup.append(-1)
     if extra:

@@ -7,17 +7,15 @@ own band. The chaining guard checks and splits the sets after each turn.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from acedata.mining.chaining import GuardConfig, GuardStats, guard_sets
-from acedata.mining.scorers import Scorer
+from acedata.mining.scorers.base import Scorer
 from acedata.mining.similarity import BandStats, band_edges
-from acedata.mining.unionfind import UnionFind
+from acedata.unionfind import components
 
 
 @dataclass
@@ -28,6 +26,7 @@ class MiningParams:
     pass2_high: float = 1.0
     block: int = 4096
     device: str = "cpu"
+    max_edges_per_node: int | None = 256  # turn-1 edges kept per point (its strongest); None: all
     guard: GuardConfig = field(default_factory=GuardConfig)
 
 
@@ -58,7 +57,7 @@ class MiningStats:
             "sim_flops": self.band.flops,
         }
         for name, g in (("guard1", self.guard_pass1), ("guard2", self.guard_pass2)):
-            out.update({f"{name}_{k}": v for k, v in asdict(g).items()})
+            out.update({f"{name}_{k}": v for k, v in g.items()})
         return out
 
 
@@ -78,11 +77,10 @@ def mine_cluster(
     stats.points += n
     if n < 2:
         return []
-    src, dst, sim = band_edges(emb, params.tau_low, params.tau_high, params.block, params.device, stats.band)
+    src, dst, sim = band_edges(emb, params.tau_low, params.tau_high, params.block, params.device, stats.band,
+                               params.max_edges_per_node)
     stats.pass1_edges += len(src)
-    uf = UnionFind(n)
-    uf.union_edges(src, dst)
-    sets1 = uf.sets(min_size=2)
+    sets1 = components(n, src, dst, min_size=2)
     sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard, params.tau_high)
     stats.guard_pass1.add(g1)
     stats.pass1_sets += len(sets1)
@@ -99,9 +97,7 @@ def mine_cluster(
         full[ps.dst, ps.src] = ps.score
         linked = (ps.score >= params.pass2_low) & (ps.score <= params.pass2_high)  # nan never links
         stats.pass2_edges += int(linked.sum())
-        uf2 = UnionFind(len(members))
-        uf2.union_edges(ps.src[linked], ps.dst[linked])
-        sets2 = [members[g] for g in uf2.sets(min_size=2)]
+        sets2 = [members[g] for g in components(len(members), ps.src[linked], ps.dst[linked], min_size=2)]
         edges2 = (a[linked], b[linked], ps.score[linked].astype(np.float32))
         def score_of(s: np.ndarray, members: np.ndarray = members, full: np.ndarray = full) -> np.ndarray:
             pos = np.searchsorted(members, s)
@@ -114,36 +110,3 @@ def mine_cluster(
             out.append(FinalSet(s, full[np.ix_(pos, pos)]))
     stats.pass2_sets += len(out)
     return out
-
-
-@lru_cache(maxsize=256)
-def upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) with i < j for a set of n, row-major (cached: sets repeat their sizes)."""
-    i, j = np.triu_indices(n, 1)
-    i.flags.writeable = j.flags.writeable = False
-    return i, j
-
-
-def set_key(ids: list[str]) -> str:
-    """A stable identity for a set of image ids (order-free)."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
-
-
-def set_id(ids: list[str]) -> int:
-    return int(set_key(ids)[:15], 16)  # fits int64
-
-
-def sample_pairs(size: int, cap: int, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) arrays of all i < j pairs of a set of `size`, or of `cap` of them drawn
-    deterministically from `key` (row-major order either way)."""
-    total = size * (size - 1) // 2
-    if total <= cap:
-        return upper_pairs(size)
-    rng = np.random.default_rng(int(key[:16], 16))
-    flat = np.sort(rng.choice(total, size=cap, replace=False))
-    # invert the row-major upper-triangle numbering: row i starts at i*size - i*(i+1)/2
-    i = np.arange(size, dtype=np.int64)
-    starts = i * size - i * (i + 1) // 2
-    rows = np.searchsorted(starts, flat, side="right") - 1
-    cols = flat - starts[rows] + rows + 1
-    return rows, cols

@@ -26,10 +26,10 @@ class ModelSpec(Strict):
 
     @property
     def weights_id(self) -> str:
-        """What produced the outputs, for provenance columns."""
-        if self.random_init:
-            return f"{self.name}@random-init"
-        return f"{self.name}@{self.path or 'hf-cache'}"
+        """What produced the outputs, for provenance columns (one spelling: acemodel.config.weights_id)."""
+        from acemodel.config import weights_id
+
+        return weights_id(self.name, self.path, self.random_init)
 
 
 def hf_cache_dirs() -> list[str]:
@@ -66,9 +66,14 @@ def resolve_local(spec: ModelSpec, hf_repo: str | None = None) -> str:
     )
 
 
-def pick_device(spec: ModelSpec) -> str:
-    if spec.device != "auto":
-        return spec.device
+def pick_device(spec: ModelSpec | str) -> str:
+    """The device a model runs on: the spec's (or the given name), "auto" = cuda when visible.
+
+    The one device picker of the data platform (the standalone trainer, model/acemodel, keeps
+    its own so it imports nothing from here)."""
+    device = spec if isinstance(spec, str) else spec.device
+    if device != "auto":
+        return device
     try:
         import torch
 

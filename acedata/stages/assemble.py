@@ -41,7 +41,6 @@ from acedata.lcu import (
     ChainIndex,
     IndicatorError,
     PairMeta,
-    UnionFind,
     local_refs,
     renumber_lcu,
     stable_hash,
@@ -50,6 +49,7 @@ from acedata.review.decisions import HUMAN_VARIANT, Reviews, tables_digest
 from acedata.review.decisions import find_tables as find_reviews
 from acedata.schemas import QUARANTINE, schema_for
 from acedata.stage import Stage, UnitResult, WorkUnit, register
+from acedata.unionfind import group_roots
 
 T2I_PREFIX = "t2i:"
 PLAN_DIR = "_plan"
@@ -340,12 +340,10 @@ def _assign_splits(samples: list[dict[str, Any]], pairs: dict[str, PairMeta], fr
         for s in samples:
             s["split"] = "train"
         return
-    uf = UnionFind()
-    for s in samples:
-        uf.union(sample_images(s, pairs))
+    roots = group_roots(sample_images(s, pairs) for s in samples)
     cut = int(fraction * (1 << 32))
     for s in samples:
-        root = uf.find(sample_images(s, pairs)[0])
+        root = roots[sample_images(s, pairs)[0]]
         s["split"] = "validation" if stable_hash(seed, "split", root) % (1 << 32) < cut else "train"
 
 

@@ -1,8 +1,12 @@
 """Cluster: embeddings -> `clusters` (FAISS spherical k-means, cosine).
 
-The driver trains the centroids (`plan`) on a seeded sample of at most
-`k * max_points_per_centroid` vectors, read shard by shard so it never holds the
-whole table; units then assign every vector to its nearest centroid in parallel.
+k is derived from the number of vectors (`target_cluster_size` points per cluster) unless
+given. The driver trains the centroids (`plan`) on a seeded sample of at most
+`k * max_points_per_centroid` vectors, capped at `max_train_points` (training costs
+grow as sample * k), read shard by shard so it never holds the whole table; units then
+assign every vector to its nearest centroid in parallel, reading their own row groups.
+A border point (second centroid within `border_margin` cosine of the first) also gets
+`cluster_id2`, so the pair stage can recover pairs the partition cuts apart.
 faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cpu.
 """
 
@@ -19,7 +23,15 @@ from pydantic import Field
 from acedata import shards, storage
 from acedata.config import StageConfig
 from acedata.errors import UserError
-from acedata.mining.kmeans import assign, sample_size, size_stats, train_spherical, use_gpu
+from acedata.mining.kmeans import (
+    assign_top2,
+    border_second,
+    derive_k,
+    sample_size,
+    size_stats,
+    train_spherical,
+    use_gpu,
+)
 from acedata.mining.vectors import normalize, read_unit, row_group_units, to_matrix
 from acedata.schemas import CLUSTERS
 from acedata.stage import Stage, UnitResult, WorkUnit, register
@@ -29,13 +41,22 @@ TRAIN_INFO = "kmeans.json"
 
 
 class ClusterConfig(StageConfig):
-    k: int = Field(1000, ge=1)
+    k: int | None = Field(None, ge=1)  # None: derived from N and target_cluster_size
+    target_cluster_size: int = Field(1000, ge=2)  # points per cluster when k is derived
     niter: int = Field(20, ge=1)
     nredo: int = Field(1, ge=1)
     max_points_per_centroid: int = Field(256, ge=1)
+    min_points_per_centroid: int = Field(39, ge=1)
+    max_train_points: int | None = Field(100_000, ge=1)  # None: k * max_points_per_centroid
+    border_margin: float | None = Field(0.03, ge=0)  # None: no second cluster
     seed: int = 0
     gpu: Literal["auto", True, False] = "auto"
     rows_per_unit: int = Field(200_000, ge=1)
+
+
+def shard_rows(tables: list[str]) -> list[tuple[str, int]]:
+    """(shard, rows) from Parquet footers only."""
+    return [(s, shards.open_parquet(s).metadata.num_rows) for t in tables for s in shards.list_shards(t)]
 
 
 def _hash_keys(ids: list[str], seed: int) -> np.ndarray:
@@ -93,9 +114,13 @@ class Cluster(Stage):
         tables = self.ctx.input("embeddings")
         done = all(storage.exists_uri(self._path(n)) for n in (CENTROIDS, TRAIN_INFO))
         if not done:  # resumed runs keep their centroids (both files: a crash may fall between them)
-            sample = sample_rows(tables, sample_size(c.k, c.max_points_per_centroid), c.seed)
-            km = train_spherical(sample, c.k, c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
-            info = {"k": len(km.centroids), "k_requested": c.k, "train_points": km.train_points,
+            n = sum(rows for _, rows in shard_rows(tables))
+            k = c.k or derive_k(n, c.target_cluster_size)
+            sample = sample_rows(tables, sample_size(k, c.max_points_per_centroid, c.min_points_per_centroid,
+                                                     c.max_train_points), c.seed)
+            km = train_spherical(sample, k, c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
+            info = {"k": len(km.centroids), "k_requested": c.k, "k_derived": c.k is None, "vectors": n,
+                    "train_points": km.train_points,
                     "objective": km.objective, "gpu": km.gpu, "dim": int(km.centroids.shape[1])}
             # info first, centroids last: the centroids' presence means both are there
             storage.write_json(self._path(TRAIN_INFO), info)
@@ -111,10 +136,12 @@ class Cluster(Stage):
         x = normalize(to_matrix(t.column("embedding")))
         if x.shape[1] != self.centroids.shape[1]:
             raise UserError(f"cluster: {unit.payload['shard']} has dim {x.shape[1]}, centroids {self.centroids.shape[1]}")
-        ids, sims = assign(x, self.centroids, self.gpu)
-        out = pa.table({"image_id": t.column("image_id"), "cluster_id": pa.array(ids, pa.int32()),
-                        "distance": pa.array(1.0 - sims, pa.float32())})
-        return UnitResult({"clusters": out}, {"inputs": t.num_rows})
+        ids, sims = assign_top2(x, self.centroids, self.gpu)
+        second = border_second(ids, sims, self.config.border_margin)
+        out = pa.table({"image_id": t.column("image_id"), "cluster_id": pa.array(ids[:, 0], pa.int32()),
+                        "distance": pa.array(1.0 - sims[:, 0], pa.float32()),
+                        "cluster_id2": pa.array(second, pa.int32(), mask=second < 0)})
+        return UnitResult({"clusters": out}, {"inputs": t.num_rows, "border_points": int((second >= 0).sum())})
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
         info = storage.read_json(self._path(TRAIN_INFO))

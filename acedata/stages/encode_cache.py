@@ -71,10 +71,12 @@ class EncodeCache(Stage):
 
     def setup(self) -> None:
         from acemodel.encoders import VAE, TextEncoder
-        from acemodel.train import DTYPES, pick_device
+        from acemodel.train import DTYPES
+
+        from acedata.models import pick_device
 
         c: EncodeCacheConfig = self.config
-        dev, dtype = str(pick_device(c.device)), DTYPES[c.precision]
+        dev, dtype = pick_device(c.device), DTYPES[c.precision]
         self.text = TextEncoder(c.text_encoder, c.text_tokens, dev, dtype=dtype)
         self.vae = VAE(c.vae, dev, dtype=dtype, cache_size=0)
 
@@ -130,7 +132,7 @@ class EncodeCache(Stage):
             "units": [{"id": unit_id(i), "shard": s, "row_group": g, "rows": n} for i, (s, g, n) in enumerate(units)],
             "settings": {**{k: getattr(c, k) for k in SETTINGS}, "text_encoder": c.text_encoder.model_dump(mode="json"),
                          "vae": c.vae.model_dump(mode="json")},
-            "text_encoder": _weights_id(c.text_encoder), "vae": _weights_id(c.vae), "storage": c.storage,
+            "text_encoder": c.text_encoder.weights_id, "vae": c.vae.weights_id, "storage": c.storage,
         }
         fs, d = shards.resolve(self.ctx.stage_dir)
         shards.write_bytes_atomic(fs, f"{d}/{META}", json.dumps(meta, indent=1).encode())
@@ -139,7 +141,3 @@ class EncodeCache(Stage):
         if cached + quarantined != counts.get("inputs", 0):
             raise RuntimeError(f"encode_cache lost rows: inputs {counts.get('inputs')} != {cached}+{quarantined}")
         return {"cache": storage.absolute(self.ctx.stage_dir)}
-
-
-def _weights_id(spec: EncoderSpec) -> str:
-    return f"{spec.name}@random-init" if spec.random_init else f"{spec.name}@{spec.path or 'hf-cache'}"

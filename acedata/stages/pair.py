@@ -1,12 +1,13 @@
 """Pair: embeddings + clusters -> `pairs` (task `natural_edit`), mined by a two-turn
 union-find inside each coarse cluster (DESIGN.md §4).
 
-The driver (`plan`) joins clusters to embeddings (and, when an images table is given,
-image sizes), packs whole clusters into units of about `points_per_unit` points, and
-writes each unit's rows to a partition file; a unit then mines its clusters
-(`acedata.mining.twopass`), enumerates pairs per final set with a deterministic cap,
-applies the cleaning filters and writes each pair once (unordered: source is the
-smaller image_id) unless `both_directions`.
+The driver (`plan`) packs whole clusters into units of about `points_per_unit` points
+and streams the embeddings into per-unit partitions (`acedata.mining.partition`; border
+points go to both of their clusters); a unit then mines its clusters
+(`acedata.mining.twopass`), enumerates the in-band pairs of each final set with a
+deterministic cap (`acedata.mining.pairs`), keeps each border pair in one cluster only,
+applies the cleaning filters and writes each pair once (unordered: source is the smaller
+image_id) unless `both_directions`.
 """
 
 from __future__ import annotations
@@ -20,16 +21,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from acedata import shards, storage
 from acedata.config import StageConfig, Strict
 from acedata.errors import UserError
 from acedata.mining.chaining import GuardConfig
-from acedata.mining.scorers import Scorer, make_scorer
-from acedata.mining.twopass import MiningParams, MiningStats, mine_cluster, sample_pairs, set_id, set_key
-from acedata.mining.vectors import fixed_list, normalize, to_matrix
+from acedata.mining.pairs import in_band_pairs, set_key, upper_pairs
+from acedata.mining.partition import (
+    cluster_index,
+    image_sizes,
+    owned_here,
+    plan_units,
+    read_partition,
+    write_partitions,
+)
+from acedata.mining.scorers import Scorer, make_scorer, scorer_class, scorer_options
+from acedata.mining.twopass import MiningParams, MiningStats, mine_cluster
 from acedata.schemas import PAIRS
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -68,6 +76,7 @@ class PairConfig(StageConfig):
     filters: PairFilters = Field(default_factory=PairFilters)
     points_per_unit: int = Field(50_000, ge=1)
     block: int = Field(4096, ge=16)
+    max_edges_per_node: int | None = Field(256, ge=1)  # turn-1 edges kept per point (strongest); None: all
     device: str = "auto"  # for the similarity products: auto | cpu | cuda
     task: str = "natural_edit"
 
@@ -75,6 +84,7 @@ class PairConfig(StageConfig):
     def _check_band(self) -> PairConfig:
         if not -1.0 <= self.tau_low <= self.tau_high <= 1.0:
             raise ValueError(f"need -1 <= tau_low <= tau_high <= 1, got [{self.tau_low}, {self.tau_high}]")
+        scorer_options(self.scorer, self.scorer_options)  # a typo in scorer options fails at spec load
         return self
 
 
@@ -95,7 +105,7 @@ def mining_params(c: PairConfig, scorer: Scorer) -> MiningParams:
                         min_pair_sim=c.tau_low - 0.2 if g.min_pair_sim is None else g.min_pair_sim,
                         min_pair_score=min_score, max_rounds=g.max_rounds, step=g.step)
     return MiningParams(tau_low=c.tau_low, tau_high=c.tau_high, pass2_low=lo, pass2_high=hi, block=c.block,
-                        device=device, guard=guard)
+                        device=device, guard=guard, max_edges_per_node=c.max_edges_per_node)
 
 
 def pair_id(task: str, source: str, target: str) -> str:
@@ -142,53 +152,23 @@ class Pair(Stage):
 
     # --- driver ------------------------------------------------------------------
 
+    def __init__(self, config: PairConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        # a scorer with weights (object_model, face) loads them in setup: an actor pool, loaded once per actor
+        self.uses_model = scorer_class(config.scorer).loads_model
+
     def plan(self) -> list[WorkUnit]:
         c: PairConfig = self.config
-        make_scorer(c.scorer, c.scorer_options)  # a bad scorer name fails before any work
-        clusters = pa.concat_tables(shards.read_table(p, ["image_id", "cluster_id"]) for p in self.ctx.input("clusters"))
-        emb = pa.concat_tables(_read_embeddings(p) for p in self.ctx.input("embeddings"))
-        where = pc.index_in(clusters.column("image_id"), value_set=emb.column("image_id")).to_numpy(
-            zero_copy_only=False)
-        missing = np.isnan(where) if where.dtype.kind == "f" else where < 0
-        if missing.any():
-            raise UserError(f"pair: {int(missing.sum())} clustered image_ids have no embedding "
-                            f"(clusters {self.ctx.input('clusters')}, embeddings {self.ctx.input('embeddings')})")
-        where = where.astype(np.int64)
-        cid = clusters.column("cluster_id").to_numpy()
-        sizes = _image_sizes(self.ctx.inputs.get("images") or [], clusters.column("image_id"))
-        models = emb.column("model").unique().to_pylist() if "model" in emb.column_names else []
-        self._write_meta({"embedding_models": models})
-        # whole clusters per unit, in cluster order; a cluster never spans units
-        order = np.argsort(cid, kind="stable")
-        cid_sorted = cid[order]
-        bounds = np.flatnonzero(np.diff(cid_sorted)) + 1
-        starts = np.concatenate([[0], bounds])
-        ends = np.concatenate([bounds, [len(cid_sorted)]])
-        units: list[WorkUnit] = []
+        make_scorer(c.scorer, c.scorer_options)  # a bad scorer or missing weights fail before any work
+        index = cluster_index(self.ctx.input("clusters"))
+        emb_tables = self.ctx.input("embeddings")
+        self._write_meta({"embedding_models": _embedding_models(emb_tables)})
+        unit_of, uids = plan_units(index.column("cluster_id").to_numpy(), index.column("cluster_id2").to_numpy(),
+                                   c.points_per_unit)
         done = {posixpath.basename(p)[:-5] for p in _list(posixpath.join(self.ctx.stage_dir, "_done"))}
-        pdir = self._partition_dir()
-        have = {i.base_name for i in storage.listdir(pdir)}
-        i = 0
-        while i < len(starts):
-            j, n = i, 0
-            while j < len(starts) and (n == 0 or n + ends[j] - starts[j] <= c.points_per_unit):
-                n += ends[j] - starts[j]
-                j += 1
-            uid = f"c{int(cid_sorted[starts[i]]):07d}"
-            path = storage.join(pdir, f"{uid}.parquet")
-            if uid not in done and f"{uid}.parquet" not in have:
-                rows = order[starts[i] : ends[j - 1]]
-                part = pa.table({
-                    "image_id": clusters.column("image_id").take(pa.array(rows)),
-                    "cluster_id": pa.array(cid[rows], pa.int32()),
-                    "embedding": emb.column("embedding").take(pa.array(where[rows])),
-                    "width": pa.array(sizes[0][rows], pa.float32()) if sizes else pa.nulls(len(rows), pa.float32()),
-                    "height": pa.array(sizes[1][rows], pa.float32()) if sizes else pa.nulls(len(rows), pa.float32()),
-                })
-                storage.write_parquet(path, part, compression="none")  # scratch, read once: speed over size
-            units.append(WorkUnit(uid, {"partition": path}))
-            i = j
-        return units
+        sizes = image_sizes(self.ctx.inputs.get("images") or [], index.column("image_id"))
+        write_partitions(index, emb_tables, sizes, self._partition_dir(), unit_of, uids, done)
+        return [WorkUnit(uid, {"partition": uid}) for uid in uids]
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
         fs, d = shards.resolve(self.ctx.stage_dir)
@@ -206,6 +186,7 @@ class Pair(Stage):
         c: PairConfig = self.config
         self.scorer = make_scorer(c.scorer, c.scorer_options)
         self.scorer.setup()
+        self._loads = int(self.scorer.loads_model)  # reported by the next unit: summed, the number of model loads
         self.params = mining_params(c, self.scorer)
         self.store = None
         if self.scorer.needs_images:
@@ -226,21 +207,24 @@ class Pair(Stage):
 
     def process(self, unit: WorkUnit) -> UnitResult:
         c: PairConfig = self.config
-        part = storage.read_parquet(unit.payload["partition"])
+        part, x = read_partition(self._partition_dir(), unit.payload["partition"])
         ids = part.column("image_id").to_pylist()
-        x = normalize(to_matrix(part.column("embedding")))
         cid = part.column("cluster_id").to_numpy()
+        home, other = part.column("home").to_numpy(), part.column("other").to_numpy()
         # sizes as float, NaN where unknown (embeddings-only runs): size filters then do not apply
         w = part.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
         h = part.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
+        p = self.params
+        band, band2 = (p.tau_low, p.tau_high), (p.pass2_low, p.pass2_high)
         stats = MiningStats()
         reasons: Counter[str] = Counter()
-        cols: dict[str, list] = {k: [] for k in ("a", "b", "sim", "score", "set_id", "cluster_id")}
-        final_sets = 0
+        found: dict[str, list] = {k: [] for k in ("a", "b", "sim", "score", "set_id", "cluster_id")}
+        final_sets = out_of_band = border_dups = 0
         t0 = time.perf_counter()
         bounds = np.flatnonzero(np.diff(cid)) + 1
         for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(cid)]])):
             cluster_ids = ids[lo:hi]
+            here = int(cid[lo])
 
             def images_for(members: np.ndarray, names: list[str] = cluster_ids) -> list[bytes | None]:
                 wanted = [names[m] for m in members]
@@ -248,25 +232,42 @@ class Pair(Stage):
                 return [got.get(i) for i in wanted]
 
             xs = x[lo:hi]
-            for fs in mine_cluster(xs, self.scorer, self.params, images_for, stats):
+            hs, os_ = home[lo:hi], other[lo:hi]
+            for fs in mine_cluster(xs, self.scorer, p, images_for, stats):
                 final_sets += 1
-                names = [cluster_ids[m] for m in fs.members]
-                pa_, pb_ = sample_pairs(len(fs.members), c.max_pairs_per_set, set_key(names))
-                ga, gb = fs.members[pa_], fs.members[pb_]
-                sims = np.einsum("nd,nd->n", xs[ga], xs[gb])
-                same = np.array([cluster_ids[a] == cluster_ids[b] for a, b in zip(ga.tolist(), gb.tolist())], bool)
-                why = reject_reasons(c.filters, sims, w[lo + ga], h[lo + ga], w[lo + gb], h[lo + gb], same)
-                reasons.update(why[why != ""].tolist())
-                keep = why == ""
-                cols["a"].extend(cluster_ids[k] for k in ga[keep].tolist())
-                cols["b"].extend(cluster_ids[k] for k in gb[keep].tolist())
-                cols["sim"].append(sims[keep])
-                cols["score"].append(fs.pass2[pa_[keep], pb_[keep]])
-                cols["set_id"].extend([set_id(names)] * int(keep.sum()))
-                cols["cluster_id"].extend([int(cid[lo])] * int(keep.sum()))
+                m = fs.members
+                names = [cluster_ids[k] for k in m]
+
+                ui, uj = upper_pairs(len(m))
+                owned = owned_here(here, hs[m[ui]], os_[m[ui]], hs[m[uj]], os_[m[uj]])
+                pa_, pb_, sims, oob, dup = in_band_pairs(xs[m], fs.pass2, band, band2, c.max_pairs_per_set,
+                                                         set_key(names), owned)
+                out_of_band += oob
+                border_dups += dup
+                key = set_key(names)
+                found["a"].append(lo + m[pa_])
+                found["b"].append(lo + m[pb_])
+                found["sim"].append(sims)
+                found["score"].append(fs.pass2[pa_, pb_])
+                found["set_id"].append(np.full(len(pa_), int(key[:15], 16), np.int64))  # = set_id(names)
+                found["cluster_id"].append(np.full(len(pa_), here, np.int32))
+        # the cleaning filters once per unit, vectorised over all its pairs (not per set)
+        f = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in found.items()}
+        a, b = f["a"].astype(np.int64), f["b"].astype(np.int64)
+        id_arr = np.array(ids, dtype=object)
+        why = reject_reasons(c.filters, f["sim"], w[a], h[a], w[b], h[b], id_arr[a] == id_arr[b])
+        reasons.update(why[why != ""].tolist())
+        keep = why == ""
+        cols = {"a": id_arr[a[keep]].tolist(), "b": id_arr[b[keep]].tolist(), "sim": [f["sim"][keep]],
+                "score": [f["score"][keep]], "set_id": f["set_id"][keep].tolist(),
+                "cluster_id": f["cluster_id"][keep].tolist()}
         counts = {k: int(v) for k, v in stats.flat().items()}
         counts.update({f"rejected_{k}": v for k, v in reasons.items()})
         counts["final_sets"] = final_sets
+        counts["pairs_out_of_band"] = out_of_band  # enumerated from a set but outside a band: never written
+        counts["pairs_border_elsewhere"] = border_dups  # border pairs left to the other cluster that mines them
+        counts["border_points"] = int((other >= 0).sum())
+        counts["model_loads"], self._loads = self._loads, 0
         counts["sim_matmul_us"] = int(stats.band.matmul_seconds * 1e6)
         counts["mine_us"] = int((time.perf_counter() - t0) * 1e6)
         return UnitResult({"pairs": self._pairs_table(cols)}, counts)
@@ -320,30 +321,18 @@ def _list(d: str) -> list[str]:
     return [i.path for i in fs.get_file_info(FileSelector(p)) if i.path.endswith(".json")]
 
 
-def _read_embeddings(path: str) -> pa.Table:
-    cols = ["image_id", "embedding"]
-    schema = shards.open_parquet(shards.list_shards(path)[0]).schema_arrow if shards.list_shards(path) else None
-    if schema is not None and "model" in schema.names:
-        cols.append("model")
-    if schema is not None and not {"image_id", "embedding"} <= set(schema.names):
-        raise UserError(f"pair: {path} needs columns image_id and embedding (has {schema.names})")
-    # one layout for every input (float16/32, list or fixed-size list): unit-norm fixed-size float16,
-    # converted batch by batch so a large table is never held as float32
-    batches = []
-    for b in shards.iter_batches(path, cols, batch_size=65_536):
-        t = pa.Table.from_batches([b])
-        emb = fixed_list(normalize(to_matrix(t.column("embedding"))))
-        batches.append(t.set_column(t.schema.get_field_index("embedding"), "embedding", emb))
-    if not batches:
-        raise UserError(f"pair: the embeddings table {path} is empty")
-    return pa.concat_tables(batches)
-
-
-def _image_sizes(tables: list[str], ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
-    if not tables:
-        return None
-    t = pa.concat_tables(shards.read_table(p, ["image_id", "width", "height"]) for p in tables)
-    where = pc.index_in(ids, value_set=t.column("image_id"))
-    w = pc.take(t.column("width"), where).to_numpy(zero_copy_only=False)
-    h = pc.take(t.column("height"), where).to_numpy(zero_copy_only=False)
-    return w, h
+def _embedding_models(tables: list[str]) -> list[str]:
+    """The distinct `model` values of the embeddings tables (read column by column, shard by shard)."""
+    models: set[str] = set()
+    for path in tables:
+        listed = shards.list_shards(path)
+        if not listed:
+            raise UserError(f"pair: the embeddings table {path} is empty")
+        names = shards.open_parquet(listed[0]).schema_arrow.names
+        if not {"image_id", "embedding"} <= set(names):
+            raise UserError(f"pair: {path} needs columns image_id and embedding (has {names})")
+        if "model" in names:
+            for s in listed:
+                models.update(v for v in shards.open_parquet(s).read(columns=["model"]).column("model")
+                              .unique().to_pylist() if v is not None)
+    return sorted(models)

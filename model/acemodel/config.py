@@ -56,12 +56,22 @@ def dit_config(preset: str = "ace-0.6b", **overrides) -> DiTConfig:
     return DiTConfig(**{**PRESETS[preset], **overrides})
 
 
+def weights_id(name: str, path: str | None, random_init: bool) -> str:
+    """What produced an output, for provenance: `name@random-init`, `name@PATH` or `name@hf-cache`
+    (the one spelling, shared by the data platform's model specs)."""
+    return f"{name}@random-init" if random_init else f"{name}@{path or 'hf-cache'}"
+
+
 class EncoderSpec(_Strict):
     """Where a frozen encoder lives: a local path / HF cache id, or a tiny random one (demo, tests)."""
 
     name: str
     path: str | None = None
     random_init: bool = False
+
+    @property
+    def weights_id(self) -> str:
+        return weights_id(self.name, self.path, self.random_init)
 
 
 class DataConfig(_Strict):

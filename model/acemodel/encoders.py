@@ -67,7 +67,7 @@ class TextEncoder:
         self.model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.max_tokens, self.device = max_tokens, device
         self.dim = self.model.config.d_model
-        self.weights_id = f"{spec.name}@random-init" if spec.random_init else f"{spec.name}@{spec.path or 'hf-cache'}"
+        self.weights_id = spec.weights_id
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # frozen encoder: memoise per string
         self._cache_size = cache_size
 
@@ -116,7 +116,7 @@ class VAE:
         # posterior means are deterministic: memoise them per image content (later epochs skip the VAE)
         self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
-        self.weights_id = f"{spec.name}@random-init" if spec.random_init else f"{spec.name}@{spec.path or 'hf-cache'}"
+        self.weights_id = spec.weights_id
 
     @torch.no_grad()
     def encode(self, images: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -33,13 +33,15 @@ then scored from those features, on the GPU when there is one.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import Field
 
+from acedata.config import Strict
 from acedata.errors import ModelNotFound, UserError
-from acedata.mining.scorers import PairScores, Scorer, _upper_pairs
+from acedata.mining.pairs import upper_pairs
+from acedata.mining.scorers.base import PairScores, Scorer, register_scorer
 from acedata.models import ModelSpec, pick_device, resolve_local
 
 DEFAULT_MODEL = "facebook/dinov2-base"
@@ -72,26 +74,30 @@ def tiny_dinov2(options: dict[str, Any]) -> tuple[Any, Any]:
     return model, processor
 
 
+class ObjectModelOptions(Strict):
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(name=DEFAULT_MODEL))
+    score: Literal["mnn", "cls", "blend"] = "mnn"
+    cls_weight: float = Field(0.5, ge=0.0, le=1.0)  # blend: weight of the CLS cosine
+    min_match_sim: float | None = None  # mnn: a mutual pair's cosine must also reach this
+    batch_size: int = Field(32, ge=1)
+    max_pair_elements: int = Field(1 << 24, ge=1)  # bounds the (pairs, P, P) similarity block
+
+
+@register_scorer
 class ObjectModelScorer(Scorer):
     name = "object_model"
+    Options = ObjectModelOptions
     needs_images = True
+    loads_model = True
     default_band: ClassVar[tuple[float, float]] = BANDS["mnn"]
 
-    def __init__(self, model: dict[str, Any] | None = None, score: str = "mnn", cls_weight: float = 0.5,
-                 min_match_sim: float | None = None, batch_size: int = 32, max_pair_elements: int = 1 << 24) -> None:
-        if score not in BANDS:
-            raise UserError(f"object_model: score must be one of {', '.join(BANDS)}, got {score!r}")
-        if not 0.0 <= cls_weight <= 1.0:
-            raise UserError(f"object_model: cls_weight must lie in [0, 1], got {cls_weight}")
-        if batch_size < 1 or max_pair_elements < 1:
-            raise UserError("object_model: batch_size and max_pair_elements must be positive")
-        try:
-            self.spec = ModelSpec(**(model or {"name": DEFAULT_MODEL}))
-        except ValidationError as e:
-            raise UserError(f"object_model: bad model spec {model} ({e.errors()[0]['msg']})") from None
-        self.score, self.cls_weight, self.min_match_sim = score, cls_weight, min_match_sim
-        self.batch_size, self.max_pair_elements = batch_size, max_pair_elements
-        self.default_band = BANDS[score]  # per instance: the band follows the chosen score
+    def __init__(self, options: ObjectModelOptions | None = None) -> None:
+        super().__init__(options)
+        o = self.options
+        self.spec = o.model
+        self.score, self.cls_weight, self.min_match_sim = o.score, o.cls_weight, o.min_match_sim
+        self.batch_size, self.max_pair_elements = o.batch_size, o.max_pair_elements
+        self.default_band = BANDS[o.score]  # per instance: the band follows the chosen score
         self.weights_path: str | None = None
         if not self.spec.random_init:  # on the driver too (make_scorer in plan): fail before any work
             self.weights_path = resolve_local(self.spec, self.spec.options.get("hf_repo"))
@@ -175,7 +181,7 @@ class ObjectModelScorer(Scorer):
     def score_set(self, emb: np.ndarray, images: list[bytes | None] | None) -> PairScores:
         if images is None:
             raise UserError("scorer 'object_model' needs image bytes: give the pair stage an images table")
-        i, j = _upper_pairs(len(images))
+        i, j = upper_pairs(len(images))
         out = np.full(len(i), np.nan, dtype=np.float32)
         decoded = [self._decode(b) for b in images]
         ok = [k for k, im in enumerate(decoded) if im is not None]

@@ -1,0 +1,80 @@
+"""Pairs out of final sets: enumeration, the band check on every pair, a deterministic cap.
+
+A set's members are coherent as a group, but coherence is checked against a looser floor
+(`min_pair_sim`) and near-duplicates may sit in a set with their neighbours; so every
+enumerated pair is checked against the turn-1 band on its own cosine and the pass-2 band
+on its own score before it can be written, and the per-set cap samples among the pairs
+that pass (keyed by the set's content, so reruns pick the same pairs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=256)
+def upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with i < j for a set of n, row-major (cached: sets repeat their sizes)."""
+    i, j = np.triu_indices(n, 1)
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
+
+
+def set_key(ids: list[str]) -> str:
+    """A stable identity for a set of image ids (order-free)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def set_id(ids: list[str]) -> int:
+    return int(set_key(ids)[:15], 16)  # fits int64
+
+
+def sample_pairs(size: int, cap: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) arrays of all i < j pairs of a set of `size`, or of `cap` of them drawn
+    deterministically from `key` (row-major order either way)."""
+    total = size * (size - 1) // 2
+    if total <= cap:
+        return upper_pairs(size)
+    rng = np.random.default_rng(int(key[:16], 16))
+    flat = np.sort(rng.choice(total, size=cap, replace=False))
+    # invert the row-major upper-triangle numbering: row i starts at i*size - i*(i+1)/2
+    i = np.arange(size, dtype=np.int64)
+    starts = i * size - i * (i + 1) // 2
+    rows = np.searchsorted(starts, flat, side="right") - 1
+    cols = flat - starts[rows] + rows + 1
+    return rows, cols
+
+
+def in_band_pairs(
+    x: np.ndarray,
+    pass2: np.ndarray,
+    band: tuple[float, float],
+    pass2_band: tuple[float, float],
+    cap: int,
+    key: str,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Pairs (i < j, positions in the set) whose cosine lies in `band` and pass-2 score in
+    `pass2_band`, at most `cap` of them drawn deterministically from `key`.
+
+    `x`: the members' unit-norm rows; `pass2`: their S x S pass-2 scores (NaN: unscored).
+    `allowed` (a mask over `upper_pairs(S)`) may veto pairs another unit writes (border pairs), before the cap.
+    Returns (i, j, cosine, pairs that failed a band, pairs vetoed by `allowed`).
+    """
+    i, j = upper_pairs(len(x))
+    sims = np.einsum("nd,nd->n", x[i], x[j])
+    score = pass2[i, j]
+    ok = (sims >= band[0]) & (sims <= band[1]) & (score >= pass2_band[0]) & (score <= pass2_band[1])
+    out_of_band = int(len(ok) - ok.sum())
+    vetoed = 0
+    if allowed is not None:
+        vetoed = int((ok & ~allowed).sum())
+        ok &= allowed
+    keep = np.flatnonzero(ok)
+    if len(keep) > cap:
+        rng = np.random.default_rng(int(key[:16], 16))
+        keep = np.sort(rng.choice(keep, size=cap, replace=False))
+    return i[keep], j[keep], sims[keep].astype(np.float32), out_of_band, vetoed

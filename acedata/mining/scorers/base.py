@@ -1,0 +1,80 @@
+"""The pass-2 scorer contract and its registry (scorers register like stages).
+
+A scorer gives, inside a turn-1 set, a task-specific score for every member pair. Each
+scorer module defines a `Scorer` subclass with a `name`, an `Options` pydantic model
+(validated when the spec is loaded, so a typo in `scorer_options` is an error naming the
+key) and `@register_scorer`. To add one: copy `siglip.py`, then import it in
+`acedata/mining/scorers/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from acedata.config import Strict, validation_message
+from acedata.errors import UserError
+
+
+@dataclass
+class PairScores:
+    src: np.ndarray  # local indices into the set, src < dst
+    dst: np.ndarray
+    score: np.ndarray  # float32, nan where the scorer could not score the pair
+
+
+class NoOptions(Strict):
+    pass
+
+
+class Scorer:
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    needs_images: ClassVar[bool] = False
+    loads_model: ClassVar[bool] = False  # True: setup() loads weights, so the pair stage runs as an actor pool
+    default_band: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def setup(self) -> None:
+        """Load weights (once per worker)."""
+
+    def score_set(self, emb: np.ndarray, images: list[bytes | None] | None) -> PairScores:
+        raise NotImplementedError
+
+    @property
+    def model_id(self) -> str:
+        return self.name
+
+
+SCORERS: dict[str, type[Scorer]] = {}
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make a scorer available to `pair` specs by its `name`."""
+    SCORERS[cls.name] = cls
+    return cls
+
+
+def scorer_class(name: str) -> type[Scorer]:
+    try:
+        return SCORERS[name]
+    except KeyError:
+        raise UserError(f"unknown scorer {name!r}; known: {', '.join(sorted(SCORERS))}") from None
+
+
+def scorer_options(name: str, options: dict | None) -> BaseModel:
+    """`options` validated against the scorer's Options model (UserError naming the key)."""
+    cls = scorer_class(name)
+    try:
+        return cls.Options.model_validate(options or {})
+    except ValidationError as e:
+        raise UserError(f"scorer {name!r}: bad options: {validation_message(e, 'scorer_options')}") from None
+
+
+def make_scorer(name: str, options: dict | None = None) -> Scorer:
+    return scorer_class(name)(scorer_options(name, options))

@@ -1,0 +1,23 @@
+"""`siglip`: the cosine of the embeddings already computed (no extra work).
+
+The simplest scorer, and the one to copy for a new one: an Options model (here none),
+`@register_scorer`, and `score_set` returning a score for every member pair.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from acedata.mining.pairs import upper_pairs
+from acedata.mining.scorers.base import PairScores, Scorer, register_scorer
+
+
+@register_scorer
+class SiglipScorer(Scorer):
+    name = "siglip"
+    default_band = (0.0, 1.0)
+
+    def score_set(self, emb: np.ndarray, images: list[bytes | None] | None) -> PairScores:
+        i, j = upper_pairs(len(emb))
+        x = np.asarray(emb, dtype=np.float32)
+        return PairScores(i, j, np.einsum("nd,nd->n", x[i], x[j]).astype(np.float32))
