@@ -65,9 +65,10 @@ TINY_CONFIG = """
 model:
   path: {model}
   tiny: {{seed: 0, hidden_size: 64, layers: 2, tile: 32, max_tiles: 2}}
-finetune: full
+finetune: {finetune}
+lora: {{r: 8, alpha: 16, dropout: {dropout}}}
 freeze_vision: false
-data: {{batch_size: 4, eval_fraction: 0.0}}
+data: {{batch_size: 4, eval_fraction: {eval_fraction}}}
 optim: {{lr: 3.0e-3, warmup_steps: 0, grad_clip: 1.0}}
 steps: {steps}
 seed: 0
@@ -77,8 +78,10 @@ cpu_threads: 1
 """
 
 
-def write_config(path: Path, model_dir: Path, steps: int = 60, every: int = 30, **extra: str) -> Path:
-    text = TINY_CONFIG.format(model=model_dir, steps=steps, every=every)
+def write_config(path: Path, model_dir: Path, steps: int = 60, every: int = 30, finetune: str = "full",
+                 dropout: float = 0.0, eval_fraction: float = 0.0, **extra: str) -> Path:
+    text = TINY_CONFIG.format(model=model_dir, steps=steps, every=every, finetune=finetune, dropout=dropout,
+                              eval_fraction=eval_fraction)
     for k, v in extra.items():
         text += f"{k}: {v}\n"
     path.write_text(text)

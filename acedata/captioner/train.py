@@ -293,16 +293,18 @@ def train_ray(cfg: CaptionerConfig, data: str, out: str, address: str | None = N
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from acedata.captioner.data import read_examples
+    from acedata.captioner.model import resolve_path
+
+    # here, as one-line errors, not as worker tracebacks; the tiny model is built once, not per worker
+    resolve_path(cfg.model)
+    read_examples(data, 1)
     if not ray.is_initialized():
         from acedata.runtime import init_ray
 
         init_ray(address)
     out = os.path.abspath(out) if "://" not in out else out
     data = os.path.abspath(data) if "://" not in data else data
-    if cfg.model.tiny is not None:  # build it once here, not racing in every worker
-        from acedata.captioner.model import resolve_path
-
-        resolve_path(cfg.model)
     if cfg.model.tiny is not None or os.path.exists(cfg.model.path):
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": os.path.abspath(cfg.model.path)})})
     trainer = TorchTrainer(

@@ -275,7 +275,8 @@ class Instruct(Stage):
                     _fallback(w, o.reason or "captioner_failed", counts)
                     continue
                 w.update(text=o.text, method="captioner", model=cfg.endpoint.model)
-                w["prov"] = {"natural": "captioner", "template_fallback_was": w["prov"]["template"]}
+                w["prov"] = {"natural": "captioner", "template_fallback_was": w["prov"]["template"],
+                             "captioner_checkpoint": self._captioner_checkpoint(cfg)}
                 counts["natural_captioner"] = counts.get("natural_captioner", 0) + 1
             return
         analyses = analyse_pairs(images, self.mllm, cfg)
@@ -297,6 +298,18 @@ class Instruct(Stage):
             w["prov"] = {"natural": "mllm_llm", "analysis": json.loads(a.text),
                          "template_fallback_was": w["prov"]["template"]}
             counts["natural_mllm_llm"] = counts.get("natural_mllm_llm", 0) + 1
+
+    def _captioner_checkpoint(self, cfg: MLLMConfig) -> dict[str, Any] | str | None:
+        """Which trained checkpoint labels: the config's `checkpoint`, else the served folder's record."""
+        if cfg.checkpoint:
+            return cfg.checkpoint
+        if not hasattr(self, "_ckpt_info"):
+            from acedata.captioner.serve import checkpoint_info
+
+            c: InstructConfig = self.config
+            folder = c.vllm_mllm.model_source if c.backend == "ray_vllm" and c.vllm_mllm else cfg.endpoint.model
+            self._ckpt_info = checkpoint_info(folder)
+        return self._ckpt_info
 
     # --- text-to-image captions ----------------------------------------------------------
 
