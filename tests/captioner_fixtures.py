@@ -29,7 +29,8 @@ def make_run(root: Path, n: int = 4, task: str = "semantic_editing", extra: int 
     (the pair's `extra` extra inputs make multi-input records)."""
     from acedata import shards
     from acedata.images import encode, image_cell, pixel_id
-    from acedata.schemas import IMAGES, INSTRUCTIONS as ISCHEMA, PAIRS
+    from acedata.schemas import IMAGES, PAIRS
+    from acedata.schemas import INSTRUCTIONS as ISCHEMA
 
     run = root / "run"
     rows, pairs, instr = [], [], []

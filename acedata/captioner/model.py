@@ -74,13 +74,13 @@ def build_tiny_internvl(out_dir: str | Path, spec: TinySpec) -> Path:
         chat_template=CHAT_TEMPLATE)
     h = spec.hidden_size
     cfg = InternVLConfig(
-        vision_config=dict(hidden_size=h, num_hidden_layers=1, num_attention_heads=2, intermediate_size=2 * h,
-                           image_size=spec.tile, patch_size=patch),
-        text_config=dict(model_type="qwen2", vocab_size=len(fast), hidden_size=h, intermediate_size=2 * h,
-                         num_hidden_layers=spec.layers, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=4096, tie_word_embeddings=True,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id),
+        vision_config={"hidden_size": h, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 2 * h,
+                           "image_size": spec.tile, "patch_size": patch},
+        text_config={"model_type": "qwen2", "vocab_size": len(fast), "hidden_size": h, "intermediate_size": 2 * h,
+                         "num_hidden_layers": spec.layers, "num_attention_heads": 2, "num_key_value_heads": 2,
+                         "max_position_embeddings": 4096, "tie_word_embeddings": True,
+                         "bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id,
+                         "pad_token_id": fast.pad_token_id},
         image_token_id=fast.context_image_token_id, image_seq_length=seq)
     torch.manual_seed(spec.seed)
     model = InternVLForConditionalGeneration(cfg)
@@ -104,7 +104,7 @@ def resolve_path(spec: ModelSpec) -> str:
         from huggingface_hub import snapshot_download
 
         return snapshot_download(spec.path, local_files_only=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - not cached / not a repo id / offline: all mean "not here"
         from huggingface_hub.constants import HF_HUB_CACHE
 
         raise ModelNotFound(spec.path, [spec.path, HF_HUB_CACHE],

@@ -68,7 +68,7 @@ def checkpoint_info(model_dir: str | None) -> dict[str, Any] | None:
 
 def serve_commands(out_dir: str, info: dict[str, Any]) -> list[str]:
     if info["layout"] == "adapter":
-        return [f"vllm serve {info['base_model']} --enable-lora --lora-modules captioner={out_dir} "
-                "--max-lora-rank 64 --limit-mm-per-prompt '{\"image\": 4}'"]
+        return [(f"vllm serve {info['base_model']} --enable-lora --lora-modules captioner={out_dir} "
+                "--max-lora-rank 64 --limit-mm-per-prompt '{\"image\": 4}'")]
     return [f"vllm serve {out_dir} --limit-mm-per-prompt '{{\"image\": 4}}'",
             f"transformers serve {out_dir}  # CPU / small models"]
