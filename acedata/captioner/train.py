@@ -156,7 +156,7 @@ class CaptionerTrainer:
                 out[n] = full.detach().float().cpu().contiguous()
         return out
 
-    def save(self) -> str:
+    def save(self, loss: float | None = None) -> str:
         """checkpoints/step-XXXXXXXX/: trainable.safetensors, optimizer.pt, state.json."""
         from acemodel import parallel
 
@@ -169,7 +169,7 @@ class CaptionerTrainer:
             os.makedirs(tmp)
             save_file(weights, os.path.join(tmp, "trainable.safetensors"), metadata={"format": "acedata-captioner"})
             torch.save({"optimizer": optim}, os.path.join(tmp, "optimizer.pt"))
-            state = {"step": self.step, "world_size": self.world, "strategy": self.strategy,
+            state = {"step": self.step, "loss": loss, "world_size": self.world, "strategy": self.strategy,
                      "finetune": self.cfg.finetune, "base_model": self.base_path,
                      "train_records": len(self.train_set), "heldout_records": len(self.heldout),
                      "config": self.cfg.model_dump(mode="json")}
@@ -220,7 +220,7 @@ class CaptionerTrainer:
                 bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{seen / (time.time() - t0):.1f}")
             saved = None
             if self.step % self.cfg.checkpoint_every == 0 or self.step == steps:
-                saved = self.save()
+                saved = self.save(loss)
             if report:
                 report({"step": self.step, "loss": loss}, saved)
         if bar:
@@ -317,5 +317,7 @@ def train_ray(cfg: CaptionerConfig, data: str, out: str, address: str | None = N
     if result.error:
         raise result.error
     ckpt = latest_checkpoint(out)
-    return {"checkpoint": ckpt, "workers": cfg.num_workers, "strategy": cfg.strategy,
-            "loss": (result.metrics or {}).get("loss")}
+    with open(os.path.join(ckpt, "state.json")) as f:
+        state = json.load(f)
+    return {"checkpoint": ckpt, "step": state["step"], "loss": state["loss"], "workers": cfg.num_workers,
+            "strategy": cfg.strategy}
