@@ -25,5 +25,5 @@ def test_two_worker_run_writes_a_loadable_checkpoint(ray_local, tmp_path, strate
     assert result["checkpoint"].endswith("step-00000002") and result["loss"] > 0
     weights = load_file(os.path.join(result["checkpoint"], "trainable.safetensors"))
     assert any("language_model" in k for k in weights) and all(v.isfinite().all() for v in weights.values())
-    model, _, state = load_checkpoint(result["checkpoint"])
+    _model, _, state = load_checkpoint(result["checkpoint"])
     assert state["world_size"] == 2 and state["strategy"] == strategy
