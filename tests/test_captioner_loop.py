@@ -17,7 +17,7 @@ from acedata.pipeline import run_pipeline
 def test_loop_spec_trains_and_relabels(tmp_path):
     run = make_run(tmp_path, n=4, task="natural_edit")
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "tiny", steps=60, every=30)
-    spec = yaml.safe_load(Path("pipelines/captioner-loop.yaml").read_text())
+    spec = yaml.safe_load((Path(__file__).parent.parent / "pipelines" / "captioner-loop.yaml").read_text())
     spec["executor"] = "local"
     spec["stages"][0].update(config=str(cfg), run=str(run))
     spec["stages"][1]["inputs"] = {"pairs": str(run / "src" / "pairs"), "images": str(run / "src" / "images")}
