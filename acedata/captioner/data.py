@@ -140,28 +140,39 @@ class Collator:
             ids = ids[: ids.index(self.eos) + 1]
         return ids
 
-    def encode(self, ex: Example, with_answer: bool = True) -> dict[str, Any]:
-        prompt = self.proc.apply_chat_template(prompt_messages(ex), add_generation_prompt=True, tokenize=False)
-        enc = self.proc(text=[prompt], images=load_images(ex) or None, return_tensors="pt")
-        ids = enc["input_ids"][0].tolist()
-        ans = self.answer_ids(ex, prompt) if with_answer else []
-        extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-        return {"input_ids": ids + ans, "labels": [IGNORE] * len(ids) + ans, "extra": extra}
-
     def __call__(self, examples: list[Example]) -> dict[str, Any]:
+        """One processor call for the batch's prompts and images (tiling, image-token expansion),
+        then each row's prompt ids (padding dropped) + its answer ids, right-padded."""
         import torch
 
-        encs = [self.encode(e) for e in examples]
-        width = max(len(e["input_ids"]) for e in encs)
-        ids = torch.full((len(encs), width), self.pad, dtype=torch.long)
-        labels = torch.full((len(encs), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(encs), width), dtype=torch.long)
-        for i, e in enumerate(encs):
-            n = len(e["input_ids"])
-            ids[i, :n] = torch.tensor(e["input_ids"])
-            labels[i, :n] = torch.tensor(e["labels"])
-            mask[i, :n] = 1
+        prompts = [self.proc.apply_chat_template(prompt_messages(e), add_generation_prompt=True, tokenize=False)
+                   for e in examples]
+        images = [im for e in examples for im in load_images(e)]
+        enc = self.proc(text=prompts, images=images or None, padding=True, return_tensors="pt")
+        rows = []
+        for i, (e, prompt) in enumerate(zip(examples, prompts)):
+            ids = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
+            ans = self.answer_ids(e, prompt)
+            rows.append((ids + ans, [IGNORE] * len(ids) + ans))
+        width = max(len(r[0]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row_ids, row_labels) in enumerate(rows):
+            ids[i, : len(row_ids)] = torch.tensor(row_ids)
+            labels[i, : len(row_ids)] = torch.tensor(row_labels)
+            mask[i, : len(row_ids)] = 1
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        for k in encs[0]["extra"]:  # pixel tensors (tiles / patches) concatenate in example order
-            batch[k] = torch.cat([e["extra"][k] for e in encs])
+        shape = tuple(enc["input_ids"].shape)
+        for k, v in enc.items():
+            if k in ("input_ids", "attention_mask"):
+                continue
+            if isinstance(v, torch.Tensor) and tuple(v.shape[:2]) == shape:  # per-token (e.g. mm_token_type_ids)
+                out = torch.zeros((len(rows), width, *v.shape[2:]), dtype=v.dtype)
+                for i in range(len(rows)):
+                    row = v[i][enc["attention_mask"][i].bool()]
+                    out[i, : len(row)] = row
+                batch[k] = out
+            else:  # pixel tensors (tiles / patches, grids) in example order
+                batch[k] = v
         return batch
