@@ -65,7 +65,7 @@ def export(run: Path, out: Path) -> Path:
 TINY_CONFIG = """
 model:
   path: {model}
-  tiny: {{seed: 0, hidden_size: 64, layers: 2, tile: 32, max_tiles: 2}}
+  tiny: {{family: {family}, seed: 0, hidden_size: 64, layers: 2, tile: 32, max_tiles: 2}}
 finetune: {finetune}
 lora: {{r: 8, alpha: 16, dropout: {dropout}}}
 freeze_vision: false
@@ -80,9 +80,10 @@ cpu_threads: 1
 
 
 def write_config(path: Path, model_dir: Path, steps: int = 60, every: int = 30, finetune: str = "full",
-                 dropout: float = 0.0, eval_fraction: float = 0.0, **extra: str) -> Path:
+                 dropout: float = 0.0, eval_fraction: float = 0.0, family: str = "internvl",
+                 **extra: str) -> Path:
     text = TINY_CONFIG.format(model=model_dir, steps=steps, every=every, finetune=finetune, dropout=dropout,
-                              eval_fraction=eval_fraction)
+                              eval_fraction=eval_fraction, family=family)
     for k, v in extra.items():
         text += f"{k}: {v}\n"
     path.write_text(text)

@@ -25,13 +25,15 @@ def exported(tmp_path_factory):
     return export(make_run(root, n=4), root / "export"), root
 
 
-def test_tiny_model_overfits_and_generates_the_references(exported, tmp_path):
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+def test_tiny_model_overfits_and_generates_the_references(exported, tmp_path, family):
     data, root = exported
-    cfg = load_config(str(write_config(tmp_path / "c.yaml", root / "tiny", steps=60, every=1000)))
+    cfg = load_config(str(write_config(tmp_path / "c.yaml", root / f"tiny-{family}", steps=60, every=1000,
+                                       family=family)))
     t = CaptionerTrainer(cfg, str(data), str(tmp_path / "out"))
     losses = t.fit(progress=False)
     final = sum(losses[-5:]) / 5
-    print(f"overfit: loss {losses[0]:.3f} -> {final:.4f} (x{losses[0] / final:.0f})")
+    print(f"overfit {family}: loss {losses[0]:.3f} -> {final:.4f} (x{losses[0] / final:.0f})")
     assert losses[0] / final > OVERFIT_FACTOR, (losses[0], final)
     preds = generate(t.model.eval(), t.processor, t.train_set, max_new_tokens=32)
     assert preds == [e.answer for e in t.train_set] and set(preds) == set(INSTRUCTIONS[:4])

@@ -17,6 +17,7 @@ LM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|u
 class TinySpec(Strict):
     """A tiny random-init InternVL built locally (tests, the offline demo): nothing downloaded."""
 
+    family: Literal["internvl", "qwen2_vl"] = "internvl"
     seed: int = 0
     hidden_size: int = 64
     layers: int = 2

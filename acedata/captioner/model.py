@@ -37,33 +37,89 @@ def _corpus() -> list[str]:
     return texts * 4
 
 
-def build_tiny_internvl(out_dir: str | Path, spec: TinySpec) -> Path:
-    """A random-init InternVL (vision tower + Qwen2 LM), a byte-level BPE tokenizer trained here,
-    InternVL's processor (tiling included) and a chat template, saved as a model folder."""
-    import torch
+def _tokenizer(specials: list[str], **extra):
+    """A byte-level BPE tokenizer trained here on the captioner corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_corpus(), trainers.BpeTrainer(
+        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="<|im_end|>",
+                                   pad_token="</s>", **extra)
+
+
+def build_tiny(out_dir: str | Path, spec: TinySpec) -> Path:
+    out = Path(out_dir)
+    if (out / TINY_MARKER).exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    (build_tiny_qwen2vl if spec.family == "qwen2_vl" else build_tiny_internvl)(out, spec)
+    (out / TINY_MARKER).write_text(json.dumps({"random_init": True, **spec.model_dump()}))
+    return out
+
+
+QWEN_SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+QWEN_TEMPLATE = CHAT_TEMPLATE.replace("<IMG_CONTEXT>", "<|vision_start|><|image_pad|><|vision_end|>")
+
+
+def build_tiny_qwen2vl(out: Path, spec: TinySpec) -> None:
+    """A random-init Qwen2-VL (dynamic-resolution patches, M-RoPE) with its processor."""
+    import torch
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    fast = _tokenizer(QWEN_SPECIALS)
+    ids = fast.convert_tokens_to_ids
+    side = spec.tile * 2  # at most (2 tiles)^2 worth of 14 px patches: a few merged tokens per image
+    proc = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=side * side, patch_size=14,
+                                              merge_size=2),
+        tokenizer=fast, video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
+    h = spec.hidden_size
+    cfg = Qwen2VLConfig(
+        text_config={"vocab_size": len(fast), "hidden_size": h, "intermediate_size": 2 * h,
+                     "num_hidden_layers": spec.layers, "num_attention_heads": 2, "num_key_value_heads": 2,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [h // 16, h // 16 + h // 32, h // 16 + h // 32]},
+                     "bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id,
+                     "pad_token_id": fast.pad_token_id},
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": h, "num_heads": 2, "patch_size": 14,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2},
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    torch.manual_seed(spec.seed)
+    model = Qwen2VLForConditionalGeneration(cfg)
+    model.generation_config.eos_token_id = fast.eos_token_id
+    model.generation_config.pad_token_id = fast.pad_token_id
+    model.generation_config.bos_token_id = fast.bos_token_id
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+
+
+def build_tiny_internvl(out_dir: str | Path, spec: TinySpec) -> Path:
+    """A random-init InternVL (vision tower + Qwen2 LM), InternVL's processor (tiling included)
+    and a chat template, saved as a model folder."""
+    import torch
     from transformers import (
         GotOcr2ImageProcessor,
         InternVLConfig,
         InternVLForConditionalGeneration,
         InternVLProcessor,
         InternVLVideoProcessor,
-        PreTrainedTokenizerFast,
     )
 
     out = Path(out_dir)
-    if (out / TINY_MARKER).exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_corpus(), trainers.BpeTrainer(
-        vocab_size=512, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="<|im_end|>", pad_token="</s>",
-        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
-                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+    fast = _tokenizer(SPECIALS, extra_special_tokens={
+        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>"})
     side = {"height": spec.tile, "width": spec.tile}
     patch = max(2, spec.tile // 4)
     seq = ((spec.tile // patch) // 2) ** 2  # tokens per tile after InternVL's 0.5 pixel shuffle
@@ -88,14 +144,13 @@ def build_tiny_internvl(out_dir: str | Path, spec: TinySpec) -> Path:
     model.generation_config.pad_token_id = fast.pad_token_id
     model.save_pretrained(out)
     proc.save_pretrained(out)
-    (out / TINY_MARKER).write_text(json.dumps({"random_init": True, **spec.model_dump()}))
     return out
 
 
 def resolve_path(spec: ModelSpec) -> str:
     """The local folder holding the weights; builds the tiny model when asked; never downloads."""
     if spec.tiny is not None:
-        return str(build_tiny_internvl(spec.path, spec.tiny))
+        return str(build_tiny(spec.path, spec.tiny))
     if os.path.isdir(spec.path):
         if not os.path.exists(os.path.join(spec.path, "config.json")):
             raise ModelNotFound(spec.path, spec.path, "the folder has no config.json")
