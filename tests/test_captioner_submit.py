@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from captioner_fixtures import export, make_run, write_config
-from test_cluster_jobs import JOB_TIMEOUT, cli, cluster  # noqa: F401 - the module's cluster fixture
+from test_cluster_jobs import JOB_TIMEOUT, cli, cluster, cluster_env  # noqa: F401 - its cluster fixtures
 
 from acedata import jobs
 
 
 @pytest.mark.slow
-def test_train_captioner_submit_runs_on_the_cluster(cluster, tmp_path):  # noqa: F811
+def test_train_captioner_submit_runs_on_the_cluster(cluster, cluster_env, tmp_path):  # noqa: F811
     data = export(make_run(tmp_path, n=4), tmp_path / "export")
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "tiny", steps=2, every=2)
     out = tmp_path / "train"
