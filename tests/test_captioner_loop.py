@@ -31,3 +31,19 @@ def test_loop_spec_trains_and_relabels(tmp_path):
     assert [r["instruction"] for r in rows] == INSTRUCTIONS[:4]
     assert all(json.loads(r["provenance"])["captioner_checkpoint"]["checkpoint"] == cap["checkpoint"] for r in rows)
     assert [s["name"] for s in result["stages"]] == ["train_captioner", "relabel"]
+
+
+def test_transformers_backend_config_errors_are_one_line(tmp_path):
+    import pytest
+
+    from acedata.errors import UserError
+    from acedata.stage import RunContext
+    from acedata.stages.instruct import Instruct, InstructConfig
+
+    ctx = RunContext(str(tmp_path), str(tmp_path / "i"), {"pairs": [str(tmp_path / "p")]})
+    cap = {"endpoint": {"model": "captioner"}}
+    with pytest.raises(UserError, match="needs `local_mllm:`"):
+        Instruct(InstructConfig(backend="transformers", natural_mode="captioner", captioner=cap), ctx).plan()
+    with pytest.raises(UserError, match="backend transformers runs an image-text model"):
+        Instruct(InstructConfig(backend="transformers", llm={"model": "x"}, captioner=cap,
+                                local_mllm={"model_source": str(tmp_path)}), ctx).plan()
