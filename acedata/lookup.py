@@ -1,7 +1,7 @@
 """Fetch image bytes by `image_id` from one or more images tables.
 
 Builds an index (image_id -> shard, row) from the `image_id` column alone, then
-reads only the rows asked for, shard by shard. Rows that ingest listed as duplicates
+reads only the rows asked for, shard by shard. Rows listed as duplicates
 (`acedata.kept`) are not indexed, so every id resolves to its kept copy.
 """
 
@@ -24,7 +24,7 @@ class ImageStore:
                 pf = shards.open_parquet(shard)
                 cols = ["image_id", "source_uri"] if dropped and "source_uri" in pf.schema_arrow.names else ["image_id"]
                 t_ids = pf.read(columns=cols)
-                mask = keep_mask(t_ids.column("source_uri"), dropped) if len(cols) == 2 else None
+                mask = keep_mask(t_ids.column("source_uri"), t_ids.column("image_id"), dropped) if len(cols) == 2 else None
                 keep = mask.to_pylist() if mask is not None else None
                 for i, image_id in enumerate(t_ids.column("image_id").to_pylist()):
                     if keep is None or keep[i]:

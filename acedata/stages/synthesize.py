@@ -25,18 +25,20 @@ from pydantic import Field, model_validator
 
 from acedata import shards
 from acedata.config import StageConfig
-from acedata.dedupe import drop_later_copies
+from acedata.dedupe import later_copies
 from acedata.errors import UserError
 from acedata.images import open_rgb
-from acedata.kept import dropped_uris
+from acedata.kept import dropped_uris, row_key
 from acedata.models import ModelSpec
-from acedata.schemas import IMAGES, PAIRS, QUARANTINE
+from acedata.schemas import DUPLICATES, IMAGES, PAIRS, QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 from acedata.synth import get, weight_free
 from acedata.synth.base import Draft, Img, Rejected, Synthesizer
 from acedata.synth.support.clip_filter import ClipFilterConfig, ClipScorer
 from acedata.synth.support.collect import Collector, FailureLimit, SynthesizerFailures, describe_failures
 from acedata.synth.support.filters import FilterConfig, check
+
+CROSS_UNIT = "cross-unit"  # the duplicates table's one unit, written by `finish`
 
 log = logging.getLogger("acedata")
 
@@ -73,7 +75,7 @@ class SynthesizeConfig(StageConfig):
 class Synthesize(Stage):
     kind = "synthesize"
     Config = SynthesizeConfig
-    outputs = {"images": IMAGES, "pairs": PAIRS, "quarantine": QUARANTINE}
+    outputs = {"images": IMAGES, "pairs": PAIRS, "quarantine": QUARANTINE, "duplicates": DUPLICATES}
 
     def __init__(self, config: SynthesizeConfig, ctx) -> None:
         super().__init__(config, ctx)
@@ -116,7 +118,7 @@ class Synthesize(Stage):
                 cols = [c for c in ("image_id", "kind", "group", "source_uri") if c in pf.schema_arrow.names]
                 t = pf.read(columns=cols).to_pylist()
                 for row, r in enumerate(t):
-                    if r.get("kind") not in (None, "image") or r["image_id"] in seen or r.get("source_uri") in dropped:
+                    if r.get("kind") not in (None, "image") or r["image_id"] in seen or row_key(r.get("source_uri"), r["image_id"]) in dropped:
                         continue
                     seen.add(r["image_id"])
                     photos.append({"loc": [shard, row], "id": r["image_id"], "group": r.get("group")})
@@ -171,11 +173,16 @@ class Synthesize(Stage):
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
         # Two units can draw byte-identical images (e.g. the same mask for look-alike photos):
-        # keep the first unit's row so every image_id appears once.
-        repeated = drop_later_copies(self.ctx.out("images"))
-        if repeated:
-            shards.finalize_manifest(self.ctx.out("images"), self.output_schema("images"), table="images")
-        counts["images"] = shards.count_rows(self.ctx.out("images"))
+        # the first unit's row is kept, later copies are listed in `duplicates` for readers to
+        # skip (acedata.kept); committed shards are never rewritten.
+        dup_dir = self.ctx.out("duplicates")
+        if CROSS_UNIT not in shards.committed_units(dup_dir):  # a rerun after a crash finds it committed
+            w = shards.ShardWriter(dup_dir, DUPLICATES, unit=CROSS_UNIT)
+            w.write(pa.Table.from_pylist(later_copies(self.ctx.out("images")), DUPLICATES))
+            w.commit()
+        shards.finalize_manifest(dup_dir, DUPLICATES, table="duplicates")
+        repeated = shards.count_rows(dup_dir)
+        counts["images"] = shards.count_rows(self.ctx.out("images")) - repeated
         pairs = shards.count_rows(self.ctx.out("pairs"))
         quarantined = shards.count_rows(self.ctx.out("quarantine"))
         if pairs + quarantined != counts.get("candidates", 0):
