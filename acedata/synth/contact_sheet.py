@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from acedata import shards
 from acedata.errors import UserError
-from acedata.lookup import ImageStore
+from acedata.image_index import ImageReader
 
 LABEL_H = 14
 TITLE_W = 150
@@ -122,13 +122,13 @@ def write_contact_sheets(run_dir: str, out_dir: str | None = None, per_family: i
     if not pairs:
         raise UserError(f"{run_dir}: the pairs tables are empty; nothing to draw")
     picked = pick_rows(pairs, per_family, seed)
-    store = ImageStore(image_tables)
+    store = ImageReader(image_tables)
     out_dir = out_dir or os.path.join(run_dir, "contact_sheets")
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for family, rows in tqdm(picked.items(), desc="contact sheets", unit="family", disable=not progress):
         ids = [i for p in rows for _, i in cells_of(p)]
-        sheet = render(rows, store.image_bytes(ids), family, cell)
+        sheet = render(rows, store.image_bytes(ids, missing="skip"), family, cell)
         path = os.path.join(out_dir, f"{family}.png")
         sheet.save(path)
         written.append(path)

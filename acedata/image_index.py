@@ -1,0 +1,303 @@
+"""One image index and one reader: image bytes by `image_id`, reading only the row groups that hold them.
+
+Index: each shard of an images table gets a small Parquet file
+`<table>/_index/<shard stem>.<sha256[:16]>.parquet` (schema `image_index`): image_id -> row group
+and row within the group, plus width/height/kind. It is built from the shard's footer and its
+metadata columns only (never the image bytes), so its content depends only on the shard's content.
+Its name carries the shard's digest: it is written once and never rewritten. A shard that is
+rewritten later (duplicate removal) gets a new index file, and the reader, which matches the
+digest against the table's manifest, never trusts a stale one. Units write their shards' indexes
+as they commit; the runtime fills any gap after a stage's `finish` (`ensure_index`).
+
+Reader: opens the index of every table once; `rows(ids, columns)` groups the wanted ids by
+(shard, row group), reads each group once with only the asked columns, and keeps a small LRU of
+decoded groups. Shards without an index (older runs, plain Parquet folders) are indexed when the
+reader opens, from their `image_id` column. Workers share one reader per process (`shared_reader`).
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from acedata import shards
+from acedata.errors import UserError
+from acedata.schemas import IMAGE, IMAGE_INDEX, conform, with_hf_metadata
+
+INDEX_DIR = "_index"
+_META_COLUMNS = ("image_id", "width", "height", "kind")
+
+
+class UnknownImages(UserError, KeyError):
+    """Image ids that no images table of the reader holds."""
+
+    def __init__(self, ids: list[str], where: str) -> None:
+        super().__init__(f"{len(ids)} image id(s) not in {where}: {', '.join(ids[:3])}"
+                         + (" ..." if len(ids) > 3 else ""))
+        self.ids = ids
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+# --- writing the index ---------------------------------------------------------------
+
+
+def is_image_table(schema: pa.Schema) -> bool:
+    """Tables that hold image bytes keyed by image_id get an index."""
+    return "image_id" in schema.names and "image" in schema.names and schema.field("image").type == IMAGE
+
+
+def index_name(shard_file: str, sha256: str) -> str:
+    stem = shard_file.removesuffix(".parquet")
+    return f"{stem}.{sha256[:16]}.parquet"
+
+
+def build_shard_index(pf: pq.ParquetFile, shard_file: str) -> pa.Table:
+    """The index rows of one shard, from its footer and metadata columns (no image bytes read)."""
+    names = pf.schema_arrow.names
+    if "image_id" not in names:
+        raise UserError(f"{shard_file}: no image_id column, so it is not an images table")
+    cols = [c for c in _META_COLUMNS if c in names]
+    parts = []
+    for g in range(pf.metadata.num_row_groups):
+        t = pf.read_row_group(g, columns=cols)
+        n = t.num_rows
+        part = {c: t.column(c) for c in cols}
+        part["shard"] = pa.array([shard_file] * n, pa.string())
+        part["row_group"] = pa.array(np.full(n, g, np.int32))
+        part["row"] = pa.array(np.arange(n, dtype=np.int32))
+        parts.append(conform(pa.table(part), IMAGE_INDEX))
+    return pa.concat_tables(parts) if parts else IMAGE_INDEX.empty_table()
+
+
+def _write_index_file(fs: pafs.FileSystem, path: str, table: pa.Table, sha256: str) -> None:
+    meta = dict(with_hf_metadata(IMAGE_INDEX).metadata)
+    meta[b"acedata.shard_sha256"] = sha256.encode()
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(meta), buf, compression="zstd")
+    shards.write_bytes_atomic(fs, path, buf.getvalue())
+
+
+def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]]) -> int:
+    """Write the index file of each listed shard ({file, sha256}) that has none; returns how many."""
+    fs, d = shards.resolve(table_dir)
+    idx_dir = posixpath.join(d, INDEX_DIR)
+    have = _index_files(fs, idx_dir)
+    made = 0
+    for s in shard_infos:
+        name = index_name(s["file"], s["sha256"])
+        if name in have:  # content-addressed by the shard's digest: never rewritten
+            continue
+        with fs.open_input_file(posixpath.join(d, s["file"])) as f:
+            t = build_shard_index(pq.ParquetFile(f), s["file"])
+        fs.create_dir(idx_dir, recursive=True)
+        _write_index_file(fs, posixpath.join(idx_dir, name), t, s["sha256"])
+        made += 1
+    return made
+
+
+def ensure_index(table_dir: str) -> dict[str, int]:
+    """Index every shard the manifest lists; drop index files of shards no longer listed."""
+    manifest = shards.read_manifest(table_dir)
+    if manifest is None:
+        return {"written": 0, "removed": 0}
+    written = write_index(table_dir, manifest["shards"])
+    fs, d = shards.resolve(table_dir)
+    idx_dir = posixpath.join(d, INDEX_DIR)
+    keep = {index_name(s["file"], s["sha256"]) for s in manifest["shards"]}
+    removed = 0
+    for name in _index_files(fs, idx_dir) - keep:  # a superseded shard's index (dedupe, retried unit)
+        fs.delete_file(posixpath.join(idx_dir, name))
+        removed += 1
+    return {"written": written, "removed": removed}
+
+
+def _index_files(fs: pafs.FileSystem, idx_dir: str) -> set[str]:
+    if not shards.exists(fs, idx_dir):
+        return set()
+    return {posixpath.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(idx_dir))
+            if i.path.endswith(".parquet") and not posixpath.basename(i.path).startswith(".")}
+
+
+def _table_index(table: str) -> list[tuple[str, pa.Table, bool]]:
+    """(shard URI, its index rows, read from an index file?) for every shard of a table."""
+    uris = shards.list_shards(table)
+    manifest = shards.read_manifest(table)  # None for a single file or a folder without one
+    out = []
+    if manifest is not None:
+        fs, d = shards.resolve(table)
+        idx_dir = posixpath.join(d, INDEX_DIR)
+        have = _index_files(fs, idx_dir)
+        for s, uri in zip(manifest["shards"], uris):
+            name = index_name(s["file"], s["sha256"])
+            if name in have:
+                t = pq.read_table(fs.open_input_file(posixpath.join(idx_dir, name)))
+                if t.num_rows == s["rows"]:
+                    out.append((uri, t, True))
+                    continue
+            out.append((uri, build_shard_index(shards.open_parquet(uri), s["file"]), False))
+        return out
+    for uri in uris:  # no manifest (older or foreign tables): index from the image_id column
+        out.append((uri, build_shard_index(shards.open_parquet(uri), posixpath.basename(uri)), False))
+    return out
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+class ImageReader:
+    """Rows of images tables by image_id; the first table (then shard, then row) holding an id wins."""
+
+    def __init__(self, tables: Sequence[str], cache_groups: int = 8, cache_bytes: int = 256 << 20) -> None:
+        self.tables = list(tables)
+        self._uris: list[str] = []
+        parts: list[pa.Table] = []
+        self.indexed_shards = self.scanned_shards = 0
+        for t in self.tables:
+            for uri, idx, from_file in _table_index(t):
+                idx = idx.append_column("shard_idx", pa.array(np.full(idx.num_rows, len(self._uris), np.int32)))
+                self._uris.append(uri)
+                parts.append(idx.replace_schema_metadata(None))
+                self.indexed_shards += from_file
+                self.scanned_shards += not from_file
+        index = pa.concat_tables(parts) if parts else IMAGE_INDEX.append(pa.field("shard_idx", pa.int32())).empty_table()
+        self._pos: dict[str, int] = {}
+        for i, image_id in enumerate(index.column("image_id").to_pylist()):
+            self._pos.setdefault(image_id, i)
+        self._shard = index.column("shard_idx").to_numpy()
+        self._group = index.column("row_group").to_numpy()
+        self._row = index.column("row").to_numpy()
+        self._meta_cols = index.select(["width", "height", "kind"])
+        self._footers: dict[int, pq.FileMetaData] = {}
+        self._cache: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._cache_bytes = 0
+        self._max_groups, self._max_bytes = cache_groups, cache_bytes
+        self._lock = threading.Lock()
+        self.row_groups_read = 0
+
+    @classmethod
+    def for_run(cls, run_dir: str, **kw: Any) -> ImageReader:
+        from acedata.review.catalog import run_tables
+
+        return cls(run_tables(run_dir, "images"), **kw)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._pos
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def ids(self) -> Iterable[str]:
+        return self._pos.keys()
+
+    def info(self, image_id: str) -> dict[str, Any]:
+        """width, height, kind from the index alone."""
+        p = self._pos.get(image_id)
+        if p is None:
+            raise UnknownImages([image_id], self._where())
+        return {c: self._meta_cols.column(c)[p].as_py() for c in ("width", "height", "kind")}
+
+    def sizes(self) -> dict[str, list]:
+        """image_id -> [width, height] for every image, from the index alone."""
+        w = self._meta_cols.column("width").to_pylist()
+        h = self._meta_cols.column("height").to_pylist()
+        return {i: [w[p], h[p]] for i, p in self._pos.items()}
+
+    def kind(self, image_id: str) -> str | None:
+        p = self._pos.get(image_id)
+        return None if p is None else self._meta_cols.column("kind")[p].as_py()
+
+    def rows(self, image_ids: Iterable[str], columns: Sequence[str] = ("image_id", "image"),
+             missing: str = "raise") -> dict[str, dict[str, Any]]:
+        """{image_id: row} with `columns` (absent columns as None); unknown ids raise, or are skipped."""
+        wanted = list(dict.fromkeys(image_ids))
+        absent = [i for i in wanted if i not in self._pos]
+        if absent and missing == "raise":
+            raise UnknownImages(absent, self._where())
+        groups: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
+        for i in wanted:
+            p = self._pos.get(i)
+            if p is not None:
+                groups[(int(self._shard[p]), int(self._group[p]))].append((int(self._row[p]), i))
+        cols = list(dict.fromkeys(["image_id", *columns]))
+        out: dict[str, dict[str, Any]] = {}
+        for (k, g), items in sorted(groups.items()):
+            t = self._group_table(k, g, cols)
+            got = t.take(pa.array([r for r, _ in items], pa.int32())).to_pylist()
+            for (_, image_id), row in zip(items, got):
+                if row["image_id"] != image_id:
+                    raise RuntimeError(f"{self._uris[k]}: row group {g} changed since its index was read "
+                                       f"(expected {image_id}); reopen the reader")
+                out[image_id] = {c: row.get(c) for c in columns}
+        return out
+
+    def image_bytes(self, image_ids: Iterable[str], missing: str = "raise") -> dict[str, bytes]:
+        rows = self.rows(image_ids, ("image_id", "image"), missing)
+        return {i: r["image"]["bytes"] for i, r in rows.items()}
+
+    def _where(self) -> str:
+        return ", ".join(self.tables[:3]) + (" ..." if len(self.tables) > 3 else "") if self.tables else "(no tables)"
+
+    def _group_table(self, k: int, g: int, cols: list[str]) -> pa.Table:
+        key = (k, g, tuple(cols))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+            footer = self._footers.get(k)
+        fs, path = shards.resolve(self._uris[k])
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f, metadata=footer)
+            present = [c for c in cols if c in pf.schema_arrow.names]
+            t = pf.read_row_group(g, columns=present)
+            footer = pf.metadata
+        with self._lock:
+            self.row_groups_read += 1
+            self._footers[k] = footer
+            self._cache[key] = t
+            self._cache_bytes += t.nbytes
+            while self._cache and (len(self._cache) > self._max_groups or self._cache_bytes > self._max_bytes):
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.nbytes
+        return t
+
+
+# One reader per process and set of tables: task workers build a fresh stage per unit, and the
+# index must not be reloaded each time. Keyed by each manifest's size and mtime, so a table
+# rewritten in place (a rerun into the same folder) is reopened.
+_SHARED: OrderedDict[tuple, ImageReader] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+
+
+def _table_key(table: str) -> tuple:
+    fs, d = shards.resolve(table)
+    info = fs.get_file_info(posixpath.join(d, shards.MANIFEST))
+    if info.type == pafs.FileType.NotFound:
+        info = fs.get_file_info(d)
+    return (table, info.size, info.mtime_ns)
+
+
+def shared_reader(tables: Sequence[str]) -> ImageReader:
+    key = tuple(_table_key(t) for t in tables)
+    with _SHARED_LOCK:
+        hit = _SHARED.get(key)
+        if hit is not None:
+            _SHARED.move_to_end(key)
+            return hit
+    reader = ImageReader(tables)
+    with _SHARED_LOCK:
+        _SHARED[key] = reader
+        while len(_SHARED) > 4:
+            _SHARED.popitem(last=False)
+    return reader
