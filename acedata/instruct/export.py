@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from acedata import shards
 from acedata.errors import UserError
-from acedata.instruct.captioner import CAPTIONER_PROMPT
 from acedata.image_index import ImageReader
+from acedata.instruct.captioner import CAPTIONER_PROMPT
 
 CURATED_METHODS = ("template", "llm_rewrite", "mllm_llm", "captioner")
 
