@@ -17,15 +17,18 @@ reader opens, from their `image_id` column. Workers share one reader per process
 
 from __future__ import annotations
 
+import hashlib
 import io
 import posixpath
 import threading
+import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -34,6 +37,7 @@ from acedata.errors import UserError
 from acedata.schemas import IMAGE, IMAGE_INDEX, conform, with_hf_metadata
 
 INDEX_DIR = "_index"
+TABLE_PREFIX = "_table-"  # the merged index of a whole table: `_index/_table-<digest>.parquet`
 _META_COLUMNS = ("image_id", "width", "height", "kind")
 
 
@@ -106,8 +110,15 @@ def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]]) -> int:
     return made
 
 
+def table_index_name(shard_infos: Iterable[dict[str, Any]]) -> str:
+    """The name of a table's merged index: a digest of its shard list, so any change renames it."""
+    h = hashlib.sha256("\n".join(f"{s['file']}:{s['sha256']}" for s in shard_infos).encode())
+    return f"{TABLE_PREFIX}{h.hexdigest()[:16]}.parquet"
+
+
 def ensure_index(table_dir: str) -> dict[str, int]:
-    """Index every shard the manifest lists; drop index files of shards no longer listed."""
+    """Index every shard the manifest lists, merge them into the table's index file (one file to
+    open), and drop index files of shards no longer listed. Runs on the driver after a stage."""
     manifest = shards.read_manifest(table_dir)
     if manifest is None:
         return {"written": 0, "removed": 0}
@@ -115,11 +126,26 @@ def ensure_index(table_dir: str) -> dict[str, int]:
     fs, d = shards.resolve(table_dir)
     idx_dir = posixpath.join(d, INDEX_DIR)
     keep = {index_name(s["file"], s["sha256"]) for s in manifest["shards"]}
+    merged = table_index_name(manifest["shards"])
+    if manifest["shards"] and merged not in _index_files(fs, idx_dir):
+        _merge(fs, idx_dir, [index_name(s["file"], s["sha256"]) for s in manifest["shards"]], merged)
+        written += 1
+    keep.add(merged)
     removed = 0
     for name in _index_files(fs, idx_dir) - keep:  # a superseded shard's index (dedupe, retried unit)
         fs.delete_file(posixpath.join(idx_dir, name))
         removed += 1
     return {"written": written, "removed": removed}
+
+
+def _merge(fs: pafs.FileSystem, idx_dir: str, names: list[str], merged: str) -> None:
+    """Concatenate per-shard index files in manifest order, one at a time (bounded memory)."""
+    tmp = posixpath.join(idx_dir, f".tmp-{uuid.uuid4().hex}.parquet")
+    schema = with_hf_metadata(IMAGE_INDEX)
+    with fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as w:
+        for name in names:
+            w.write_table(pq.read_table(fs.open_input_file(posixpath.join(idx_dir, name))).cast(schema))
+    fs.move(tmp, posixpath.join(idx_dir, merged))
 
 
 def _index_files(fs: pafs.FileSystem, idx_dir: str) -> set[str]:
@@ -129,27 +155,39 @@ def _index_files(fs: pafs.FileSystem, idx_dir: str) -> set[str]:
             if i.path.endswith(".parquet") and not posixpath.basename(i.path).startswith(".")}
 
 
-def _table_index(table: str) -> list[tuple[str, pa.Table, bool]]:
-    """(shard URI, its index rows, read from an index file?) for every shard of a table."""
+def _table_index(table: str) -> tuple[list[str], pa.Table, int]:
+    """(shard URIs, index rows with `shard_idx` into them, shards indexed from their image_id column)."""
     uris = shards.list_shards(table)
     manifest = shards.read_manifest(table)  # None for a single file or a folder without one
-    out = []
+    parts: list[pa.Table] = []
+    scanned = 0
     if manifest is not None:
         fs, d = shards.resolve(table)
         idx_dir = posixpath.join(d, INDEX_DIR)
         have = _index_files(fs, idx_dir)
-        for s, uri in zip(manifest["shards"], uris):
+        merged = table_index_name(manifest["shards"])
+        if merged in have:  # the usual case: one file for the whole table
+            t = pq.read_table(fs.open_input_file(posixpath.join(idx_dir, merged)))
+            if t.num_rows == manifest["rows"]:
+                files = pa.array([s["file"] for s in manifest["shards"]], pa.string())
+                k = pc.index_in(t.column("shard"), value_set=files).cast(pa.int32())
+                return uris, t.append_column("shard_idx", k).replace_schema_metadata(None), 0
+        for k, (s, uri) in enumerate(zip(manifest["shards"], uris)):
             name = index_name(s["file"], s["sha256"])
-            if name in have:
-                t = pq.read_table(fs.open_input_file(posixpath.join(idx_dir, name)))
-                if t.num_rows == s["rows"]:
-                    out.append((uri, t, True))
-                    continue
-            out.append((uri, build_shard_index(shards.open_parquet(uri), s["file"]), False))
-        return out
-    for uri in uris:  # no manifest (older or foreign tables): index from the image_id column
-        out.append((uri, build_shard_index(shards.open_parquet(uri), posixpath.basename(uri)), False))
-    return out
+            t = pq.read_table(fs.open_input_file(posixpath.join(idx_dir, name))) if name in have else None
+            if t is None or t.num_rows != s["rows"]:
+                t, scanned = build_shard_index(shards.open_parquet(uri), s["file"]), scanned + 1
+            parts.append(_with_shard(t, k))
+    else:
+        for k, uri in enumerate(uris):  # no manifest (older or foreign tables): index from the image_id column
+            parts.append(_with_shard(build_shard_index(shards.open_parquet(uri), posixpath.basename(uri)), k))
+            scanned += 1
+    schema = IMAGE_INDEX.append(pa.field("shard_idx", pa.int32()))
+    return uris, pa.concat_tables(parts) if parts else schema.empty_table(), scanned
+
+
+def _with_shard(t: pa.Table, k: int) -> pa.Table:
+    return t.append_column("shard_idx", pa.array(np.full(t.num_rows, k, np.int32))).replace_schema_metadata(None)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -158,18 +196,17 @@ def _table_index(table: str) -> list[tuple[str, pa.Table, bool]]:
 class ImageReader:
     """Rows of images tables by image_id; the first table (then shard, then row) holding an id wins."""
 
-    def __init__(self, tables: Sequence[str], cache_groups: int = 8, cache_bytes: int = 256 << 20) -> None:
+    def __init__(self, tables: Sequence[str], cache_groups: int = 64, cache_bytes: int = 256 << 20) -> None:
         self.tables = list(tables)
         self._uris: list[str] = []
         parts: list[pa.Table] = []
-        self.indexed_shards = self.scanned_shards = 0
+        self.scanned_shards = 0  # shards indexed from their image_id column (no usable index file)
         for t in self.tables:
-            for uri, idx, from_file in _table_index(t):
-                idx = idx.append_column("shard_idx", pa.array(np.full(idx.num_rows, len(self._uris), np.int32)))
-                self._uris.append(uri)
-                parts.append(idx.replace_schema_metadata(None))
-                self.indexed_shards += from_file
-                self.scanned_shards += not from_file
+            uris, idx, scanned = _table_index(t)
+            shift = pc.add(idx.column("shard_idx"), pa.scalar(len(self._uris), pa.int32()))
+            parts.append(idx.set_column(idx.schema.get_field_index("shard_idx"), "shard_idx", shift))
+            self._uris.extend(uris)
+            self.scanned_shards += scanned
         index = pa.concat_tables(parts) if parts else IMAGE_INDEX.append(pa.field("shard_idx", pa.int32())).empty_table()
         self._pos: dict[str, int] = {}
         for i, image_id in enumerate(index.column("image_id").to_pylist()):

@@ -12,7 +12,14 @@ import pytest
 
 from acedata import image_index, shards
 from acedata.errors import UserError
-from acedata.image_index import INDEX_DIR, ImageReader, UnknownImages, index_name, shared_reader
+from acedata.image_index import (
+    INDEX_DIR,
+    ImageReader,
+    UnknownImages,
+    index_name,
+    shared_reader,
+    table_index_name,
+)
 from acedata.pipeline import run_stages
 from acedata.schemas import IMAGES
 from acedata.stages.ingest import IngestConfig
@@ -26,7 +33,7 @@ def _images(n: int, start: int = 0) -> pa.Table:
     return pa.Table.from_pylist(rows, IMAGES)
 
 
-def _table(path: str, n: int = 600, units: int = 3) -> dict[str, bytes]:
+def _table(path: str, n: int = 600, units: int = 3, merged: bool = True) -> dict[str, bytes]:
     """An images table of `units` units, several shards each, several small row groups per shard."""
     per = n // units
     for u in range(units):
@@ -34,6 +41,8 @@ def _table(path: str, n: int = 600, units: int = 3) -> dict[str, bytes]:
         w.write(_images(per, u * per))
         image_index.write_index(path, [s.__dict__ for s in w.commit()])
     shards.finalize_manifest(path, IMAGES, table="images")
+    if merged:
+        assert image_index.ensure_index(path) == {"written": 1, "removed": 0}  # only the merged file is new
     full = shards.read_table(path, columns=["image_id", "image"]).to_pylist()
     return {r["image_id"]: r["image"]["bytes"] for r in full}
 
@@ -67,9 +76,13 @@ class _Reads:
 def _check_index_consistent(table: str) -> None:
     """Every id once, each pointing at the row that holds it; one index file per listed shard."""
     manifest = shards.read_manifest(table)
-    fs, d = shards.resolve(table)
+    _, d = shards.resolve(table)
     files = sorted(os.listdir(os.path.join(d, INDEX_DIR)))
-    assert files == sorted(index_name(s["file"], s["sha256"]) for s in manifest["shards"])
+    merged = table_index_name(manifest["shards"])
+    assert files == sorted([merged, *(index_name(s["file"], s["sha256"]) for s in manifest["shards"])])
+    per_shard = [pq.read_table(os.path.join(d, INDEX_DIR, index_name(s["file"], s["sha256"])))
+                 for s in manifest["shards"]]
+    assert pq.read_table(os.path.join(d, INDEX_DIR, merged)).to_pylist() == pa.concat_tables(per_shard).to_pylist()
     seen: set[str] = set()
     for s in manifest["shards"]:
         idx = pq.read_table(os.path.join(d, INDEX_DIR, index_name(s["file"], s["sha256"]))).to_pylist()
@@ -101,8 +114,7 @@ def test_index_written_by_ingest_and_synthesize(demo_corpus, tmp_path):
     for t in tables:
         _check_index_consistent(t)
     reader = ImageReader(tables)
-    assert reader.scanned_shards == 0 and reader.indexed_shards == sum(
-        len(shards.read_manifest(t)["shards"]) for t in tables)
+    assert reader.scanned_shards == 0
     ids = shards.read_table(tables[1], columns=["image_id"]).column(0).to_pylist()
     want = {r["image_id"]: r["image"]["bytes"] for r in shards.read_table(tables[1], ["image_id", "image"]).to_pylist()}
     assert reader.image_bytes(ids) == want
@@ -113,25 +125,28 @@ def test_index_is_deterministic_and_write_once(tmp_path):
     rows = _images(200)
     for t in (a, b):
         shards.write_table(t, rows, IMAGES, unit="u", row_group_bytes=2000, table="images")
-        assert image_index.ensure_index(t) == {"written": 1, "removed": 0}
-    name = os.listdir(os.path.join(a, INDEX_DIR))
-    assert name == os.listdir(os.path.join(b, INDEX_DIR))
-    with open(os.path.join(a, INDEX_DIR, name[0]), "rb") as f, open(os.path.join(b, INDEX_DIR, name[0]), "rb") as g:
-        assert f.read() == g.read()
-    before = os.stat(os.path.join(a, INDEX_DIR, name[0])).st_mtime_ns
+        assert image_index.ensure_index(t) == {"written": 2, "removed": 0}  # the shard's and the merged one
+    names = sorted(os.listdir(os.path.join(a, INDEX_DIR)))
+    assert names == sorted(os.listdir(os.path.join(b, INDEX_DIR))) and len(names) == 2
+    for name in names:
+        with open(os.path.join(a, INDEX_DIR, name), "rb") as f, open(os.path.join(b, INDEX_DIR, name), "rb") as g:
+            assert f.read() == g.read()
+    before = [os.stat(os.path.join(a, INDEX_DIR, n)).st_mtime_ns for n in names]
     assert image_index.ensure_index(a) == {"written": 0, "removed": 0}  # never rewritten
-    assert os.stat(os.path.join(a, INDEX_DIR, name[0])).st_mtime_ns == before
+    assert [os.stat(os.path.join(a, INDEX_DIR, n)).st_mtime_ns for n in names] == before
 
 
 def test_reader_matches_full_read_for_random_subsets(tmp_path):
-    t = str(tmp_path / "images")
-    full = _table(t)
-    reader = ImageReader([t], cache_groups=3)
-    assert len(reader) == len(full) and reader.scanned_shards == 0
+    t, u = str(tmp_path / "images"), str(tmp_path / "per_shard")
     rng = random.Random(0)
-    for k in (1, 7, 50, 300, len(full)):
-        ids = rng.sample(sorted(full), k)
-        assert reader.image_bytes(ids) == {i: full[i] for i in ids}
+    # the same layout, indexed by the merged file and by per-shard files only
+    for path, merged in ((t, True), (u, False)):
+        full = _table(path, merged=merged)
+        reader = ImageReader([path], cache_groups=3)
+        assert len(reader) == len(full) and reader.scanned_shards == 0
+        for k in (1, 7, 50, 300, len(full)):
+            ids = rng.sample(sorted(full), k)
+            assert reader.image_bytes(ids) == {i: full[i] for i in ids}
     r = reader.rows([ids[0]], ["image_id", "kind", "caption"])[ids[0]]
     assert set(r) == {"image_id", "kind", "caption"} and r["caption"] is None
 
@@ -166,7 +181,7 @@ def test_tables_without_index_still_work_without_reading_bytes(tmp_path, monkeyp
     reads = _Reads(monkeypatch)
     reader = ImageReader([t, single])
     assert reads.groups == 0 and reads.whole == 0  # the fallback index reads metadata columns only
-    assert reader.indexed_shards == 0 and reader.scanned_shards == len(shards.list_shards(t)) + 1
+    assert reader.scanned_shards == len(shards.list_shards(t)) + 1
     ids = random.Random(1).sample(sorted(full), 40) + [f"{10_005:064x}"]
     got = reader.image_bytes(ids)
     assert all(got[i] == full[i] for i in ids[:-1]) and len(got) == 41
@@ -177,7 +192,7 @@ def test_rewritten_shard_gets_a_new_index_and_stale_one_is_ignored(tmp_path):
     from acedata.dedupe import drop_later_copies
 
     t = str(tmp_path / "images")
-    full = _table(t, n=300, units=2)
+    full = _table(t, n=300, units=2, merged=False)
     # a later unit repeating an earlier image: drop_later_copies rewrites that unit's shard
     w = shards.ShardWriter(t, IMAGES, unit="u9")
     w.write(pa.concat_tables([_images(1, 0), _images(2, 5000)]))
@@ -188,7 +203,7 @@ def test_rewritten_shard_gets_a_new_index_and_stale_one_is_ignored(tmp_path):
     reader = ImageReader([t])
     assert reader.scanned_shards == 1  # the rewritten shard's index is not trusted
     assert reader.image_bytes([f"{5001:064x}", f"{0:064x}"])[f"{0:064x}"] == full[f"{0:064x}"]
-    assert image_index.ensure_index(t) == {"written": 1, "removed": 1}
+    assert image_index.ensure_index(t) == {"written": 2, "removed": 1}  # new shard index + merged; old one gone
     _check_index_consistent(t)
 
 
