@@ -94,30 +94,38 @@ def make_table(path: str, n: int, side: int, layout: str, seed: int = 0) -> tupl
         w.write(part)
         image_index.write_index(path, [s.__dict__ for s in w.commit()])
     shards.finalize_manifest(path, IMAGES, table="images")
+    image_index.ensure_index(path)  # what the runtime does after a stage: the merged index file
     return ids, mean
 
 
-def _time(fn, repeat: int = 3):
-    best, out = float("inf"), None
+def _pair(old_fn, new_fn, repeat: int = 3) -> tuple[float, float, object, object]:
+    """Best-of-`repeat` seconds of both, interleaved (the machine is shared: load drifts)."""
+    t_old = t_new = float("inf")
+    out_old = out_new = None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        out_old = old_fn()
+        t1 = time.perf_counter()
+        out_new = new_fn()
+        t2 = time.perf_counter()
+        t_old, t_new = min(t_old, t1 - t0), min(t_new, t2 - t1)
+    return t_old, t_new, out_old, out_new
 
 
-def run_layout(root: str, layout: str, n: int, side: int, k: int, calls: int) -> dict[str, float]:
+def run_layout(root: str, layout: str, n: int, side: int, k: int, calls: int, repeat: int) -> dict[str, float]:
     path = os.path.join(root, layout)
     ids, mean = make_table(path, n, side, layout)
     manifest = shards.read_manifest(path)
     groups = sum(shards.open_parquet(s).metadata.num_row_groups for s in shards.list_shards(path))
+    # The reader's LRU (256 MB) scaled like the shards, as if every image were a 150 KB photo.
+    lru = int((256 << 20) * mean / 150_000)
     wanted = random.Random(1).sample(ids, k)
-    t_old_open, old = _time(lambda: OldStore([path]))
-    t_new_open, new = _time(lambda: ImageReader([path]))
+    t_old_open, t_new_open, old, new = _pair(lambda: OldStore([path]), lambda: ImageReader([path], cache_bytes=lru),
+                                             repeat)
     assert new.scanned_shards == 0
-    t_old_one, got_old = _time(lambda: old.image_bytes(wanted))
-    cold = iter([ImageReader([path]) for _ in range(3)])  # a cold LRU per repeat: no flattering re-reads
-    t_new_one, got_new = _time(lambda: next(cold).image_bytes(wanted))
+    cold = [ImageReader([path], cache_bytes=lru) for _ in range(2 * repeat)]  # a cold LRU per timed call
+    t_old_one, t_new_one, got_old, got_new = _pair(lambda: old.image_bytes(wanted),
+                                                   lambda: cold.pop().image_bytes(wanted), repeat)
     assert got_old == got_new and len(got_new) == k
     step = max(1, k // calls)
     chunks = [wanted[i : i + step] for i in range(0, k, step)]
@@ -125,15 +133,21 @@ def run_layout(root: str, layout: str, n: int, side: int, k: int, calls: int) ->
     def many(store) -> int:
         return sum(len(store.image_bytes(c)) for c in chunks)
 
-    t_old_many, _ = _time(lambda: many(old), repeat=1)
-    fresh = ImageReader([path])  # a cold LRU, so repeats of the timing do not flatter the reader
-    t_new_many, _ = _time(lambda: many(fresh), repeat=1)
+    readers = []
+
+    def many_new() -> int:
+        readers.append(cold.pop())
+        return many(readers[-1])
+
+    t_old_many, t_new_many, _, _ = _pair(lambda: many(old), many_new, repeat)
     print(f"\n[{layout}] {n} images, mean {mean / 1000:.1f} KB, {len(manifest['shards'])} shards, {groups} row groups; "
-          f"{k} random ids")
-    print(f"  open               old {t_old_open:8.3f} s   new {t_new_open:8.3f} s   ratio old/new {t_old_open / t_new_open:6.2f}")
-    print(f"  1 call x {k:<5}    old {t_old_one:8.3f} s   new {t_new_one:8.3f} s   ratio old/new {t_old_one / t_new_one:6.2f}")
-    print(f"  {len(chunks)} calls x {step:<4}  old {t_old_many:8.3f} s   new {t_new_many:8.3f} s   "
-          f"ratio old/new {t_old_many / t_new_many:6.2f}   (row groups read: {fresh.row_groups_read} of {groups})")
+          f"{k} random ids; reader LRU {lru / 1e6:.1f} MB")
+    rows = [("open", t_old_open, t_new_open, ""),
+            (f"1 call x {k}", t_old_one, t_new_one, ""),
+            (f"{len(chunks)} calls x {step}", t_old_many, t_new_many,
+             f"   (row groups read: {readers[-1].row_groups_read}; table has {groups})")]
+    for name, a, b, note in rows:
+        print(f"  {name:<16} old {a:8.3f} s   new {b:8.3f} s   ratio old/new {a / b:6.2f}{note}")
     return {"open": t_old_open / t_new_open, "one": t_old_one / t_new_one, "many": t_old_many / t_new_many}
 
 
@@ -143,6 +157,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=64, help="image side in pixels (noise JPEG)")
     ap.add_argument("--ids", type=int, default=1000, help="random ids fetched")
     ap.add_argument("--calls", type=int, default=50, help="calls the ids are split into for the many-calls case")
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many interleaved runs")
     ap.add_argument("--layout", choices=["both", "ingest", "compacted"], default="both")
     ap.add_argument("--keep", help="write the tables here and keep them")
     a = ap.parse_args()
@@ -150,7 +165,7 @@ def main() -> None:
     try:
         layouts = ["ingest", "compacted"] if a.layout == "both" else [a.layout]
         for layout in layouts:
-            run_layout(root, layout, a.images, a.side, a.ids, a.calls)
+            run_layout(root, layout, a.images, a.side, a.ids, a.calls, a.repeat)
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
