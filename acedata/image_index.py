@@ -1,13 +1,15 @@
 """One image index and one reader: image bytes by `image_id`, reading only the row groups that hold them.
 
 Index: each shard of an images table gets a small Parquet file
-`<table>/_index/<shard stem>.<sha256[:16]>.parquet` (schema `image_index`): image_id -> row group
+`<table>/.index/<shard stem>.<sha256[:16]>.parquet` (schema `image_index`): image_id -> row group
 and row within the group, plus width/height/kind. It is built from the shard's footer and its
 metadata columns only (never the image bytes), so its content depends only on the shard's content.
 Its name carries the shard's digest: it is written once and never rewritten. A shard that is
 rewritten later (duplicate removal) gets a new index file, and the reader, which matches the
 digest against the table's manifest, never trusts a stale one. Units write their shards' indexes
-as they commit; the runtime fills any gap after a stage's `finish` (`ensure_index`).
+as they commit; after a stage's `finish` the runtime fills any gap and merges them into one file
+per table, `.index/_table-<digest of the shard list>.parquet` (`ensure_index`), so a reader opens
+one file, not one per shard. The folder is hidden, so `datasets`/pyarrow never read it as rows.
 
 Reader: opens the index of every table once; `rows(ids, columns)` groups the wanted ids by
 (shard, row group), reads each group once with only the asked columns, and keeps a small LRU of
@@ -36,8 +38,8 @@ from acedata import shards
 from acedata.errors import UserError
 from acedata.schemas import IMAGE, IMAGE_INDEX, conform, with_hf_metadata
 
-INDEX_DIR = "_index"
-TABLE_PREFIX = "_table-"  # the merged index of a whole table: `_index/_table-<digest>.parquet`
+INDEX_DIR = ".index"  # hidden: `datasets`, pyarrow and list_shards skip it when reading the table
+TABLE_PREFIX = "_table-"  # the merged index of a whole table: `.index/_table-<digest>.parquet`
 _META_COLUMNS = ("image_id", "width", "height", "kind")
 
 

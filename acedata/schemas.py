@@ -168,7 +168,7 @@ REVIEWS = pa.schema(
 )
 
 # Where each image of an images table lives, so a reader fetches a few rows without scanning:
-# one small file per shard under `<images table>/_index/` (see acedata/image_index.py).
+# one small file per shard under `<images table>/.index/` (see acedata/image_index.py).
 IMAGE_INDEX = pa.schema(
     [
         _f("image_id", pa.string(), False),
