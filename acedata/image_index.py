@@ -299,7 +299,7 @@ class ImageReader:
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f, metadata=footer)
             present = [c for c in cols if c in pf.schema_arrow.names]
-            t = pf.read_row_group(g, columns=present)
+            t = pf.read_row_group(g, columns=present, use_threads=False)  # small groups: threads cost more
             footer = pf.metadata
         with self._lock:
             self.row_groups_read += 1

@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=64, help="image side in pixels (noise JPEG)")
     ap.add_argument("--ids", type=int, default=1000, help="random ids fetched")
     ap.add_argument("--calls", type=int, default=50, help="calls the ids are split into for the many-calls case")
-    ap.add_argument("--repeat", type=int, default=3, help="best of this many interleaved runs")
+    ap.add_argument("--repeat", type=int, default=5, help="best of this many interleaved runs")
     ap.add_argument("--layout", choices=["both", "ingest", "compacted"], default="both")
     ap.add_argument("--keep", help="write the tables here and keep them")
     a = ap.parse_args()
