@@ -263,21 +263,23 @@ class ImageReader:
         absent = [i for i in wanted if i not in self._pos]
         if absent and missing == "raise":
             raise UnknownImages(absent, self._where())
-        groups: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
+        by_shard: dict[int, dict[int, list[tuple[int, str]]]] = defaultdict(lambda: defaultdict(list))
         for i in wanted:
             p = self._pos.get(i)
             if p is not None:
-                groups[(int(self._shard[p]), int(self._group[p]))].append((int(self._row[p]), i))
+                by_shard[int(self._shard[p])][int(self._group[p])].append((int(self._row[p]), i))
         cols = list(dict.fromkeys(["image_id", *columns]))
         out: dict[str, dict[str, Any]] = {}
-        for (k, g), items in sorted(groups.items()):
-            t = self._group_table(k, g, cols)
-            got = t.take(pa.array([r for r, _ in items], pa.int32())).to_pylist()
-            for (_, image_id), row in zip(items, got):
-                if row["image_id"] != image_id:
-                    raise RuntimeError(f"{self._uris[k]}: row group {g} changed since its index was read "
-                                       f"(expected {image_id}); reopen the reader")
-                out[image_id] = {c: row.get(c) for c in columns}
+        for k in sorted(by_shard):
+            groups = by_shard[k]
+            tables = self._shard_groups(k, sorted(groups), cols)
+            for g, items in sorted(groups.items()):
+                got = tables[g].take(pa.array([r for r, _ in items], pa.int32())).to_pylist()
+                for (_, image_id), row in zip(items, got):
+                    if row["image_id"] != image_id:
+                        raise RuntimeError(f"{self._uris[k]}: row group {g} changed since its index was read "
+                                           f"(expected {image_id}); reopen the reader")
+                    out[image_id] = {c: row.get(c) for c in columns}
         return out
 
     def image_bytes(self, image_ids: Iterable[str], missing: str = "raise") -> dict[str, bytes]:
@@ -287,29 +289,42 @@ class ImageReader:
     def _where(self) -> str:
         return ", ".join(self.tables[:3]) + (" ..." if len(self.tables) > 3 else "") if self.tables else "(no tables)"
 
-    def _group_table(self, k: int, g: int, cols: list[str]) -> pa.Table:
-        key = (k, g, tuple(cols))
+    def _shard_groups(self, k: int, groups: list[int], cols: list[str]) -> dict[int, pa.Table]:
+        """Row groups of shard k with `cols`: from the LRU, the rest in one read of that shard."""
+        out: dict[int, pa.Table] = {}
+        missing: list[int] = []
         with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+            for g in groups:
+                hit = self._cache.get((k, g, tuple(cols)))
+                if hit is None:
+                    missing.append(g)
+                else:
+                    self._cache.move_to_end((k, g, tuple(cols)))
+                    out[g] = hit
             footer = self._footers.get(k)
+        if not missing:
+            return out
         fs, path = shards.resolve(self._uris[k])
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f, metadata=footer)
             present = [c for c in cols if c in pf.schema_arrow.names]
-            t = pf.read_row_group(g, columns=present, use_threads=False)  # small groups: threads cost more
+            t = pf.read_row_groups(missing, columns=present, use_threads=False)  # small reads: threads cost more
             footer = pf.metadata
+        start = 0
+        for g in missing:
+            n = footer.row_group(g).num_rows
+            out[g] = t.slice(start, n)
+            start += n
         with self._lock:
-            self.row_groups_read += 1
+            self.row_groups_read += len(missing)
             self._footers[k] = footer
-            self._cache[key] = t
-            self._cache_bytes += t.nbytes
+            for g in missing:
+                self._cache[(k, g, tuple(cols))] = out[g]
+                self._cache_bytes += out[g].nbytes
             while self._cache and (len(self._cache) > self._max_groups or self._cache_bytes > self._max_bytes):
                 _, old = self._cache.popitem(last=False)
                 self._cache_bytes -= old.nbytes
-        return t
+        return out
 
 
 # One reader per process and set of tables: task workers build a fresh stage per unit, and the
