@@ -140,14 +140,28 @@ def ensure_index(table_dir: str) -> dict[str, int]:
     return {"written": written, "removed": removed}
 
 
-def _merge(fs: pafs.FileSystem, idx_dir: str, names: list[str], merged: str) -> None:
-    """Concatenate per-shard index files in manifest order, one at a time (bounded memory)."""
+def _merge(fs: pafs.FileSystem, idx_dir: str, names: list[str], merged: str, group_rows: int = 1 << 17) -> None:
+    """Concatenate per-shard index files in manifest order into row groups of `group_rows`
+    (few, large groups read fast), holding at most one group in memory."""
     tmp = posixpath.join(idx_dir, f".tmp-{uuid.uuid4().hex}.parquet")
     schema = with_hf_metadata(IMAGE_INDEX)
+    pending: list[pa.Table] = []
+    rows = 0
     with fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as w:
         for name in names:
-            w.write_table(pq.read_table(fs.open_input_file(posixpath.join(idx_dir, name))).cast(schema))
+            pending.append(_read_index(fs, posixpath.join(idx_dir, name)).cast(schema))
+            rows += pending[-1].num_rows
+            if rows >= group_rows:
+                w.write_table(pa.concat_tables(pending), row_group_size=rows)
+                pending, rows = [], 0
+        if pending:
+            w.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
     fs.move(tmp, posixpath.join(idx_dir, merged))
+
+
+def _read_index(fs: pafs.FileSystem, path: str) -> pa.Table:
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).read()
 
 
 def _index_files(fs: pafs.FileSystem, idx_dir: str) -> set[str]:
@@ -169,14 +183,14 @@ def _table_index(table: str) -> tuple[list[str], pa.Table, int]:
         have = _index_files(fs, idx_dir)
         merged = table_index_name(manifest["shards"])
         if merged in have:  # the usual case: one file for the whole table
-            t = pq.read_table(fs.open_input_file(posixpath.join(idx_dir, merged)))
+            t = _read_index(fs, posixpath.join(idx_dir, merged))
             if t.num_rows == manifest["rows"]:
                 files = pa.array([s["file"] for s in manifest["shards"]], pa.string())
                 k = pc.index_in(t.column("shard"), value_set=files).cast(pa.int32())
                 return uris, t.append_column("shard_idx", k).replace_schema_metadata(None), 0
         for k, (s, uri) in enumerate(zip(manifest["shards"], uris)):
             name = index_name(s["file"], s["sha256"])
-            t = pq.read_table(fs.open_input_file(posixpath.join(idx_dir, name))) if name in have else None
+            t = _read_index(fs, posixpath.join(idx_dir, name)) if name in have else None
             if t is None or t.num_rows != s["rows"]:
                 t, scanned = build_shard_index(shards.open_parquet(uri), s["file"]), scanned + 1
             parts.append(_with_shard(t, k))
