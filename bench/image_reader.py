@@ -144,6 +144,7 @@ def run_layout(root: str, layout: str, n: int, side: int, k: int, calls: int, re
           f"{k} random ids; reader LRU {lru / 1e6:.1f} MB")
     rows = [("open", t_old_open, t_new_open, ""),
             (f"1 call x {k}", t_old_one, t_new_one, ""),
+            ("open + 1 call", t_old_open + t_old_one, t_new_open + t_new_one, ""),
             (f"{len(chunks)} calls x {step}", t_old_many, t_new_many,
              f"   (row groups read: {readers[-1].row_groups_read}; table has {groups})")]
     for name, a, b, note in rows:
@@ -157,7 +158,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=64, help="image side in pixels (noise JPEG)")
     ap.add_argument("--ids", type=int, default=1000, help="random ids fetched")
     ap.add_argument("--calls", type=int, default=50, help="calls the ids are split into for the many-calls case")
-    ap.add_argument("--repeat", type=int, default=5, help="best of this many interleaved runs")
+    ap.add_argument("--repeat", type=int, default=7, help="best of this many interleaved runs")
     ap.add_argument("--layout", choices=["both", "ingest", "compacted"], default="both")
     ap.add_argument("--keep", help="write the tables here and keep them")
     a = ap.parse_args()
