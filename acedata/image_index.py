@@ -25,7 +25,7 @@ import posixpath
 import threading
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from acedata.schemas import IMAGE, IMAGE_INDEX, conform, with_hf_metadata
 
 INDEX_DIR = ".index"  # hidden: `datasets`, pyarrow and list_shards skip it when reading the table
 TABLE_PREFIX = "_table-"  # the merged index of a whole table: `.index/_table-<digest>.parquet`
-_META_COLUMNS = ("image_id", "width", "height", "kind")
+_META_COLUMNS = ("image_id", "width", "height", "kind", "source_uri")
 
 
 class UnknownImages(UserError, KeyError):
@@ -212,7 +212,9 @@ def _with_shard(t: pa.Table, k: int) -> pa.Table:
 class ImageReader:
     """Rows of images tables by image_id; the first table (then shard, then row) holding an id wins."""
 
-    def __init__(self, tables: Sequence[str], cache_groups: int = 64, cache_bytes: int = 256 << 20) -> None:
+    def __init__(self, tables: Sequence[str], cache_groups: int = 64, cache_bytes: int = 256 << 20,
+                 skip_uris: Collection[str] | None = None) -> None:
+        """`skip_uris`: source_uris of rows to leave out (copies that lose to a kept copy of the same image)."""
         self.tables = list(tables)
         self._uris: list[str] = []
         parts: list[pa.Table] = []
@@ -224,6 +226,9 @@ class ImageReader:
             self._uris.extend(uris)
             self.scanned_shards += scanned
         index = pa.concat_tables(parts) if parts else IMAGE_INDEX.append(pa.field("shard_idx", pa.int32())).empty_table()
+        if skip_uris and index.num_rows:
+            index = index.filter(pc.invert(pc.is_in(index.column("source_uri"),
+                                                    value_set=pa.array(sorted(skip_uris), pa.string()))))
         self._pos: dict[str, int] = {}
         for i, image_id in enumerate(index.column("image_id").to_pylist()):
             self._pos.setdefault(image_id, i)

@@ -178,6 +178,7 @@ IMAGE_INDEX = pa.schema(
         _f("width", pa.int32()),
         _f("height", pa.int32()),
         _f("kind", pa.string()),
+        _f("source_uri", pa.string()),  # lets a reader skip rows listed as duplicates of a kept copy
     ]
 )
 

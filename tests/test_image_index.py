@@ -207,6 +207,21 @@ def test_rewritten_shard_gets_a_new_index_and_stale_one_is_ignored(tmp_path):
     _check_index_consistent(t)
 
 
+def test_skipped_source_uris_resolve_ids_to_the_kept_copy(tmp_path):
+    t = str(tmp_path / "images")
+    _table(t, n=60, units=1)
+    later = _images(1, 3)  # a second row of image 3 (same id), from another input
+    later = later.set_column(later.schema.get_field_index("source_uri"), "source_uri", pa.array(["mem://copy"]))
+    w = shards.ShardWriter(t, IMAGES, unit="u9")
+    w.write(later)
+    image_index.write_index(t, [s.__dict__ for s in w.commit()])
+    shards.finalize_manifest(t, IMAGES, table="images")
+    image_id = f"{3:064x}"
+    assert ImageReader([t]).rows([image_id], ["source_uri"])[image_id]["source_uri"] == "mem://3"
+    kept = ImageReader([t], skip_uris={"mem://3"}).rows([image_id], ["source_uri", "image"])[image_id]
+    assert kept["source_uri"] == "mem://copy" and kept["image"]["bytes"] == later.column("image")[0].as_py()["bytes"]
+
+
 def test_unknown_ids_are_a_clear_error(tmp_path):
     t = str(tmp_path / "images")
     full = _table(t, n=60, units=1)
