@@ -206,6 +206,18 @@ def _with_shard(t: pa.Table, k: int) -> pa.Table:
     return t.append_column("shard_idx", pa.array(np.full(t.num_rows, k, np.int32))).replace_schema_metadata(None)
 
 
+def listed_duplicates(tables: Iterable[str]) -> set[str]:
+    """source_uris listed in the `duplicates` table next to each images table (the losing copies)."""
+    out: set[str] = set()
+    for t in tables:
+        dup = posixpath.join(posixpath.dirname(t.rstrip("/")), "duplicates")
+        if t.endswith(".parquet") or shards.read_manifest(dup) is None:
+            continue
+        for batch in shards.iter_batches(dup, columns=["source_uri"], batch_size=65536):
+            out.update(batch.column(0).to_pylist())
+    return out
+
+
 # --- reading -----------------------------------------------------------------------------
 
 
@@ -214,7 +226,10 @@ class ImageReader:
 
     def __init__(self, tables: Sequence[str], cache_groups: int = 64, cache_bytes: int = 256 << 20,
                  skip_uris: Collection[str] | None = None) -> None:
-        """`skip_uris`: source_uris of rows to leave out (copies that lose to a kept copy of the same image)."""
+        """`skip_uris`: source_uris of rows to leave out (copies that lose to a kept copy of the same
+        image); default: the rows each table's sibling `duplicates` table lists."""
+        if skip_uris is None:
+            skip_uris = listed_duplicates(tables)
         self.tables = list(tables)
         self._uris: list[str] = []
         parts: list[pa.Table] = []
@@ -347,18 +362,19 @@ class ImageReader:
 
 
 # One reader per process and set of tables: task workers build a fresh stage per unit, and the
-# index must not be reloaded each time. Keyed by each manifest's size and mtime, so a table
-# rewritten in place (a rerun into the same folder) is reopened.
+# index must not be reloaded each time. Keyed by each manifest's (and its duplicates table's) size
+# and mtime, so a table rewritten in place (a rerun into the same folder) is reopened.
 _SHARED: OrderedDict[tuple, ImageReader] = OrderedDict()
 _SHARED_LOCK = threading.Lock()
 
 
 def _table_key(table: str) -> tuple:
     fs, d = shards.resolve(table)
-    info = fs.get_file_info(posixpath.join(d, shards.MANIFEST))
+    dup = posixpath.join(posixpath.dirname(d.rstrip("/")), "duplicates", shards.MANIFEST)
+    info, dinfo = fs.get_file_info([posixpath.join(d, shards.MANIFEST), dup])
     if info.type == pafs.FileType.NotFound:
         info = fs.get_file_info(d)
-    return (table, info.size, info.mtime_ns)
+    return (table, info.size, info.mtime_ns, dinfo.size, dinfo.mtime_ns)
 
 
 def shared_reader(tables: Sequence[str]) -> ImageReader:

@@ -21,7 +21,7 @@ from acedata.image_index import (
     table_index_name,
 )
 from acedata.pipeline import run_stages
-from acedata.schemas import IMAGES
+from acedata.schemas import DUPLICATES, IMAGES
 from acedata.stages.ingest import IngestConfig
 from acedata.stages.synthesize import SynthesizeConfig
 
@@ -220,6 +220,10 @@ def test_skipped_source_uris_resolve_ids_to_the_kept_copy(tmp_path):
     assert ImageReader([t]).rows([image_id], ["source_uri"])[image_id]["source_uri"] == "mem://3"
     kept = ImageReader([t], skip_uris={"mem://3"}).rows([image_id], ["source_uri", "image"])[image_id]
     assert kept["source_uri"] == "mem://copy" and kept["image"]["bytes"] == later.column("image")[0].as_py()["bytes"]
+    # by default the rows the sibling `duplicates` table lists are skipped (ingest's losing copies)
+    dup = pa.Table.from_pylist([{"source_uri": "mem://3", "image_id": image_id}], DUPLICATES)
+    shards.write_table(str(tmp_path / "duplicates"), dup, DUPLICATES, table="duplicates")
+    assert shared_reader([t]).rows([image_id], ["source_uri"])[image_id]["source_uri"] == "mem://copy"
 
 
 def test_unknown_ids_are_a_clear_error(tmp_path):
