@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from acedata import shards
+from acedata import image_index, shards
 from acedata.schemas import conform
 from acedata.stage import RunContext, Stage, WorkUnit
 
@@ -69,7 +69,9 @@ def execute_unit(stage: Stage, unit: WorkUnit) -> dict[str, int]:
         schema = stage.output_schema(table)
         writer = shards.ShardWriter(stage.ctx.out(table), schema, unit=unit.id)
         writer.write(conform(rows, schema))
-        writer.commit()
+        written = writer.commit()
+        if image_index.is_image_table(schema):  # each shard's image index, built by the worker
+            image_index.write_index(stage.ctx.out(table), [s.__dict__ for s in written])
         counts.setdefault(table, rows.num_rows)
     fs, d = shards.resolve(stage.ctx.stage_dir)
     fs.create_dir(posixpath.join(d, DONE_DIR), recursive=True)
@@ -229,4 +231,7 @@ def run_stage(
     for table in stage.outputs:
         shards.finalize_manifest(stage.ctx.out(table), stage.output_schema(table), table=table)
     extra = stage.finish(counts) or {}
+    for table in stage.outputs:
+        if image_index.is_image_table(stage.output_schema(table)):  # shards finish rewrote, units that died early
+            image_index.ensure_index(stage.ctx.out(table))
     return {"stage": stage.kind, "units": len(units), "counts": counts, "seconds": round(time.time() - t0, 2), **extra}

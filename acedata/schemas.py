@@ -176,8 +176,24 @@ REVIEWS = pa.schema(
     ]
 )
 
+# Where each image of an images table lives, so a reader fetches a few rows without scanning:
+# one small file per shard under `<images table>/.index/` (see acedata/image_index.py).
+IMAGE_INDEX = pa.schema(
+    [
+        _f("image_id", pa.string(), False),
+        _f("shard", pa.string(), False),  # shard file name, relative to the images table folder
+        _f("row_group", pa.int32(), False),
+        _f("row", pa.int32(), False),  # row within the row group
+        _f("width", pa.int32()),
+        _f("height", pa.int32()),
+        _f("kind", pa.string()),
+        _f("source_uri", pa.string()),  # lets a reader skip rows listed as duplicates of a kept copy
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
+    "image_index": IMAGE_INDEX,
     "quarantine": QUARANTINE,
     "duplicates": DUPLICATES,
     "clusters": CLUSTERS,

@@ -124,19 +124,18 @@ def test_contact_sheet_command_draws_every_family(synth_run, tmp_path, capsys):
     assert main(["contact-sheet", str(tmp_path / "nope")]) == 2
 
 
-def test_read_locs_reads_only_wanted_rows_in_order(tmp_path):
+def test_read_ids_returns_rows_in_the_order_asked(tmp_path):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from acedata.stages.synthesize import _read_locs
+    from acedata.stages.synthesize import _read_ids
 
-    p = str(tmp_path / "x.parquet")
+    p = str(tmp_path / "x")
     t = pa.table({"image_id": [f"id{i}" for i in range(100)],
                   "image": [{"bytes": bytes([i]), "path": None} for i in range(100)]})
-    pq.write_table(t, p, row_group_size=7)
-    rows = _read_locs([[p, 93], [p, 5], [p, 50], [p, 6], [p, 7]])
+    shards.write_table(p, t, t.schema, row_group_bytes=200)
+    rows = _read_ids([p], ["id93", "id5", "id50", "id6", "id7"])
     assert [r["image_id"] for r in rows] == ["id93", "id5", "id50", "id6", "id7"]
-    assert rows[0]["image"]["bytes"] == bytes([93])
+    assert rows[0]["image"]["bytes"] == bytes([93]) and rows[0]["caption"] is None
 
 
 def test_reference_sets_from_pair_mining_else_groups_else_none(synth_run, tmp_path):

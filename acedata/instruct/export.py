@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from acedata import shards, storage
 from acedata.errors import UserError
+from acedata.image_index import ImageReader
 from acedata.instruct.captioner import CAPTIONER_PROMPT
-from acedata.lookup import ImageStore
 
 CURATED_METHODS = ("template", "llm_rewrite", "mllm_llm", "captioner")
 
@@ -141,7 +141,7 @@ def export_captioner_data(
     writer = open_writer(fmt, out_dir)
     if not writer.embeds_images:
         os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    store = ImageStore(images)
+    store = ImageReader(images)
     written: dict[str, str] = {}  # image_id -> path relative to out_dir
     from tqdm import tqdm
 
@@ -149,11 +149,11 @@ def export_captioner_data(
     for lo in range(0, len(wanted), 512):
         chunk = wanted[lo: lo + 512]
         ids_of = {id(r): _image_ids(pair_info[r["pair_id"]]) for r in chunk}
-        # One read per shard for the whole chunk (the store reads a shard per call).
+        # One read per needed row group for the whole chunk.
         ids = {i for v in ids_of.values() for i in v}
         need = sorted(i for i in ids if i in store and (writer.embeds_images or i not in written))
         data: dict[str, bytes] = {}
-        for image_id, row in store.rows(need, columns=["image_id", "image", "format"]).items():
+        for image_id, row in store.rows(need, ["image_id", "image", "format"]).items():
             ext = (row.get("format") or "PNG").lower().replace("jpeg", "jpg")
             rel = posixpath.join("images", f"{image_id}.{ext}")
             if writer.embeds_images:

@@ -2,9 +2,8 @@
 
 Loaded once when the server starts. Pairs and instructions stay as Arrow tables with a
 pair_id -> row index, so a run with millions of rows costs a few dicts, not millions of
-Python objects. Images are indexed by image_id -> (shard, row group, row) from the
-`image_id` column alone, and one image is read from its row group when asked for;
-resized copies are kept in a bounded LRU cache (image ids are content hashes, so a
+Python objects. Images come through the run's image index (`acedata.image_index`): one
+image is read from its row group when asked for; resized copies are kept in a bounded LRU cache (image ids are content hashes, so a
 cached copy never goes stale).
 """
 
@@ -16,16 +15,15 @@ import posixpath
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from acedata import shards
 from acedata.errors import UserError
+from acedata.image_index import ImageReader
 from acedata.instruct.templates import indicators_for
 
 T2I_PREFIX = "t2i:"
@@ -65,13 +63,6 @@ def _concat(tables: list[str], columns: list[str], schema_cols: list[str]) -> pa
     if not parts:
         return pa.table({c: pa.array([], pa.string()) for c in schema_cols})
     return pa.concat_tables(parts, promote_options="permissive")
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    shard: int
-    row_group: int
-    row: int
 
 
 class Catalog:
@@ -159,24 +150,12 @@ class Catalog:
     # --- images ------------------------------------------------------------------
 
     def _index_images(self, tables: list[str]) -> None:
-        self._shards: list[str] = []
-        self._meta: list[pq.FileMetaData] = []
-        self._where: dict[str, ImageRef] = {}
-        for t in tables:
-            for s in shards.list_shards(t):
-                pf = shards.open_parquet(s)
-                k = len(self._shards)
-                self._shards.append(s)
-                self._meta.append(pf.metadata)
-                for g in range(pf.metadata.num_row_groups):
-                    ids = pf.read_row_group(g, columns=["image_id"]).column("image_id").to_pylist()
-                    for r, image_id in enumerate(ids):
-                        self._where.setdefault(image_id, ImageRef(k, g, r))
+        self.reader = ImageReader(tables, cache_groups=4)  # the tables' image index, read once
         used: set[str] = set(self.pairs.column("source_id").to_pylist()) | set(self.pairs.column("target_id").to_pylist())
         used |= {m for m in self.pairs.column("mask_id").to_pylist() if m}
         used |= {x for xs in self.pairs.column("extra_input_ids").to_pylist() if xs for x in xs}
         used |= {p[len(T2I_PREFIX):] for p in self._instr_span if p.startswith(T2I_PREFIX)}
-        self.served = used & set(self._where)  # only images an item of this run shows
+        self.served = {i for i in used if i in self.reader}  # only images an item of this run shows
 
     def has_image(self, image_id: str) -> bool:
         return bool(IMAGE_ID.match(image_id)) and image_id in self.served
@@ -189,13 +168,8 @@ class Catalog:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        ref = self._where[image_id]
-        fs, path = shards.resolve(self._shards[ref.shard])
-        with fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f, metadata=self._meta[ref.shard])
-            cols = [c for c in ("image", "kind") if c in pf.schema_arrow.names]
-            row = pf.read_row_group(ref.row_group, columns=cols).slice(ref.row, 1).to_pylist()[0]
-        out = _resize(row["image"]["bytes"], size, row.get("kind") == "mask")
+        data = self.reader.image_bytes([image_id])[image_id]
+        out = _resize(data, size, self.reader.kind(image_id) == "mask")
         with self._lock:
             self._cache[key] = out
             while len(self._cache) > self._cache_max:

@@ -25,7 +25,6 @@ row groups holding its images.
 
 from __future__ import annotations
 
-import bisect
 import json
 import posixpath
 from collections import defaultdict
@@ -36,6 +35,7 @@ from pydantic import Field
 
 from acedata import shards
 from acedata.config import StageConfig
+from acedata.image_index import shared_reader
 from acedata.images import image_cell
 from acedata.lcu import (
     ChainIndex,
@@ -231,7 +231,7 @@ class Assemble(Stage):
         quarantine = pa.Table.from_pylist(plan.get("quarantine", []), QUARANTINE)
         if plan["split"] is None:
             return UnitResult({"quarantine": quarantine}, {})
-        data = fetch_images(plan["images"])
+        data = shared_reader(self.ctx.input("images")).image_bytes(plan["images"])
         rows = [build_row(s, plan, data) for s in plan["samples"]]
         counts = {
             "single_turn": sum(1 for s in plan["samples"] if "t2i" not in s and len(s["chain"]) == 1),
@@ -270,15 +270,8 @@ class Assemble(Stage):
 
 
 def _image_index(tables: list[str]) -> dict[str, list]:
-    """image_id -> [shard, row, width, height], from metadata columns only (first table wins)."""
-    index: dict[str, list] = {}
-    for t in tables:
-        for shard in shards.list_shards(t):
-            cols = shards.open_parquet(shard).read(columns=["image_id", "width", "height"]).to_pydict()
-            for row, (i, w, h) in enumerate(zip(cols["image_id"], cols["width"], cols["height"])):
-                if i not in index:
-                    index[i] = [shard, row, w, h]
-    return index
+    """image_id -> [width, height], from the tables' image index (first table wins)."""
+    return shared_reader(tables).sizes()
 
 
 _PAIR_COLUMNS = [
@@ -350,33 +343,6 @@ def _assign_splits(samples: list[dict[str, Any]], pairs: dict[str, PairMeta], fr
 # --- row building (workers) ----------------------------------------------------------------
 
 
-def fetch_images(where: dict[str, list]) -> dict[str, bytes]:
-    """Image bytes by id, reading only the row groups that hold them."""
-    by_shard: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for image_id, (shard, row, *_rest) in where.items():
-        by_shard[shard].append((row, image_id))
-    out: dict[str, bytes] = {}
-    for shard, wanted in by_shard.items():
-        pf = shards.open_parquet(shard)
-        starts, total = [], 0
-        for g in range(pf.metadata.num_row_groups):
-            starts.append(total)
-            total += pf.metadata.row_group(g).num_rows
-        groups: dict[int, list[tuple[int, str]]] = defaultdict(list)
-        for row, image_id in wanted:
-            g = bisect.bisect_right(starts, row) - 1
-            groups[g].append((row - starts[g], image_id))
-        for g, items in groups.items():
-            t = pf.read_row_group(g, columns=["image_id", "image"])
-            ids = t.column("image_id")
-            cells = t.column("image")
-            for local, image_id in items:
-                if ids[local].as_py() != image_id:
-                    raise RuntimeError(f"{shard}: row {local} of group {g} is not {image_id}; images changed")
-                out[image_id] = cells[local].as_py()["bytes"]
-    return out
-
-
 def _cu_inputs(p: dict[str, Any], data: dict[str, bytes]) -> list[dict[str, Any]]:
     first = {"image": image_cell(data[p["source_id"]]), "mask": image_cell(data[p["mask_id"]]) if p["mask_id"] else None}
     return [first, *({"image": image_cell(data[i]), "mask": None} for i in p["extra_input_ids"] or [])]
@@ -404,7 +370,7 @@ def build_row(s: dict[str, Any], plan: dict[str, Any], data: dict[str, bytes]) -
     texts = [plan["instructions"][q][str(v)] for q, v in zip(s["chain"], s["variants"])]
     current = texts[-1]
     if "t2i" in s:
-        w, h = plan["images"][s["t2i"]][2:4]
+        w, h = plan["images"][s["t2i"]][:2]
         return {
             "sample_id": s["sample_id"], "task": "text_to_image", "subtask": current["method"] or "caption",
             "instruction": current["instruction"], "inputs": [], "target": image_cell(data[s["t2i"]]),
@@ -424,7 +390,7 @@ def build_row(s: dict[str, Any], plan: dict[str, Any], data: dict[str, bytes]) -
         for p, text in zip(cus[:-1], renumbered[:-1])
     ]
     p = cus[-1]
-    w, h = plan["images"][p["target_id"]][2:4]
+    w, h = plan["images"][p["target_id"]][:2]
     return {
         "sample_id": s["sample_id"],
         "task": p["task"],

@@ -105,6 +105,9 @@ class Cluster(Stage):
     kind = "cluster"
     Config = ClusterConfig
     outputs: ClassVar[dict[str, pa.Schema]] = {"clusters": CLUSTERS}
+    # The centroids are this stage's model (k x dim floats, a GPU index with `gpu`): an actor pool
+    # loads them once per actor, where a task would reload them for every unit.
+    uses_model = True
 
     def _path(self, name: str) -> str:
         return posixpath.join(self.ctx.stage_dir, name)

@@ -27,6 +27,7 @@ from acedata import shards
 from acedata.config import StageConfig
 from acedata.dedupe import later_copies
 from acedata.errors import UserError
+from acedata.image_index import shared_reader
 from acedata.images import open_rgb
 from acedata.kept import dropped_uris, row_key
 from acedata.models import ModelSpec
@@ -117,11 +118,11 @@ class Synthesize(Stage):
                 pf = shards.open_parquet(shard)
                 cols = [c for c in ("image_id", "kind", "group", "source_uri") if c in pf.schema_arrow.names]
                 t = pf.read(columns=cols).to_pylist()
-                for row, r in enumerate(t):
+                for r in t:
                     if r.get("kind") not in (None, "image") or r["image_id"] in seen or row_key(r.get("source_uri"), r["image_id"]) in dropped:
                         continue
                     seen.add(r["image_id"])
-                    photos.append({"loc": [shard, row], "id": r["image_id"], "group": r.get("group")})
+                    photos.append({"loc": r["image_id"], "id": r["image_id"], "group": r.get("group")})
         # Photo order (which synthesizers each photo gets, unit ids) follows image ids, not shard layout.
         photos.sort(key=lambda p: p["id"])
         return photos[: self.config.max_images] if self.config.max_images else photos
@@ -230,11 +231,11 @@ class Synthesize(Stage):
         self._ensure_setup()
         out = Collector(self.kind, self.config.seed, self.synths)
         if "images" in unit.payload:
-            rows = _read_locs(unit.payload["images"])
+            rows = _read_ids(self.ctx.input("images"), unit.payload["images"])
             for k, row in enumerate(rows):
                 self._per_image(unit.payload["offset"] + k, row, out)
         for k, members in enumerate(unit.payload.get("sets", [])):
-            self._per_set(unit.payload["offset"] + k, _read_locs(members), out)
+            self._per_set(unit.payload["offset"] + k, _read_ids(self.ctx.input("images"), members), out)
         if out.failures:
             log.warning("synthesize unit %s: failing synthesizers: %s", unit.id, describe_failures(out.failures))
         out.check_failures(self.config.failures, unit.id)
@@ -325,29 +326,7 @@ class Synthesize(Stage):
         return verdict
 
 
-def _read_locs(locs: list[list]) -> list[dict[str, Any]]:
-    """Rows (id, bytes, caption, group) at [shard, row] locations, in the order given.
-
-    Reads only the row groups holding the wanted rows (a shard may hold 100k images)."""
-    import bisect
-
-    by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for k, (shard, row) in enumerate(locs):
-        by_shard[shard].append((k, row))
-    out: list[dict[str, Any] | None] = [None] * len(locs)
-    for shard, wanted in by_shard.items():
-        pf = shards.open_parquet(shard)
-        cols = [c for c in ("image_id", "image", "caption", "group") if c in pf.schema_arrow.names]
-        starts = [0]
-        for g in range(pf.metadata.num_row_groups):
-            starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
-        groups = sorted({bisect.bisect_right(starts, r) - 1 for _, r in wanted})
-        offset, base = {}, 0
-        for g in groups:
-            offset[g] = base
-            base += starts[g + 1] - starts[g]
-        t = pf.read_row_groups(groups, columns=cols)
-        idx = [offset[g] + r - starts[g] for _, r in wanted for g in [bisect.bisect_right(starts, r) - 1]]
-        for (k, _), r in zip(wanted, t.take(pa.array(idx)).to_pylist()):
-            out[k] = r
-    return [r for r in out if r is not None]
+def _read_ids(tables: list[str], ids: list[str]) -> list[dict[str, Any]]:
+    """Rows (id, bytes, caption, group) in the order given, via the tables' image index."""
+    got = shared_reader(tables).rows(ids, ("image_id", "image", "caption", "group"))
+    return [got[i] for i in ids]
