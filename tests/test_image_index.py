@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -20,7 +21,7 @@ from acedata.image_index import (
     shared_reader,
     table_index_name,
 )
-from acedata.kept import row_key
+from acedata.kept import dropped_uris, row_key
 from acedata.pipeline import run_stages
 from acedata.schemas import DUPLICATES, IMAGES
 from acedata.stages.ingest import IngestConfig
@@ -75,8 +76,10 @@ class _Reads:
 
 
 def _check_index_consistent(table: str) -> None:
-    """Every id once, each pointing at the row that holds it; one index file per listed shard."""
+    """Every row indexed, each entry pointing at the row that holds it; every id once in the kept view
+    (copies listed in the sibling duplicates table aside); one index file per listed shard."""
     manifest = shards.read_manifest(table)
+    listed = dropped_uris([table])
     _, d = shards.resolve(table)
     files = sorted(os.listdir(os.path.join(d, INDEX_DIR)))
     merged = table_index_name(manifest["shards"])
@@ -96,9 +99,11 @@ def _check_index_consistent(table: str) -> None:
             row = groups[r["row_group"]][r["row"]]
             assert row["image_id"] == r["image_id"]
             assert (row["width"], row["height"], row["kind"]) == (r["width"], r["height"], r["kind"])
+            if row_key(r["source_uri"], r["image_id"]) in listed:
+                continue
             assert r["image_id"] not in seen
             seen.add(r["image_id"])
-    assert len(seen) == manifest["rows"]
+    assert len(seen) == manifest["rows"] - len(listed)
 
 
 def test_index_written_by_ingest_and_synthesize(demo_corpus, tmp_path):
@@ -122,19 +127,24 @@ def test_index_written_by_ingest_and_synthesize(demo_corpus, tmp_path):
 
 
 def test_index_is_deterministic_and_write_once(tmp_path):
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    rows = _images(200)
-    for t in (a, b):
-        shards.write_table(t, rows, IMAGES, unit="u", row_group_bytes=2000, table="images")
-        assert image_index.ensure_index(t) == {"written": 2, "removed": 0}  # the shard's and the merged one
-    names = sorted(os.listdir(os.path.join(a, INDEX_DIR)))
-    assert names == sorted(os.listdir(os.path.join(b, INDEX_DIR))) and len(names) == 2
-    for name in names:
-        with open(os.path.join(a, INDEX_DIR, name), "rb") as f, open(os.path.join(b, INDEX_DIR, name), "rb") as g:
-            assert f.read() == g.read()
-    before = [os.stat(os.path.join(a, INDEX_DIR, n)).st_mtime_ns for n in names]
+    a = str(tmp_path / "a")
+    shards.write_table(a, _images(200), IMAGES, unit="u", row_group_bytes=2000, table="images")
+    assert image_index.ensure_index(a) == {"written": 2, "removed": 0}  # the shard's and the merged one
+    idx = os.path.join(a, INDEX_DIR)
+    names = sorted(os.listdir(idx))
+    first = {}
+    for n in names:
+        with open(os.path.join(idx, n), "rb") as f:
+            first[n] = f.read()
+    before = [os.stat(os.path.join(idx, n)).st_mtime_ns for n in names]
     assert image_index.ensure_index(a) == {"written": 0, "removed": 0}  # never rewritten
-    assert [os.stat(os.path.join(a, INDEX_DIR, n)).st_mtime_ns for n in names] == before
+    assert [os.stat(os.path.join(idx, n)).st_mtime_ns for n in names] == before
+    shutil.rmtree(idx)  # built again from the same shards: the same names and bytes
+    assert image_index.ensure_index(a) == {"written": 2, "removed": 0}
+    assert sorted(os.listdir(idx)) == names
+    for n in names:
+        with open(os.path.join(idx, n), "rb") as f:
+            assert f.read() == first[n]
 
 
 def test_reader_matches_full_read_for_random_subsets(tmp_path):
@@ -189,17 +199,31 @@ def test_tables_without_index_still_work_without_reading_bytes(tmp_path, monkeyp
     assert reader.info(f"{10_003:064x}") == {"width": 11, "height": 9, "kind": "mask"}
 
 
-def test_rewritten_shard_gets_a_new_index_and_stale_one_is_ignored(tmp_path):
-    from acedata.dedupe import drop_later_copies
+def _rewrite_unit(t: str, unit: str, keep) -> None:
+    """Replace a committed unit's shard by a filtered copy under a new name (an older layout that
+    rewrote shards; the index must not trust an entry for a shard whose digest changed)."""
+    fs, d = shards.resolve(t)
+    frag = shards.unit_fragment(t, unit)
+    s = frag["shards"][0]
+    rows = shards.open_parquet(os.path.join(d, s["file"])).read()
+    rows = rows.filter(pa.array([keep(i) for i in rows.column("image_id").to_pylist()]))
+    name = s["file"][: -len(".parquet")] + "-rewritten.parquet"
+    pq.write_table(rows, os.path.join(d, name))
+    frag["shards"][0] = {"file": name, "rows": rows.num_rows, "bytes": os.path.getsize(os.path.join(d, name)),
+                         "sha256": shards.sha256_file(fs, os.path.join(d, name))}
+    with open(os.path.join(d, shards.UNITS_DIR, f"{unit}.json"), "w") as f:
+        json.dump(frag, f)
+    os.remove(os.path.join(d, s["file"]))
 
+
+def test_rewritten_shard_gets_a_new_index_and_stale_one_is_ignored(tmp_path):
     t = str(tmp_path / "images")
     full = _table(t, n=300, units=2, merged=False)
-    # a later unit repeating an earlier image: drop_later_copies rewrites that unit's shard
     w = shards.ShardWriter(t, IMAGES, unit="u9")
     w.write(pa.concat_tables([_images(1, 0), _images(2, 5000)]))
     image_index.write_index(t, [s.__dict__ for s in w.commit()])
     shards.finalize_manifest(t, IMAGES, table="images")
-    assert drop_later_copies(t) == 1
+    _rewrite_unit(t, "u9", lambda i: i != f"{0:064x}")
     shards.finalize_manifest(t, IMAGES, table="images")
     reader = ImageReader([t])
     assert reader.scanned_shards == 1  # the rewritten shard's index is not trusted
