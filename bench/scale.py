@@ -197,8 +197,8 @@ def main() -> int:
     os.makedirs(work, exist_ok=True)
     env = _env()
     machine = {"host": host, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "started": time.time(),
-               "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True).stdout.strip()}
+               "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=False,
+                                     capture_output=True, text=True).stdout.strip()}
     runs = []
     try:
         for n in ([] if a.only == "meta" else img):
