@@ -1,8 +1,8 @@
 """Price a pipeline run of N images from per-item costs measured by bench/scale.py.
 
-CPU cost: each stage's CPU seconds per source image, taken from the largest measured run that
-has the stage (mining and stats from the metadata runs at 10^5-10^6 rows; the rest from the
-image runs), times N. Storage: bytes per image of every table the stage writes, times N. GPU
+CPU cost: each stage's CPU seconds per source image (the marginal cost between the two largest
+measured runs that have the stage, so fixed start-up costs are not multiplied by N; mining and
+stats from the metadata runs, the rest from the image runs), times N. Storage: bytes per image of every table the stage writes, times N. GPU
 cost of the production models, which cannot run here: FLOPs per item / (peak bf16 x MFU),
 marked as estimates. Wall time on a stated cluster: per stage the larger of CPU-bound and
 GPU-bound time at a stated utilisation; stages run one after the other.
@@ -110,6 +110,20 @@ def pick(runs: list[dict[str, Any]], stage: str) -> dict[str, Any] | None:
     return None
 
 
+def marginal(runs: list[dict[str, Any]], r: dict[str, Any], stage: str) -> tuple[float, str]:
+    """CPU seconds per image at scale: the slope between the two largest runs of r's kind, which
+    drops the fixed cost of a stage (Ray start, planning) that a small run spreads over few items;
+    CPU per item at the largest run when there is only one size or the slope is not positive."""
+    same = sorted((x for x in runs if x["kind"] == r["kind"] and stage in x["stages"]), key=lambda x: x["n"])
+    big = same[-1]
+    if len(same) >= 2:
+        small = same[-2]
+        slope = (big["stages"][stage]["cpu_s"] - small["stages"][stage]["cpu_s"]) / (big["n"] - small["n"])
+        if slope > 0:
+            return slope, f"{r['kind']} slope n={small['n']:,}..{big['n']:,}"
+    return big["stages"][stage]["cpu_s"] / big["n"], f"{r['kind']} n={big['n']:,}"
+
+
 def ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Items per source image: natural pairs (mining), synthetic pairs, LCU rows."""
     out = {"natural_pair": 0.0, "synthetic_pair": 0.0, "lcu_rows": 0.0}
@@ -143,9 +157,9 @@ def price(stages: list[str], n: float, body: dict[str, Any], cluster: Cluster,
             row.notes.append("not measured")
         else:
             st = r["stages"][stage]
-            row.cpu_core_h = st["cpu_s"] / r["n"] * n / 3600
+            cpu, row.source = marginal(runs, r, stage)
+            row.cpu_core_h = cpu * n / 3600
             row.bytes = int(sum(st.get("table_bytes", {}).values()) / r["n"] * n)
-            row.source = f"{r['kind']} n={r['n']:,}"
         for m in models or []:
             if m.stage == stage:
                 seconds = m.flops * per[m.per] * n / (GPU_PEAK[cluster.gpu] * m.mfu)

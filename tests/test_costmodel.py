@@ -43,10 +43,11 @@ def test_price_by_hand():
     assert by["ingest"].cpu_core_h == pytest.approx(10_000 / 3600)
     assert by["ingest"].bytes == 200_000_000_000
     assert by["ingest"].wall_h == pytest.approx(10_000 / 3600 / 8)
-    # mining and stats are priced from the largest metadata run: 100 s per 1e5 -> 1000 s per 1e6
-    assert by["pair"].cpu_core_h == pytest.approx(1000 / 3600)
-    assert by["pair"].source == "meta n=100,000"
-    assert by["stats"].cpu_core_h == pytest.approx(200 / 3600)
+    # mining and stats: the marginal cost between the metadata runs, (100 - 11) s / 90,000 images
+    assert by["pair"].cpu_core_h == pytest.approx(89 / 90_000 * 1e6 / 3600)
+    assert by["pair"].source == "meta slope n=10,000..100,000"
+    assert by["stats"].cpu_core_h == pytest.approx(18 / 90_000 * 1e6 / 3600)
+    assert by["ingest"].source == "images n=1,000"  # one size only: CPU per item there
     # embed GPU: 1e12 FLOP x 1e6 images / (989e12 x 0.5) = 2022.2 s = 0.5617 GPU-h -> 0.2809 h on 2 GPUs;
     # its CPU side (20 s per 1000 -> 20,000 s / 8 cores = 0.694 h) is the longer, so it sets the wall time
     assert by["embed"].gpu_h == pytest.approx(0.561735, rel=1e-4)
