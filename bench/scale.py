@@ -188,7 +188,21 @@ def main() -> int:
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/acedata/bench-photos"))
     ap.add_argument("--work", help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--out", help="result JSON (default bench/results/scale-<host>.json); merged by (kind, n)")
+    ap.add_argument("--merge", nargs="+", metavar="FILE", help="run nothing: merge result files into --out and report")
     a = ap.parse_args()
+    if a.merge:
+        body: dict[str, Any] = {"runs": [], "machines": []}
+        for path in a.merge:
+            with open(path, encoding="utf-8") as f:
+                part = json.load(f)
+            keys = {(r["kind"], r["n"]) for r in part["runs"]}
+            body["runs"] = [r for r in body["runs"] if (r["kind"], r["n"]) not in keys] + part["runs"]
+            body["machines"] += part.get("machines", [])
+            body["host"] = part.get("host", body.get("host"))
+        with open(a.out or os.path.join(HERE, "results", "merged.json"), "w", encoding="utf-8") as f:
+            json.dump(body, f, indent=1)
+        report(body["runs"])
+        return 0
     img = [int(x) for x in ("10000,100000" if a.full else a.image_sizes).split(",") if x]
     meta = [int(x) for x in ("100000,1000000,10000000" if a.full else a.meta_sizes).split(",") if x]
     host = platform.node() or "host"
