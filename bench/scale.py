@@ -1,20 +1,20 @@
 """Benchmark: the scale curve — cost per item of every stage as N grows, and peak memory.
 
 Two families of runs, each stage driven through the `acedata` CLI in a child process that is
-measured per stage (bench/scale_measure.py: CPU seconds from the process tree, driver and
+measured per stage (bench/_scale/measure.py: CPU seconds from the process tree, driver and
 worker peak RSS):
 
 - images: `acedata run bench/scale.yaml` (ingest, random-init SigLIP embed, cluster, pair,
   synthesize, templates-only instruct, assemble) plus `acedata stats`, on generated 512-1024 px
-  JPEGs (bench/scale_data.py; cached under --cache, made once);
+  JPEGs (bench/_scale/data.py; cached under --cache, made once);
 - meta: `acedata pair --embeddings` (cluster + pair) on generated 768-d embeddings, `acedata run`
   of an assemble-only spec on generated pairs/instructions/images tables, `acedata stats` on
-  its output — metadata-sized work at 10^5 and 10^6 rows (10^7 with --full).
+  its output — metadata-sized work (10^4-10^6 rows; 10^7 with --full).
 
 Prints CPU ms per item (item = one source image) at each size and the ratio between sizes
 (goal: flat within +-20%), and writes a JSON file that `acedata plan-cost` reads.
 
-    .venv/bin/python bench/scale.py                     # images 1k,4k; meta 1e5,1e6
+    .venv/bin/python bench/scale.py                     # images 100,400; meta 2e4,1e5 (~1 h on 2 busy cores)
     .venv/bin/python bench/scale.py --only meta --meta-sizes 100000,1000000
     .venv/bin/python bench/scale.py --full              # images 1e4,1e5; meta 1e5,1e6,1e7
 """
@@ -32,9 +32,9 @@ import tempfile
 import time
 from typing import Any
 
-import scale_data
 import yaml
-from scale_measure import STARTUP, measure, tree_bytes
+from _scale import data as scale_data
+from _scale.measure import STARTUP, measure, tree_bytes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -179,8 +179,8 @@ def merge(path: str, runs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[s
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--image-sizes", default="1000,4000", help="comma-separated image counts")
-    ap.add_argument("--meta-sizes", default="100000,1000000", help="comma-separated row counts")
+    ap.add_argument("--image-sizes", default="100,400", help="comma-separated image counts")
+    ap.add_argument("--meta-sizes", default="20000,100000", help="comma-separated row counts")
     ap.add_argument("--full", action="store_true", help="images 1e4,1e5 and meta 1e5,1e6,1e7")
     ap.add_argument("--only", choices=["images", "meta"])
     ap.add_argument("--dim", type=int, default=768)
