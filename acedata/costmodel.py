@@ -140,12 +140,14 @@ def ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def price(stages: list[str], n: float, body: dict[str, Any], cluster: Cluster,
-          models: list[GpuModel] | None = None) -> tuple[list[Row], dict[str, float]]:
-    """One row per stage (spec order, then stats) and the items-per-image ratios used."""
+          models: list[GpuModel] | None = None,
+          per_image: dict[str, float] | None = None) -> tuple[list[Row], dict[str, float]]:
+    """One row per stage (spec order, then stats) and the items-per-image ratios used
+    (measured, unless `per_image` overrides one: natural_pair, synthetic_pair)."""
     if cluster.gpu not in GPU_PEAK:
         raise UserError(f"unknown GPU {cluster.gpu!r}; known: {', '.join(GPU_PEAK)}")
     runs = body["runs"]
-    per = ratios(runs)
+    per = {**ratios(runs), **(per_image or {})}
     per["image"] = 1.0
     cores = cluster.nodes * cluster.cores_per_node * cluster.utilisation
     gpus = cluster.nodes * cluster.gpus_per_node * cluster.utilisation

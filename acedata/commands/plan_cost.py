@@ -41,6 +41,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dit-share", type=float, default=0.3,
                    help="share of synthetic pairs made by a diffusion (DiT) editor rather than an algorithm")
     p.add_argument("--dit-steps", type=int, default=28)
+    p.add_argument("--natural-per-image", type=float,
+                   help="natural (mined) pairs per source image for GPU pricing (default: measured)")
+    p.add_argument("--synthetic-per-image", type=float,
+                   help="synthetic pairs per source image for GPU pricing (default: measured)")
     p.add_argument("--no-gpu-models", action="store_true", help="price only what was measured (no GPU estimates)")
     p.add_argument("--measurements", default=DEFAULT_MEASUREMENTS, help="bench/scale.py result JSON")
     p.add_argument("--check", action="store_true", help="also predict the largest measured run from a smaller one")
@@ -78,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
     stages = list(dict.fromkeys(stage_kind(c) for c in configs))
     body = costmodel.load(args.measurements)
     models = None if args.no_gpu_models else costmodel.gpu_models(args.rewrites, args.dit_share, args.dit_steps)
-    rows, per = costmodel.price(stages, n, body, cluster, models)
+    override = {k: v for k, v in (("natural_pair", args.natural_per_image),
+                                   ("synthetic_pair", args.synthetic_per_image)) if v is not None}
+    if any(v < 0 for v in override.values()):
+        raise UserError("pairs per image must be >= 0")
+    rows, per = costmodel.price(stages, n, body, cluster, models, override)
     checks = costmodel.check(body) if args.check else []
     if args.json:
         print(json.dumps({"images": n, "cluster": cluster.__dict__, "per_image": per,
