@@ -175,23 +175,36 @@ def price(stages: list[str], n: float, body: dict[str, Any], cluster: Cluster,
 
 
 def check(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Predict each kind's largest run from its next-smaller one (CPU seconds scaled by N) and
-    compare with what was measured there."""
+    """Predict each kind's largest run from smaller ones and compare with what was measured there:
+    `linear` scales the next-smaller run's CPU per item by N; `affine` (three sizes or more) fits
+    fixed + per-item cost on the two next-smaller runs — the model `price` uses."""
     out = []
     for kind in ("meta", "images"):
         rs = sorted((r for r in body["runs"] if r["kind"] == kind), key=lambda r: r["n"])
-        if len(rs) < 2:
-            continue
-        small, big = rs[-2], rs[-1]
-        stages = [s for s in big["stages"] if s in small["stages"]]
-        pred = {s: small["stages"][s]["cpu_s"] / small["n"] * big["n"] for s in stages}
-        meas = {s: big["stages"][s]["cpu_s"] for s in stages}
-        tp, tm = sum(pred.values()), sum(meas.values())
-        out.append({"kind": kind, "from_n": small["n"], "to_n": big["n"], "stages": {
-            s: {"predicted_cpu_s": pred[s], "measured_cpu_s": meas[s],
-                "error": pred[s] / meas[s] - 1 if meas[s] else None} for s in stages},
-            "predicted_cpu_s": tp, "measured_cpu_s": tm, "error": tp / tm - 1 if tm else None})
+        for model in ("linear", "affine"):
+            need = 2 if model == "linear" else 3
+            if len(rs) < need:
+                continue
+            big, fit = rs[-1], rs[-need:-1]
+            stages = [s for s in big["stages"] if all(s in r["stages"] for r in fit)]
+            pred = {s: _predict(fit, s, big["n"]) for s in stages}
+            meas = {s: big["stages"][s]["cpu_s"] for s in stages}
+            tp, tm = sum(pred.values()), sum(meas.values())
+            out.append({"kind": kind, "model": model, "from_n": [r["n"] for r in fit], "to_n": big["n"], "stages": {
+                s: {"predicted_cpu_s": pred[s], "measured_cpu_s": meas[s],
+                    "error": pred[s] / meas[s] - 1 if meas[s] else None} for s in stages},
+                "predicted_cpu_s": tp, "measured_cpu_s": tm, "error": tp / tm - 1 if tm else None})
     return out
+
+
+def _predict(fit: list[dict[str, Any]], stage: str, n: int) -> float:
+    if len(fit) == 1:
+        return fit[0]["stages"][stage]["cpu_s"] / fit[0]["n"] * n
+    (n0, c0), (n1, c1) = ((r["n"], r["stages"][stage]["cpu_s"]) for r in fit)
+    slope = (c1 - c0) / (n1 - n0)
+    if slope <= 0:  # as in `marginal`: no usable slope, per item at the larger run
+        return c1 / n1 * n
+    return c1 + slope * (n - n1)
 
 
 def fmt_bytes(b: float) -> str:

@@ -56,11 +56,17 @@ def test_price_by_hand():
 
 
 def test_check_predicts_larger_from_smaller():
-    (c,) = costmodel.check(MEASURED)
-    assert (c["kind"], c["from_n"], c["to_n"]) == ("meta", 10_000, 100_000)
+    (c,) = costmodel.check(MEASURED)  # two metadata sizes: the linear check only
+    assert (c["kind"], c["model"], c["from_n"], c["to_n"]) == ("meta", "linear", [10_000], 100_000)
     assert c["stages"]["pair"]["predicted_cpu_s"] == pytest.approx(110)
     assert c["stages"]["pair"]["error"] == pytest.approx(0.10)
     assert c["error"] == pytest.approx(180 / 170 - 1)
+    # a third size: the affine check fits fixed + per-item cost on the two smaller runs
+    three = {"runs": [*MEASURED["runs"], {"kind": "meta", "n": 1_000_000, "stages": {"pair": _st(980)}}]}
+    lin, aff = costmodel.check(three)
+    assert aff["model"] == "affine" and aff["from_n"] == [10_000, 100_000]
+    assert aff["stages"]["pair"]["predicted_cpu_s"] == pytest.approx(100 + 89 / 90_000 * 900_000)
+    assert lin["stages"]["pair"]["predicted_cpu_s"] == pytest.approx(1000)
 
 
 def test_command_prints_table(tmp_path, capsys):
@@ -69,7 +75,7 @@ def test_command_prints_table(tmp_path, capsys):
     assert main(["plan-cost", DEMO, "--images", "1e9", "--measurements", str(m), "--check"]) == 0
     out = capsys.readouterr().out
     assert "1,000,000,000 images on 64 nodes x 32 cores + 8 H100" in out
-    assert "| **total** |" in out and "check (meta)" in out
+    assert "| **total** |" in out and "check (meta, linear)" in out
 
 
 def test_help_and_bad_input_are_one_line(tmp_path, capsys):

@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
           f"{per['lcu_rows']:.2f} LCU rows  ->  {per['natural_pair'] * n:,.0f} + {per['synthetic_pair'] * n:,.0f} pairs")
     print("\n".join(costmodel.table(rows)))
     for c in checks:
-        print(f"\ncheck ({c['kind']}): per-item costs at n={c['from_n']:,} predict n={c['to_n']:,}: "
+        sizes = " and ".join(f"{x:,}" for x in c["from_n"])
+        print(f"\ncheck ({c['kind']}, {c['model']}): costs at n={sizes} predict n={c['to_n']:,}: "
               f"{c['predicted_cpu_s']:.1f} CPU s vs {c['measured_cpu_s']:.1f} measured "
               f"({c['error']:+.1%}; goal within 25%)")
         for s, v in c["stages"].items():
