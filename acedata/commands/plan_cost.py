@@ -35,6 +35,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="pipeline spec (YAML); its stages are priced")
     p.add_argument("--images", required=True, help="source images, e.g. 1e9")
     p.add_argument("--cluster", default="64x32x8", help="NODESxCORESxGPUS per node (default 64x32x8)")
+    p.add_argument("--gpus", type=int, help="GPUs per node (overrides the third number of --cluster)")
     p.add_argument("--gpu", default="H100", help="H100 | H200 | A100 | B200 (bf16 peak used for estimates)")
     p.add_argument("--utilisation", type=float, default=0.7, help="share of the cluster a stage keeps busy")
     p.add_argument("--rewrites", type=int, default=2, help="LLM rewrites per synthetic pair (0: templates only)")
@@ -60,6 +61,7 @@ def _cluster(args: argparse.Namespace):
         nodes, cores, gpus = (int(x) for x in args.cluster.lower().split("x"))
     except ValueError:
         raise UserError(f"--cluster {args.cluster!r}: expected NODESxCORESxGPUS, e.g. 64x32x8") from None
+    gpus = gpus if args.gpus is None else args.gpus
     if nodes < 1 or cores < 1 or gpus < 0:
         raise UserError(f"--cluster {args.cluster!r}: nodes and cores must be >= 1, GPUs >= 0")
     if args.gpu not in GPU_PEAK:
