@@ -167,7 +167,7 @@ def price(stages: list[str], n: float, body: dict[str, Any], cluster: Cluster,
                 seconds = m.flops * per[m.per] * n / (GPU_PEAK[cluster.gpu] * m.mfu)
                 row.gpu_h += seconds / 3600
                 row.notes.append(f"GPU estimate: {m.model} ({m.mfu:.0%} MFU)")
-        if stage == "embed" and models:
+        if stage == "embed" and models and r is not None:
             row.notes.append("CPU side measured with a tiny random-init SigLIP")
         row.wall_h = max(row.cpu_core_h / cores, row.gpu_h / gpus if gpus else 0.0)
         rows.append(row)
