@@ -49,7 +49,8 @@ def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | N
         def sample() -> None:
             while not done.is_set():
                 name = _stage_of(status_path, stage)
-                s = stages.setdefault(name, {"cpu_s": 0.0, "driver_peak_mib": 0.0, "worker_peak_mib": 0.0})
+                s = stages.setdefault(name, {"cpu_s": 0.0, "driver_peak_mib": 0.0, "worker_peak_mib": 0.0,
+                                             "ray_worker_peak_mib": 0.0})
                 try:
                     tree = [root, *root.children(recursive=True)]
                 except psutil.Error:
@@ -63,8 +64,17 @@ def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | N
                     cpu = t.user + t.system
                     s["cpu_s"] += cpu - last_cpu.get(p.pid, 0.0)
                     last_cpu[p.pid] = cpu
-                    key = "driver_peak_mib" if p.pid == root.pid else "worker_peak_mib"
-                    s[key] = max(s[key], rss)
+                    if p.pid == root.pid:
+                        s["driver_peak_mib"] = max(s["driver_peak_mib"], rss)
+                        continue
+                    # worker: the largest other process (Ray workers, raylet, GCS, dashboard);
+                    # ray_worker: Ray's task/actor processes only (named "ray::<task>")
+                    s["worker_peak_mib"] = max(s["worker_peak_mib"], rss)
+                    try:
+                        if p.name().startswith("ray::"):
+                            s["ray_worker_peak_mib"] = max(s["ray_worker_peak_mib"], rss)
+                    except psutil.Error:
+                        pass
                 done.wait(interval)
 
         th = threading.Thread(target=sample, daemon=True)
