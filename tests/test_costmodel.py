@@ -99,3 +99,10 @@ def test_help_and_bad_input_are_one_line(tmp_path, capsys):
                     else ["plan-cost", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("acedata plan-cost: error:") and "\n" not in err, err
+
+
+def test_shipped_measurements_price_the_demo(capsys):
+    # the measurements committed with the package make the command work out of the box
+    assert main(["plan-cost", DEMO, "--images", "1e9", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "| synthesize |" in out and "check (meta" in out
