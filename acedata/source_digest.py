@@ -8,8 +8,9 @@ the driver per run (threads overlap the reads), about what ingest itself reads; 
 of files that is too much, so `metadata` hashes (relative path, size, mtime) instead, which is
 what rsync and make trust: cheap, but blind to a same-size rewrite that keeps its mtime, and
 it reruns ingest on a mere copy or touch. On an object store mtime is the object's
-last-modified time (a rewrite always changes it); a filesystem that reports none hashes
-size alone.
+last-modified time, which S3 keeps to the second: a same-size rewrite within the second of
+the previous write goes unseen (pyarrow's listing carries no ETag); a filesystem that
+reports no time hashes size alone.
 
 Local special files (pipes, sockets, devices) and symlinks are never opened: only their kind
 counts. On object stores every object is a regular file, read through the root's filesystem.

@@ -114,12 +114,13 @@ def _sidecar_meta(fs: pafs.FileSystem, paths: list[str], max_bytes: int) -> dict
 def remote_ref(path: str, ref: str, max_file_bytes: int) -> tuple[bytes | None, tuple[str, str] | None]:
     """Bytes of an image a remote Parquet row names, relative to the Parquet file's folder."""
     fs, p = storage.resolve(path)
-    base = posixpath.dirname(p)
+    base, base_uri = posixpath.dirname(p), path.rsplit("/", 1)[0]
+    escapes = ("outside_root", f"path {ref!r} escapes {base_uri}")  # worded as for a local Parquet file
     if storage.is_uri(ref) or ref.startswith("/"):
-        return None, ("outside_root", f"path {ref!r} escapes the Parquet file's folder")
+        return None, escapes
     target = posixpath.normpath(posixpath.join(base, ref))
     if not target.startswith(base + "/"):
-        return None, ("outside_root", f"path {ref!r} escapes the Parquet file's folder")
+        return None, escapes
     try:
         info = fs.get_file_info(target)
         if info.type != pafs.FileType.File:
