@@ -74,7 +74,9 @@ def list_remote_units(root: str, files_per_unit: int) -> list[tuple[str, dict[st
 def read_remote_files(payload: dict[str, Any], max_file_bytes: int) -> Iterator[Record]:
     root = payload["root"]
     fs, base = storage.resolve(root)  # one filesystem per unit, not per object
-    for uri, size, sidecars in zip(payload["files"], payload["sizes"], payload["sidecars"]):
+    files = payload["files"]  # a single object named as the root comes without listing hints
+    sizes, sidecars_of = payload.get("sizes") or [None] * len(files), payload.get("sidecars") or [[]] * len(files)
+    for uri, size, sidecars in zip(files, sizes, sidecars_of):
         if size is not None and size > max_file_bytes:
             yield Record(uri, error=("file_too_large", f"{size} bytes > {max_file_bytes}"))
             continue

@@ -27,7 +27,7 @@ from acedata.cli import main
 from acedata.digest import run_digest
 from acedata.pipeline import run_stages
 from acedata.source_digest import source_digest
-from acedata.sources import list_units
+from acedata.sources import list_units, read_unit
 from acedata.stages.ingest import IngestConfig, content_unit_id
 
 
@@ -169,6 +169,10 @@ def test_memory_listing_matches_local(tmp_path):
 
     assert ids(local) == ids(mem + "/") == ids("file://" + local) and len(ids(local)) == 3
     assert source_digest(local) == source_digest(mem) == source_digest("file://" + local)
+    # one object named as the source: read whole, through the same bounds
+    one = list_units(mem + "/camera.png")
+    assert [r.uri for r in read_unit(one[0][1], 1 << 20) if r.data] == [mem + "/camera.png"]
+    assert [r.error[0] for r in read_unit(one[0][1], 100)] == ["file_too_large"]
 
 
 def test_changed_object_on_s3_changes_the_resume_key(bucket, tmp_path):
