@@ -169,6 +169,10 @@ def test_memory_listing_matches_local(tmp_path):
 
     assert ids(local) == ids(mem + "/") == ids("file://" + local) and len(ids(local)) == 3
     assert source_digest(local) == source_digest(mem) == source_digest("file://" + local)
+    # the listed size bounds a read before any byte is fetched, as a local file's stat does
+    errors = [[r.error for _, p in list_units(root, files_per_unit=3) for r in read_unit(p, 100)]
+              for root in (local, mem)]
+    assert errors[0] == errors[1] and sum(e is not None and e[0] == "file_too_large" for e in errors[1]) >= 5
     # one object named as the source: read whole, through the same bounds
     one = list_units(mem + "/camera.png")
     assert [r.uri for r in read_unit(one[0][1], 1 << 20) if r.data] == [mem + "/camera.png"]
