@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import struct
 from typing import Any
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from acedata import shards
+from acedata.source_roots import source_root
 
 MOD = 1 << 256
 
@@ -79,8 +79,7 @@ def run_prefixes(run_dir: str) -> list[tuple[str, str]]:
             continue
         cfg = shards.read_json(fs, marker).get("config") or {}
         for i, src in enumerate(cfg.get("sources") or []):
-            src = src if "://" in src else os.path.abspath(src)
-            out.append((src.rstrip("/"), f"<source:{i}>"))
+            out.append((source_root(src).rstrip("/"), f"<source:{i}>"))
     return out
 
 

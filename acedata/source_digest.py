@@ -2,29 +2,41 @@
 
 `content` (the default) hashes every regular file's bytes under a source root, keyed by its
 path relative to the root: the digest changes exactly when a file's content, name or presence
-changes, and not when the corpus is copied elsewhere or touched. Cost: one full read of the
-corpus on the driver per run (threads overlap the reads), about what ingest itself reads;
-at billions of files that is too much, so `metadata` hashes (relative path, size, mtime)
-instead, which is what rsync and make trust: cheap, but blind to a same-size rewrite that
-keeps its mtime, and it reruns ingest on a mere copy or touch.
+changes, and not when the corpus is copied elsewhere or touched — a copy in a bucket
+(`s3://b/corpus`) digests like the same files on a disk. Cost: one full read of the corpus on
+the driver per run (threads overlap the reads), about what ingest itself reads; at billions
+of files that is too much, so `metadata` hashes (relative path, size, mtime) instead, which is
+what rsync and make trust: cheap, but blind to a same-size rewrite that keeps its mtime, and
+it reruns ingest on a mere copy or touch. On an object store mtime is the object's
+last-modified time, which S3 keeps to the second: a same-size rewrite within the second of
+the previous write goes unseen (pyarrow's listing carries no ETag); a filesystem that
+reports no time hashes size alone.
 
-Special files (pipes, sockets, devices) and symlinks are never opened: only their kind counts.
+Local special files (pipes, sockets, devices) and symlinks are never opened: only their kind
+counts. On object stores every object is a regular file, read through the root's filesystem.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import stat
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
+
+import pyarrow.fs as pafs
+
+from acedata import storage
+from acedata.source_roots import is_remote, list_files, source_root
 
 Mode = Literal["content", "metadata"]
 
 
-def _file_sha(path: str) -> str:
+def _sha(open_stream: Callable) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_stream() as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
@@ -44,7 +56,9 @@ def _entries(root: str) -> list[tuple[str, os.stat_result]]:
 
 def source_digest(root: str, mode: Mode = "content", threads: int = 8) -> str:
     """A digest of what a source root holds (see the module doc); `root`'s own location is left out."""
-    root = os.path.abspath(root)
+    root = source_root(root)
+    if is_remote(root):
+        return _remote_digest(root, mode, threads)
     if not os.path.lexists(root):
         return "missing"
     entries = _entries(root)
@@ -53,7 +67,7 @@ def source_digest(root: str, mode: Mode = "content", threads: int = 8) -> str:
     if mode == "content":
         paths = [full or os.path.join(root, rel) for rel, _ in regular]
         with ThreadPoolExecutor(threads) as pool:
-            shas = dict(zip((rel for rel, _ in regular), pool.map(_safe_sha, paths)))
+            shas = dict(zip((rel for rel, _ in regular), pool.map(_local_sha, paths)))
     h = hashlib.sha256()
     for rel, st in entries:
         if not stat.S_ISREG(st.st_mode):
@@ -66,8 +80,32 @@ def source_digest(root: str, mode: Mode = "content", threads: int = 8) -> str:
     return h.hexdigest()
 
 
-def _safe_sha(path: str) -> str:
+def _remote_digest(root: str, mode: Mode, threads: int) -> str:
+    """The same digest over an object store: one listing, bytes read through the root's filesystem."""
+    fs, base = storage.resolve(root)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        return "missing"
+    entries = [(posixpath.basename(base), info)] if info.type == pafs.FileType.File else sorted(
+        list_files(fs, base), key=lambda e: e[0])
+    h = hashlib.sha256()
+    if mode == "content":
+        with ThreadPoolExecutor(threads) as pool:
+            shas = list(pool.map(lambda e: _safe(lambda: _sha(lambda: fs.open_input_stream(e[1].path))), entries))
+        for (rel, i), sha in zip(entries, shas):
+            h.update(f"{rel}\0{i.size}\0{sha}\n".encode())
+    else:
+        for rel, i in entries:
+            h.update(f"{rel}\0{i.size}\0{i.mtime_ns if i.mtime_ns is not None else ''}\n".encode())
+    return h.hexdigest()
+
+
+def _local_sha(path: str) -> str:
+    return _safe(lambda: _sha(lambda: open(path, "rb")))
+
+
+def _safe(f: Callable[[], str]) -> str:
     try:
-        return _file_sha(path)
+        return f()
     except OSError as e:  # unreadable now: ingest quarantines it; the digest records why
-        return f"error:{e.errno}"
+        return f"error:{getattr(e, 'errno', None)}"

@@ -4,6 +4,8 @@ A reader lists a source into units of work (`list_units`) and later yields the r
 records of one unit (`read_unit`). A record is the raw bytes plus the metadata the
 source had (caption, url, licence, ...), or an error that goes to quarantine.
 Readers only open files inside the roots a spec names; symlinks are refused.
+A root is a local path or any URI (`s3://`, `memory://`, `file://` ...): local folders are
+walked here with the hardening rules below, other filesystems in `sources_remote`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from acedata import tar_stream
+from acedata import storage, tar_stream
+from acedata.source_roots import is_remote, source_root
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 TEXT_META = (".txt", ".caption")
@@ -68,12 +71,16 @@ def _sidecar_meta(path: str) -> dict[str, Any]:
 
 
 def list_units(root: str, files_per_unit: int = 64) -> list[tuple[str, dict[str, Any]]]:
-    """Split one source root (folder, .parquet, .tar) into (unit_id, payload) units."""
+    """Split one source root (folder, .parquet, .tar; local or a URI) into (unit_id, payload) units."""
+    root = source_root(root)
+    if is_remote(root):
+        from acedata.sources_remote import list_remote_units
+
+        return list_remote_units(root, files_per_unit)
     if not os.path.lexists(root):
         from acedata.errors import UserError
 
         raise UserError(f"source {root!r} does not exist; check the path in the spec or command")
-    root = os.path.abspath(root)
     if os.path.isfile(root):
         return _file_units(root, root)
     if not os.path.isdir(root):  # a fifo, socket or device named as a source: never opened
@@ -142,7 +149,7 @@ def _file_units(path: str, root: str) -> list[tuple[str, dict[str, Any]]]:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".parquet":
         try:
-            groups = pq.ParquetFile(path).num_row_groups
+            groups = _parquet_file(path).num_row_groups
         except Exception as e:  # noqa: BLE001 - an unreadable file is quarantined, not fatal
             payload = {"kind": "bad_file", "root": root, "file": path, "detail": str(e)[:200]}
             return [(_unit_id("bad", path), payload)]
@@ -160,7 +167,11 @@ def _file_units(path: str, root: str) -> list[tuple[str, dict[str, Any]]]:
 
 def read_unit(payload: dict[str, Any], max_file_bytes: int) -> Iterator[Record]:
     kind = payload["kind"]
-    if kind == "files":
+    if kind == "files" and is_remote(payload["root"]):
+        from acedata.sources_remote import read_remote_files
+
+        yield from read_remote_files(payload, max_file_bytes)
+    elif kind == "files":
         yield from _read_files(payload["files"], payload["root"], max_file_bytes)
     elif kind == "parquet":
         yield from _read_parquet(payload["file"], payload["row_group"], max_file_bytes)
@@ -207,8 +218,13 @@ def _pick(names: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((lower[c] for c in candidates if c in lower), None)
 
 
+def _parquet_file(path: str) -> pq.ParquetFile:
+    fs, p = storage.resolve(path)
+    return pq.ParquetFile(fs.open_input_file(p))
+
+
 def _read_parquet(path: str, row_group: int, max_file_bytes: int) -> Iterator[Record]:
-    table = pq.ParquetFile(path).read_row_group(row_group)
+    table = _parquet_file(path).read_row_group(row_group)
     names = table.column_names
     img_col, path_col = _pick(names, IMAGE_COLUMNS), _pick(names, PATH_COLUMNS)
     rows = table.to_pylist()
@@ -224,7 +240,14 @@ def _read_parquet(path: str, row_group: int, max_file_bytes: int) -> Iterator[Re
             ref = cell["path"]
         else:
             ref = row.get(path_col) if path_col else None
-        if data is None and ref:
+        if data is None and ref and is_remote(path):
+            from acedata.sources_remote import remote_ref
+
+            data, err = remote_ref(path, ref, max_file_bytes)
+            if err:
+                yield Record(uri, error=err)
+                continue
+        elif data is None and ref:
             ref_path = ref if os.path.isabs(ref) else os.path.join(base, ref)
             if not _inside(ref_path, base) or os.path.islink(ref_path):
                 yield Record(uri, error=("outside_root", f"path {ref!r} escapes {base}"))

@@ -12,8 +12,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         description="Decode, normalise and content-address images. Every input ends in "
         "DIR/ingest/images, DIR/ingest/duplicates or DIR/ingest/quarantine (with a reason).",
     )
-    p.add_argument("sources", nargs="+", help="folders (recursive), .parquet files, .tar WebDataset shards")
-    p.add_argument("--out", required=True, help="output run directory")
+    p.add_argument("sources", nargs="+", help="folders (recursive), .parquet files, .tar WebDataset shards: local paths "
+                   "or URIs (s3://bucket/corpus/, gs://..., file://..., memory://...)")
+    p.add_argument("--out", required=True, help="output run directory (local path or URI)")
     p.add_argument("--min-side", type=int, default=32)
     p.add_argument("--max-aspect", type=float, default=8.0)
     p.add_argument("--max-pixels", type=int, default=64_000_000)
@@ -25,13 +26,14 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from acedata import storage
     from acedata.commands._common import print_run
     from acedata.pipeline import run_stages
     from acedata.stages.ingest import IngestConfig
 
     cfg = IngestConfig(
         name="ingest",
-        sources=args.sources,
+        sources=[storage.absolute(s) for s in args.sources],  # resolved where typed, before Ray
         min_side=args.min_side,
         max_aspect=args.max_aspect,
         max_pixels=args.max_pixels,

@@ -9,14 +9,14 @@ images table; copies of one image in several units all stay in their shards, and
 copy kept is the one with the smallest (source index, path inside the source) key, so
 the choice depends on the spec and the corpus only, never on unit scheduling.
 Unit ids hash the source's index in the spec and paths relative to the source root,
-so moving the corpus or the run directory changes no id.
+so moving the corpus or the run directory changes no id, and a corpus in a bucket
+(`s3://b/x`) gives the ids (and the rows) of the same files on a disk (`/tmp/x`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -29,6 +29,7 @@ from acedata.images import Limits, Rejected, decode, image_cell
 from acedata.kept import dropped_uris
 from acedata.schemas import DUPLICATES, IMAGES, QUARANTINE
 from acedata.source_digest import source_digest
+from acedata.source_roots import source_root
 from acedata.sources import Record, list_units, read_unit
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -53,7 +54,7 @@ CROSS_UNIT = "cross-unit"  # the duplicates table's unit written by `finish`
 def _relative(obj: Any, root: str) -> Any:
     """`obj` with the source root taken off every path in it."""
     if isinstance(obj, str):
-        return obj[len(root):] if obj == root or obj.startswith(root + os.sep) else obj
+        return obj[len(root):] if obj == root or obj.startswith(root + "/") else obj
     if isinstance(obj, list):
         return [_relative(x, root) for x in obj]
     if isinstance(obj, dict):
@@ -61,9 +62,14 @@ def _relative(obj: Any, root: str) -> Any:
     return obj
 
 
+# Reader hints that a listing may add (object sizes, sidecar names): not part of a unit's identity.
+HINTS = ("sizes", "sidecars")
+
+
 def content_unit_id(index: int, root: str, uid: str, payload: dict[str, Any]) -> str:
-    """A unit id from the source's index and the unit's paths relative to its root."""
-    rel = json.dumps([index, _relative(payload, os.path.abspath(root))], sort_keys=True)
+    """A unit id from the source's index and the unit's paths relative to its root (local or URI)."""
+    core = {k: v for k, v in payload.items() if k not in HINTS}
+    rel = json.dumps([index, _relative(core, source_root(root))], sort_keys=True)
     return f"{uid.split('-', 1)[0]}-{hashlib.sha256(rel.encode()).hexdigest()[:16]}"
 
 
@@ -89,8 +95,8 @@ class Ingest(Stage):
     def order_key(self, uri: str) -> tuple[int, str]:
         """Where an input sits in the spec: (source index, its path inside that source)."""
         for i, root in enumerate(self.config.sources):
-            root = os.path.abspath(root)
-            if uri == root or uri.startswith((root + os.sep, root + "#")):
+            root = source_root(root)
+            if uri == root or uri.startswith((root + "/", root + "#")):
                 return i, uri[len(root):]
         return len(self.config.sources), uri
 
