@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from acedata import storage
 from acedata.captioner.config import CaptionerConfig
 from acedata.captioner.data import Example, load_images, prompt_messages, read_examples, split
 from acedata.captioner.metrics import summarise
@@ -21,17 +22,16 @@ COLUMNS = ["step", "checkpoint", "records", "indicator_valid", "exact_match", "e
 
 
 def checkpoint_config(ckpt: str) -> tuple[CaptionerConfig, dict]:
-    path = os.path.join(ckpt, "state.json")
-    if not os.path.isfile(path):
+    path = storage.join(ckpt, "state.json")  # a local path or URI (s3://...)
+    if not storage.is_file(path):
         raise UserError(f"{ckpt} is not a captioner checkpoint (no state.json)")
-    with open(path) as f:
-        state = json.load(f)
+    state = storage.read_json(path)
     return CaptionerConfig(**state["config"]), state
 
 
 def load_checkpoint(ckpt: str, device: str = "cpu"):
     """(model, processor, state) with the checkpoint's trainable weights in place (LoRA unmerged)."""
-    from safetensors.torch import load_file
+    from acemodel.checkpoint import read_tensors
 
     from acedata.captioner.train import load_trainable
 
@@ -39,7 +39,7 @@ def load_checkpoint(ckpt: str, device: str = "cpu"):
     base, processor, _ = load_model(cfg.model)
     torch.manual_seed(cfg.seed)
     model = prepare_for_training(base, cfg)
-    load_trainable(model, load_file(os.path.join(ckpt, "trainable.safetensors")))
+    load_trainable(model, read_tensors(storage.join(ckpt, "trainable.safetensors")))
     return model.to(device).eval(), processor, state
 
 

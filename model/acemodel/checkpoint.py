@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -86,29 +87,35 @@ def save(tr: Trainer) -> str:
     optim = parallel.full_optimizer_state(tr.model, tr.opt)
     loaders = parallel.gather_objects(tr.loader.state_dict())
     if writer:
-        fs, final_p = files.resolve(final)
-        if files.is_local(fs):
-            # stage next to the destination, marker inside, then one atomic rename
-            tmp = final + ".tmp"
-            files.delete_dir(tmp)
-            fs.create_dir(final_p + ".tmp", recursive=True)
-            _write_files(tr, final_p + ".tmp", sd, ema, optim)
-            files.write_bytes(files.join(tmp, MARKER), _state(tr, loaders))
-            files.delete_file(files.join(final, MARKER))  # an older copy of this step: uncommit, then replace
-            files.delete_dir(final)
-            fs.move(final_p + ".tmp", final_p)
-        else:
-            # object store: stage locally, upload write-once objects, the marker last
-            files.delete_file(files.join(final, MARKER))
-            files.delete_dir(final)  # leftovers of an attempt that never committed
-            with tempfile.TemporaryDirectory(prefix="acemodel-ckpt-") as stage:
-                _write_files(tr, stage, sd, ema, optim)
-                for name in sorted(os.listdir(stage)):
-                    files.upload(os.path.join(stage, name), files.join(final, name))
-            files.write_bytes(files.join(final, MARKER), _state(tr, loaders))
+        write_folder(final, lambda folder: _write_files(tr, folder, sd, ema, optim), _state(tr, loaders))
         prune(root, tr.cfg.keep_checkpoints)
     parallel.barrier()
     return final
+
+
+def write_folder(final: str, write: Callable[[str], None], state: bytes) -> None:
+    """Commit one checkpoint folder at `final` (a path or URI): `write(local_folder)` writes the data
+    files, then the marker `state` goes last (see the module doc for the protocol)."""
+    fs, final_p = files.resolve(final)
+    if files.is_local(fs):
+        # stage next to the destination, marker inside, then one atomic rename
+        tmp, tmp_p = final + ".tmp", final_p + ".tmp"
+        files.delete_dir(tmp)
+        fs.create_dir(tmp_p, recursive=True)
+        write(tmp_p)
+        files.write_bytes(files.join(tmp, MARKER), state)
+        files.delete_file(files.join(final, MARKER))  # an older copy of this step: uncommit, then replace
+        files.delete_dir(final)
+        fs.move(tmp_p, final_p)
+        return
+    # object store: stage on local disk, upload write-once objects, the marker last
+    files.delete_file(files.join(final, MARKER))
+    files.delete_dir(final)  # leftovers of an attempt that never committed
+    with tempfile.TemporaryDirectory(prefix="acemodel-ckpt-") as stage:
+        write(stage)
+        for name in sorted(os.listdir(stage)):
+            files.upload(os.path.join(stage, name), files.join(final, name))
+    files.write_bytes(files.join(final, MARKER), state)
 
 
 def prune(root: str, keep: int) -> None:
