@@ -14,7 +14,7 @@ from captioner_fixtures import INSTRUCTIONS, export, make_run, write_config
 from acedata.captioner.config import load_config
 from acedata.captioner.data import IGNORE, is_heldout, read_examples, split, user_parts
 from acedata.captioner.evaluate import generate
-from acedata.captioner.train import CaptionerTrainer, latest_checkpoint
+from acedata.captioner.train import CaptionerTrainer, latest_checkpoint, list_checkpoints
 
 OVERFIT_FACTOR = 20  # measured ~165x on 4 records / 60 steps
 
@@ -70,6 +70,26 @@ def test_resume_gives_the_same_next_step_loss(exported, tmp_path):
     assert abs(straight[3] - resumed) < 1e-6
     assert latest_checkpoint(str(tmp_path / "a")).endswith("step-00000004")
     assert all(".lora_" in n for n in a.names) and a.names
+
+
+def test_checkpoints_on_s3_resume_and_commit_by_marker(exported, tmp_path, s3_server):
+    """The same exact resume with checkpoints on an S3 server (moto on loopback); state.json is the
+    commit marker, so a step folder without it is never taken."""
+    from acedata import storage
+
+    data, root = exported
+    cfg = load_config(str(write_config(tmp_path / "c.yaml", root / "tiny", steps=4, every=3, finetune="lora",
+                                       dropout=0.1)))
+    out = f"s3://{s3_server.bucket}/captioner-{tmp_path.name}"
+    a = CaptionerTrainer(cfg, str(data), out)
+    straight = a.fit(progress=False)
+    assert [c.rsplit("/", 1)[1] for c in list_checkpoints(out)] == ["step-00000003", "step-00000004"]
+    assert latest_checkpoint(out) == f"{out}/checkpoints/step-00000004"
+    storage.delete_file(f"{out}/checkpoints/step-00000004/state.json")  # as if killed before the marker
+    assert latest_checkpoint(out) == f"{out}/checkpoints/step-00000003"
+    b = CaptionerTrainer(cfg, str(data), out)
+    b.load(latest_checkpoint(out))
+    assert b.step == 3 and abs(b.train_step() - straight[3]) < 1e-6
 
 
 def test_multi_input_records_keep_indicator_order(tmp_path):

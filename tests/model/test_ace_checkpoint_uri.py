@@ -40,8 +40,8 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**raw, "data": data, "optim": optim, **kw})
 
 
-RESUME_CFG = dict(steps=3, checkpoint_every=2, data={"batch_size": 2, "cfg_dropout": 0.5, "token_budget": 12},
-                  optim={"lr": 2e-3, "grad_accum": 2, "ema_decay": 0.9})
+RESUME_CFG = {"steps": 3, "checkpoint_every": 2, "data": {"batch_size": 2, "cfg_dropout": 0.5, "token_budget": 12},
+              "optim": {"lr": 2e-3, "grad_accum": 2, "ema_decay": 0.9}}
 
 
 @pytest.fixture(params=["memory", "s3"])
@@ -57,7 +57,7 @@ def test_resume_from_object_storage_gives_the_local_next_step_loss(lcu, tmp_path
     straight = Trainer(cfg, lcu, str(tmp_path / "local"))
     want = [straight.train_step() for _ in range(3)]
 
-    first = Trainer(cfg, lcu, remote)
+    first = Trainer(cfg, lcu, remote)  # the same run, checkpoints on object storage
     assert first.fit(steps=2, progress=False) == want[:2]
     ckpt = latest_checkpoint(remote)
     assert ckpt == f"{remote}/checkpoints/step-00000002"  # spelled as given: a URI stays a URI
@@ -73,6 +73,13 @@ def test_resume_from_object_storage_gives_the_local_next_step_loss(lcu, tmp_path
 
 
 def test_checkpoint_without_its_marker_is_ignored_and_replaced(lcu, tmp_path, remote, monkeypatch):
+    real = files.write_bytes
+
+    def die_at_marker(uri: str, data: bytes) -> None:
+        if uri.endswith(checkpoint.MARKER):
+            raise KeyboardInterrupt("killed before the marker")
+        real(uri, data)
+
     for out in (str(tmp_path / "local"), remote):
         cfg = _cfg(steps=2, checkpoint_every=1, keep_checkpoints=3,
                    data={"batch_size": 2, "cfg_dropout": 0.0, "token_budget": 12})
@@ -81,13 +88,6 @@ def test_checkpoint_without_its_marker_is_ignored_and_replaced(lcu, tmp_path, re
         assert latest_checkpoint(out).endswith("step-00000001")
 
         # a save killed before its marker: every data file is there, state.json is not
-        real = files.write_bytes
-
-        def die_at_marker(uri: str, data: bytes) -> None:
-            if uri.endswith(checkpoint.MARKER):
-                raise KeyboardInterrupt("killed before the marker")
-            real(uri, data)
-
         monkeypatch.setattr(files, "write_bytes", die_at_marker)
         tr.train_step()
         with pytest.raises(KeyboardInterrupt):
