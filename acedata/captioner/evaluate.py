@@ -5,6 +5,7 @@ predictions JSONL per checkpoint and `eval/metrics.png` (metrics against step)."
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 
@@ -85,35 +86,32 @@ def evaluate_run(out: str, data: str, limit: int | None = None, embedder=None) -
     ckpts = list_checkpoints(out)
     if not ckpts:
         raise UserError(f"no checkpoints under {out}/checkpoints (train with `acedata train-captioner` first)")
-    root = os.path.join(out, "eval")
-    os.makedirs(root, exist_ok=True)
+    root = storage.join(out, "eval")  # a local path or URI: every file written whole (acedata.storage)
     results = []
     for ckpt in ckpts:
-        name = os.path.basename(ckpt)
-        cached = os.path.join(root, f"{name}.json")
-        if os.path.exists(cached):
-            with open(cached) as f:
-                results.append(json.load(f))
+        name = ckpt.rstrip("/").rsplit("/", 1)[-1]
+        cached = storage.join(root, f"{name}.json")
+        if storage.is_file(cached):
+            results.append(storage.read_json(cached))
             continue
         metrics, rows = evaluate_checkpoint(ckpt, data, limit, embedder)
         if metrics.get("records", 0) == 0:
             raise UserError("the held-out split is empty; set data.eval_fraction > 0 and retrain")
-        with open(os.path.join(root, f"{name}.predictions.jsonl"), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        with open(cached, "w") as f:
-            json.dump(metrics, f, indent=1)
+        storage.write_bytes(storage.join(root, f"{name}.predictions.jsonl"),
+                            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        storage.write_json(cached, metrics, indent=1)  # last: the cache entry says this checkpoint is done
         results.append(metrics)
     write_table(results, root)
     return results
 
 
 def write_table(results: list[dict], root: str) -> None:
-    with open(os.path.join(root, "metrics.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(results)
-    with open(os.path.join(root, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(results)
+    storage.write_bytes(storage.join(root, "metrics.csv"), buf.getvalue().encode())
+    storage.write_json(storage.join(root, "metrics.json"), results, indent=1)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,5 +129,7 @@ def write_table(results: list[dict], root: str) -> None:
     ax2.set_ylabel("BLEU")
     fig.suptitle("captioner: held-out metrics per checkpoint")
     fig.tight_layout()
-    fig.savefig(os.path.join(root, "metrics.png"), dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    storage.write_bytes(storage.join(root, "metrics.png"), png.getvalue())
