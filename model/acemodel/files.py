@@ -36,7 +36,12 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         import fsspec
 
-        fs, path = fsspec.core.url_to_fs(uri)
+        try:
+            fs, path = fsspec.core.url_to_fs(uri)
+        except (ImportError, ValueError) as e:
+            from acemodel.errors import UserError
+
+            raise UserError(f"{uri}: no filesystem for this URI ({e})") from None
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
