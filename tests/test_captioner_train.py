@@ -5,6 +5,7 @@ and the data path keeps images in indicator order with labels on the answer only
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from captioner_fixtures import INSTRUCTIONS, export, make_run, write_config
 from acedata.captioner.config import load_config
 from acedata.captioner.data import IGNORE, is_heldout, read_examples, split, user_parts
 from acedata.captioner.evaluate import generate
-from acedata.captioner.train import CaptionerTrainer, latest_checkpoint
+from acedata.captioner.train import CaptionerTrainer, latest_checkpoint, list_checkpoints
 
 OVERFIT_FACTOR = 20  # measured ~165x on 4 records / 60 steps
 
@@ -72,6 +73,26 @@ def test_resume_gives_the_same_next_step_loss(exported, tmp_path):
     assert all(".lora_" in n for n in a.names) and a.names
 
 
+def test_checkpoints_on_s3_resume_and_commit_by_marker(exported, tmp_path, s3_server):
+    """The same exact resume with checkpoints on an S3 server (moto on loopback); state.json is the
+    commit marker, so a step folder without it is never taken."""
+    from acedata import storage
+
+    data, root = exported
+    cfg = load_config(str(write_config(tmp_path / "c.yaml", root / "tiny", steps=4, every=3, finetune="lora",
+                                       dropout=0.1)))
+    out = f"s3://{s3_server.bucket}/captioner-{tmp_path.name}"
+    a = CaptionerTrainer(cfg, str(data), out)
+    straight = a.fit(progress=False)
+    assert [c.rsplit("/", 1)[1] for c in list_checkpoints(out)] == ["step-00000003", "step-00000004"]
+    assert latest_checkpoint(out) == f"{out}/checkpoints/step-00000004"
+    storage.delete_file(f"{out}/checkpoints/step-00000004/state.json")  # as if killed before the marker
+    assert latest_checkpoint(out) == f"{out}/checkpoints/step-00000003"
+    b = CaptionerTrainer(cfg, str(data), out)
+    b.load(latest_checkpoint(out))
+    assert b.step == 3 and abs(b.train_step() - straight[3]) < 1e-6
+
+
 def test_multi_input_records_keep_indicator_order(tmp_path):
     data = export(make_run(tmp_path, n=2, extra=1), tmp_path / "export")
     [rec, *_] = [json.loads(x) for x in (data / "captioner.jsonl").read_text().splitlines()]
@@ -110,18 +131,23 @@ def test_missing_weights_are_one_line(tmp_path, exported):
     assert r.returncode == 2 and "no captioner data" in r.stderr
 
 
-def test_cli_trains_evaluates_and_resumes(tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_cli_trains_evaluates_and_resumes(tmp_path, where, request):
+    from acedata import storage
+
     data = export(make_run(tmp_path, n=10), tmp_path / "export")
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "tiny", steps=6, every=3, eval_fraction=0.3)
-    r = _cli("train-captioner", str(cfg), "--data", str(data), "--out", str(tmp_path / "out"))
+    out = str(tmp_path / "out") if where == "local" else \
+        f"s3://{request.getfixturevalue('s3_server').bucket}/cap-cli-{tmp_path.name}"  # env inherited by the CLI
+    r = _cli("train-captioner", str(cfg), "--data", str(data), "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = (tmp_path / "out" / "eval" / "metrics.csv").read_text().splitlines()
+    rows = storage.read_bytes(f"{out}/eval/metrics.csv").decode().splitlines()
     assert rows[0].startswith("step,checkpoint,records,indicator_valid") and len(rows) == 3
-    assert (tmp_path / "out" / "eval" / "metrics.png").stat().st_size > 1000
-    results = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
+    assert len(storage.read_bytes(f"{out}/eval/metrics.png")) > 1000
+    results = storage.read_json(f"{out}/eval/metrics.json")
     held = [e for e in read_examples(str(data)) if is_heldout(e.pair_id, 0.3)]
     assert all(r["records"] == len(held) > 0 for r in results)
-    r = _cli("train-captioner", str(cfg), "--data", str(data), "--out", str(tmp_path / "out"), "--steps", "9",
-             "--no-eval")
+    r = _cli("train-captioner", str(cfg), "--data", str(data), "--out", out, "--steps", "9", "--no-eval")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert latest_checkpoint(str(tmp_path / "out")).endswith("step-00000009")
+    assert latest_checkpoint(out).endswith("step-00000009")
+    assert not os.path.exists("s3:")  # nothing landed in a local folder named like the URI (the CLI's cwd)

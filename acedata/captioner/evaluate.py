@@ -5,11 +5,13 @@ predictions JSONL per checkpoint and `eval/metrics.png` (metrics against step)."
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 
 import torch
 
+from acedata import storage
 from acedata.captioner.config import CaptionerConfig
 from acedata.captioner.data import Example, load_images, prompt_messages, read_examples, split
 from acedata.captioner.metrics import summarise
@@ -21,17 +23,16 @@ COLUMNS = ["step", "checkpoint", "records", "indicator_valid", "exact_match", "e
 
 
 def checkpoint_config(ckpt: str) -> tuple[CaptionerConfig, dict]:
-    path = os.path.join(ckpt, "state.json")
-    if not os.path.isfile(path):
+    path = storage.join(ckpt, "state.json")  # a local path or URI (s3://...)
+    if not storage.is_file(path):
         raise UserError(f"{ckpt} is not a captioner checkpoint (no state.json)")
-    with open(path) as f:
-        state = json.load(f)
+    state = storage.read_json(path)
     return CaptionerConfig(**state["config"]), state
 
 
 def load_checkpoint(ckpt: str, device: str = "cpu"):
     """(model, processor, state) with the checkpoint's trainable weights in place (LoRA unmerged)."""
-    from safetensors.torch import load_file
+    from acemodel.checkpoint import read_tensors
 
     from acedata.captioner.train import load_trainable
 
@@ -39,7 +40,7 @@ def load_checkpoint(ckpt: str, device: str = "cpu"):
     base, processor, _ = load_model(cfg.model)
     torch.manual_seed(cfg.seed)
     model = prepare_for_training(base, cfg)
-    load_trainable(model, load_file(os.path.join(ckpt, "trainable.safetensors")))
+    load_trainable(model, read_tensors(storage.join(ckpt, "trainable.safetensors")))
     return model.to(device).eval(), processor, state
 
 
@@ -85,35 +86,32 @@ def evaluate_run(out: str, data: str, limit: int | None = None, embedder=None) -
     ckpts = list_checkpoints(out)
     if not ckpts:
         raise UserError(f"no checkpoints under {out}/checkpoints (train with `acedata train-captioner` first)")
-    root = os.path.join(out, "eval")
-    os.makedirs(root, exist_ok=True)
+    root = storage.join(out, "eval")  # a local path or URI: every file written whole (acedata.storage)
     results = []
     for ckpt in ckpts:
-        name = os.path.basename(ckpt)
-        cached = os.path.join(root, f"{name}.json")
-        if os.path.exists(cached):
-            with open(cached) as f:
-                results.append(json.load(f))
+        name = ckpt.rstrip("/").rsplit("/", 1)[-1]
+        cached = storage.join(root, f"{name}.json")
+        if storage.is_file(cached):
+            results.append(storage.read_json(cached))
             continue
         metrics, rows = evaluate_checkpoint(ckpt, data, limit, embedder)
         if metrics.get("records", 0) == 0:
             raise UserError("the held-out split is empty; set data.eval_fraction > 0 and retrain")
-        with open(os.path.join(root, f"{name}.predictions.jsonl"), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        with open(cached, "w") as f:
-            json.dump(metrics, f, indent=1)
+        storage.write_bytes(storage.join(root, f"{name}.predictions.jsonl"),
+                            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        storage.write_json(cached, metrics, indent=1)  # last: the cache entry says this checkpoint is done
         results.append(metrics)
     write_table(results, root)
     return results
 
 
 def write_table(results: list[dict], root: str) -> None:
-    with open(os.path.join(root, "metrics.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(results)
-    with open(os.path.join(root, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(results)
+    storage.write_bytes(storage.join(root, "metrics.csv"), buf.getvalue().encode())
+    storage.write_json(storage.join(root, "metrics.json"), results, indent=1)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,5 +129,7 @@ def write_table(results: list[dict], root: str) -> None:
     ax2.set_ylabel("BLEU")
     fig.suptitle("captioner: held-out metrics per checkpoint")
     fig.tight_layout()
-    fig.savefig(os.path.join(root, "metrics.png"), dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    storage.write_bytes(storage.join(root, "metrics.png"), png.getvalue())

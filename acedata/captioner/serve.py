@@ -22,8 +22,12 @@ INFO = "acedata_captioner.json"
 
 
 def file_digest(path: str) -> str:
+    """sha256 (16 hex) of a local file or URI, streamed."""
+    from acedata import storage
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fs, p = storage.resolve(path)
+    with fs.open_input_stream(p) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
@@ -38,8 +42,9 @@ def export_model(ckpt: str, out_dir: str, keep_adapter: bool = False) -> dict[st
     if keep_adapter and not is_lora:
         raise UserError(f"{ckpt} is a full fine-tune: there is no adapter to keep; export it merged")
     os.makedirs(out_dir, exist_ok=True)
-    info = {"checkpoint": os.path.abspath(ckpt), "step": state["step"], "finetune": state["finetune"],
-            "base_model": state["base_model"], "weights_sha256": file_digest(os.path.join(ckpt, "trainable.safetensors")),
+    ckpt = ckpt if "://" in ckpt else os.path.abspath(ckpt)
+    info = {"checkpoint": ckpt, "step": state["step"], "finetune": state["finetune"],
+            "base_model": state["base_model"], "weights_sha256": file_digest(f"{ckpt}/trainable.safetensors"),
             "layout": "adapter" if keep_adapter else "merged"}
     if keep_adapter:
         model.save_pretrained(out_dir)  # peft: the adapter only

@@ -14,15 +14,15 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from acedata import storage
 from acedata.captioner.config import CaptionerConfig
 from acedata.captioner.data import Collator, Example, read_examples, split
 from acedata.captioner.model import load_model, prepare_for_training, trainable_names
@@ -159,44 +159,38 @@ class CaptionerTrainer:
     def save(self, loss: float | None = None) -> str:
         """checkpoints/step-XXXXXXXX/: trainable.safetensors, optimizer.pt, state.json."""
         from acemodel import parallel
+        from acemodel.checkpoint import prune, write_folder
 
-        final = os.path.join(self.out, "checkpoints", f"step-{self.step:08d}")
+        root = storage.join(self.out, "checkpoints")
+        final = storage.join(root, f"step-{self.step:08d}")
         weights = self.trainable_state()
         optim = parallel.full_optimizer_state(self.model, self.opt)
         if self.rank == 0:
-            tmp = final + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-            save_file(weights, os.path.join(tmp, "trainable.safetensors"), metadata={"format": "acedata-captioner"})
-            torch.save({"optimizer": optim}, os.path.join(tmp, "optimizer.pt"))
+            def write(folder: str) -> None:
+                save_file(weights, os.path.join(folder, "trainable.safetensors"),
+                          metadata={"format": "acedata-captioner"})
+                torch.save({"optimizer": optim}, os.path.join(folder, "optimizer.pt"))
+
             state = {"step": self.step, "loss": loss, "world_size": self.world, "strategy": self.strategy,
                      "finetune": self.cfg.finetune, "base_model": self.base_path,
                      "train_records": len(self.train_set), "heldout_records": len(self.heldout),
                      "config": self.cfg.model_dump(mode="json")}
-            with open(os.path.join(tmp, "state.json"), "w") as f:
-                json.dump(state, f, indent=1)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            self._prune()
+            # state.json is the commit marker, written last (acemodel.checkpoint: local rename / object stores)
+            write_folder(final, write, json.dumps(state, indent=1).encode())
+            prune(root, self.cfg.keep_checkpoints)
         parallel.barrier()
         return final
 
-    def _prune(self) -> None:
-        root = os.path.join(self.out, "checkpoints")
-        done = sorted(d for d in os.listdir(root) if d.startswith("step-") and not d.endswith(".tmp"))
-        for d in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
-            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
-
     def load(self, ckpt: str) -> None:
         from acemodel import parallel
+        from acemodel.checkpoint import read_tensors, read_torch
 
-        with open(os.path.join(ckpt, "state.json")) as f:
-            state = json.load(f)
+        state = storage.read_json(storage.join(ckpt, "state.json"))
         if state["world_size"] != self.world:
             raise UserError(f"checkpoint {ckpt} was written by {state['world_size']} worker(s); resume it with "
                             f"as many (this run has {self.world}) — the batch order depends on it")
-        load_trainable(self.model, load_file(os.path.join(ckpt, "trainable.safetensors")))
-        opt = torch.load(os.path.join(ckpt, "optimizer.pt"), map_location="cpu", weights_only=True)
+        load_trainable(self.model, read_tensors(storage.join(ckpt, "trainable.safetensors")))
+        opt = read_torch(storage.join(ckpt, "optimizer.pt"))
         parallel.load_optimizer_state(self.model, self.opt, opt["optimizer"])
         self.step = state["step"]
 
@@ -246,20 +240,18 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
 
 
 def latest_checkpoint(path: str) -> str | None:
-    if os.path.exists(os.path.join(path, "state.json")):
-        return path
-    root = os.path.join(path, "checkpoints")
-    if not os.path.isdir(root):
-        return None
-    done = sorted(d for d in os.listdir(root) if d.startswith("step-") and not d.endswith(".tmp"))
-    return os.path.join(root, done[-1]) if done else None
+    """`path` when it is a checkpoint, else the newest committed one under path/checkpoints (any URI)."""
+    from acemodel.checkpoint import latest_checkpoint as latest
+
+    return latest(path)
 
 
 def list_checkpoints(out: str) -> list[str]:
-    root = os.path.join(out, "checkpoints")
-    if not os.path.isdir(root):
-        return []
-    return [os.path.join(root, d) for d in sorted(os.listdir(root)) if d.startswith("step-") and not d.endswith(".tmp")]
+    """The committed checkpoints (state.json present) under out/checkpoints, oldest first."""
+    from acemodel.checkpoint import step_dirs
+
+    root = storage.join(out, "checkpoints")
+    return [storage.join(root, d) for d in step_dirs(root)]
 
 
 def train_local(cfg: CaptionerConfig, data: str, out: str, resume: bool = True,
@@ -303,21 +295,19 @@ def train_ray(cfg: CaptionerConfig, data: str, out: str, address: str | None = N
         from acedata.runtime import init_ray
 
         init_ray(address)
-    out = os.path.abspath(out) if "://" not in out else out
-    data = os.path.abspath(data) if "://" not in data else data
+    out, data = storage.absolute(out), storage.absolute(data)
     if cfg.model.tiny is not None or os.path.exists(cfg.model.path):
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": os.path.abspath(cfg.model.path)})})
     trainer = TorchTrainer(
         _ray_worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": data, "out": out},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-        run_config=RunConfig(storage_path=os.path.join(out, "ray"), name="train-captioner"),
+        run_config=RunConfig(storage_path=storage.join(out, "ray"), name="train-captioner"),  # a path or URI
     )
     result = trainer.fit()
     if result.error:
         raise result.error
     ckpt = latest_checkpoint(out)
-    with open(os.path.join(ckpt, "state.json")) as f:
-        state = json.load(f)
+    state = storage.read_json(storage.join(ckpt, "state.json"))
     return {"checkpoint": ckpt, "step": state["step"], "loss": state["loss"], "workers": cfg.num_workers,
             "strategy": cfg.strategy}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 
+from acedata import storage
 from acedata.errors import UserError
 
 
@@ -37,17 +39,21 @@ def add(sub: argparse._SubParsersAction) -> None:
 def _open(path: str, mode: str = "RGB"):
     from PIL import Image
 
-    if not os.path.isfile(path):
+    if not storage.is_file(path):
         raise UserError(f"image {path!r} not found")
     try:
-        return Image.open(path).convert(mode)
+        return Image.open(io.BytesIO(storage.read_bytes(path))).convert(mode)
     except OSError as e:
         raise UserError(f"cannot read image {path!r}: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     from acemodel.sample import Generator
+    from PIL import Image
 
+    fmt = Image.registered_extensions().get(os.path.splitext(args.out)[1].lower())
+    if fmt is None:
+        raise UserError(f"--out {args.out!r}: unknown image extension (use .png, .jpg, .webp ...)")
     if len(args.mask) > len(args.image):
         raise UserError("more --mask than --image arguments")
     images = [_open(p) for p in args.image]
@@ -59,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     gen = Generator.load(args.checkpoint, device=args.device, use_ema=not args.no_ema)
     out = gen(args.instruction, images, masks, history, size=size, steps=args.steps, guidance=args.guidance,
               rescale=args.rescale, seed=args.seed)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    out.save(args.out)
+    buf = io.BytesIO()
+    out.save(buf, format=fmt)
+    storage.write_bytes(storage.absolute(args.out), buf.getvalue())  # a local path or a URI
     print(f"wrote {args.out} ({out.width}x{out.height}) from {gen.checkpoint}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from acedata import storage
 from acedata.errors import UserError
 
 
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = train_ray(cfg, args.data, args.out, address=args.address)
         print(f"trained with Ray Train ({cfg.num_workers} workers, {cfg.strategy}): {metrics}")
         return 0
-    trainer = train_local(cfg, args.data, args.out, resume=not args.no_resume)
-    print(f"trained to step {trainer.step}; checkpoints in {os.path.join(args.out, 'checkpoints')}")
+    out = storage.absolute(args.out)  # a local path or a URI (s3://...): checkpoints go through pyarrow/fsspec
+    trainer = train_local(cfg, [storage.absolute(d) for d in args.data], out, resume=not args.no_resume)
+    print(f"trained to step {trainer.step}; checkpoints in {storage.join(out, 'checkpoints')}")
     return 0

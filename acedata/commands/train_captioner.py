@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
+
+from acedata import storage
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         job = submit(cfg.model_dump(mode="json"), args.data, args.out, args.address, evaluate=not args.no_eval)
         print(f"submitted captioner training job {job}")
         return 0
+    args.out = storage.absolute(args.out)  # a local path or a URI (s3://...): checkpoints and eval go through it
     from acedata.captioner.train import latest_checkpoint, train_local, train_ray
 
     if cfg.num_workers > 1 or args.address:
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"trained with Ray Train ({cfg.num_workers} workers, {cfg.strategy}): {metrics}")
     else:
         trainer = train_local(cfg, args.data, args.out, resume=not args.no_resume)
-        print(f"trained to step {trainer.step}; checkpoints in {os.path.join(args.out, 'checkpoints')}")
+        print(f"trained to step {trainer.step}; checkpoints in {storage.join(args.out, 'checkpoints')}")
     if not args.no_eval and cfg.data.eval_fraction > 0:
         from acedata.captioner.evaluate import evaluate_run
 
@@ -56,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"held-out ({last['records']} records) at {last['checkpoint']}: "
               + ", ".join(f"{k}={last[k]:.3f}" for k in ("indicator_valid", "exact_match", "edit_distance",
                                                          "bleu", "rouge_l", "minilm_similarity"))
-              + f"; table {os.path.join(args.out, 'eval', 'metrics.csv')}")
+              + f"; table {storage.join(args.out, 'eval', 'metrics.csv')}")
     print(f"newest checkpoint: {latest_checkpoint(args.out)}")
     return 0

@@ -2,16 +2,15 @@
 worker (DDP, or FSDP with parameters, gradients, optimizer state and EMA sharded per DiT block).
 
 Rank 0 writes full checkpoints to `out`, which must be storage every node can reach for multi-node
-runs; a rerun resumes from the newest one. The loop itself lives in acemodel.train.
+runs (a shared folder, or an object store URI such as s3://bucket/run); a rerun resumes from the newest one. The loop itself lives in acemodel.train.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
-from acemodel import parallel
-from acemodel.checkpoint import latest_checkpoint
+from acemodel import files, parallel
+from acemodel.checkpoint import MARKER, latest_checkpoint
 from acemodel.config import TrainConfig
 from acemodel.errors import UserError
 from acemodel.train import Trainer, check_strategy
@@ -56,7 +55,7 @@ def _worker_loop(config: dict) -> None:
 def _absolute(path: str) -> str:
     """A user path as every Ray worker must see it: URIs as given, local paths made absolute here,
     on the driver (Ray Train runs each worker in its own working directory)."""
-    return path if "://" in path else os.path.abspath(path)
+    return files.absolute(path)
 
 
 def root_cause(err: BaseException) -> BaseException:
@@ -100,7 +99,8 @@ def train_ray(cfg: TrainConfig, data, out: str, address: str | None = None) -> d
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": data, "out": out},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-        run_config=RunConfig(storage_path=os.path.join(out, "ray"), name="train"),
+        # Ray Train takes a local folder or a URI (its own pyarrow filesystem, same AWS env config)
+        run_config=RunConfig(storage_path=files.join(out, "ray"), name="train"),
     )
     try:
         result = trainer.fit()
@@ -112,6 +112,5 @@ def train_ray(cfg: TrainConfig, data, out: str, address: str | None = None) -> d
             raise UserError(f"training failed on a worker: {str(cause).strip().splitlines()[0]}") from None
         raise
     ckpt = latest_checkpoint(out)
-    with open(os.path.join(ckpt, "state.json")) as f:
-        step = json.load(f)["step"]
+    step = files.read_json(files.join(ckpt, MARKER))["step"]
     return {"step": step, "checkpoint": ckpt, "workers": cfg.num_workers, "strategy": cfg.strategy}

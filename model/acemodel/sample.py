@@ -5,16 +5,14 @@ the current instruction (for the target frame and the current CU's input frames)
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from acemodel.checkpoint import latest_checkpoint
+from acemodel import files
+from acemodel.checkpoint import MARKER, latest_checkpoint, read_tensors
 from acemodel.config import TrainConfig
 from acemodel.data import Frame, Sample, fit_size, mask_tensor, to_tensor
 from acemodel.diffusion import guided, make_objective
@@ -37,16 +35,15 @@ class Generator:
         ckpt = latest_checkpoint(path)
         if ckpt is None:
             raise UserError(f"no checkpoint at {path} (expected a checkpoint dir or a run dir with checkpoints/)")
-        with open(os.path.join(ckpt, "state.json")) as f:
-            cfg = TrainConfig(**json.load(f)["config"])
+        cfg = TrainConfig(**files.read_json(files.join(ckpt, MARKER))["config"])
         dev = pick_device(device)
         if cfg.cpu_threads and dev.type == "cpu":
             torch.set_num_threads(cfg.cpu_threads)
         model = ACEDiT(cfg.dit())
-        weights = os.path.join(ckpt, "ema.safetensors" if use_ema else "model.safetensors")
-        if not os.path.exists(weights):
-            weights = os.path.join(ckpt, "model.safetensors")
-        model.load_state_dict(load_file(weights))
+        weights = files.join(ckpt, "ema.safetensors" if use_ema else "model.safetensors")
+        if not files.exists(weights):
+            weights = files.join(ckpt, "model.safetensors")
+        model.load_state_dict(read_tensors(weights))
         model.to(dev).eval()
         model.attention_backend = cfg.attention
         return cls(model, Encoders(cfg, dev), cfg, ckpt)

@@ -88,3 +88,24 @@ def test_root_cause_unwraps_a_worker_group_error():
             raise RuntimeError("outer") from e
     except RuntimeError as outer:
         assert root_cause(outer) is cause
+
+
+@pytest.mark.slow
+def test_two_workers_checkpoint_to_s3_and_resume(tmp_path, s3_server):
+    """`--workers 2 --out s3://...` as a user types it (its own embedded Ray, AWS env inherited): rank 0
+    commits checkpoints to the S3 server, Ray Train's storage_path is the URI, a rerun resumes from S3."""
+    from acemodel.checkpoint import latest_checkpoint
+
+    build(str(tmp_path / "lcu"), (64, 48), photos=["astronaut", "chelsea"], rows_per_group=2)
+    out = f"s3://{s3_server.bucket}/ray-train-{tmp_path.name}"
+    cfg = _config(tmp_path)
+    r = _cli(["train", cfg, "--data", "lcu", "--out", out, "--workers", "2", "--address", "local"], cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert latest_checkpoint(out) == f"{out}/checkpoints/step-00000001"
+    prefix = out.split("/", 3)[3]
+    assert any(k.startswith(f"{prefix}/ray/") for k in s3_server.keys(prefix))  # Ray Train's own run state
+    assert not os.path.exists(tmp_path / "s3:")  # nothing written to a local folder named like the URI
+    r = _cli(["train", cfg, "--data", "lcu", "--out", out, "--workers", "2", "--address", "local", "--steps", "2"],
+             cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "'step': 2" in r.stdout and latest_checkpoint(out).endswith("step-00000002")
