@@ -17,12 +17,12 @@ Training here runs in one process (CPU or one GPU); multi-GPU runs go through
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import Field
 
+from acedata import storage
 from acedata.config import StageConfig
 from acedata.errors import UserError
 from acedata.stage import Stage, UnitResult, WorkUnit, register
@@ -62,9 +62,9 @@ class TrainCaptioner(Stage):
         from acedata.captioner.config import load_config
 
         cfg = load_config(c.config, {"steps": c.steps})  # a config mistake fails here, as one line
-        if not os.path.isabs(cfg.model.path) and (cfg.model.tiny or os.path.exists(cfg.model.path)):
+        if cfg.model.tiny or storage.exists_uri(cfg.model.path):
             # a relative folder means the driver's directory; workers may run elsewhere
-            cfg.model.path = os.path.abspath(cfg.model.path)
+            cfg.model.path = storage.absolute(cfg.model.path)
         self._tables("instructions")
         if "://" in self.ctx.stage_dir:
             raise UserError("train_captioner writes checkpoints to a local/shared filesystem path; "
@@ -90,7 +90,7 @@ class TrainCaptioner(Stage):
         from acedata.instruct.export import export_captioner_data
 
         d = self.ctx.stage_dir
-        data, run, model_dir = os.path.join(d, "export"), os.path.join(d, "train"), os.path.join(d, "model")
+        data, run, model_dir = storage.join(d, "export"), storage.join(d, "train"), storage.join(d, "model")
         counts = export_captioner_data(
             self._tables("instructions"), self._tables("pairs"), self._tables("images"), data,
             methods=tuple(c.methods), variants="first" if c.first_variant_only else "all", limit=c.limit)
