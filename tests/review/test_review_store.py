@@ -71,8 +71,11 @@ def test_build_overlap_and_no_repeat(db_url, catalog):
     assert names["a"]["copies"] == got["copies"] and names["a"]["done"] == 0
 
 
-def _work(engine, catalog, queue: str, user: str, out: list, errors: list, decision: str = "accept") -> None:
+def _work(engine, catalog, queue: str, user: str, out: list, errors: list, decision: str = "accept",
+          start: threading.Barrier | None = None) -> None:
     try:
+        if start is not None:  # all annotators begin together, as on a busy team
+            start.wait(60)
         while True:
             pid = assign.claim(engine, queue, user, lease_s=600)
             if pid is None:
@@ -80,6 +83,7 @@ def _work(engine, catalog, queue: str, user: str, out: list, errors: list, decis
             body = {"decision": decision, "candidate": 1} if decision == "accept" else {"decision": decision}
             assign.decide(engine, queue, user, catalog.item(pid), body)
             out.append((user, pid))
+            time.sleep(0.01)  # a person reads the next item: the others get their turn at the queue
     except Exception as e:  # noqa: BLE001 - surfaced by the test
         errors.append(repr(e))
 
@@ -88,7 +92,9 @@ def test_concurrent_annotators_never_get_the_same_item(db_url, catalog):
     e = store.connect(db_url)
     queues.build(e, "q", catalog.facets(), queues.QueueSpec(size=40, seed=2))
     out, errors = [], []
-    threads = [threading.Thread(target=_work, args=(e, catalog, "q", f"u{i}", out, errors)) for i in range(4)]
+    start = threading.Barrier(4)
+    threads = [threading.Thread(target=_work, args=(e, catalog, "q", f"u{i}", out, errors, "accept", start))
+               for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
