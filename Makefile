@@ -36,6 +36,7 @@ demo-captioner: $(STAMP)
 	@echo "captioner: runs/captioner-loop/train_captioner/{train/eval/metrics.csv,model}; relabelled: runs/captioner-loop/relabel"
 
 test: $(STAMP)
+	bash .ci/system-deps.sh
 	$(PY) -m pytest -q tests
 
 # Rerun the full demo and compare every table's digest with tests/demo_digest.json.
