@@ -18,12 +18,11 @@ from acedata import shards
 
 def later_copies(table_dir: str, key: str = "image_id") -> list[dict[str, Any]]:
     """`{"source_uri", key}` of every row whose `key` an earlier unit (or earlier row) already holds."""
-    _, d = shards.resolve(table_dir)
     seen: set[str] = set()
     later: list[dict[str, Any]] = []
     for unit in sorted(shards.committed_units(table_dir)):
         for s in shards.unit_fragment(table_dir, unit)["shards"]:
-            t = shards.open_parquet(posixpath.join(d, s["file"])).read(columns=["source_uri", key])
+            t = shards.open_parquet(posixpath.join(table_dir.rstrip("/"), s["file"])).read(columns=["source_uri", key])
             for uri, k in zip(t.column("source_uri").to_pylist(), t.column(key).to_pylist()):
                 if k in seen:
                     later.append({"source_uri": uri, key: k})

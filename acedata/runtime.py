@@ -48,21 +48,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 # --- unit execution (runs on workers) --------------------------------------------
 
 
-def _clear_unit_files(table_dir: str, unit_id: str) -> None:
-    """Delete an earlier, uncommitted attempt's shards of this unit (nothing lists them)."""
-    fs, d = shards.resolve(table_dir)
-    if not shards.exists(fs, d):
-        return
-    for info in fs.get_file_info(pafs.FileSelector(d)):
-        name = posixpath.basename(info.path)
-        if shards.shard_unit(name) == unit_id:
-            fs.delete_file(info.path)
-
-
 def execute_unit(stage: Stage, unit: WorkUnit) -> dict[str, int]:
     """Process one unit and commit its outputs; the done-marker is written last."""
     for table in stage.outputs:
-        _clear_unit_files(stage.ctx.out(table), unit.id)
+        shards.clear_attempts(stage.ctx.out(table), unit.id)
     result = stage.process(unit)
     counts = dict(result.counts)
     for table, rows in result.tables.items():

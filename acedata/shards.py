@@ -122,6 +122,18 @@ def shard_unit(name: str) -> str | None:
     return m.group("unit") if m else None
 
 
+def clear_attempts(table_dir: str, unit_id: str) -> None:
+    """Delete the shards of earlier, uncommitted attempts at a unit (nothing lists them).
+
+    Call before writing a unit again; never for a committed unit."""
+    fs, d = resolve(table_dir)
+    if not exists(fs, d):
+        return
+    for info in fs.get_file_info(pafs.FileSelector(d)):
+        if shard_unit(posixpath.basename(info.path)) == unit_id:
+            fs.delete_file(info.path)
+
+
 @dataclass
 class ShardWriter:
     """Writes one unit's rows as size-bounded zstd Parquet shards.

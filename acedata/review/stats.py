@@ -17,23 +17,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from acedata.captioner.metrics import edit_distance
 from acedata.review.store import decisions, reading, slots, utcnow
 from acedata.review.table import append_reviews
 
 EXPORT_COLUMNS = ["review_id", "queue", "pair_id", "task", "subtask", "annotator", "decision", "instruction",
                   "chosen_variant", "chosen_method", "reject_reason", "comment", "shown", "decided_at"]
-
-
-def levenshtein(a: str, b: str) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def all_decisions(engine: sa.Engine, queue: str | None = None) -> list[dict[str, Any]]:
@@ -56,7 +45,7 @@ def agreement(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ta, tb = _final(a), _final(b)
         same += ta == tb
         if "edit" in (a["decision"], b["decision"]) and ta is not None and tb is not None:
-            d = levenshtein(ta, tb)
+            d = edit_distance(ta, tb)
             dists.append(d)
             norms.append(d / max(1, len(ta), len(tb)))
     accepts = [(a, b) for a, b in both if a["decision"] == b["decision"] == "accept"]

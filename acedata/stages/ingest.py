@@ -139,6 +139,7 @@ class Ingest(Stage):
         """List copies of one image held by several units in `duplicates` (no shard changes)."""
         images_dir, dup_dir = self.ctx.out("images"), self.ctx.out("duplicates")
         if CROSS_UNIT not in shards.committed_units(dup_dir):  # a rerun after a crash finds it committed
+            shards.clear_attempts(dup_dir, CROSS_UNIT)  # a crashed attempt's unlisted shard
             later = self.cross_unit_duplicates()
             w = shards.ShardWriter(dup_dir, DUPLICATES, unit=CROSS_UNIT)
             w.write(pa.Table.from_pylist(later, DUPLICATES))

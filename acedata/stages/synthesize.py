@@ -178,6 +178,7 @@ class Synthesize(Stage):
         # skip (acedata.kept); committed shards are never rewritten.
         dup_dir = self.ctx.out("duplicates")
         if CROSS_UNIT not in shards.committed_units(dup_dir):  # a rerun after a crash finds it committed
+            shards.clear_attempts(dup_dir, CROSS_UNIT)  # a crashed attempt's unlisted shard
             w = shards.ShardWriter(dup_dir, DUPLICATES, unit=CROSS_UNIT)
             w.write(pa.Table.from_pylist(later_copies(self.ctx.out("images")), DUPLICATES))
             w.commit()

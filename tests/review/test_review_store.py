@@ -202,7 +202,7 @@ def test_decisions_survive_reconnect_and_export_into_the_run(db_url, catalog, tm
 
 
 def test_levenshtein_and_indicator_rule():
-    assert stats.levenshtein("kitten", "sitting") == 3 and stats.levenshtein("", "abc") == 3
+    assert stats.edit_distance("kitten", "sitting") == 3 and stats.edit_distance("", "abc") == 3
     assert assign.check_indicators("make {image} red", ["{image}"]) is None
     assert "unknown" in assign.check_indicators("make {image1} red", ["{image}"])
     assert "unknown" in assign.check_indicators("a {img} b {image}", ["{image}"])
