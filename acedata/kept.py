@@ -16,7 +16,7 @@ table) are read whole. Memory: one string per listed duplicate.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from acedata import shards
 
 DUPLICATES = "duplicates"
+CROSS_UNIT = "cross-unit"  # the duplicates table's unit written by a stage's `finish`
 
 
 def _sibling(table: str) -> str:
@@ -86,3 +87,16 @@ def read_kept(tables: str | list[str], columns: list[str] | None = None) -> pa.T
     if not parts:
         return pa.table({})
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def commit_cross_unit(dup_dir: str, find_later: Callable[[], list[dict[str, str]]]) -> None:
+    """Write the `finish`-time duplicates unit once (`find_later()` lists the losing copies) and
+    finalize the table. A rerun after a crash finds it committed, or clears the crashed attempt."""
+    from acedata.schemas import DUPLICATES as SCHEMA
+
+    if CROSS_UNIT not in shards.committed_units(dup_dir):
+        shards.clear_attempts(dup_dir, CROSS_UNIT)
+        w = shards.ShardWriter(dup_dir, SCHEMA, unit=CROSS_UNIT)
+        w.write(pa.Table.from_pylist(find_later(), SCHEMA))
+        w.commit()
+    shards.finalize_manifest(dup_dir, SCHEMA, table=DUPLICATES)

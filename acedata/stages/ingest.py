@@ -26,7 +26,7 @@ from acedata import shards
 from acedata.config import StageConfig, run_only
 from acedata.errors import UserError
 from acedata.images import Limits, Rejected, decode, image_cell
-from acedata.kept import dropped_uris
+from acedata.kept import CROSS_UNIT, commit_cross_unit, dropped_uris
 from acedata.schemas import DUPLICATES, IMAGES, QUARANTINE
 from acedata.source_digest import source_digest
 from acedata.source_roots import source_root
@@ -48,7 +48,6 @@ class IngestConfig(StageConfig):
     # How resume detects a changed corpus: file bytes (exact) or (size, mtime) (cheap at scale).
     source_digest: Literal["content", "metadata"] = run_only("content")
 
-CROSS_UNIT = "cross-unit"  # the duplicates table's unit written by `finish`
 
 
 def _relative(obj: Any, root: str) -> Any:
@@ -138,13 +137,7 @@ class Ingest(Stage):
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
         """List copies of one image held by several units in `duplicates` (no shard changes)."""
         images_dir, dup_dir = self.ctx.out("images"), self.ctx.out("duplicates")
-        if CROSS_UNIT not in shards.committed_units(dup_dir):  # a rerun after a crash finds it committed
-            shards.clear_attempts(dup_dir, CROSS_UNIT)  # a crashed attempt's unlisted shard
-            later = self.cross_unit_duplicates()
-            w = shards.ShardWriter(dup_dir, DUPLICATES, unit=CROSS_UNIT)
-            w.write(pa.Table.from_pylist(later, DUPLICATES))
-            w.commit()
-        shards.finalize_manifest(dup_dir, DUPLICATES, table="duplicates")
+        commit_cross_unit(dup_dir, self.cross_unit_duplicates)
         cross = sum(s["rows"] for s in shards.unit_fragment(dup_dir, CROSS_UNIT)["shards"])
         stored = shards.count_rows(images_dir)
         dup = shards.count_rows(dup_dir)

@@ -20,7 +20,6 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from pydantic import Field, model_validator
 
 from acedata import shards
@@ -29,7 +28,7 @@ from acedata.dedupe import later_copies
 from acedata.errors import UserError
 from acedata.image_index import shared_reader
 from acedata.images import open_rgb
-from acedata.kept import dropped_uris, row_key
+from acedata.kept import commit_cross_unit, dropped_uris, row_key
 from acedata.models import ModelSpec
 from acedata.schemas import DUPLICATES, IMAGES, PAIRS, QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
@@ -38,8 +37,6 @@ from acedata.synth.base import Draft, Img, Rejected, Synthesizer
 from acedata.synth.support.clip_filter import ClipFilterConfig, ClipScorer
 from acedata.synth.support.collect import Collector, FailureLimit, SynthesizerFailures, describe_failures
 from acedata.synth.support.filters import FilterConfig, check
-
-CROSS_UNIT = "cross-unit"  # the duplicates table's one unit, written by `finish`
 
 log = logging.getLogger("acedata")
 
@@ -177,12 +174,7 @@ class Synthesize(Stage):
         # the first unit's row is kept, later copies are listed in `duplicates` for readers to
         # skip (acedata.kept); committed shards are never rewritten.
         dup_dir = self.ctx.out("duplicates")
-        if CROSS_UNIT not in shards.committed_units(dup_dir):  # a rerun after a crash finds it committed
-            shards.clear_attempts(dup_dir, CROSS_UNIT)  # a crashed attempt's unlisted shard
-            w = shards.ShardWriter(dup_dir, DUPLICATES, unit=CROSS_UNIT)
-            w.write(pa.Table.from_pylist(later_copies(self.ctx.out("images")), DUPLICATES))
-            w.commit()
-        shards.finalize_manifest(dup_dir, DUPLICATES, table="duplicates")
+        commit_cross_unit(dup_dir, lambda: later_copies(self.ctx.out("images")))
         repeated = shards.count_rows(dup_dir)
         counts["images"] = shards.count_rows(self.ctx.out("images")) - repeated
         pairs = shards.count_rows(self.ctx.out("pairs"))
