@@ -174,53 +174,78 @@ def done_units(stage_dir: str) -> dict[str, dict[str, int]]:
 def run_stage(
     stage: Stage, executor: str = "ray", progress: Callable[[int, int, dict[str, int]], None] | None = None
 ) -> dict[str, Any]:
-    """Run the units not yet committed, merge manifests, finish, and return the summary.
+    """Run the units not yet committed, wave by wave, merge manifests, finish, and return the summary.
 
     `progress(units_done, units_total, counts_so_far)` is called on the driver as units
-    commit (units committed by an earlier, interrupted run included).
+    commit (units committed by an earlier, interrupted run included); the total grows as
+    later waves are planned.
     """
     t0 = time.time()
-    units = stage.plan()
-    ids = [u.id for u in units]
-    if len(set(ids)) != len(ids):
-        raise RuntimeError(f"{type(stage).__name__}.plan() returned duplicate unit ids")
+    tally = _Tally(progress)
+    units, wave, all_ids = stage.plan(), 0, []
+    while units:
+        ids = [u.id for u in units]
+        if len(set(ids)) != len(ids) or set(ids) & set(all_ids):
+            raise RuntimeError(f"{type(stage).__name__}: wave {wave} has duplicate unit ids")
+        wave_counts = _run_wave(stage, units, executor, tally, wave)
+        all_ids += ids
+        units = stage.next_wave(wave, wave_counts)
+        wave += 1
     done = done_units(stage.ctx.stage_dir)
-    todo = [u for u in units if u.id not in done]
-    log.info("stage %s: %d units (%d already committed)", stage.kind, len(units), len(units) - len(todo))
-    on_unit = None
-    if progress is not None:
-        planned = set(ids)
-        so_far: dict[str, int] = {}
-        finished: set[str] = set()
-
-        def on_unit(unit_id: str, unit_counts: dict[str, int]) -> None:
-            if unit_id in finished or unit_id not in planned:
-                return
-            finished.add(unit_id)
-            for k, v in unit_counts.items():
-                so_far[k] = so_far.get(k, 0) + int(v)
-            progress(len(finished), len(units), dict(so_far))
-
-        for unit_id, unit_counts in done.items():
-            if unit_id in planned:
-                finished.add(unit_id)
-                for k, v in unit_counts.items():
-                    so_far[k] = so_far.get(k, 0) + int(v)
-        progress(len(finished), len(units), dict(so_far))
-    if todo:
-        (_run_on_ray if executor == "ray" else _run_local)(stage, todo, on_unit)
-    done = done_units(stage.ctx.stage_dir)
-    missing = [i for i in ids if i not in done]
-    if missing:
-        raise RuntimeError(f"stage {stage.kind}: {len(missing)} units did not commit (e.g. {missing[:3]})")
-    counts: dict[str, int] = {}
-    for i in ids:
-        for k, v in done[i].items():
-            counts[k] = counts.get(k, 0) + int(v)
+    counts = _sum(done[i] for i in all_ids)
     for table in stage.outputs:
         shards.finalize_manifest(stage.ctx.out(table), stage.output_schema(table), table=table)
     extra = stage.finish(counts) or {}
     for table in stage.outputs:
         if image_index.is_image_table(stage.output_schema(table)):  # shards finish rewrote, units that died early
             image_index.ensure_index(stage.ctx.out(table))
-    return {"stage": stage.kind, "units": len(units), "counts": counts, "seconds": round(time.time() - t0, 2), **extra}
+    return {"stage": stage.kind, "units": len(all_ids), "counts": counts, "seconds": round(time.time() - t0, 2), **extra}
+
+
+class _Tally:
+    """Units committed so far and their summed counts, reported to a progress callback."""
+
+    def __init__(self, progress: Callable[[int, int, dict[str, int]], None] | None) -> None:
+        self.progress = progress
+        self.planned: set[str] = set()
+        self.finished: dict[str, dict[str, int]] = {}
+
+    def plan(self, ids: list[str], done: dict[str, dict[str, int]]) -> None:
+        self.planned.update(ids)
+        for i in ids:
+            if i in done:
+                self.finished[i] = done[i]
+        self._report()
+
+    def unit_done(self, unit_id: str, unit_counts: dict[str, int]) -> None:
+        if unit_id in self.planned and unit_id not in self.finished:
+            self.finished[unit_id] = unit_counts
+            self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(len(self.finished), len(self.planned), _sum(self.finished.values()))
+
+
+def _sum(parts: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for part in parts:
+        for k, v in part.items():
+            counts[k] = counts.get(k, 0) + int(v)
+    return counts
+
+
+def _run_wave(stage: Stage, units: list[WorkUnit], executor: str, tally: _Tally, wave: int) -> dict[str, int]:
+    """Run one wave's uncommitted units; return the wave's summed counts once all have committed."""
+    ids = [u.id for u in units]
+    done = done_units(stage.ctx.stage_dir)
+    todo = [u for u in units if u.id not in done]
+    log.info("stage %s wave %d: %d units (%d already committed)", stage.kind, wave, len(units), len(units) - len(todo))
+    tally.plan(ids, done)
+    if todo:
+        (_run_on_ray if executor == "ray" else _run_local)(stage, todo, tally.unit_done)
+    done = done_units(stage.ctx.stage_dir)
+    missing = [i for i in ids if i not in done]
+    if missing:
+        raise RuntimeError(f"stage {stage.kind}: {len(missing)} units did not commit (e.g. {missing[:3]})")
+    return _sum(done[i] for i in ids)

@@ -1,8 +1,9 @@
 """The stage contract. Stage code never imports Ray; `acedata.runtime` runs stages.
 
 A stage splits its input into work units on the driver (`plan`), processes each unit
-with a pure function over Arrow tables (`process`), and may do a final driver-side
-step (`finish`). A model stage loads its model once per worker in `setup`.
+with a pure function over Arrow tables (`process`), may plan further waves of units
+from what earlier waves wrote (`next_wave`), and may do a final driver-side step
+(`finish`). A model stage loads its model once per worker in `setup`.
 
 Each unit's outputs are written under names derived from the unit id and committed
 atomically, with a done-marker written last: a retried or resumed unit overwrites
@@ -93,6 +94,16 @@ class Stage:
 
     def process(self, unit: WorkUnit) -> UnitResult:
         raise NotImplementedError
+
+    def next_wave(self, wave: int, counts: dict[str, int]) -> list[WorkUnit]:
+        """Units to run once every unit of wave `wave` has committed (wave 0: `plan`'s units); [] ends.
+
+        For joins and group-bys the driver must not do row by row: a wave's units write
+        their rows hash-partitioned by a key (`acedata.partition`), and the next wave's
+        units each read one partition. `counts` are the finished wave's summed counts.
+        Unit ids must be unique across waves; a resumed run replans every wave the same way.
+        """
+        return []
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
         """Driver-side step after all units are committed; returns extra summary fields."""
