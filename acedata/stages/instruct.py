@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -31,14 +31,13 @@ from acedata.instruct.captioner import (
     WRITER_USER,
     MLLMConfig,
     WriterConfig,
-    analyse_pairs,
     caption_images,
-    caption_pairs,
-    write_instructions,
 )
 from acedata.instruct.client import ChatClient, EndpointConfig
 from acedata.instruct.local import LocalModelConfig
+from acedata.instruct.natural import PairWork, by_captioner, by_mllm_llm, split_ready
 from acedata.instruct.rewrite import RewriteConfig, rewrite_all
+from acedata.instruct.slots import pair_slots
 from acedata.instruct.templates import FAMILIES, load_bank
 from acedata.kept import dropped_uris, filter_kept
 from acedata.schemas import INSTRUCTIONS, QUARANTINE
@@ -47,21 +46,6 @@ from acedata.stage import Stage, UnitResult, WorkUnit, register
 log = logging.getLogger("acedata")
 
 NATURAL = "natural_edit"
-# Pairs tables without a `slots` column (mined pairs, tables from elsewhere): where template slots
-# come from in a pair's provenance JSON (top level, or params/meta inside it).
-SLOT_KEYS = {
-    "object": ("object", "object_name", "subject", "category", "label"),
-    "new_object": ("new_object", "replacement", "replace_with", "target_object"),
-    "style": ("style", "style_name", "grade", "look"),
-    "attribute": ("attribute", "attributes", "facial_attribute"),
-    "prompt": ("edit_prompt", "prompt"),
-    "caption": ("caption", "target_caption", "source_caption"),
-}
-# Where a subtask's synthesizer uses a key differently: replace's `object`/`prompt` name the new object.
-SUBTASK_SLOT_KEYS = {
-    "replace": {"object": ("old_object", "replaced_object", "source_object"),
-                "new_object": ("new_object", "replacement", "replace_with", "object", "prompt")},
-}
 
 
 @dataclass(frozen=True)
@@ -73,22 +57,6 @@ class RowSlice:
     shard: str
     start: int
     stop: int
-
-
-@dataclass
-class PairWork:
-    """A pair on its way to instruction rows: the template first, then what the MLLM/LLM make of it."""
-
-    pair: dict[str, Any]  # the pairs-table row
-    text: str  # variant 0's instruction
-    prov: dict[str, Any]  # provenance JSON of variant 0
-    method: str = "template"  # template | captioner | mllm_llm
-    model: str | None = None
-    rejected: list[dict[str, str]] = field(default_factory=list)  # {"text", "reason"} of refused attempts
-    rewrites: list[str] = field(default_factory=list)  # accepted LLM rewrites: variants 1..K
-
-    def reject(self, attempts: list[tuple[str, str]]) -> None:
-        self.rejected += [{"text": t, "reason": why} for t, why in attempts]
 
 
 class T2IConfig(Strict):
@@ -289,47 +257,14 @@ class Instruct(Stage):
         if cfg is None or (not use_captioner and self.llm is None):
             return
         need = {i for w in natural for i in (w.pair["source_id"], w.pair["target_id"])}
-        data = self.store.image_bytes(sorted(need))
-        ready = []
-        for w in natural:
-            s, t = w.pair["source_id"], w.pair["target_id"]
-            if s in data and t in data:
-                ready.append((w, (data[s], data[t])))
-            else:
-                _fallback(w, "image_missing", counts)
+        ready = split_ready(natural, self.store.image_bytes(sorted(need)), counts)
         if not ready:
             return
-        images = [im for _, im in ready]
         if use_captioner:
-            outs = caption_pairs(images, self.captioner, cfg)
-            for (w, _), o in zip(ready, outs):
-                w.reject(o.rejected)
-                if o.text is None:
-                    _fallback(w, o.reason or "captioner_failed", counts)
-                    continue
-                w.text, w.method, w.model = o.text, "captioner", cfg.endpoint.model
-                w.prov = {"natural": "captioner", "template_fallback_was": w.prov["template"],
-                          "captioner_checkpoint": self._captioner_checkpoint(cfg)}
-                counts["natural_captioner"] = counts.get("natural_captioner", 0) + 1
-            return
-        analyses = analyse_pairs(images, self.mllm, cfg)
-        ok = [(w, a) for (w, _), a in zip(ready, analyses) if a.text is not None]
-        for (w, _), a in zip(ready, analyses):
-            w.reject(a.rejected)
-            if a.text is None:
-                _fallback(w, f"analysis_{a.reason}", counts)
-        if not ok:
-            return
-        writer = WriterConfig(endpoint=c.llm, system_prompt=c.writer_system, user_prompt=c.writer_user)
-        outs = write_instructions([a.text for _, a in ok], self.llm, writer)
-        for (w, a), o in zip(ok, outs):
-            w.reject(o.rejected)
-            if o.text is None:
-                _fallback(w, f"writer_{o.reason}", counts)
-                continue
-            w.text, w.method, w.model = o.text, "mllm_llm", f"{cfg.endpoint.model}+{c.llm.model}"
-            w.prov = {"natural": "mllm_llm", "analysis": json.loads(a.text), "template_fallback_was": w.prov["template"]}
-            counts["natural_mllm_llm"] = counts.get("natural_mllm_llm", 0) + 1
+            by_captioner(ready, self.captioner, cfg, lambda: self._captioner_checkpoint(cfg), counts)
+        else:
+            writer = WriterConfig(endpoint=c.llm, system_prompt=c.writer_system, user_prompt=c.writer_user)
+            by_mllm_llm(ready, self.mllm, cfg, self.llm, writer, counts)
 
     def _captioner_checkpoint(self, cfg: MLLMConfig) -> dict[str, Any] | str | None:
         """Which trained checkpoint labels: the config's `checkpoint`, else the served folder's record."""
@@ -382,45 +317,6 @@ class Instruct(Stage):
                            "quarantine": pa.Table.from_pylist([], QUARANTINE)}, counts)
 
 
-def pair_slots(pair: dict[str, Any], images: dict[str, dict]) -> dict[str, str]:
-    """Template slot values for a pair: its `slots` column (what the synthesizer stated), else, for
-    pairs tables without one (mined pairs, tables from elsewhere), keys found in its provenance; a
-    missing caption comes from the images' captions."""
-    if pair.get("slots") is not None:
-        slots = {k: v for k, v in pair["slots"].items() if v}
-    else:
-        slots = _provenance_slots(pair)
-    if "caption" not in slots:
-        for iid in (pair.get("target_id"), pair.get("source_id")):
-            cap = (images.get(iid) or {}).get("caption")
-            if cap and cap.strip():
-                slots["caption"] = " ".join(cap.split()).rstrip(".")
-                break
-    return slots
-
-
-def _provenance_slots(pair: dict[str, Any]) -> dict[str, str]:
-    """Slot values read from provenance JSON by the key names in SLOT_KEYS (pairs without `slots`)."""
-    prov: dict[str, Any] = {}
-    try:
-        loaded = json.loads(pair.get("provenance") or "{}")
-        if isinstance(loaded, dict):
-            prov = loaded
-    except json.JSONDecodeError:
-        pass
-    scopes = [prov[k] for k in ("params", "meta") if isinstance(prov.get(k), dict)] + [prov]
-    keymap = {**SLOT_KEYS, **SUBTASK_SLOT_KEYS.get(pair.get("subtask") or "", {})}
-    slots: dict[str, str] = {}
-    for slot, keys in keymap.items():
-        for scope in scopes:
-            v = next((scope[k] for k in keys if isinstance(scope.get(k), (str, int, float)) and str(scope[k]).strip()),
-                     None)
-            if v is not None:
-                slots[slot] = " ".join(str(v).replace("_", " ").split()).rstrip(".")
-                break
-    return slots
-
-
 def _slices(prefix: str, kind: Literal["pairs", "t2i"], tables: list[str], per_unit: int) -> list[WorkUnit]:
     """Units of at most `per_unit` rows over every shard of `tables`; ids stable across reruns."""
     units = []
@@ -431,12 +327,6 @@ def _slices(prefix: str, kind: Literal["pairs", "t2i"], tables: list[str], per_u
                 units.append(WorkUnit(f"{prefix}{ti}-{si}-{start}",
                                       asdict(RowSlice(kind, shard, start, min(n, start + per_unit)))))
     return units
-
-
-def _fallback(w: PairWork, reason: str, counts: dict[str, int]) -> None:
-    w.prov["natural_fallback"] = reason
-    w.rejected.append({"text": "", "reason": f"natural_fallback:{reason}"})
-    counts["natural_template_fallback"] = counts.get("natural_template_fallback", 0) + 1
 
 
 def _quarantine(pair: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
