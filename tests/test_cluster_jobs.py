@@ -13,11 +13,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -25,11 +23,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import cluster_stages
-from cluster_helper import LocalCluster
+from cluster_helper import LocalCluster, started_cluster
+from unit_kill import ingested_images
 
 from acedata import jobs, runtime, shards
 from acedata.pipeline import load_spec, run_stages
-from acedata.stages.ingest import IngestConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -45,14 +43,8 @@ def cluster():
         address, token = running.split()
         yield LocalCluster("/nonexistent", token=token, dashboard_port=int(address.rsplit(":", 1)[1]))
         return
-    root = tempfile.mkdtemp(prefix="acedata-rc-", dir="/tmp")  # short: Ray's socket paths are length-bound
-    c = LocalCluster(root)
-    try:
-        c.start()
+    with started_cluster("acedata-rc-") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -77,13 +69,8 @@ def cli(cluster: LocalCluster, *args: str, token: str | None = "cluster", timeou
 @pytest.fixture(scope="module")
 def images_table(tmp_path_factory) -> str:
     """The demo corpus ingested locally (no Ray): the input of the cluster test specs."""
-    from acedata.demo_data import build
-
     d = tmp_path_factory.mktemp("cluster-input")
-    build(str(d / "corpus"), variants=2, seed=0, odd=False)
-    run_stages([IngestConfig(name="ingest", sources=[str(d / "corpus")], files_per_unit=8)], str(d / "run"),
-               executor="local")
-    return str(d / "run" / "ingest" / "images")
+    return ingested_images(str(d / "corpus"), str(d / "run"), seed=0)
 
 
 def write_spec(path, name: str, stages: list[dict]) -> str:
