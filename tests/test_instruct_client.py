@@ -7,16 +7,9 @@ import json
 import urllib.request
 
 import pytest
-from llm_server import free_port, start_standin
+from llm_server import free_port
 
 from acedata.instruct.client import ChatClient, ChatRequest, EndpointConfig
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    srv = start_standin(str(tmp_path_factory.mktemp("standin") / "log.txt"))
-    yield srv
-    srv.stop()
 
 
 def _ep(srv, model: str, **kw) -> EndpointConfig:
