@@ -66,6 +66,18 @@ def cli(cluster: LocalCluster, *args: str, token: str | None = "cluster", timeou
                           timeout=timeout, cwd=REPO)
 
 
+def submit_and_wait(cluster: LocalCluster, prefix: str, *args: str) -> str:
+    """`acedata ARGS --submit`, then wait for the job; asserts it succeeded (its log tail if not)."""
+    r = cli(cluster, *args, "--submit")
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().split()[-1]
+    assert job_id.startswith(prefix)
+    state = jobs.wait_for(job_id, cluster.address, timeout=JOB_TIMEOUT, poll=1.0)
+    logs = cli(cluster, "jobs", "logs", job_id).stdout
+    assert state == "SUCCEEDED", logs[-4000:]
+    return job_id
+
+
 @pytest.fixture(scope="module")
 def images_table(tmp_path_factory) -> str:
     """The demo corpus ingested locally (no Ray): the input of the cluster test specs."""
@@ -273,14 +285,8 @@ def test_train_submit_runs_ray_train_on_the_cluster(cluster, cluster_env, tmp_pa
 
     build(str(tmp_path / "lcu"))
     out = tmp_path / "train"
-    r = cli(cluster, "train", os.path.join(REPO, "model", "configs", "tiny.yaml"), "--data", str(tmp_path / "lcu"),
-            "--out", str(out), "--steps", "2", "--workers", "2", "--submit")
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().split()[-1]
-    assert job_id.startswith("acedata-train-")
-    state = jobs.wait_for(job_id, cluster.address, timeout=JOB_TIMEOUT, poll=1.0)
-    logs = cli(cluster, "jobs", "logs", job_id).stdout
-    assert state == "SUCCEEDED", logs[-4000:]
+    submit_and_wait(cluster, "acedata-train-", "train", os.path.join(REPO, "model", "configs", "tiny.yaml"),
+                    "--data", str(tmp_path / "lcu"), "--out", str(out), "--steps", "2", "--workers", "2")
     assert (out / "checkpoints" / "step-00000002" / "model.safetensors").is_file()
 
 
