@@ -15,6 +15,14 @@ from pydantic_core import PydanticUndefined
 HEADLINE = {"inputs", "pairs_in", "candidates", "multi_turn", "single_turn", "templates_only", "final_sets"}
 
 
+def add_run_options(p: argparse.ArgumentParser, executor: str = "ray") -> None:
+    """--executor, --address and --json: how a stage command runs and prints."""
+    p.add_argument("--executor", choices=["ray", "local"], default=executor,
+                   help=f"ray (a local Ray, or --address) or local (in-process); default {executor}")
+    p.add_argument("--address", help="Ray cluster address")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+
 def print_run(run: dict[str, Any], as_json: bool = False) -> None:
     if as_json:
         print(json.dumps(run, indent=1))

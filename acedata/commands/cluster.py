@@ -13,9 +13,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "DIR/cluster/clusters (image_id, cluster_id, distance) and cluster-size statistics.",
     )
     add_cluster_args(p)
-    p.add_argument("--executor", choices=["ray", "local"], default="ray")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--json", action="store_true")
+    from acedata.commands._common import add_run_options
+
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

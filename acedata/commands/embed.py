@@ -15,6 +15,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", help="an images table folder (e.g. RUN/ingest/images)")
     p.add_argument("--out", required=True, help="output run directory")
+    from acedata.commands._common import add_run_options
     from acedata.commands._common import config_option as opt
     from acedata.stages.embed import EmbedConfig as C
 
@@ -27,9 +28,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     opt(p, C, "decode_threads", "image decoding threads per actor")
     opt(p, C, "resources.num_gpus", "GPUs per actor (Ray)")
     opt(p, C, "resources.concurrency", "actors in the pool")
-    p.add_argument("--executor", choices=["ray", "local"], default="ray")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--json", action="store_true")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

@@ -16,6 +16,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="training YAML whose text_encoder, vae and data settings the cache follows")
     p.add_argument("--data", required=True, nargs="+", help="LCU table directories or .parquet shards")
     p.add_argument("--out", required=True, help="run directory; the cache goes to OUT/encode_cache")
+    from acedata.commands._common import add_run_options
     from acedata.commands._common import config_option as opt
     from acedata.stages.encode_cache import EncodeCacheConfig as C
 
@@ -25,9 +26,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     opt(p, C, "resources.num_gpus", "GPUs per actor (Ray)")
     # One actor unless asked: each holds its own copy of the text encoder (T5-XXL is ~10 GB in bf16).
     opt(p, C, "resources.concurrency", "actors in the pool", default=1)
-    p.add_argument("--executor", choices=["ray", "local"], default="ray")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--json", action="store_true")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

@@ -15,6 +15,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", help="folders (recursive), .parquet files, .tar WebDataset shards: local paths "
                    "or URIs (s3://bucket/corpus/, gs://..., file://..., memory://...)")
     p.add_argument("--out", required=True, help="output run directory (local path or URI)")
+    from acedata.commands._common import add_run_options
     from acedata.commands._common import config_option as opt
     from acedata.stages.ingest import IngestConfig as C
 
@@ -22,9 +23,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     opt(p, C, "max_aspect", "quarantine images with a larger long/short side ratio")
     opt(p, C, "max_pixels", "quarantine images with more pixels")
     opt(p, C, "max_side", "downscale larger images (0: never)")
-    p.add_argument("--executor", choices=["ray", "local"], default="ray")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--json", action="store_true")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

@@ -17,6 +17,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "[tau-low, tau-high] inside each cluster, re-link each set by a pass-2 scorer, split chained sets, "
         "and write DIR/pair/pairs. The object and face scorers need --images.",
     )
+    from acedata.commands._common import add_run_options
     from acedata.commands._common import config_option as opt
     from acedata.mining.scorers import SCORERS
     from acedata.stages.pair import PairConfig as C
@@ -38,9 +39,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     opt(p, C, "both_directions", "write (a, b) and (b, a)")
     opt(p, C, "filters.duplicate_sim", "drop pairs at or above this cosine")
     opt(p, C, "points_per_unit", "points per work unit")
-    p.add_argument("--executor", choices=["ray", "local"], default="ray")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--json", action="store_true")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
