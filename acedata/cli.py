@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if getattr(args, "insecure_trusted_network", False):
-        from acedata import jobs
+        from acedata import job_connect
 
-        jobs.TRUST_PLAIN_HTTP = True
+        job_connect.TRUST_PLAIN_HTTP = True
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -199,17 +199,8 @@ def review_section(folder: str, counts: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None,
-               counts: dict[str, Any] | None = None) -> str:
-    """Write `FOLDER/README.md` for the LCU tables under FOLDER; returns its path."""
-    groups, rows, turns = _split_counts(folder)
-    tables = run_tables(run_dir) if run_dir and storage.is_dir(run_dir) else {}
-    summaries = stage_summaries(run_dir) if run_dir and storage.is_dir(run_dir) else []
-    models = models_used(tables)
-    for s in summaries:
-        for m in config_models(s.get("config") or {}):
-            models.setdefault(m, 0)
-    random_init = sorted(m for m in models if "random-init" in m or "random_init" in m)
+def _header(rows: dict[str, int], random_init: list[str], counts: dict[str, Any] | None) -> list[str]:
+    """The Hugging Face YAML front matter (splits), the title line and the warnings."""
     data_files = [f"  - split: {s}\n    path: {t}/*.parquet" for s, t in SPLIT_TABLES.items() if rows.get(s)]
     lines = [
         "---",
@@ -234,8 +225,12 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
     if counts:
         keys = ("single_turn", "multi_turn", "t2i", "pairs_in", "pairs_labelled", "quarantine")
         lines += ["Assembly: " + ", ".join(f"{k} {counts[k]:,}" for k in keys if k in counts) + ".", ""]
-    lines += review_section(folder, counts or {})
-    lines += [
+    return lines
+
+
+def _contents(folder: str, groups: list[dict[str, Any]], turns: list[dict[str, Any]]) -> list[str]:
+    """How to load it, counts per task and turns, the schema."""
+    return [
         "## Loading",
         "",
         "```python",
@@ -261,9 +256,11 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
         "|---|---|",
         *[f"| `{f.name}` | `{f.type}` |" for f in LCU],
         "",
-        "## Provenance per stage",
-        "",
     ]
+
+
+def _provenance_section(summaries: list[dict[str, Any]], config: BaseModel | None) -> list[str]:
+    lines = ["## Provenance per stage", ""]
     if summaries:
         lines += ["| stage | kind | seconds | counts |", "|---|---|---|---|"]
         for s in summaries:
@@ -278,7 +275,11 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
         lines.append("(no run markers found next to this dataset)")
     if config is not None:
         lines += ["", f"Assembly config: `{json.dumps(config.model_dump(mode='json'), sort_keys=True)}`"]
-    lines += ["", "## Models used", ""]
+    return lines
+
+
+def _models_section(models: Counter, random_init: list[str]) -> list[str]:
+    lines = ["", "## Models used", ""]
     if models:
         lines += ["| model | rows | random-init |", "|---|---|---|"]
         lines += [f"| `{m}` | {n:,} | {'yes' if m in random_init else ''} |" if n else
@@ -286,7 +287,11 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
                   for m, n in models.most_common()]
     else:
         lines.append("(no model recorded: every stage was algorithmic)")
-    lines += ["", "## Filter thresholds", ""]
+    return lines
+
+
+def _thresholds_section(summaries: list[dict[str, Any]], tables: dict[str, list[str]]) -> list[str]:
+    lines = ["", "## Filter thresholds", ""]
     rows = [(s["name"], k, v) for s in summaries if s.get("config") for k, v in config_thresholds(s["config"])]
     if rows:
         lines += ["| stage | setting | value |", "|---|---|---|"]
@@ -297,6 +302,11 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
         lines += [f"| {t['task']} | `{t['settings']}` |" for t in found]
     if not rows and not found:
         lines.append("(no filter settings recorded in stage configs or pair provenance)")
+    return lines
+
+
+def _quarantine_and_files(tables: dict[str, list[str]]) -> list[str]:
+    lines = []
     q_files = _files(tables.get("quarantine", []))
     if q_files:
         df = storage.scan_parquet(q_files).group_by("stage", "reason").len("count").sort("stage", "reason").collect()
@@ -304,6 +314,23 @@ def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None
     lines += ["", "## Files", "", ("Shards are zstd Parquet with image bytes inline, listed with rows, bytes and sha256 "
               "in each table's `_manifest.json`; `acedata validate` checks them. Reading the shards in manifest "
               "order gives the seeded shuffle.")]
+    return lines
+
+
+def write_card(folder: str, run_dir: str | None, config: BaseModel | None = None,
+               counts: dict[str, Any] | None = None) -> str:
+    """Write `FOLDER/README.md` for the LCU tables under FOLDER; returns its path."""
+    groups, rows, turns = _split_counts(folder)
+    tables = run_tables(run_dir) if run_dir and storage.is_dir(run_dir) else {}
+    summaries = stage_summaries(run_dir) if run_dir and storage.is_dir(run_dir) else []
+    models = models_used(tables)
+    for s in summaries:
+        for m in config_models(s.get("config") or {}):
+            models.setdefault(m, 0)
+    random_init = sorted(m for m in models if "random-init" in m or "random_init" in m)
+    lines = _header(rows, random_init, counts) + review_section(folder, counts or {}) + _contents(folder, groups, turns)
+    lines += _provenance_section(summaries, config) + _models_section(models, random_init)
+    lines += _thresholds_section(summaries, tables) + _quarantine_and_files(tables)
     fs, d = shards.resolve(folder)
     path = f"{d}/README.md"
     shards.write_bytes_atomic(fs, path, ("\n".join(lines) + "\n").encode())

@@ -15,15 +15,14 @@ Reader: opens the index of every table once; `rows(ids, columns)` groups the wan
 (shard, row group), reads each group once with only the asked columns, and keeps a small LRU of
 decoded groups. Shards without an index (older runs, plain Parquet folders) are indexed when the
 reader opens, from their `image_id` column. Workers share one reader per process (`shared_reader`).
+
+Layout and naming live in `image_index_files`, writing in `image_index_write`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import posixpath
 import threading
-import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
@@ -36,12 +35,19 @@ import pyarrow.parquet as pq
 
 from acedata import shards
 from acedata.errors import UserError
+from acedata.image_index_files import (  # noqa: F401 - re-exported: the index's public names stay here
+    INDEX_DIR,
+    TABLE_PREFIX,
+    _index_files,
+    _read_index,
+    build_shard_index,
+    index_name,
+    is_image_table,
+    table_index_name,
+)
+from acedata.image_index_write import ensure_index, write_index  # noqa: F401 - re-exported
 from acedata.kept import dropped_uris, keep_mask
-from acedata.schemas import IMAGE, IMAGE_INDEX, conform, with_hf_metadata
-
-INDEX_DIR = ".index"  # hidden: `datasets`, pyarrow and list_shards skip it when reading the table
-TABLE_PREFIX = "_table-"  # the merged index of a whole table: `.index/_table-<digest>.parquet`
-_META_COLUMNS = ("image_id", "width", "height", "kind", "source_uri")
+from acedata.schemas import IMAGE_INDEX
 
 
 class UnknownImages(UserError, KeyError):
@@ -54,122 +60,6 @@ class UnknownImages(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return str(self.args[0])
-
-
-# --- writing the index ---------------------------------------------------------------
-
-
-def is_image_table(schema: pa.Schema) -> bool:
-    """Tables that hold image bytes keyed by image_id get an index."""
-    return "image_id" in schema.names and "image" in schema.names and schema.field("image").type == IMAGE
-
-
-def index_name(shard_file: str, sha256: str) -> str:
-    stem = shard_file.removesuffix(".parquet")
-    return f"{stem}.{sha256[:16]}.parquet"
-
-
-def build_shard_index(pf: pq.ParquetFile, shard_file: str) -> pa.Table:
-    """The index rows of one shard, from its footer and metadata columns (no image bytes read)."""
-    names = pf.schema_arrow.names
-    if "image_id" not in names:
-        raise UserError(f"{shard_file}: no image_id column, so it is not an images table")
-    cols = [c for c in _META_COLUMNS if c in names]
-    parts = []
-    for g in range(pf.metadata.num_row_groups):
-        t = pf.read_row_group(g, columns=cols)
-        n = t.num_rows
-        part = {c: t.column(c) for c in cols}
-        part["shard"] = pa.array([shard_file] * n, pa.string())
-        part["row_group"] = pa.array(np.full(n, g, np.int32))
-        part["row"] = pa.array(np.arange(n, dtype=np.int32))
-        parts.append(conform(pa.table(part), IMAGE_INDEX))
-    return pa.concat_tables(parts) if parts else IMAGE_INDEX.empty_table()
-
-
-def _write_index_file(fs: pafs.FileSystem, path: str, table: pa.Table, sha256: str) -> None:
-    meta = dict(with_hf_metadata(IMAGE_INDEX).metadata)
-    meta[b"acedata.shard_sha256"] = sha256.encode()
-    buf = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(meta), buf, compression="zstd")
-    shards.write_bytes_atomic(fs, path, buf.getvalue())
-
-
-def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]]) -> int:
-    """Write the index file of each listed shard ({file, sha256}) that has none; returns how many."""
-    fs, d = shards.resolve(table_dir)
-    idx_dir = posixpath.join(d, INDEX_DIR)
-    have = _index_files(fs, idx_dir)
-    made = 0
-    for s in shard_infos:
-        name = index_name(s["file"], s["sha256"])
-        if name in have:  # content-addressed by the shard's digest: never rewritten
-            continue
-        with fs.open_input_file(posixpath.join(d, s["file"])) as f:
-            t = build_shard_index(pq.ParquetFile(f), s["file"])
-        fs.create_dir(idx_dir, recursive=True)
-        _write_index_file(fs, posixpath.join(idx_dir, name), t, s["sha256"])
-        made += 1
-    return made
-
-
-def table_index_name(shard_infos: Iterable[dict[str, Any]]) -> str:
-    """The name of a table's merged index: a digest of its shard list, so any change renames it."""
-    h = hashlib.sha256("\n".join(f"{s['file']}:{s['sha256']}" for s in shard_infos).encode())
-    return f"{TABLE_PREFIX}{h.hexdigest()[:16]}.parquet"
-
-
-def ensure_index(table_dir: str) -> dict[str, int]:
-    """Index every shard the manifest lists, merge them into the table's index file (one file to
-    open), and drop index files of shards no longer listed. Runs on the driver after a stage."""
-    manifest = shards.read_manifest(table_dir)
-    if manifest is None:
-        return {"written": 0, "removed": 0}
-    written = write_index(table_dir, manifest["shards"])
-    fs, d = shards.resolve(table_dir)
-    idx_dir = posixpath.join(d, INDEX_DIR)
-    keep = {index_name(s["file"], s["sha256"]) for s in manifest["shards"]}
-    merged = table_index_name(manifest["shards"])
-    if manifest["shards"] and merged not in _index_files(fs, idx_dir):
-        _merge(fs, idx_dir, [index_name(s["file"], s["sha256"]) for s in manifest["shards"]], merged)
-        written += 1
-    keep.add(merged)
-    removed = 0
-    for name in _index_files(fs, idx_dir) - keep:  # a superseded shard's index (dedupe, retried unit)
-        fs.delete_file(posixpath.join(idx_dir, name))
-        removed += 1
-    return {"written": written, "removed": removed}
-
-
-def _merge(fs: pafs.FileSystem, idx_dir: str, names: list[str], merged: str, group_rows: int = 1 << 17) -> None:
-    """Concatenate per-shard index files in manifest order into row groups of `group_rows`
-    (few, large groups read fast), holding at most one group in memory."""
-    tmp = posixpath.join(idx_dir, f".tmp-{uuid.uuid4().hex}.parquet")
-    schema = with_hf_metadata(IMAGE_INDEX)
-    pending: list[pa.Table] = []
-    rows = 0
-    with fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as w:
-        for name in names:
-            pending.append(_read_index(fs, posixpath.join(idx_dir, name)).cast(schema))
-            rows += pending[-1].num_rows
-            if rows >= group_rows:
-                w.write_table(pa.concat_tables(pending), row_group_size=rows)
-                pending, rows = [], 0
-        if pending:
-            w.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
-    fs.move(tmp, posixpath.join(idx_dir, merged))
-
-
-def _read_index(fs: pafs.FileSystem, path: str) -> pa.Table:
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).read()
-
-
-def _index_files(fs: pafs.FileSystem, idx_dir: str) -> set[str]:
-    if not shards.exists(fs, idx_dir):
-        return set()
-    return {posixpath.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(idx_dir))
-            if i.path.endswith(".parquet") and not posixpath.basename(i.path).startswith(".")}
 
 
 def _table_index(table: str) -> tuple[list[str], pa.Table, int]:

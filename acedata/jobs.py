@@ -20,7 +20,6 @@ A thin layer over Ray's Job Submission API (HTTP, the dashboard port, 8265 by de
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -29,131 +28,37 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from acedata.errors import UserError
+from acedata.job_connect import (  # noqa: F401 - re-exported: `acedata.jobs` is the one place callers import
+    INSECURE_FLAG,
+    _call,
+    auth_token,
+    check_token_transport,
+    client,
+    resolve_address,
+)
+from acedata.job_watch import (  # noqa: F401 - re-exported
+    STATUS_PREFIX,
+    TERMINAL,
+    follow_logs,
+    job_logs,
+    job_status,
+    last_status,
+    list_jobs,
+    stop_job,
+    wait_for,
+)
 
 log = logging.getLogger("acedata")
 
-STATUS_PREFIX = "ACEDATA-STATUS "
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Packages shipped with `code="project"`; the trainer's package is shipped when it is there.
 PROJECT_PACKAGES = [PROJECT_ROOT / "acedata", PROJECT_ROOT / "model" / "acemodel"]
 SHIP_EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache", "*.egg-info"]
-
-
-# --- connection ---------------------------------------------------------------------
-
-
-def resolve_address(address: str | None) -> str:
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        raise UserError(
-            "no Ray cluster to talk to: pass --address http://HEAD:8265 or set RAY_ADDRESS "
-            "(`acedata run` runs on an embedded local Ray instead)"
-        )
-    return address
-
-
-def auth_token() -> str | None:
-    """The Ray auth token, found where Ray itself looks; None when there is none or auth is off."""
-    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        return None
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if token:
-        return token
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if path:
-        try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError as e:
-            raise UserError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token ({e.strerror})") from None
-        if not token:
-            raise UserError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
-        return token
-    default = Path.home() / ".ray" / "auth_token"
-    if default.is_file():
-        return default.read_text().strip() or None
-    return None
-
-
-# Set by `--insecure-trusted-network`: send the token over plain http to any host.
-TRUST_PLAIN_HTTP = False
-INSECURE_FLAG = "--insecure-trusted-network"
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_token_transport(address: str, token: str | None) -> None:
-    """Refuse to send a bearer token in clear text across a network, unless told it is trusted."""
-    from urllib.parse import urlsplit
-
-    if not token or TRUST_PLAIN_HTTP:
-        return
-    parts = urlsplit(address if "://" in address else f"http://{address}")
-    if parts.scheme == "https" or _loopback(parts.hostname or ""):
-        return
-    raise UserError(f"refusing to send the Ray auth token in clear text to {address}: use https://, a loopback "
-                    f"address (e.g. through an SSH tunnel), or pass {INSECURE_FLAG} if this network is trusted")
-
-
-def client(address: str | None = None):
-    """A JobSubmissionClient for the cluster, with the auth token when there is one."""
-    from ray.job_submission import JobSubmissionClient
-
-    address = resolve_address(address)
-    token = auth_token()
-    check_token_transport(address, token)
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    try:
-        c = JobSubmissionClient(address, headers=headers)
-        c._acedata_address = address  # for error messages
-        return c
-    except Exception as e:  # noqa: BLE001 - connection/auth failures become one line
-        raise UserError(_connect_error(address, e, token is not None)) from None
-
-
-def _connect_error(address: str, e: Exception, sent_token: bool) -> str:
-    text = str(e)
-    if "401" in text or "Authentication required" in text:
-        return (f"the Ray cluster at {address} wants an auth token and none was found: set RAY_AUTH_TOKEN "
-                "or RAY_AUTH_TOKEN_PATH (on the head node: `ray get-auth-token`)")
-    if "403" in text or "Authentication failed" in text:
-        return (f"the Ray cluster at {address} refused the auth token "
-                f"({'sent' if sent_token else 'none sent'}); check RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH")
-    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    return f"cannot reach the Ray job server at {address}: {first[:300]}"
-
-
-def _call(fn, *args, **kw):
-    """Run a client call; a job that does not exist or a dropped connection is one line."""
-    try:
-        return fn(*args, **kw)
-    except RuntimeError as e:
-        text = str(e)
-        if "Authentication required" in text or "Authentication failed" in text:
-            where = getattr(getattr(fn, "__self__", None), "_acedata_address", "?")
-            raise UserError(_connect_error(where, e, auth_token() is not None)) from None
-        if "does not exist" in text or "404" in text:
-            job = args[0] if args else kw.get("job_id", "?")
-            raise UserError(f"no job {job!r} on this cluster (see `acedata jobs list`)") from None
-        raise UserError(text.strip().splitlines()[0][:300]) from None
-    except OSError as e:
-        raise UserError(f"lost the connection to the Ray job server: {e}") from None
 
 
 # --- submission ---------------------------------------------------------------------
@@ -333,104 +238,6 @@ def _quote(arg: str) -> str:
     import shlex
 
     return shlex.quote(arg)
-
-
-# --- monitoring -----------------------------------------------------------------------
-
-
-def list_jobs(address: str | None = None) -> list[dict[str, Any]]:
-    jobs = _call(client(address).list_jobs)
-    rows = [_job_row(j) for j in jobs]
-    return sorted(rows, key=lambda r: r.get("start_time") or 0, reverse=True)
-
-
-def _job_row(info) -> dict[str, Any]:
-    return {
-        "job_id": info.submission_id or info.job_id,
-        "status": str(getattr(info.status, "value", info.status)),
-        "message": info.message,
-        "entrypoint": info.entrypoint,
-        "metadata": info.metadata or {},
-        "start_time": info.start_time,
-        "end_time": info.end_time,
-    }
-
-
-def last_status(text: str) -> dict[str, Any] | None:
-    """The last run status a pipeline job printed in its log."""
-    for line in reversed(text.splitlines()):
-        i = line.find(STATUS_PREFIX)
-        if i >= 0:
-            try:
-                return json.loads(line[i + len(STATUS_PREFIX):])
-            except ValueError:
-                continue  # a line cut short; an earlier one will do
-    return None
-
-
-def _status_file(out: str) -> dict[str, Any] | None:
-    """`OUT/_status.json` when this machine can read the output location."""
-    from acedata import shards
-    from acedata.pipeline import STATUS
-
-    try:
-        fs, d = shards.resolve(out)
-        path = f"{d.rstrip('/')}/{STATUS}"
-        return shards.read_json(fs, path) if shards.exists(fs, path) else None
-    except Exception:  # noqa: BLE001 - unreachable storage just means "not from here"
-        return None
-
-
-def job_status(job_id: str, address: str | None = None) -> dict[str, Any]:
-    """Ray's job state plus the run's stage-level status (from the job log, else OUT/_status.json)."""
-    c = client(address)
-    row = _job_row(_call(c.get_job_info, job_id))
-    run = last_status(_call(c.get_job_logs, job_id))
-    out = row["metadata"].get("out")
-    if run is None and out and row["metadata"].get("acedata") == "pipeline":
-        run = _status_file(out)  # e.g. logs rotated away; only then touch the output storage
-    row["run"] = run
-    return row
-
-
-def job_logs(job_id: str, address: str | None = None) -> str:
-    return _call(client(address).get_job_logs, job_id)
-
-
-def follow_logs(job_id: str, address: str | None = None) -> Iterator[str]:
-    """Yield log chunks as the job writes them, until it ends."""
-    c = client(address)
-    _call(c.get_job_info, job_id)
-    agen = c.tail_job_logs(job_id)
-    loop = asyncio.new_event_loop()
-    try:
-        while True:
-            try:
-                yield loop.run_until_complete(agen.__anext__())
-            except StopAsyncIteration:
-                return
-    finally:
-        loop.run_until_complete(agen.aclose())
-        loop.close()
-
-
-def stop_job(job_id: str, address: str | None = None, wait: float = 60.0) -> str:
-    """Ask the cluster to stop the job and wait (up to `wait` s) for it to end; returns its state."""
-    c = client(address)
-    _call(c.stop_job, job_id)
-    return wait_for(job_id, address, timeout=wait, poll=0.5, _client=c)
-
-
-def wait_for(job_id: str, address: str | None = None, timeout: float = 3600.0, poll: float = 2.0,
-             _client=None) -> str:
-    """Poll until the job is SUCCEEDED, FAILED or STOPPED (or `timeout`); returns the state."""
-    c = _client or client(address)
-    deadline = time.time() + timeout
-    while True:
-        state = str(getattr(s := _call(c.get_job_status, job_id), "value", s))
-        if state in TERMINAL or time.time() >= deadline:
-            return state
-        time.sleep(poll)
 
 
 # --- the job side: what a submitted pipeline runs ---------------------------------------

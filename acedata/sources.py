@@ -85,25 +85,7 @@ def list_units(root: str, files_per_unit: int = 64) -> list[tuple[str, dict[str,
         return _file_units(root, root)
     if not os.path.isdir(root):  # a fifo, socket or device named as a source: never opened
         return [(_unit_id("special", [root]), {"kind": "special", "root": root, "files": [root]})]
-    files: list[str] = []
-    rejected: list[str] = []
-    tars = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for d in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, d)):
-                rejected.append(os.path.join(dirpath, d))
-                dirnames.remove(d)
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = os.path.join(dirpath, name)
-            ext = os.path.splitext(name)[1].lower()
-            if ext == ".tar":
-                tars.add(os.path.splitext(p)[0])
-            if ext in (".json", *TEXT_META) and _has_image_sibling(p):
-                continue  # sidecar metadata, read with its image
-            files.append(p)
+    files, rejected, tars = _walk_folder(root)
     units: list[tuple[str, dict[str, Any]]] = []
     loose: list[str] = []
     special: list[str] = []
@@ -131,6 +113,31 @@ def list_units(root: str, files_per_unit: int = 64) -> list[tuple[str, dict[str,
     if special:
         units.append((_unit_id("special", special), {"kind": "special", "root": root, "files": special}))
     return units
+
+
+def _walk_folder(root: str) -> tuple[list[str], list[str], set[str]]:
+    """(candidate files in sorted walk order, linked folders refused, tar stems) under a folder;
+    sidecar metadata next to an image is left out (read with its image), links are not followed."""
+    files: list[str] = []
+    rejected: list[str] = []
+    tars = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                rejected.append(os.path.join(dirpath, d))
+                dirnames.remove(d)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = os.path.join(dirpath, name)
+            ext = os.path.splitext(name)[1].lower()
+            if ext == ".tar":
+                tars.add(os.path.splitext(p)[0])
+            if ext in (".json", *TEXT_META) and _has_image_sibling(p):
+                continue  # sidecar metadata, read with its image
+            files.append(p)
+    return files, rejected, tars
 
 
 def _regular(path: str) -> bool:

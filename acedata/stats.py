@@ -2,112 +2,34 @@
 
 No query here reads an image column, so the cost scales with metadata (task, sizes,
 instruction text, scores), not with image bytes. `compute()` answers the questions of
-`acedata stats`; `funnel()` follows a run from inputs to LCU rows through its tables.
+`acedata stats`; `run_tables.funnel()` follows a run from inputs to LCU rows through its tables,
+`stats_render.render()` prints the answer.
 """
 
 from __future__ import annotations
 
-import posixpath
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from acedata import shards, storage
+from acedata import storage
 from acedata.errors import UserError
-from acedata.storage import join
+from acedata.run_tables import (  # noqa: F401 - re-exported: the run's tables and funnel
+    LCU_TABLES,
+    Dataset,
+    funnel,
+    resolve_dataset,
+    run_tables,
+    stage_summaries,
+)
+from acedata.stats_render import render, table  # noqa: F401 - re-exported
 
-LCU_TABLES = ("lcu", "lcu_validation")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # Aspect ratio (width / height) bins, portrait to landscape.
 ASPECT_EDGES = [0.0, 0.5, 0.67, 0.8, 0.95, 1.05, 1.25, 1.5, 2.0, float("inf")]
 ASPECT_LABELS = ["<1:2", "1:2-2:3", "2:3-4:5", "4:5-1:1", "~1:1", "1:1-5:4", "5:4-3:2", "3:2-2:1", ">2:1"]
 HIST_BINS = 20
-
-
-# --- locating a dataset and a run -------------------------------------------------------
-
-
-@dataclass
-class Dataset:
-    files: list[str]  # LCU Parquet shards
-    tables: list[str]  # the LCU table dirs they came from
-    run_dir: str | None  # the run that made them, when known (for the funnel)
-
-
-def _is_table(path: str) -> bool:
-    return storage.is_file(join(path, shards.MANIFEST))
-
-
-def _is_run(path: str) -> bool:
-    if storage.is_file(join(path, "_run.json")):
-        return True
-    return any(storage.is_file(join(path, d, "_SUCCESS.json")) for d in _subdirs(path))
-
-
-def _subdirs(path: str) -> list[str]:
-    return storage.subdirs(path)
-
-
-def run_tables(run_dir: str) -> dict[str, list[str]]:
-    """Table name -> table dirs of a run: `_run.json` when present, else the stage folders."""
-    tables: dict[str, list[str]] = {}
-    run_file = join(run_dir, "_run.json")
-    if storage.is_file(run_file):
-        listed = storage.read_json(run_file).get("tables", {})
-        for name, paths in listed.items():
-            tables[name] = [p for p in paths if _is_table(p)]
-    for stage in _stage_dirs(run_dir):  # stages finished after the last _run.json was written
-        for t in _subdirs(stage):
-            path = join(stage, t)
-            if _is_table(path) and path not in tables.get(t, []):
-                tables.setdefault(t, []).append(path)
-    return tables
-
-
-def _stage_dirs(run_dir: str) -> list[str]:
-    dirs = [join(run_dir, d) for d in _subdirs(run_dir)]
-    return [d for d in dirs if any(_is_table(join(d, t)) for t in _subdirs(d))]
-
-
-def stage_summaries(run_dir: str) -> list[dict[str, Any]]:
-    """Per-stage summaries (kind, counts, seconds) in run order, from `_SUCCESS.json` markers."""
-    out = []
-    for d in _stage_dirs(run_dir):
-        marker = join(d, "_SUCCESS.json")
-        if storage.is_file(marker):
-            body = storage.read_json(marker)
-            out.append({"name": posixpath.basename(d), "finished": body.get("finished", 0), **body["summary"],
-                        "config": body.get("config")})
-    return sorted(out, key=lambda s: s["finished"])
-
-
-def resolve_dataset(path: str) -> Dataset:
-    """An LCU table dir, a dataset folder holding `lcu/`, a run dir, or a folder of Parquet files."""
-    path = storage.absolute(path.rstrip("/"))
-    if not storage.exists_uri(path):
-        raise UserError(f"{path} does not exist; give an LCU table folder or a run folder")
-    tables: list[str] = []
-    run_dir: str | None = None
-    if storage.is_file(path) or _is_table(path):
-        tables = [path]
-        up = posixpath.dirname(posixpath.dirname(path))
-        run_dir = up if _is_run(up) else None
-    elif any(_is_table(join(path, t)) for t in LCU_TABLES):
-        tables = [join(path, t) for t in LCU_TABLES if _is_table(join(path, t))]
-        up = posixpath.dirname(path)
-        run_dir = up if _is_run(up) else None
-    elif _is_run(path):
-        run_dir = path
-        found = run_tables(path)
-        tables = [p for t in LCU_TABLES for p in found.get(t, [])]
-    else:
-        tables = [path]
-    files = [f for t in tables for f in shards.list_shards(t)]
-    if not files and run_dir is None:
-        raise UserError(f"no LCU shards under {path} (expected lcu/_manifest.json or *.parquet files)")
-    return Dataset(files, tables, run_dir)
 
 
 # --- filters ---------------------------------------------------------------------------
@@ -206,12 +128,10 @@ def compute(
     return result
 
 
-def _lcu_stats(lf: pl.LazyFrame, by: list[str], histograms: bool) -> dict[str, Any]:
-    chars = pl.col("instruction").str.len_chars()  # (a regex word count costs 5x the whole scan)
-    aspect = pl.col("width").cast(pl.Float64) / pl.col("height").cast(pl.Float64)
-    mp = (pl.col("width").cast(pl.Float64) * pl.col("height").cast(pl.Float64)) / 1e6
-    scores = lf.select(pl.col("scores")).explode("scores").select(pl.col("scores").struct.unnest()).drop_nulls("name")
-    queries = {
+def _lcu_queries(lf: pl.LazyFrame, by: list[str], chars: pl.Expr, aspect: pl.Expr, mp: pl.Expr,
+                 scores: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
+    """The lazy queries behind `acedata stats`, collected together (one pass over the scan each)."""
+    return {
         "groups": lf.group_by(by).len("count").sort(["count", *by], descending=[True, *[False] * len(by)]),
         "turns": lf.group_by("num_turns").len("count").sort("num_turns"),
         # derived columns computed once, then summarised (an expression repeated per quantile is recomputed)
@@ -235,6 +155,14 @@ def _lcu_stats(lf: pl.LazyFrame, by: list[str], histograms: bool) -> dict[str, A
             pl.col("value").cast(pl.Float64).max().alias("max"),
         ).sort("name"),
     }
+
+
+def _lcu_stats(lf: pl.LazyFrame, by: list[str], histograms: bool) -> dict[str, Any]:
+    chars = pl.col("instruction").str.len_chars()  # (a regex word count costs 5x the whole scan)
+    aspect = pl.col("width").cast(pl.Float64) / pl.col("height").cast(pl.Float64)
+    mp = (pl.col("width").cast(pl.Float64) * pl.col("height").cast(pl.Float64)) / 1e6
+    scores = lf.select(pl.col("scores")).explode("scores").select(pl.col("scores").struct.unnest()).drop_nulls("name")
+    queries = _lcu_queries(lf, by, chars, aspect, mp, scores)
     got = dict(zip(queries, pl.collect_all(list(queries.values()))))
     summary = got["summary"].row(0, named=True)
     n = int(summary["rows"])
@@ -291,105 +219,3 @@ def _ordered_bins(df: pl.DataFrame) -> list[dict[str, Any]]:
 # --- the funnel of a run --------------------------------------------------------------
 
 
-def _rows(paths: list[str]) -> int:
-    return sum(shards.count_rows(p) for p in paths)
-
-
-def _files(paths: list[str]) -> list[str]:
-    return [f for p in paths for f in shards.list_shards(p)]
-
-
-def funnel(run_dir: str) -> dict[str, Any]:
-    """inputs -> quarantined by reason -> embedded -> clustered -> paired -> synthesized -> labelled -> LCU."""
-    tables = run_tables(run_dir)
-    summaries = stage_summaries(run_dir)
-    ingest = [s for s in summaries if s.get("stage") == "ingest"]
-    steps: list[dict[str, Any]] = []
-    if ingest:
-        steps.append({"step": "inputs", "count": sum(int(s["counts"].get("inputs", 0)) for s in ingest)})
-        steps.append({"step": "ingested", "count": sum(int(s["counts"].get("images", 0)) for s in ingest)})
-        steps.append({"step": "duplicates", "count": sum(int(s["counts"].get("duplicates", 0)) for s in ingest)})
-    quarantined: list[dict[str, Any]] = []
-    q_files = _files(tables.get("quarantine", []))
-    if q_files:
-        df = (storage.scan_parquet(q_files).group_by("stage", "reason").len("count")
-              .sort(["stage", "count"], descending=[False, True]).collect())
-        quarantined = df.to_dicts()
-    steps.append({"step": "quarantined", "count": sum(q["count"] for q in quarantined)})
-    steps.append({"step": "embedded", "count": _rows(tables.get("embeddings", []))})
-    steps.append({"step": "clustered", "count": _rows(tables.get("clusters", []))})
-    pair_files = _files(tables.get("pairs", []))
-    mined = synth = 0
-    if pair_files:
-        row = (storage.scan_parquet(pair_files).select(
-            (pl.col("task") == "natural_edit").sum().alias("mined"), (pl.col("task") != "natural_edit").sum().alias("synth")
-        ).collect().row(0, named=True))
-        mined, synth = int(row["mined"]), int(row["synth"])
-    steps.append({"step": "paired", "count": mined})
-    steps.append({"step": "synthesized", "count": synth})
-    instr_files = _files(tables.get("instructions", []))
-    labelled = captions = 0
-    if instr_files:
-        row = (storage.scan_parquet(instr_files).select(pl.col("pair_id")).unique().select(
-            (~pl.col("pair_id").str.starts_with("t2i:")).sum().alias("labelled"),
-            pl.col("pair_id").str.starts_with("t2i:").sum().alias("captions"),
-        ).collect().row(0, named=True))
-        labelled, captions = int(row["labelled"]), int(row["captions"])
-    steps.append({"step": "labelled", "count": labelled})
-    steps.append({"step": "captioned", "count": captions})
-    steps.append({"step": "lcu_rows", "count": sum(_rows(tables.get(t, [])) for t in LCU_TABLES)})
-    return {
-        "run": run_dir,
-        "steps": steps,
-        "quarantined": quarantined,
-        "stages": [{"name": s["name"], "stage": s.get("stage"), "counts": s.get("counts", {}),
-                    "seconds": s.get("seconds")} for s in summaries],
-    }
-
-
-# --- text rendering -------------------------------------------------------------------
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return "-" if v is None else str(v)
-
-
-def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.rjust(w) if v[:1].isdigit() else v.ljust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join("  " + line for line in lines)
-
-
-def render(res: dict[str, Any]) -> str:
-    """The readable report a person reads."""
-    out = [f"dataset {res['dataset']}: {res.get('rows', 0):,} rows"
-           + (f" where {' and '.join(res['where'])}" if res["where"] else "")]
-    if res.get("rows"):
-        out += ["", f"samples by {', '.join(res['by'])}:",
-                table([{**g, "share": f"{g['share'] * 100:.1f}%"} for g in res["groups"]], [*res["by"], "count", "share"])]
-        out += ["", "turns per sample:",
-                table([{**t, "share": f"{t['share'] * 100:.1f}%"} for t in res["turns"]], ["num_turns", "count", "share"])]
-        r = res["resolution"]
-        qs = ["min", "p5", "p50", "mean", "p95", "max"]
-        out += ["", "target resolution and aspect (width / height):",
-                table([{"": k, **r[k]} for k in ("width", "height", "megapixels")] + [{"": "aspect", **res["aspect"]["ratio"]}],
-                      ["", *qs])]
-        out += ["  aspect bins: " + ", ".join(f"{b['bin']} {b['count']:,}" for b in res["aspect"]["bins"] if b["count"])]
-        i = res["instructions"]
-        out += ["", f"instructions: {i['distinct']:,} distinct ({i['distinct_ratio'] * 100:.1f}% of rows)",
-                table([{"": "chars", **i["chars"]}], ["", *qs]),
-                "  methods: " + ", ".join(f"{m['instruction_method']} {m['count']:,}" for m in i["methods"])]
-        if res["scores"]:
-            out += ["", "scores:", table(res["scores"], ["name", "count", "mean", "min", "p5", "p50", "p95", "max"])]
-    f = res.get("funnel")
-    if f:
-        out += ["", f"funnel of run {f['run']}:", table(f["steps"], ["step", "count"])]
-        if f["quarantined"]:
-            out += ["  quarantined by reason:", table(f["quarantined"], ["stage", "reason", "count"])]
-    return "\n".join(out)

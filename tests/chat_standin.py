@@ -19,7 +19,7 @@ picks the behaviour:
                  drops the image indicator, a refusal, an invented indicator, an empty
                  reply, then new wordings again.
 - `fault:KIND:N[:SECONDS]`  the first N requests per distinct prompt fail with KIND
-                 (500, 503, 429, drop, badbody, slow); later ones answer like `paraphrase`.
+                 (500, 503, 429, drop, badbody, nochoices, slow); later ones answer like `paraphrase`.
 """
 
 from __future__ import annotations
@@ -218,6 +218,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif kind == "badbody":
             self._send(200, b'{"id": "x", "choices": [{"message": {"content": "trunc')
+        elif kind == "nochoices":
+            self._send(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
+                                        "model": req.get("model"), "choices": []}).encode())
         elif kind == "slow":
             time.sleep(seconds)
             return False

@@ -15,12 +15,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -204,6 +208,19 @@ class LocalCluster:
             except ProcessLookupError:
                 pass
         self.procs.clear()
+
+
+@contextmanager
+def started_cluster(prefix: str) -> Iterator[LocalCluster]:
+    """A two-node loopback cluster for the length of a `with` block (a module fixture's body)."""
+    root = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Ray's socket paths are length-bound
+    c = LocalCluster(root)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _ray_start_on_loopback(argv: list[str]) -> None:

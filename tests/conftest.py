@@ -23,6 +23,17 @@ def demo_corpus(tmp_path_factory) -> str:
     return d
 
 
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """The chat-completions STAND-IN server (tests/chat_standin.py), fresh per test module (its fault
+    counters start at zero)."""
+    from llm_server import start_standin
+
+    srv = start_standin(str(tmp_path_factory.mktemp("standin") / "log.txt"))
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded local Ray for the whole session (starting Ray costs seconds)."""

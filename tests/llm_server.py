@@ -126,32 +126,31 @@ class Server:
         self.stop()
 
 
+def _started(cmd: list[str], port: int, log_path: str | None, timeout: float) -> Server:
+    """Start `cmd` and wait until it answers /v1/models; stopped again (by pid) if it never does."""
+    srv = Server(cmd, port, log_path)
+    try:
+        wait_ready(srv.base_url, srv.proc, timeout=timeout)
+    except Exception:
+        srv.stop()
+        raise
+    return srv
+
+
 def start_transformers_serve(model_dir: str | Path, log_path: str | None = None) -> Server:
     """`transformers serve MODEL_DIR` on a free loopback port, offline, on CPU."""
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
     cmd = [str(exe), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
            "--device", "cpu", "--default-seed", "0"]
-    srv = Server(cmd, port, log_path)
-    try:
-        wait_ready(srv.base_url, srv.proc, timeout=180)
-    except Exception:
-        srv.stop()
-        raise
-    return srv
+    return _started(cmd, port, log_path, timeout=180)
 
 
 def start_standin(log_path: str | None = None) -> Server:
     """The chat-completions stand-in (`tests/chat_standin.py`) on a free loopback port."""
     port = free_port()
     script = Path(__file__).with_name("chat_standin.py")
-    srv = Server([sys.executable, str(script), "--port", str(port)], port, log_path)
-    try:
-        wait_ready(srv.base_url, srv.proc, timeout=60)
-    except Exception:
-        srv.stop()
-        raise
-    return srv
+    return _started([sys.executable, str(script), "--port", str(port)], port, log_path, timeout=60)
 
 
 if __name__ == "__main__":  # manual check: build, serve, ask once

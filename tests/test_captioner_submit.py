@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 from captioner_fixtures import export, make_run, write_config
-from test_cluster_jobs import JOB_TIMEOUT, cli, cluster, cluster_env  # noqa: F401 - its cluster fixtures
-
-from acedata import jobs
+from test_cluster_jobs import cluster, cluster_env, submit_and_wait  # noqa: F401 - its cluster fixtures
 
 
 @pytest.mark.slow
@@ -19,13 +17,8 @@ def test_train_captioner_submit_runs_on_the_cluster(cluster, cluster_env, tmp_pa
     data = export(make_run(tmp_path, n=4), tmp_path / "export")
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "tiny", steps=2, every=2)
     out = tmp_path / "train"
-    r = cli(cluster, "train-captioner", str(cfg), "--data", str(data), "--out", str(out), "--submit")
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().split()[-1]
-    assert job_id.startswith("acedata-train-captioner-")
-    state = jobs.wait_for(job_id, cluster.address, timeout=JOB_TIMEOUT, poll=1.0)
-    logs = cli(cluster, "jobs", "logs", job_id).stdout
-    assert state == "SUCCEEDED", logs[-4000:]
+    submit_and_wait(cluster, "acedata-train-captioner-", "train-captioner", str(cfg), "--data", str(data),
+                    "--out", str(out))
     assert (out / "checkpoints" / "step-00000002" / "trainable.safetensors").is_file()
 
 

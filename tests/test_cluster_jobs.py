@@ -13,11 +13,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -25,11 +23,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import cluster_stages
-from cluster_helper import LocalCluster
+from cluster_helper import LocalCluster, started_cluster
+from unit_kill import ingested_images
 
 from acedata import jobs, runtime, shards
 from acedata.pipeline import load_spec, run_stages
-from acedata.stages.ingest import IngestConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -45,14 +43,8 @@ def cluster():
         address, token = running.split()
         yield LocalCluster("/nonexistent", token=token, dashboard_port=int(address.rsplit(":", 1)[1]))
         return
-    root = tempfile.mkdtemp(prefix="acedata-rc-", dir="/tmp")  # short: Ray's socket paths are length-bound
-    c = LocalCluster(root)
-    try:
-        c.start()
+    with started_cluster("acedata-rc-") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -74,16 +66,23 @@ def cli(cluster: LocalCluster, *args: str, token: str | None = "cluster", timeou
                           timeout=timeout, cwd=REPO)
 
 
+def submit_and_wait(cluster: LocalCluster, prefix: str, *args: str) -> str:
+    """`acedata ARGS --submit`, then wait for the job; asserts it succeeded (its log tail if not)."""
+    r = cli(cluster, *args, "--submit")
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().split()[-1]
+    assert job_id.startswith(prefix)
+    state = jobs.wait_for(job_id, cluster.address, timeout=JOB_TIMEOUT, poll=1.0)
+    logs = cli(cluster, "jobs", "logs", job_id).stdout
+    assert state == "SUCCEEDED", logs[-4000:]
+    return job_id
+
+
 @pytest.fixture(scope="module")
 def images_table(tmp_path_factory) -> str:
     """The demo corpus ingested locally (no Ray): the input of the cluster test specs."""
-    from acedata.demo_data import build
-
     d = tmp_path_factory.mktemp("cluster-input")
-    build(str(d / "corpus"), variants=2, seed=0, odd=False)
-    run_stages([IngestConfig(name="ingest", sources=[str(d / "corpus")], files_per_unit=8)], str(d / "run"),
-               executor="local")
-    return str(d / "run" / "ingest" / "images")
+    return ingested_images(str(d / "corpus"), str(d / "run"), seed=0)
 
 
 def write_spec(path, name: str, stages: list[dict]) -> str:
@@ -286,14 +285,8 @@ def test_train_submit_runs_ray_train_on_the_cluster(cluster, cluster_env, tmp_pa
 
     build(str(tmp_path / "lcu"))
     out = tmp_path / "train"
-    r = cli(cluster, "train", os.path.join(REPO, "model", "configs", "tiny.yaml"), "--data", str(tmp_path / "lcu"),
-            "--out", str(out), "--steps", "2", "--workers", "2", "--submit")
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().split()[-1]
-    assert job_id.startswith("acedata-train-")
-    state = jobs.wait_for(job_id, cluster.address, timeout=JOB_TIMEOUT, poll=1.0)
-    logs = cli(cluster, "jobs", "logs", job_id).stdout
-    assert state == "SUCCEEDED", logs[-4000:]
+    submit_and_wait(cluster, "acedata-train-", "train", os.path.join(REPO, "model", "configs", "tiny.yaml"),
+                    "--data", str(tmp_path / "lcu"), "--out", str(out), "--steps", "2", "--workers", "2")
     assert (out / "checkpoints" / "step-00000002" / "model.safetensors").is_file()
 
 

@@ -116,34 +116,21 @@ def test_train_from_s3(s3_demo, tmp_path):
 @pytest.fixture(scope="module")
 def s3_cluster(s3_server):
     """A two-node loopback cluster started after the S3 env is set: every node inherits it."""
-    import shutil
-    import tempfile
-
     sys.path.insert(0, os.path.dirname(__file__))
-    from cluster_helper import LocalCluster
+    from cluster_helper import started_cluster
 
-    root = tempfile.mkdtemp(prefix="acedata-s3c-", dir="/tmp")  # short: Ray's socket paths are length-bound
-    c = LocalCluster(root)
-    try:
-        c.start()
+    with started_cluster("acedata-s3c-") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def s3_images(s3_server, tmp_path_factory) -> str:
     """A small images table in the bucket (ingested in-process), the cluster job's input."""
-    from acedata.demo_data import build
-    from acedata.pipeline import run_stages
-    from acedata.stages.ingest import IngestConfig
+    sys.path.insert(0, os.path.dirname(__file__))
+    from unit_kill import ingested_images
 
     d = tmp_path_factory.mktemp("s3-cluster-input")
-    build(str(d / "corpus"), variants=2, seed=0, odd=False)
-    out = f"s3://{s3_server.bucket}/cluster-input"
-    run_stages([IngestConfig(name="ingest", sources=[str(d / "corpus")], files_per_unit=8)], out, executor="local")
-    return f"{out}/ingest/images"
+    return ingested_images(str(d / "corpus"), f"s3://{s3_server.bucket}/cluster-input", seed=0)
 
 
 def test_submitted_job_writes_to_the_bucket_with_a_worker_killed(s3_cluster, s3_images, s3_server, tmp_path,

@@ -7,16 +7,9 @@ import json
 import urllib.request
 
 import pytest
-from llm_server import free_port, start_standin
+from llm_server import free_port
 
 from acedata.instruct.client import ChatClient, ChatRequest, EndpointConfig
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    srv = start_standin(str(tmp_path_factory.mktemp("standin") / "log.txt"))
-    yield srv
-    srv.stop()
 
 
 def _ep(srv, model: str, **kw) -> EndpointConfig:
@@ -65,6 +58,21 @@ def test_connection_refused_is_an_error_not_an_exception():
     ep = EndpointConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", model="x", max_retries=1, backoff_s=0.01)
     [res] = ChatClient(ep).complete_many([_ask("Blur {image}.")])
     assert res.error == "connection" and res.attempts == 2
+
+
+def test_an_empty_reply_is_a_bad_response_not_retried(standin):
+    client = ChatClient(_ep(standin, "fault:nochoices:5", max_retries=3))
+    [res] = client.complete_many([_ask("Sharpen {image}.")])
+    assert res.error == "bad_response" and res.attempts == 1 and client.stats["retries"] == 0
+
+
+def test_programming_errors_propagate_and_are_not_retried(standin):
+    # A body our code cannot serialise is a bug on our side: it must surface, not become a quarantine reason.
+    client = ChatClient(_ep(standin, "paraphrase", max_retries=3))
+    bad = ChatRequest([{"role": "user", "content": "hi"}], {"extra_body": {"knob": object()}})
+    with pytest.raises(TypeError):
+        client.complete_many([bad])
+    assert client.stats["requests"] == 1 and client.stats["retries"] == 0
 
 
 def test_concurrency_is_bounded_and_order_kept(standin):

@@ -10,7 +10,6 @@ import itertools
 import json
 
 import pytest
-from llm_server import start_standin
 from PIL import Image
 
 from acedata.instruct.captioner import (
@@ -27,13 +26,6 @@ from acedata.instruct.client import ChatClient, EndpointConfig
 from acedata.instruct.embedder import get_embedder
 from acedata.instruct.rewrite import RewriteConfig, cheap_check, clean_reply, normalise, rewrite_all
 from acedata.instruct.templates import indicators_in
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    srv = start_standin(str(tmp_path_factory.mktemp("standin") / "log.txt"))
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

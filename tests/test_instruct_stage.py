@@ -9,7 +9,6 @@ import os
 
 import pyarrow as pa
 import pytest
-from llm_server import start_standin
 from PIL import Image
 
 from acedata import shards
@@ -22,13 +21,6 @@ from acedata.stages.instruct import InstructConfig
 COLOURS = [(30, 30, 30), (220, 220, 220), (200, 20, 20), (20, 20, 200), (20, 180, 20), (120, 90, 60),
            (250, 200, 0), (0, 200, 200)]
 CAPTIONS = ["a dark room", "a bright room", None, "a blue lake", "a green field", None, "a yellow taxi", None]
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    srv = start_standin(str(tmp_path_factory.mktemp("standin") / "log.txt"))
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_bad_template_folder_is_one_line_error(tmp_path):
 def test_slots_from_synthesizer_provenance():
     import json
 
-    from acedata.stages.instruct import pair_slots
+    from acedata.instruct.slots import pair_slots
 
     def slots(subtask, prov, images=None):
         pair = {"task": "x", "subtask": subtask, "source_id": "s", "target_id": "t", "provenance": json.dumps(prov)}
@@ -113,7 +113,7 @@ def test_slots_from_synthesizer_provenance():
 def test_the_slots_column_is_read_before_provenance():
     import json
 
-    from acedata.stages.instruct import pair_slots
+    from acedata.instruct.slots import pair_slots
 
     prov = json.dumps({"params": {"look": "sepia", "prompt": "make it old"}, "source_caption": "a barn"})
     pair = {"task": "semantic_editing", "subtask": "color_grading", "source_id": "s", "target_id": "t",

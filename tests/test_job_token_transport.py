@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from acedata import cli, jobs
+from acedata import cli, job_connect, jobs
 from acedata.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,17 +17,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "http://localhost:8265", "127.0.0.5:8265",
                                      "http://[::1]:8265", "https://head.example.com:8265", "https://10.1.2.3"])
 def test_loopback_or_https_may_carry_the_token(address, monkeypatch):
-    monkeypatch.setattr(jobs, "TRUST_PLAIN_HTTP", False)
+    monkeypatch.setattr(job_connect, "TRUST_PLAIN_HTTP", False)
     jobs.check_token_transport(address, "secret")
 
 
 @pytest.mark.parametrize("address", ["http://10.1.2.3:8265", "10.1.2.3:8265", "http://head.example.com:8265"])
 def test_plain_http_to_a_network_host_is_refused(address, monkeypatch):
-    monkeypatch.setattr(jobs, "TRUST_PLAIN_HTTP", False)
+    monkeypatch.setattr(job_connect, "TRUST_PLAIN_HTTP", False)
     with pytest.raises(UserError, match="--insecure-trusted-network"):
         jobs.check_token_transport(address, "secret")
     jobs.check_token_transport(address, None)  # no token, nothing to leak
-    monkeypatch.setattr(jobs, "TRUST_PLAIN_HTTP", True)
+    monkeypatch.setattr(job_connect, "TRUST_PLAIN_HTTP", True)
     jobs.check_token_transport(address, "secret")
 
 

@@ -14,17 +14,15 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import cluster_stages
+from unit_kill import KILL_POINTS, color_stage, die_in_unit, ingested_images, stage_rows
 
 from acedata import runtime, shards, storage
 from acedata.cli import main
 from acedata.mining.synthetic import generate
-from acedata.stage import RunContext
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
@@ -115,65 +113,25 @@ def test_memory_and_s3_runs_keep_cluster_and_pair_scratch_off_the_local_disk(roo
 # --- the commit protocol on an object store: a worker killed at each step --------------------
 
 
-def _die_in_unit(images: str, out: str, unit_index: int, where: str, env: dict[str, str]) -> None:
-    """Child process: run one unit against S3 and die (exit 137, as SIGKILL would) at `where`."""
-    os.environ.update(env)
-    stage = _stage(images, out)
-    unit = stage.plan()[unit_index]
-    real_atomic, real_write = shards.write_bytes_atomic, pq.ParquetWriter.write_table
-
-    def atomic(fs, path, data):
-        if (where == "before_fragment" and "/_units/" in path) or (where == "before_done" and "/_done/" in path):
-            os._exit(137)
-        real_atomic(fs, path, data)
-
-    def write_table(self, table, *a, **kw):
-        real_write(self, table.slice(0, max(1, table.num_rows // 2)), *a, **kw)
-        os._exit(137)  # half a shard streamed out, its upload never completed
-
-    shards.write_bytes_atomic = atomic
-    if where == "mid_shard":
-        pq.ParquetWriter.write_table = write_table
-    runtime.execute_unit(stage, unit)
-    os._exit(0)
-
-
-def _stage(images: str, out: str) -> cluster_stages.ColorStats:
-    cfg = cluster_stages.ColorStatsConfig(name="stats", rows_per_unit=6)
-    return cluster_stages.ColorStats(cfg, RunContext(out, f"{out}/stats", {"images": [images]}))
-
-
-def _rows(stage) -> list:
-    t = shards.read_table(stage.ctx.out("embeddings"), columns=["image_id", "embedding"])
-    return sorted(zip(t.column("image_id").to_pylist(), t.column("embedding").to_pylist()))
-
-
 @pytest.fixture(scope="module")
 def s3_images(s3_server, tmp_path_factory) -> str:
-    from acedata.demo_data import build
-    from acedata.pipeline import run_stages
-    from acedata.stages.ingest import IngestConfig
-
     d = tmp_path_factory.mktemp("s3corpus")
-    build(str(d / "corpus"), variants=2, seed=1, odd=False)
-    out = f"s3://{s3_server.bucket}/protocol-input"
-    run_stages([IngestConfig(name="ingest", sources=[str(d / "corpus")], files_per_unit=8)], out, executor="local")
-    return f"{out}/ingest/images"
+    return ingested_images(str(d / "corpus"), f"s3://{s3_server.bucket}/protocol-input", seed=1)
 
 
-@pytest.mark.parametrize("where", ["mid_shard", "before_fragment", "before_done"])
+@pytest.mark.parametrize("where", KILL_POINTS)
 def test_s3_unit_killed_while_committing_is_redone_exactly(s3_server, s3_images, where):
-    clean = _stage(s3_images, f"s3://{s3_server.bucket}/clean-{where}")
+    clean = color_stage(s3_images, f"s3://{s3_server.bucket}/clean-{where}")
     runtime.run_stage(clean, executor="local")
-    expected = _rows(clean)
+    expected = stage_rows(clean)
 
     out = f"s3://{s3_server.bucket}/crash-{where}"
-    stage = _stage(s3_images, out)
+    stage = color_stage(s3_images, out)
     units = stage.plan()
     runtime.execute_unit(stage, units[0])
     kept = shards.unit_fragment(stage.ctx.out("embeddings"), units[0].id)
     child = multiprocessing.get_context("spawn").Process(
-        target=_die_in_unit, args=(s3_images, out, 1, where, s3_server.env()))
+        target=die_in_unit, args=(s3_images, out, 1, where, s3_server.env()))
     child.start()
     child.join(120)
     assert child.exitcode == 137, "the worker did not die where it was meant to"
@@ -191,8 +149,8 @@ def test_s3_unit_killed_while_committing_is_redone_exactly(s3_server, s3_images,
         assert {s["file"] for s in listed["shards"]} == {s["file"] for s in kept["shards"]}
     assert units[1].id not in runtime.done_units(f"{out}/stats")
 
-    summary = runtime.run_stage(_stage(s3_images, out), executor="local")  # the rerun
-    assert _rows(stage) == expected
+    summary = runtime.run_stage(color_stage(s3_images, out), executor="local")  # the rerun
+    assert stage_rows(stage) == expected
     assert summary["counts"]["embeddings"] == len(expected)
     assert shards.validate(table) == []  # no unlisted leftovers, every sha256 matches
     assert shards.unit_fragment(table, units[0].id) == kept  # the committed unit was not touched

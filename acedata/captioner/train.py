@@ -256,11 +256,10 @@ def list_checkpoints(out: str) -> list[str]:
 
 def train_local(cfg: CaptionerConfig, data: str, out: str, resume: bool = True,
                 progress: bool = True) -> CaptionerTrainer:
+    from acemodel.checkpoint import resume_latest
+
     trainer = CaptionerTrainer(cfg, data, out)
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt:
-        trainer.load(ckpt)
-        log.info("resumed from %s (step %d)", ckpt, trainer.step)
+    resume_latest(trainer, out, resume)
     trainer.fit(progress=progress)
     return trainer
 

@@ -13,32 +13,31 @@ def add(sub: argparse._SubParsersAction) -> None:
         "DIR/cluster/clusters (image_id, cluster_id, distance) and cluster-size statistics.",
     )
     add_cluster_args(p)
-    p.add_argument("--executor", choices=["ray", "local"], default="ray")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--json", action="store_true")
+    from acedata.commands._common import add_run_options
+
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
-    from acedata.stages.cluster import ClusterConfig
+    from acedata.commands._common import config_option as opt
+    from acedata.stages.cluster import ClusterConfig as C
 
-    default = {k: f.default for k, f in ClusterConfig.model_fields.items()}  # defaults live in the config
     p.add_argument("--embeddings", required=True,
                    help="embeddings table folder or Parquet file (image_id + embedding, float16/32, list or fixed)")
     p.add_argument("--out", required=True, help="output run directory")
-    p.add_argument("--k", type=int, default=None, help="number of clusters (default: N / --target-cluster-size)")
-    p.add_argument("--target-cluster-size", type=int, default=default["target_cluster_size"],
-                   help="points per cluster when k is derived from N")
-    p.add_argument("--border-margin", type=float, default=default["border_margin"],
-                   help="a point within this cosine of its second centroid is mined in both clusters")
-    p.add_argument("--niter", type=int, default=20)
-    p.add_argument("--max-points-per-centroid", type=int, default=256, help="training sample bound per centroid")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gpu", choices=["auto", "true", "false"], default="auto")
+    opt(p, C, "k", "number of clusters (default: N / --target-cluster-size)")
+    opt(p, C, "target_cluster_size", "points per cluster when k is derived from N")
+    opt(p, C, "border_margin", "a point within this cosine of its second centroid is mined in both clusters")
+    opt(p, C, "niter", "k-means iterations")
+    opt(p, C, "max_points_per_centroid", "training sample bound per centroid")
+    opt(p, C, "seed", "sampling and k-means seed")
+    opt(p, C, "gpu", "FAISS on GPU")
 
 
 def cluster_config(args: argparse.Namespace):
     from acedata import storage
+    from acedata.commands._common import config_values
     from acedata.errors import UserError
     from acedata.stages.cluster import ClusterConfig
 
@@ -47,11 +46,8 @@ def cluster_config(args: argparse.Namespace):
     from acedata import embeddings_input
 
     embeddings_input.check([args.embeddings])  # a table made elsewhere: bad rows fail here, in one line
-    gpu = {"auto": "auto", "true": True, "false": False}[args.gpu]
-    return ClusterConfig(name="cluster", k=args.k, target_cluster_size=args.target_cluster_size,
-                         border_margin=args.border_margin, niter=args.niter,
-                         max_points_per_centroid=args.max_points_per_centroid,
-                         seed=args.seed, gpu=gpu, inputs={"embeddings": storage.absolute(args.embeddings)})
+    return ClusterConfig(name="cluster", inputs={"embeddings": storage.absolute(args.embeddings)},
+                         **config_values(args, ClusterConfig))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,20 +16,23 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="training YAML whose text_encoder, vae and data settings the cache follows")
     p.add_argument("--data", required=True, nargs="+", help="LCU table directories or .parquet shards")
     p.add_argument("--out", required=True, help="run directory; the cache goes to OUT/encode_cache")
-    p.add_argument("--batch-size", type=int, default=8, help="images / instructions per encoder forward")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="encoder compute dtype")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (Ray)")
-    p.add_argument("--concurrency", type=int, default=1, help="actors in the pool")
-    p.add_argument("--executor", choices=["ray", "local"], default="ray")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--json", action="store_true")
+    from acedata.commands._common import add_run_options
+    from acedata.commands._common import config_option as opt
+    from acedata.stages.encode_cache import EncodeCacheConfig as C
+
+    opt(p, C, "batch_size", "images / instructions per encoder forward")
+    opt(p, C, "precision", "encoder compute dtype")
+    opt(p, C, "device", "auto | cpu | cuda")
+    opt(p, C, "resources.num_gpus", "GPUs per actor (Ray)")
+    # One actor unless asked: each holds its own copy of the text encoder (T5-XXL is ~10 GB in bf16).
+    opt(p, C, "resources.concurrency", "actors in the pool", default=1)
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from acedata import storage
-    from acedata.commands._common import print_run
+    from acedata.commands._common import config_values, print_run
     from acedata.commands.train import load_config
     from acedata.errors import UserError
     from acedata.pipeline import run_stages
@@ -44,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"LCU table {data!r} does not exist")
     cfg = EncodeCacheConfig(
         name="encode_cache", text_encoder=tc.text_encoder, vae=tc.vae, token_budget=tc.data.token_budget,
-        max_side=tc.data.max_side, text_tokens=tc.data.text_tokens, precision=args.precision,
-        batch_size=args.batch_size, device=args.device,
-        resources={"num_gpus": args.num_gpus, "concurrency": args.concurrency}, inputs={"lcu": data},
+        max_side=tc.data.max_side, text_tokens=tc.data.text_tokens, inputs={"lcu": data},
+        **config_values(args, EncodeCacheConfig),
     )
     result = run_stages([cfg], args.out, executor=args.executor, address=args.address, name="encode-cache")
     print_run(result, args.json)

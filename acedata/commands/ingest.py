@@ -15,30 +15,28 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", help="folders (recursive), .parquet files, .tar WebDataset shards: local paths "
                    "or URIs (s3://bucket/corpus/, gs://..., file://..., memory://...)")
     p.add_argument("--out", required=True, help="output run directory (local path or URI)")
-    p.add_argument("--min-side", type=int, default=32)
-    p.add_argument("--max-aspect", type=float, default=8.0)
-    p.add_argument("--max-pixels", type=int, default=64_000_000)
-    p.add_argument("--max-side", type=int, default=4096, help="downscale larger images (0: never)")
-    p.add_argument("--executor", choices=["ray", "local"], default="ray")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--json", action="store_true")
+    from acedata.commands._common import add_run_options
+    from acedata.commands._common import config_option as opt
+    from acedata.stages.ingest import IngestConfig as C
+
+    opt(p, C, "min_side", "quarantine images with a shorter side")
+    opt(p, C, "max_aspect", "quarantine images with a larger long/short side ratio")
+    opt(p, C, "max_pixels", "quarantine images with more pixels")
+    opt(p, C, "max_side", "downscale larger images (0: never)")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from acedata import storage
-    from acedata.commands._common import print_run
+    from acedata.commands._common import config_values, print_run
     from acedata.pipeline import run_stages
     from acedata.stages.ingest import IngestConfig
 
-    cfg = IngestConfig(
-        name="ingest",
-        sources=[storage.absolute(s) for s in args.sources],  # resolved where typed, before Ray
-        min_side=args.min_side,
-        max_aspect=args.max_aspect,
-        max_pixels=args.max_pixels,
-        max_side=args.max_side or None,
-    )
+    values = config_values(args, IngestConfig)
+    values["max_side"] = values["max_side"] or None  # 0 on the command line: never downscale
+    cfg = IngestConfig(name="ingest", sources=[storage.absolute(s) for s in args.sources],  # resolved before Ray
+                       **values)
     result = run_stages([cfg], args.out, executor=args.executor, address=args.address, name="ingest")
     print_run(result, args.json)
     c = result["stages"][0]["counts"]

@@ -23,9 +23,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--natural-mode", choices=["mllm_llm", "captioner", "template"])
     p.add_argument("-k", "--rewrites", type=int, help="accepted LLM rewrites per template instruction")
     p.add_argument("--seed", type=int)
-    p.add_argument("--executor", choices=["ray", "local"], default="local")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--json", action="store_true")
+    from acedata.commands._common import add_run_options
+
+    add_run_options(p, "local")
     p.set_defaults(func=run)
 
 

@@ -1,19 +1,23 @@
 """An async client for OpenAI-compatible chat completions (what `vllm serve` exposes).
 
-Built on the official `openai` client with its own retries switched off, so the policy
-here is explicit and observable: bounded concurrency (a semaphore), a timeout per
-request, and retries with exponential backoff and jitter on 429, 5xx, timeouts,
-dropped connections and unparseable response bodies (a `Retry-After` header is
-honoured, capped). Client errors (400, 401, 404 ...) are not retried. Every request
-ends in a `ChatResult`: text, or an error code, never an exception.
+Built on the official `openai` client with its own retries switched off (`max_retries=0`),
+so there is one retry policy, here, explicit and observable: bounded concurrency (a
+semaphore), a timeout per request, and retries with exponential backoff and jitter on
+what the wire can cause only: 429, 5xx, timeouts, dropped connections and bodies cut
+off mid-JSON (a `Retry-After` header is honoured, capped). Client errors (400, 401,
+404 ...) are not retried. Every served request ends in a `ChatResult`: text, or an
+error code. A programming error (a TypeError in our own code, say) is not an endpoint
+failure: it is neither retried nor turned into a result, it propagates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,8 +80,15 @@ class ChatResult:
         return self.error is None
 
 
-def _classify(exc: BaseException) -> tuple[str, bool, float | None]:
-    """(error code, retryable, server-suggested delay) for an exception from the openai client."""
+def _retry_after(headers: Any) -> float | None:
+    """The server's `Retry-After` in seconds (the delta-seconds form; an HTTP date is ignored)."""
+    value = (headers.get("retry-after") or "").strip()
+    return float(value) if re.fullmatch(r"\d+(\.\d+)?", value) else None
+
+
+def _classify(exc: Exception) -> tuple[str, bool, float | None] | None:
+    """(error code, retryable, server-suggested delay) for an endpoint failure; None for anything
+    else (a bug on our side), which the caller re-raises."""
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
@@ -86,19 +97,16 @@ def _classify(exc: BaseException) -> tuple[str, bool, float | None]:
         return "connection", True, None
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        retry_after = None
-        try:
-            retry_after = float(exc.response.headers.get("retry-after", ""))
-        except (TypeError, ValueError):
-            pass
         if status == 429:
-            return "http_429", True, retry_after
+            return "http_429", True, _retry_after(exc.response.headers)
         if status >= 500:
-            return "http_5xx", True, retry_after
+            return "http_5xx", True, _retry_after(exc.response.headers)
         return f"http_{status}", False, None
-    if isinstance(exc, (openai.APIResponseValidationError, ValueError, KeyError, TypeError)):
-        return "bad_response", True, None  # a truncated or non-JSON body
-    return "error", False, None
+    if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError)):
+        return "bad_response", True, None  # a body cut off mid-JSON, or not the completions shape
+    if isinstance(exc, openai.OpenAIError):
+        return "error", False, None
+    return None
 
 
 class ChatClient:
@@ -138,12 +146,18 @@ class ChatClient:
                 self.stats["requests"] += 1
                 try:
                     resp = await client.chat.completions.create(**self._body(req))
-                    choice = resp.choices[0]
-                    text = choice.message.content if choice.message is not None else None
-                    return ChatResult(text or "", None, "", attempt, time.perf_counter() - t0)
-                except Exception as e:  # noqa: BLE001 - classified below; nothing escapes
-                    code, retryable, hint = _classify(e)
+                except Exception as e:
+                    verdict = _classify(e)
+                    if verdict is None:
+                        raise  # our bug, not the endpoint's: surface it
+                    code, retryable, hint = verdict
                     detail = f"{type(e).__name__}: {str(e)[:200]}"
+                else:
+                    if not resp.choices:  # a well-formed reply with nothing in it: asking again won't help
+                        return self._failed("bad_response", "no choices in the reply", attempt, t0)
+                    message = resp.choices[0].message
+                    text = message.content if message is not None else None
+                    return ChatResult(text or "", None, "", attempt, time.perf_counter() - t0)
                 if not retryable or attempt > c.max_retries:
                     break
                 self.stats["retries"] += 1
@@ -152,8 +166,11 @@ class ChatClient:
                 if hint is not None:
                     delay = min(max(delay, hint), c.backoff_max_s)
                 await asyncio.sleep(delay)
+        return self._failed(code, detail, attempt, t0)
+
+    def _failed(self, code: str, detail: str, attempts: int, t0: float) -> ChatResult:
         self.stats["failed"] += 1
-        return ChatResult(None, code, detail, attempt, time.perf_counter() - t0)
+        return ChatResult(None, code, detail, attempts, time.perf_counter() - t0)
 
     async def acomplete_many(self, requests: list[ChatRequest]) -> list[ChatResult]:
         from openai import AsyncOpenAI

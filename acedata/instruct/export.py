@@ -134,10 +134,7 @@ def export_captioner_data(
         wanted = _curated_records(reviews, instructions, pair_info, limit, counts)
     else:
         wanted = _machine_records(instructions, pair_info, methods, variants, limit, counts)
-    per_pair: dict[str, int] = {}
-    for r in wanted:
-        r["n"] = per_pair.get(r["pair_id"], 0)
-        per_pair[r["pair_id"]] = r["n"] + 1
+    _number_per_pair(wanted)
     writer = open_writer(fmt, out_dir)
     if not writer.embeds_images:
         os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
@@ -152,16 +149,7 @@ def export_captioner_data(
         # One read per needed row group for the whole chunk.
         ids = {i for v in ids_of.values() for i in v}
         need = sorted(i for i in ids if i in store and (writer.embeds_images or i not in written))
-        data: dict[str, bytes] = {}
-        for image_id, row in store.rows(need, ["image_id", "image", "format"]).items():
-            ext = (row.get("format") or "PNG").lower().replace("jpeg", "jpg")
-            rel = posixpath.join("images", f"{image_id}.{ext}")
-            if writer.embeds_images:
-                data[image_id] = row["image"]["bytes"]
-            else:
-                with open(os.path.join(out_dir, rel), "wb") as img:
-                    img.write(row["image"]["bytes"])
-            written[image_id] = rel
+        data = _fetch_images(store, need, out_dir, writer.embeds_images, written)
         for r in chunk:
             ids = ids_of[id(r)]
             if any(i not in written for i in ids):
@@ -178,6 +166,31 @@ def export_captioner_data(
     writer.close()
     counts["images"] = len(written)
     return counts
+
+
+def _number_per_pair(wanted: list[dict[str, Any]]) -> None:
+    """Give each record `n`: its index among the records of its pair (the record id's suffix)."""
+    per_pair: dict[str, int] = {}
+    for r in wanted:
+        r["n"] = per_pair.get(r["pair_id"], 0)
+        per_pair[r["pair_id"]] = r["n"] + 1
+
+
+def _fetch_images(store: ImageReader, need: list[str], out_dir: str, embed: bool,
+                  written: dict[str, str]) -> dict[str, bytes]:
+    """Read `need` in one pass; write each under out_dir/images/ (or return its bytes when the format
+    embeds images) and record its relative path in `written`."""
+    data: dict[str, bytes] = {}
+    for image_id, row in store.rows(need, ["image_id", "image", "format"]).items():
+        ext = (row.get("format") or "PNG").lower().replace("jpeg", "jpg")
+        rel = posixpath.join("images", f"{image_id}.{ext}")
+        if embed:
+            data[image_id] = row["image"]["bytes"]
+        else:
+            with open(os.path.join(out_dir, rel), "wb") as img:
+                img.write(row["image"]["bytes"])
+        written[image_id] = rel
+    return data
 
 
 def _image_ids(pair: dict[str, Any]) -> list[str]:

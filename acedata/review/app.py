@@ -121,8 +121,8 @@ def guard(ctx: Ctx, role: str | None = None, write: bool = False, page: bool = F
     return wrap
 
 
-def create_app(ctx: Ctx) -> Starlette:
-    c = ctx
+def _auth_routes(c: Ctx) -> list[Route]:
+    """Signing in (form and API) and out."""
 
     async def login_page(request: Request) -> Response:
         token = request.cookies.get(LOGIN_CSRF) or secrets.token_urlsafe(24)
@@ -163,6 +163,17 @@ def create_app(ctx: Ctx) -> Starlette:
         resp.delete_cookie(COOKIE)
         return resp
 
+    return [
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login_post, methods=["POST"]),
+        Route("/api/login", api_login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+    ]
+
+
+def _page_routes(c: Ctx) -> list[Route]:
+    """The annotator pages: the queue list and a queue's review page."""
+
     @guard(c, page=True)
     async def home(request: Request) -> Response:
         qs = await run_in_threadpool(list_queues, c.engine)
@@ -175,6 +186,15 @@ def create_app(ctx: Ctx) -> Starlette:
         if q not in names:
             return HTMLResponse(pages.error(f"no queue named {q}"), 404)
         return HTMLResponse(pages.review(request.state.user, q, assign.REJECT_REASONS))
+
+    return [
+        Route("/", home),
+        Route("/review/{queue}", review_page),
+    ]
+
+
+def _queue_routes(c: Ctx) -> list[Route]:
+    """Claiming items from a queue, keeping the lease, deciding, reading an item."""
 
     def _item_json(pair_id: str) -> dict[str, Any]:
         it = c.catalog.item(pair_id)
@@ -221,6 +241,17 @@ def create_app(ctx: Ctx) -> Starlette:
             return JSONResponse({"error": "no such item in this run"}, 404)
         return JSONResponse(_item_json(pid))
 
+    return [
+        Route("/api/queues/{queue}/claim", claim, methods=["POST"]),
+        Route("/api/queues/{queue}/renew", renew, methods=["POST"]),
+        Route("/api/decisions", decide, methods=["POST"]),
+        Route("/api/items/{pair_id:path}", item),
+    ]
+
+
+def _image_routes(c: Ctx) -> list[Route]:
+    """Image thumbnails by content id, cached by the browser (immutable)."""
+
     @guard(c)
     async def image(request: Request) -> Response:
         image_id = request.path_params["image_id"]
@@ -240,6 +271,14 @@ def create_app(ctx: Ctx) -> Starlette:
             return Response(status_code=304, headers=headers)
         data, media = await run_in_threadpool(c.catalog.image, image_id, size)
         return Response(data, media_type=media, headers=headers)
+
+    return [
+        Route("/img/{image_id:path}", image),
+    ]
+
+
+def _admin_routes(c: Ctx) -> list[Route]:
+    """The admin page, statistics, decision exports and the export into the run."""
 
     @guard(c, role="admin", page=True)
     async def admin_page(request: Request) -> Response:
@@ -267,25 +306,18 @@ def create_app(ctx: Ctx) -> Starlette:
     async def export_run(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(stats.export_to_run, c.engine, c.run_dir))
 
-    static = StaticFiles(directory=str(resources.files("acedata.review") / "static"))
-    return Starlette(middleware=[Middleware(SecurityHeaders)], routes=[
-        Route("/login", login_page, methods=["GET"]),
-        Route("/login", login_post, methods=["POST"]),
-        Route("/api/login", api_login, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
-        Route("/", home),
-        Route("/review/{queue}", review_page),
-        Route("/api/queues/{queue}/claim", claim, methods=["POST"]),
-        Route("/api/queues/{queue}/renew", renew, methods=["POST"]),
-        Route("/api/decisions", decide, methods=["POST"]),
-        Route("/api/items/{pair_id:path}", item),
-        Route("/img/{image_id:path}", image),
+    return [
         Route("/admin", admin_page),
         Route("/api/admin/stats", admin_stats),
         Route("/admin/decisions.{fmt:str}", export),
         Route("/api/admin/export-run", export_run, methods=["POST"]),
-        Mount("/static", static, name="static"),
-    ])
+    ]
+
+
+def create_app(ctx: Ctx) -> Starlette:
+    static = StaticFiles(directory=str(resources.files("acedata.review") / "static"))
+    routes = [*_auth_routes(ctx), *_page_routes(ctx), *_queue_routes(ctx), *_image_routes(ctx), *_admin_routes(ctx)]
+    return Starlette(middleware=[Middleware(SecurityHeaders)], routes=[*routes, Mount("/static", static, name="static")])
 
 
 class SecurityHeaders:

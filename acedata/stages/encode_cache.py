@@ -53,10 +53,10 @@ class EncodeCache(Stage):
     outputs = {TABLE: ENCODED, "quarantine": QUARANTINE}
     uses_model = True
 
-    def _units(self) -> list[tuple]:
+    def _units(self):
         from acemodel.data import lcu_units
 
-        return lcu_units(self.ctx.input("lcu"), with_rows=True)
+        return lcu_units(self.ctx.input("lcu"))
 
     def plan(self) -> list[WorkUnit]:
         c: EncodeCacheConfig = self.config
@@ -65,8 +65,8 @@ class EncodeCache(Stage):
                 from acedata.models import ModelSpec, resolve_local
 
                 resolve_local(ModelSpec(name=spec.name, path=spec.path))
-        units = [WorkUnit(unit_id(i), {"index": i, "shard": s, "row_group": g})
-                 for i, (s, g, _n) in enumerate(self._units())]
+        units = [WorkUnit(unit_id(i), {"index": i, "shard": u.shard, "row_group": u.group})
+                 for i, u in enumerate(self._units())]
         return [WorkUnit(ENCODERS_UNIT, {})] + units
 
     def setup(self) -> None:
@@ -129,7 +129,8 @@ class EncodeCache(Stage):
         c: EncodeCacheConfig = self.config
         units = self._units()
         meta = {
-            "units": [{"id": unit_id(i), "shard": s, "row_group": g, "rows": n} for i, (s, g, n) in enumerate(units)],
+            "units": [{"id": unit_id(i), "shard": u.shard, "row_group": u.group, "rows": u.rows}
+                      for i, u in enumerate(units)],
             "settings": {**{k: getattr(c, k) for k in SETTINGS}, "text_encoder": c.text_encoder.model_dump(mode="json"),
                          "vae": c.vae.model_dump(mode="json")},
             "text_encoder": c.text_encoder.weights_id, "vae": c.vae.weights_id, "storage": c.storage,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -30,14 +31,13 @@ from acedata.instruct.captioner import (
     WRITER_USER,
     MLLMConfig,
     WriterConfig,
-    analyse_pairs,
     caption_images,
-    caption_pairs,
-    write_instructions,
 )
 from acedata.instruct.client import ChatClient, EndpointConfig
 from acedata.instruct.local import LocalModelConfig
+from acedata.instruct.natural import PairWork, by_captioner, by_mllm_llm, split_ready
 from acedata.instruct.rewrite import RewriteConfig, rewrite_all
+from acedata.instruct.slots import pair_slots
 from acedata.instruct.templates import FAMILIES, load_bank
 from acedata.kept import dropped_uris, filter_kept
 from acedata.schemas import INSTRUCTIONS, QUARANTINE
@@ -46,21 +46,17 @@ from acedata.stage import Stage, UnitResult, WorkUnit, register
 log = logging.getLogger("acedata")
 
 NATURAL = "natural_edit"
-# Pairs tables without a `slots` column (mined pairs, tables from elsewhere): where template slots
-# come from in a pair's provenance JSON (top level, or params/meta inside it).
-SLOT_KEYS = {
-    "object": ("object", "object_name", "subject", "category", "label"),
-    "new_object": ("new_object", "replacement", "replace_with", "target_object"),
-    "style": ("style", "style_name", "grade", "look"),
-    "attribute": ("attribute", "attributes", "facial_attribute"),
-    "prompt": ("edit_prompt", "prompt"),
-    "caption": ("caption", "target_caption", "source_caption"),
-}
-# Where a subtask's synthesizer uses a key differently: replace's `object`/`prompt` name the new object.
-SUBTASK_SLOT_KEYS = {
-    "replace": {"object": ("old_object", "replaced_object", "source_object"),
-                "new_object": ("new_object", "replacement", "replace_with", "object", "prompt")},
-}
+
+
+@dataclass(frozen=True)
+class RowSlice:
+    """One work unit: rows [start, stop) of one shard of a pairs table (`pairs`) or images table (`t2i`).
+    Travels as the unit's JSON payload (asdict / RowSlice(**payload))."""
+
+    kind: Literal["pairs", "t2i"]
+    shard: str
+    start: int
+    stop: int
 
 
 class T2IConfig(Strict):
@@ -103,20 +99,9 @@ class Instruct(Stage):
     def plan(self) -> list[WorkUnit]:
         c: InstructConfig = self.config
         self._check_config()
-        units: list[WorkUnit] = []
-        for ti, table in enumerate(self.ctx.input("pairs")):
-            for si, shard in enumerate(shards.list_shards(table)):
-                n = shards.open_parquet(shard).metadata.num_rows
-                for start in range(0, n, c.pairs_per_unit):
-                    units.append(WorkUnit(f"p{ti}-{si}-{start}", {"kind": "pairs", "shard": shard, "start": start,
-                                                                  "stop": min(n, start + c.pairs_per_unit)}))
+        units = _slices("p", "pairs", self.ctx.input("pairs"), c.pairs_per_unit)
         if c.t2i.enabled:
-            for ti, table in enumerate(self.ctx.inputs.get("images", [])):
-                for si, shard in enumerate(shards.list_shards(table)):
-                    n = shards.open_parquet(shard).metadata.num_rows
-                    for start in range(0, n, c.images_per_unit):
-                        units.append(WorkUnit(f"t{ti}-{si}-{start}", {"kind": "t2i", "shard": shard, "start": start,
-                                                                      "stop": min(n, start + c.images_per_unit)}))
+            units += _slices("t", "t2i", self.ctx.inputs.get("images", []), c.images_per_unit)
         return units
 
     def _check_config(self) -> None:
@@ -207,9 +192,9 @@ class Instruct(Stage):
         return self._embedder
 
     def process(self, unit: WorkUnit) -> UnitResult:
-        p = unit.payload
-        table = shards.open_parquet(p["shard"]).read().slice(p["start"], p["stop"] - p["start"])
-        if p["kind"] == "t2i":
+        p = RowSlice(**unit.payload)
+        table = shards.open_parquet(p.shard).read().slice(p.start, p.stop - p.start)
+        if p.kind == "t2i":
             return self._captions(table)
         return self._pairs(table)
 
@@ -223,7 +208,7 @@ class Instruct(Stage):
         ids = {i for r in pairs for i in (r.get("source_id"), r.get("target_id"), *(r.get("extra_input_ids") or []))
                if i}
         info = self.store.rows(sorted(ids), columns=["image_id", "caption"]) if ids else {}
-        work: list[dict[str, Any]] = []  # one entry per pair that gets rows
+        work: list[PairWork] = []  # one entry per pair that gets rows
         for r in pairs:
             pid = r.get("pair_id") or ""
             task, subtask = r.get("task") or "", r.get("subtask") or ""
@@ -238,82 +223,48 @@ class Instruct(Stage):
             chosen = self.bank.choose(task, subtask, n_inputs, pair_slots(r, info), c.seed, pid)
             if chosen.fallback:
                 counts[f"template_{chosen.fallback}"] = counts.get(f"template_{chosen.fallback}", 0) + 1
-            work.append({"pair": r, "text": chosen.text, "method": "template", "model": None, "rejected": [],
-                         "prov": {"template": chosen.key, "template_fallback": chosen.fallback, "seed": c.seed}})
-        natural = [w for w in work if w["pair"]["task"] == NATURAL]
+            work.append(PairWork(r, chosen.text, {"template": chosen.key, "template_fallback": chosen.fallback,
+                                                  "seed": c.seed}))
+        natural = [w for w in work if w.pair["task"] == NATURAL]
         if natural and c.natural_mode != "template":
             self._natural(natural, counts)
         rows: list[dict[str, Any]] = []
-        to_rewrite = [w for w in work if w["method"] == "template"]
+        to_rewrite = [w for w in work if w.method == "template"]
         if self.llm is not None and c.rewrite.k > 0 and to_rewrite:
-            states = rewrite_all([w["text"] for w in to_rewrite], self.llm, self.embedder, c.rewrite)
+            states = rewrite_all([w.text for w in to_rewrite], self.llm, self.embedder, c.rewrite)
             for w, st in zip(to_rewrite, states):
-                w["rewrites"] = st.accepted
-                w["rejected"] += [{"text": t, "reason": why} for t, why in st.rejected]
+                w.rewrites = st.accepted
+                w.reject(st.rejected)
                 counts["rewrites_accepted"] = counts.get("rewrites_accepted", 0) + len(st.accepted)
                 counts["rewrites_rejected"] = counts.get("rewrites_rejected", 0) + len(st.rejected)
         for w in work:
-            pid = w["pair"]["pair_id"]
-            rows.append({"pair_id": pid, "variant": 0, "instruction": w["text"], "method": w["method"],
-                         "model": w["model"], "rejected": w["rejected"], "provenance": json.dumps(w["prov"])})
-            for k, text in enumerate(w.get("rewrites", []), start=1):
+            pid = w.pair["pair_id"]
+            rows.append({"pair_id": pid, "variant": 0, "instruction": w.text, "method": w.method,
+                         "model": w.model, "rejected": w.rejected, "provenance": json.dumps(w.prov)})
+            for k, text in enumerate(w.rewrites, start=1):
                 rows.append({"pair_id": pid, "variant": k, "instruction": text, "method": "llm_rewrite",
                              "model": c.llm.model, "rejected": [],
-                             "provenance": json.dumps({"rewrite_of": 0, "template": w["prov"].get("template")})})
+                             "provenance": json.dumps({"rewrite_of": 0, "template": w.prov.get("template")})})
         counts["pairs_with_instruction"] = len(work)
         return UnitResult({"instructions": pa.Table.from_pylist(rows, INSTRUCTIONS),
                            "quarantine": pa.Table.from_pylist(bad, QUARANTINE)}, counts)
 
-    def _natural(self, natural: list[dict[str, Any]], counts: dict[str, int]) -> None:
+    def _natural(self, natural: list[PairWork], counts: dict[str, int]) -> None:
         """MLLM (+LLM) instructions for natural pairs; the template stays where they fail."""
         c: InstructConfig = self.config
         use_captioner = c.natural_mode == "captioner"
         cfg = (c.captioner or c.mllm) if use_captioner else c.mllm
         if cfg is None or (not use_captioner and self.llm is None):
             return
-        need = {i for w in natural for i in (w["pair"]["source_id"], w["pair"]["target_id"])}
-        data = self.store.image_bytes(sorted(need))
-        ready = []
-        for w in natural:
-            s, t = w["pair"]["source_id"], w["pair"]["target_id"]
-            if s in data and t in data:
-                ready.append((w, (data[s], data[t])))
-            else:
-                _fallback(w, "image_missing", counts)
+        need = {i for w in natural for i in (w.pair["source_id"], w.pair["target_id"])}
+        ready = split_ready(natural, self.store.image_bytes(sorted(need)), counts)
         if not ready:
             return
-        images = [im for _, im in ready]
         if use_captioner:
-            outs = caption_pairs(images, self.captioner, cfg)
-            for (w, _), o in zip(ready, outs):
-                w["rejected"] += [{"text": t, "reason": r} for t, r in o.rejected]
-                if o.text is None:
-                    _fallback(w, o.reason or "captioner_failed", counts)
-                    continue
-                w.update(text=o.text, method="captioner", model=cfg.endpoint.model)
-                w["prov"] = {"natural": "captioner", "template_fallback_was": w["prov"]["template"],
-                             "captioner_checkpoint": self._captioner_checkpoint(cfg)}
-                counts["natural_captioner"] = counts.get("natural_captioner", 0) + 1
-            return
-        analyses = analyse_pairs(images, self.mllm, cfg)
-        ok = [(w, a) for (w, _), a in zip(ready, analyses) if a.text is not None]
-        for (w, _), a in zip(ready, analyses):
-            w["rejected"] += [{"text": t, "reason": r} for t, r in a.rejected]
-            if a.text is None:
-                _fallback(w, f"analysis_{a.reason}", counts)
-        if not ok:
-            return
-        writer = WriterConfig(endpoint=c.llm, system_prompt=c.writer_system, user_prompt=c.writer_user)
-        outs = write_instructions([a.text for _, a in ok], self.llm, writer)
-        for (w, a), o in zip(ok, outs):
-            w["rejected"] += [{"text": t, "reason": r} for t, r in o.rejected]
-            if o.text is None:
-                _fallback(w, f"writer_{o.reason}", counts)
-                continue
-            w.update(text=o.text, method="mllm_llm", model=f"{cfg.endpoint.model}+{c.llm.model}")
-            w["prov"] = {"natural": "mllm_llm", "analysis": json.loads(a.text),
-                         "template_fallback_was": w["prov"]["template"]}
-            counts["natural_mllm_llm"] = counts.get("natural_mllm_llm", 0) + 1
+            by_captioner(ready, self.captioner, cfg, lambda: self._captioner_checkpoint(cfg), counts)
+        else:
+            writer = WriterConfig(endpoint=c.llm, system_prompt=c.writer_system, user_prompt=c.writer_user)
+            by_mllm_llm(ready, self.mllm, cfg, self.llm, writer, counts)
 
     def _captioner_checkpoint(self, cfg: MLLMConfig) -> dict[str, Any] | str | None:
         """Which trained checkpoint labels: the config's `checkpoint`, else the served folder's record."""
@@ -366,49 +317,16 @@ class Instruct(Stage):
                            "quarantine": pa.Table.from_pylist([], QUARANTINE)}, counts)
 
 
-def pair_slots(pair: dict[str, Any], images: dict[str, dict]) -> dict[str, str]:
-    """Template slot values for a pair: its `slots` column (what the synthesizer stated), else, for
-    pairs tables without one (mined pairs, tables from elsewhere), keys found in its provenance; a
-    missing caption comes from the images' captions."""
-    if pair.get("slots") is not None:
-        slots = {k: v for k, v in pair["slots"].items() if v}
-    else:
-        slots = _provenance_slots(pair)
-    if "caption" not in slots:
-        for iid in (pair.get("target_id"), pair.get("source_id")):
-            cap = (images.get(iid) or {}).get("caption")
-            if cap and cap.strip():
-                slots["caption"] = " ".join(cap.split()).rstrip(".")
-                break
-    return slots
-
-
-def _provenance_slots(pair: dict[str, Any]) -> dict[str, str]:
-    """Slot values read from provenance JSON by the key names in SLOT_KEYS (pairs without `slots`)."""
-    prov: dict[str, Any] = {}
-    try:
-        loaded = json.loads(pair.get("provenance") or "{}")
-        if isinstance(loaded, dict):
-            prov = loaded
-    except json.JSONDecodeError:
-        pass
-    scopes = [prov[k] for k in ("params", "meta") if isinstance(prov.get(k), dict)] + [prov]
-    keymap = {**SLOT_KEYS, **SUBTASK_SLOT_KEYS.get(pair.get("subtask") or "", {})}
-    slots: dict[str, str] = {}
-    for slot, keys in keymap.items():
-        for scope in scopes:
-            v = next((scope[k] for k in keys if isinstance(scope.get(k), (str, int, float)) and str(scope[k]).strip()),
-                     None)
-            if v is not None:
-                slots[slot] = " ".join(str(v).replace("_", " ").split()).rstrip(".")
-                break
-    return slots
-
-
-def _fallback(w: dict[str, Any], reason: str, counts: dict[str, int]) -> None:
-    w["prov"]["natural_fallback"] = reason
-    w["rejected"].append({"text": "", "reason": f"natural_fallback:{reason}"})
-    counts["natural_template_fallback"] = counts.get("natural_template_fallback", 0) + 1
+def _slices(prefix: str, kind: Literal["pairs", "t2i"], tables: list[str], per_unit: int) -> list[WorkUnit]:
+    """Units of at most `per_unit` rows over every shard of `tables`; ids stable across reruns."""
+    units = []
+    for ti, table in enumerate(tables):
+        for si, shard in enumerate(shards.list_shards(table)):
+            n = shards.open_parquet(shard).metadata.num_rows
+            for start in range(0, n, per_unit):
+                units.append(WorkUnit(f"{prefix}{ti}-{si}-{start}",
+                                      asdict(RowSlice(kind, shard, start, min(n, start + per_unit)))))
+    return units
 
 
 def _quarantine(pair: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import torch
 from acemodel import files
 from acemodel.cache_schema import ENCODED, ENCODERS, META, SETTINGS, TABLE, unit_id  # noqa: F401 - re-exported
 from acemodel.config import DataConfig, TrainConfig
-from acemodel.data import LCUStream, row_inputs, row_target
+from acemodel.data import LCUStream, RowGroup, row_inputs, row_target
 from acemodel.dit import INDICATORS
 
 _NUMPY = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
@@ -64,7 +64,7 @@ def encode_rows(rows: list[dict], units: list[int], row_ids: list[int], data: Da
         target = row_target(row, data)
         inputs = row_inputs(row, data)
         per_row.append((len(images), inputs))
-        images += [target] + [im for im, _m, _t in inputs]
+        images += [target] + [x.image for x in inputs]
     latents = vae.encode_batch(images, batch_size)
     instructions = [[h["instruction"] for h in r.get("history") or []] + [r["instruction"]] for r in rows]
     flat = sorted({t for ins in instructions for t in ins})
@@ -75,11 +75,11 @@ def encode_rows(rows: list[dict], units: list[int], row_ids: list[int], data: Da
     out = []
     for row, u, r, (first, inputs), ins in zip(rows, units, row_ids, per_row, instructions):
         frames = []
-        for j, (_im, mask, turn) in enumerate(inputs):
+        for j, x in enumerate(inputs):
             z = latents[first + 1 + j]
-            m = None if mask is None else downsample_mask(mask, z.shape[-2:]).to(torch.uint8)
+            m = None if x.mask is None else downsample_mask(x.mask, z.shape[-2:]).to(torch.uint8)
             frames.append({"latent": tensor_cell(z, storage), "mask": None if m is None else tensor_cell(m, "uint8"),
-                           "turn": turn})
+                           "turn": x.turn})
         out.append({
             "sample_id": row.get("sample_id", ""), "task": row.get("task"), "unit": u, "row": r,
             "target": tensor_cell(latents[first], storage), "frames": frames,
@@ -161,7 +161,7 @@ class CachedLCUStream(LCUStream):
         self.table = posixpath.join(self.root, TABLE)
         self._unit_ids = [u["id"] for u in meta["units"]]
         self.empty_text = read_encoder_tensors(self.root)["empty_text"]
-        units = [(u["shard"], u["row_group"]) for u in meta["units"]]
+        units = [RowGroup(u["shard"], u["row_group"], u["rows"]) for u in meta["units"]]
         self._layout(units, cfg, seed, rank * num_workers + worker, world_size * num_workers)
 
     def _read_unit(self, u: int) -> list[dict]:

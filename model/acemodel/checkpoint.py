@@ -20,6 +20,7 @@ done. Deleting goes the other way round: the marker first.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -58,6 +59,16 @@ def latest_checkpoint(path: str) -> str | None:
         return path
     done = step_dirs(files.join(path, "checkpoints"))
     return files.join(path, "checkpoints", done[-1]) if done else None
+
+
+def resume_latest(trainer, out: str, resume: bool = True) -> str | None:
+    """Load the newest committed checkpoint under `out` into `trainer` (anything with `load` and
+    `step`: the DiT trainer, the captioner trainer) unless told not to; returns it."""
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt:
+        trainer.load(ckpt)
+        logging.getLogger("acemodel").info("resumed from %s (step %d)", ckpt, trainer.step)
+    return ckpt
 
 
 def _write_files(tr: Trainer, folder: str, sd: dict, ema: dict | None, optim: dict) -> None:

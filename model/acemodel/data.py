@@ -46,6 +46,24 @@ class Sample:
         return [self.instruction] + [f.instruction for f in self.conditions]
 
 
+@dataclass(frozen=True)
+class RowGroup:
+    """The stream's unit of work: one Parquet row group of one LCU shard."""
+
+    shard: str
+    group: int
+    rows: int  # rows in the group (from the footer)
+
+
+@dataclass
+class RowInput:
+    """One condition image of an LCU row, decoded and resized, before it meets its instruction."""
+
+    image: torch.Tensor  # (3, H, W) in [-1, 1]
+    mask: torch.Tensor | None  # (1, H, W) in {0, 1}; None = whole image
+    turn: int  # index into the row's instructions: history oldest first, current last
+
+
 def fit_size(w: int, h: int, token_budget: int, max_side: int, mult: int = PIXELS_PER_TOKEN_SIDE) -> tuple[int, int]:
     """Aspect-preserving size, multiples of `mult`, with (w/mult)*(h/mult) <= token_budget."""
     scale = min(1.0, math.sqrt(token_budget * mult * mult / (w * h)), max_side / max(w, h))
@@ -78,9 +96,8 @@ def _rng(*key) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def row_inputs(row: dict, cfg: DataConfig) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
-    """A row's condition frames in model order as (image, mask, turn): history CUs' inputs first,
-    then the current CU's; `turn` indexes the row's instructions (history oldest first, current last)."""
+def row_inputs(row: dict, cfg: DataConfig) -> list[RowInput]:
+    """A row's condition frames in model order: history CUs' inputs first, then the current CU's."""
     out = []
     turns = [h["inputs"] for h in row.get("history") or []] + [row.get("inputs")]
     for turn, cu_inputs in enumerate(turns):
@@ -90,7 +107,7 @@ def row_inputs(row: dict, cfg: DataConfig) -> list[tuple[torch.Tensor, torch.Ten
                 continue
             s = fit_size(*im.size, cfg.token_budget, cfg.max_side)
             m = _open(inp.get("mask"))
-            out.append((to_tensor(im, s), mask_tensor(m, s) if m is not None else None, turn))
+            out.append(RowInput(to_tensor(im, s), mask_tensor(m, s) if m is not None else None, turn))
     return out
 
 
@@ -102,12 +119,12 @@ def row_target(row: dict, cfg: DataConfig) -> torch.Tensor:
 def row_to_sample(row: dict, cfg: DataConfig, drop_instruction: bool) -> Sample:
     cur = "" if drop_instruction else row["instruction"]
     instructions = [h["instruction"] for h in row.get("history") or []] + [cur]
-    conds = [Frame(im, m, instructions[turn]) for im, m, turn in row_inputs(row, cfg)]
+    conds = [Frame(x.image, x.mask, instructions[x.turn]) for x in row_inputs(row, cfg)]
     return Sample(row_target(row, cfg), cur, conds, row.get("sample_id", ""), row.get("task", ""))
 
 
-def lcu_units(data: str | list[str], with_rows: bool = False) -> list[tuple]:
-    """The stream's units: (shard, row group[, rows]) over the sorted shards of `data`."""
+def lcu_units(data: str | list[str]) -> list[RowGroup]:
+    """The stream's units: every row group of the sorted shards of `data`."""
     from acemodel.errors import UserError
 
     paths = [data] if isinstance(data, str) else list(data)
@@ -117,12 +134,12 @@ def lcu_units(data: str | list[str], with_rows: bool = False) -> list[tuple]:
         raise UserError(f"{e}; point --data at an lcu table directory or .parquet files") from None
     if not shards:
         raise UserError(f"no LCU shards under {paths}; point --data at an lcu table directory or .parquet files")
-    units: list[tuple] = []
+    units: list[RowGroup] = []
     for s in shards:
         fs, p = resolve(s)
         with fs.open_input_file(p) as f:
             md = pq.ParquetFile(f).metadata
-            units += [(s, g, md.row_group(g).num_rows) if with_rows else (s, g) for g in range(md.num_row_groups)]
+            units += [RowGroup(s, g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
     return units
 
 
@@ -135,7 +152,7 @@ class LCUStream:
                  worker: int = 0, num_workers: int = 1) -> None:
         self._layout(lcu_units(data), cfg, seed, rank * num_workers + worker, world_size * num_workers)
 
-    def _layout(self, units: list, cfg: DataConfig, seed: int, slot: int, slots: int) -> None:
+    def _layout(self, units: list[RowGroup], cfg: DataConfig, seed: int, slot: int, slots: int) -> None:
         self.units, self.cfg, self.seed = units, cfg, seed
         self.slot, self.slots = slot, slots
         if len(self.units) < self.slots:
@@ -159,10 +176,10 @@ class LCUStream:
         return [int(u) for u in mine[: len(self.units) // self.slots]]
 
     def _read_unit(self, u: int) -> list[dict]:
-        shard, group = self.units[u]
-        fs, p = resolve(shard)
+        unit = self.units[u]
+        fs, p = resolve(unit.shard)
         with fs.open_input_file(p) as f:
-            return pq.ParquetFile(f).read_row_group(group, columns=self.COLUMNS).to_pylist()
+            return pq.ParquetFile(f).read_row_group(unit.group, columns=self.COLUMNS).to_pylist()
 
     def _sample(self, row: dict, drop_instruction: bool):
         return row_to_sample(row, self.cfg, drop_instruction)

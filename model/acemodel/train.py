@@ -19,7 +19,7 @@ import torch
 
 from acemodel import checkpoint, parallel
 from acemodel.cache import CachedEncoders
-from acemodel.checkpoint import latest_checkpoint
+from acemodel.checkpoint import latest_checkpoint, resume_latest
 from acemodel.config import TrainConfig
 from acemodel.data import Sample
 from acemodel.diffusion import make_objective
@@ -213,9 +213,6 @@ class Trainer:
 def train_local(cfg: TrainConfig, data, out: str, resume: bool = True, progress: bool = True) -> Trainer:
     """Train in this process, resuming from the newest checkpoint under `out` unless told not to."""
     trainer = Trainer(cfg, data, out)
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt:
-        trainer.load(ckpt)
-        log.info("resumed from %s (step %d)", ckpt, trainer.step)
+    resume_latest(trainer, out, resume)
     trainer.fit(progress=progress)
     return trainer

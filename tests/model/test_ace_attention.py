@@ -11,15 +11,6 @@ from acemodel.config import DiTConfig
 from acemodel.dit import ACEDiT, DiTInput
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _reference(q, k, v, q_lens, k_lens):
     """Loop over segments given by plain length lists; explicit softmax in float64."""
     out, qs, ks = [], 0, 0

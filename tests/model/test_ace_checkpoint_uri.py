@@ -9,36 +9,9 @@ import uuid
 
 import pytest
 import torch
-import yaml
+from ace_helpers import CONFIG, tiny_config
 from acemodel import checkpoint, files
-from acemodel.config import TrainConfig
 from acemodel.train import Trainer, latest_checkpoint
-
-from acedata.demo_lcu import build
-
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "model", "configs", "tiny.yaml")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def lcu(tmp_path_factory) -> str:
-    return build(str(tmp_path_factory.mktemp("lcu")), (64, 48), photos=["astronaut", "chelsea"], rows_per_group=2)
-
-
-def _cfg(**kw) -> TrainConfig:
-    with open(CONFIG) as f:
-        raw = yaml.safe_load(f)
-    data = {**raw.pop("data"), **kw.pop("data", {})}
-    optim = {**raw.pop("optim"), **kw.pop("optim", {})}
-    return TrainConfig(**{**raw, "data": data, "optim": optim, **kw})
-
 
 RESUME_CFG = {"steps": 3, "checkpoint_every": 2, "data": {"batch_size": 2, "cfg_dropout": 0.5, "token_budget": 12},
               "optim": {"lr": 2e-3, "grad_accum": 2, "ema_decay": 0.9}}
@@ -53,7 +26,7 @@ def remote(request) -> str:
 
 
 def test_resume_from_object_storage_gives_the_local_next_step_loss(lcu, tmp_path, remote):
-    cfg = _cfg(**RESUME_CFG)
+    cfg = tiny_config(**RESUME_CFG)
     straight = Trainer(cfg, lcu, str(tmp_path / "local"))
     want = [straight.train_step() for _ in range(3)]
 
@@ -81,7 +54,7 @@ def test_checkpoint_without_its_marker_is_ignored_and_replaced(lcu, tmp_path, re
         real(uri, data)
 
     for out in (str(tmp_path / "local"), remote):
-        cfg = _cfg(steps=2, checkpoint_every=1, keep_checkpoints=3,
+        cfg = tiny_config(steps=2, checkpoint_every=1, keep_checkpoints=3,
                    data={"batch_size": 2, "cfg_dropout": 0.0, "token_budget": 12})
         tr = Trainer(cfg, lcu, out)
         tr.fit(steps=1, progress=False)

@@ -11,14 +11,6 @@ from acemodel.dit import ACEDiT, DiTInput
 
 D, HEADS, DEPTH, TEXT = 48, 2, 2, 32  # head dim 24 -> RoPE split 8/8/8
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _inputs(seed=1):
     g = torch.Generator().manual_seed(seed)

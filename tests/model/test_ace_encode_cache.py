@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 import yaml
+from ace_helpers import CONFIG, tiny_config
 from acemodel.cache import CachedEncoders, CachedLCUStream, cell_tensor, tensor_cell
 from acemodel.config import TrainConfig
 from acemodel.data import LCUStream
@@ -20,24 +21,13 @@ from acedata.pipeline import run_stages
 from acedata.shards import read_table
 from acedata.stages.encode_cache import EncodeCacheConfig
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "model", "configs", "tiny.yaml")
 BUDGET = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _cfg(**kw) -> TrainConfig:
-    with open(CONFIG) as f:
-        raw = yaml.safe_load(f)
-    raw["data"].update({"batch_size": 2, "token_budget": BUDGET, "cfg_dropout": 0.5, **kw.pop("data", {})})
-    raw["optim"].update(grad_accum=2, ema_decay=0.9)
-    return TrainConfig(**{**raw, **kw})
+    data = {"batch_size": 2, "token_budget": BUDGET, "cfg_dropout": 0.5, **kw.pop("data", {})}
+    return tiny_config(data, {"grad_accum": 2, "ema_decay": 0.9}, **kw)
 
 
 @pytest.fixture(scope="module")

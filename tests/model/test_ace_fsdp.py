@@ -12,25 +12,21 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import yaml
+from ace_helpers import tiny_config
 from acemodel.config import TrainConfig
 from acemodel.dit import ACEDiT
 from safetensors.torch import load_file
 
 from acedata.demo_lcu import build
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "model", "configs", "tiny.yaml")
 WORLD = 2
 
 
 def _cfg(**kw) -> TrainConfig:
-    with open(CONFIG) as f:
-        raw = yaml.safe_load(f)
-    raw["data"].update(batch_size=2, token_budget=12, cfg_dropout=0.3)
-    raw["optim"].update(lr=2e-3, grad_accum=2, ema_decay=0.9)
-    raw.update(steps=3, checkpoint_every=2, strategy="fsdp")
     overrides = kw.pop("model_overrides", {})
-    return TrainConfig(**{**raw, **kw, "model_overrides": overrides})
+    return tiny_config({"batch_size": 2, "token_budget": 12, "cfg_dropout": 0.3},
+                       {"lr": 2e-3, "grad_accum": 2, "ema_decay": 0.9},
+                       **{"steps": 3, "checkpoint_every": 2, "strategy": "fsdp", **kw, "model_overrides": overrides})
 
 
 def _ranks(rank: int, store: str, lcu: str, out: str) -> None:

@@ -6,37 +6,10 @@ import os
 
 import pytest
 import torch
-import yaml
-from acemodel.config import DataConfig, TrainConfig
+from ace_helpers import CONFIG, tiny_config
+from acemodel.config import DataConfig
 from acemodel.data import LCUStream, fit_size
 from acemodel.train import Trainer, latest_checkpoint, step_generator
-
-from acedata.demo_lcu import build
-
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "model", "configs", "tiny.yaml")
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def lcu(tmp_path_factory) -> str:
-    """8 LCU rows from two scikit-image photographs (gray, canny, inpaint + mask, 2-turn chain / t2i)."""
-    return build(str(tmp_path_factory.mktemp("lcu")), (64, 48), photos=["astronaut", "chelsea"], rows_per_group=2)
-
-
-def _cfg(**kw) -> TrainConfig:
-    with open(CONFIG) as f:
-        raw = yaml.safe_load(f)
-    data = {**raw.pop("data"), **kw.pop("data", {})}
-    optim = {**raw.pop("optim"), **kw.pop("optim", {})}
-    return TrainConfig(**{**raw, "data": data, "optim": optim, **kw})
-
 
 # --- loader -----------------------------------------------------------------------------
 
@@ -91,7 +64,7 @@ def test_frames_masks_and_cfg_dropout(lcu):
 @pytest.fixture(scope="module")
 def overfit_run(lcu, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
-    cfg = _cfg(steps=60, checkpoint_every=60, data={"batch_size": 4, "cfg_dropout": 0.0, "token_budget": 12},
+    cfg = tiny_config(steps=60, checkpoint_every=60, data={"batch_size": 4, "cfg_dropout": 0.0, "token_budget": 12},
                optim={"lr": 3e-3, "warmup_steps": 5, "ema_decay": 0.9})
     tr = Trainer(cfg, lcu, out)
     fixed = [s for s, _ in zip(LCUStream(lcu, cfg.data, seed=1), range(8))]
@@ -114,7 +87,7 @@ def test_tiny_model_overfits_a_handful_of_lcu_samples(overfit_run):
 
 
 def test_resume_gives_the_same_next_step_loss(lcu, tmp_path):
-    cfg = _cfg(steps=3, checkpoint_every=2, data={"batch_size": 2, "cfg_dropout": 0.5, "token_budget": 12},
+    cfg = tiny_config(steps=3, checkpoint_every=2, data={"batch_size": 2, "cfg_dropout": 0.5, "token_budget": 12},
                optim={"lr": 2e-3, "grad_accum": 2, "ema_decay": 0.9})
     straight = Trainer(cfg, lcu, str(tmp_path / "a"))
     want = [straight.train_step() for _ in range(3)]

@@ -48,12 +48,10 @@ class InstructPix2Pix(DiffusersSynth):
         src = self._fit(src)
         prompt = self._prompt(rng, EDIT_PROMPTS)
         image_guidance = self.opts.image_guidance
-        out = self.pipe(prompt, image=src.pil.convert("RGB"), num_inference_steps=self.steps,
-                        guidance_scale=self.guidance, image_guidance_scale=image_guidance,
-                        generator=self._generator(rng)).images[0]
+        out = self._edit(src, prompt, rng, image_guidance_scale=image_guidance)
         params: dict[str, Any] = {"prompt": prompt, "steps": self.steps, "guidance": self.guidance,
                                   "image_guidance": image_guidance}
-        return [Draft(self.task, "instruct_edit", src, new_img(self._same_size(out, src.pil)), params=params,
+        return [Draft(self.task, "instruct_edit", src, new_img(out), params=params,
                       synthesizer=self.name, slots={"prompt": prompt})]
 
 
@@ -74,10 +72,9 @@ class Img2ImgStyle(DiffusersSynth):
         # drawn even when fixed, so the generator's later draws do not depend on the option
         drawn = float(rng.uniform(0.45, 0.7))
         strength = self.opts.strength if self.opts.strength is not None else drawn
-        out = self.pipe(prompt, image=src.pil.convert("RGB"), strength=strength, num_inference_steps=self.steps,
-                        guidance_scale=self.guidance, generator=self._generator(rng)).images[0]
+        out = self._edit(src, prompt, rng, strength=strength)
         params = {"prompt": prompt, "style": style, "strength": round(strength, 3), "steps": self.steps}
-        return [Draft(self.task, "style_transfer", src, new_img(self._same_size(out, src.pil)), params=params,
+        return [Draft(self.task, "style_transfer", src, new_img(out), params=params,
                       synthesizer=self.name, slots={"style": style, "prompt": prompt})]
 
 
@@ -101,10 +98,8 @@ class InpaintReplace(DiffusersSynth):
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         prompt = self._prompt(rng, OBJECT_PROMPTS)
         h, w = rgb.shape[:2]
-        out = self.pipe(prompt, image=src.pil.convert("RGB"), mask_image=Image.fromarray(mask * 255),
-                        height=h, width=w, num_inference_steps=self.steps, guidance_scale=self.guidance,
-                        generator=self._generator(rng)).images[0]
-        gen = np.asarray(self._same_size(out, src.pil).convert("RGB"))
+        out = self._edit(src, prompt, rng, mask_image=Image.fromarray(mask * 255), height=h, width=w)
+        gen = np.asarray(out.convert("RGB"))
         result = np.where(mask[:, :, None] > 0, gen, rgb).astype(np.uint8)
         params = {**mparams, "prompt": prompt, "object": prompt, "steps": self.steps}
         return [Draft(self.task, "replace", src, new_img(result), mask=mask_img(mask), params=params,

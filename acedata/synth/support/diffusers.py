@@ -72,6 +72,13 @@ class DiffusersSynth(Synthesizer):
         prompts = self.opts.prompts or default
         return str(prompts[int(rng.integers(len(prompts)))])
 
+    def _edit(self, src: Img, prompt: str, rng: np.random.Generator, **pipe_kw) -> Image.Image:
+        """The pipeline's output for `src` and `prompt` (the configured steps and guidance, a
+        generator seeded from `rng`), at the source's size."""
+        out = self.pipe(prompt, image=src.pil.convert("RGB"), num_inference_steps=self.steps,
+                        guidance_scale=self.guidance, generator=self._generator(rng), **pipe_kw).images[0]
+        return self._same_size(out, src.pil)
+
     @staticmethod
     def _same_size(out: Image.Image, like: Image.Image) -> Image.Image:
         return out if out.size == like.size else out.resize(like.size, Image.Resampling.LANCZOS)

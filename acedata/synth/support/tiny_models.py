@@ -66,6 +66,14 @@ PIPELINES = {
 }
 
 
+def _saved(model, proc, folder: str | None):
+    """(model, processor), saved to `folder` first when one is given (safetensors weights)."""
+    if folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        proc.save_pretrained(folder)
+    return model, proc
+
+
 def build_tiny_pipeline(kind: str, folder: str | None = None, seed: int = 0):
     """A tiny diffusers pipeline of `kind` (img2img | instruct_pix2pix | inpaint); saved when
     `folder` is given."""
@@ -100,10 +108,7 @@ def build_tiny_dpt(folder: str | None = None, seed: int = 0):
     )
     model = DPTForDepthEstimation(cfg).eval()
     proc = DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False)
-    if folder:
-        model.save_pretrained(folder, safe_serialization=True)
-        proc.save_pretrained(folder)
-    return model, proc
+    return _saved(model, proc, folder)
 
 
 SEG_CLASSES = ("background", "person", "sky", "tree", "building", "road", "grass", "car", "dog", "chair")
@@ -123,10 +128,7 @@ def build_tiny_segformer(folder: str | None = None, seed: int = 0, num_labels: i
     )
     model = SegformerForSemanticSegmentation(cfg).eval()
     proc = SegformerImageProcessor(size={"height": 32, "width": 32})
-    if folder:
-        model.save_pretrained(folder, safe_serialization=True)
-        proc.save_pretrained(folder)
-    return model, proc
+    return _saved(model, proc, folder)
 
 
 def build_tiny_vitpose(folder: str | None = None, seed: int = 0):
@@ -144,10 +146,7 @@ def build_tiny_vitpose(folder: str | None = None, seed: int = 0):
                                      num_attention_heads=4, mlp_ratio=2, part_features=8, out_indices=[2])
     model = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=17)).eval()
     proc = VitPoseImageProcessor(size={"height": 64, "width": 48})
-    if folder:
-        model.save_pretrained(folder, safe_serialization=True)
-        proc.save_pretrained(folder)
-    return model, proc
+    return _saved(model, proc, folder)
 
 
 def build_tiny_detector(folder: str | None = None, seed: int = 0, labels: tuple[str, ...] = ("person",)):
@@ -163,10 +162,7 @@ def build_tiny_detector(folder: str | None = None, seed: int = 0, labels: tuple[
                       id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     model = YolosForObjectDetection(cfg).eval()
     proc = YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 64})
-    if folder:
-        model.save_pretrained(folder, safe_serialization=True)
-        proc.save_pretrained(folder)
-    return model, proc
+    return _saved(model, proc, folder)
 
 
 def build_tiny_sam(folder: str | None = None, seed: int = 0):
@@ -194,7 +190,4 @@ def build_tiny_sam(folder: str | None = None, seed: int = 0):
     proc = SamProcessor(image_processor=SamImageProcessor(
         size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
         mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}))
-    if folder:
-        model.save_pretrained(folder, safe_serialization=True)
-        proc.save_pretrained(folder)
-    return model, proc
+    return _saved(model, proc, folder)
