@@ -134,5 +134,5 @@ def decide(part: pa.Table, rank: Rank) -> pa.Table:
 
 
 def cleanup(stage_dir: str) -> None:
-    """Remove the scratch buckets once every decide unit has committed."""
-    shuffle.delete(scratch(stage_dir))
+    """Remove the stage's scratch buckets (`_shuffle/`, every wave's) once all units committed."""
+    shuffle.delete(posixpath.join(stage_dir, posixpath.dirname(SCRATCH)))

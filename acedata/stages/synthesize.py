@@ -121,8 +121,7 @@ class Synthesize(Stage):
         """The summary from unit counts and manifests (no rows read). Byte-identical images two
         units drew (e.g. the same mask for look-alike photos) were listed in `duplicates` by the
         last waves (`acedata.copies`); committed shards are never rewritten."""
-        copies.cleanup(self.ctx.stage_dir)
-        waves.cleanup(self.ctx.stage_dir)
+        copies.cleanup(self.ctx.stage_dir)  # all scratch buckets
         per, chained, reasons = waves.pop_tally(counts)
         repeated = counts.pop("cross_unit_duplicates", 0)  # == the duplicates table's rows
         counts["images"] = shards.count_rows(self.ctx.out("images")) - repeated

@@ -68,10 +68,6 @@ def _dir(stage_dir: str, part: str) -> str:
     return posixpath.join(stage_dir, SCRATCH, part)
 
 
-def cleanup(stage_dir: str) -> None:
-    shuffle.delete(posixpath.join(stage_dir, SCRATCH))
-
-
 # --- driver ----------------------------------------------------------------------------
 
 
