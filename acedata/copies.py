@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from acedata import shards, shuffle
 from acedata.kept import CROSS_UNIT, row_key
@@ -91,12 +92,14 @@ def _unit_rows(images_dir: str, dup_dir: str, units: list[str]) -> pa.Table:
     images (listed=False) and the rows each unit itself listed as duplicates (listed=True)."""
     parts = []
     for table, listed in ((images_dir, False), (dup_dir, True)):
-        done = shards.committed_units(table)
-        for u in units:
-            if u not in done:
+        # these units' fragments only: listing `_units/` would cost every shuffle unit O(all units)
+        fs, d = shards.resolve(table)
+        infos = fs.get_file_info([posixpath.join(d, shards.UNITS_DIR, f"{u}.json") for u in units])
+        for u, info in zip(units, infos):
+            if info.type == pafs.FileType.NotFound:  # a unit that wrote no such table
                 continue
             row = 0
-            for s in shards.unit_fragment(table, u)["shards"]:
+            for s in shards.read_json(fs, info.path)["shards"]:
                 t = shards.open_parquet(posixpath.join(table.rstrip("/"), s["file"])).read(
                     columns=["image_id", "source_uri"])
                 n = t.num_rows
