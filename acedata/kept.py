@@ -1,9 +1,10 @@
 """The "kept" view of an images table: each image_id once.
 
 No stage rewrites a committed shard. When two units both hold a copy of one image, the
-stage's `finish` lists the copies that lose (ingest: every copy but the one with the
-smallest source order key; synthesize: every copy but the first unit's) in the sibling
-`duplicates` table, and readers skip rows whose (`source_uri`, `image_id`) is listed there.
+stage's last waves (`acedata.copies`, units named `cross-unit-...`) list the copies that lose
+(ingest: every copy but the one with the smallest source order key; synthesize: every copy
+but the one drawn from the smallest photo id) in the sibling `duplicates` table, and readers
+skip rows whose (`source_uri`, `image_id`) is listed there.
 A row is named by both because one source can yield several images (a synthesizer's mask
 and its condition share the source's uri). Inside one unit, duplicates never reach the
 images table at all, so the same rule covers both.
@@ -16,7 +17,7 @@ table) are read whole. Memory: one string per listed duplicate.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,7 +25,9 @@ import pyarrow.compute as pc
 from acedata import shards
 
 DUPLICATES = "duplicates"
-CROSS_UNIT = "cross-unit"  # the duplicates table's unit written by a stage's `finish`
+# Prefix of the duplicates table's units that list stored copies (the rest list inputs that
+# never reached the images table: duplicates met inside one unit).
+CROSS_UNIT = "cross-unit"
 
 
 def _sibling(table: str) -> str:
@@ -89,14 +92,11 @@ def read_kept(tables: str | list[str], columns: list[str] | None = None) -> pa.T
     return pa.concat_tables(parts, promote_options="permissive")
 
 
-def commit_cross_unit(dup_dir: str, find_later: Callable[[], list[dict[str, str]]]) -> None:
-    """Write the `finish`-time duplicates unit once (`find_later()` lists the losing copies) and
-    finalize the table. A rerun after a crash finds it committed, or clears the crashed attempt."""
-    from acedata.schemas import DUPLICATES as SCHEMA
-
-    if CROSS_UNIT not in shards.committed_units(dup_dir):
-        shards.clear_attempts(dup_dir, CROSS_UNIT)
-        w = shards.ShardWriter(dup_dir, SCHEMA, unit=CROSS_UNIT)
-        w.write(pa.Table.from_pylist(find_later(), SCHEMA))
-        w.commit()
-    shards.finalize_manifest(dup_dir, SCHEMA, table=DUPLICATES)
+def cross_unit_rows(images_table: str) -> int:
+    """How many stored rows of an images table its `duplicates` sibling lists (so the table holds
+    `count_rows - cross_unit_rows` distinct kept rows). Reads unit fragments, never rows."""
+    if images_table.endswith(".parquet"):
+        return 0
+    dup = _sibling(images_table)
+    return sum(s["rows"] for u in sorted(shards.committed_units(dup)) if u.startswith(CROSS_UNIT)
+               for s in shards.unit_fragment(dup, u)["shards"])

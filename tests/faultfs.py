@@ -6,7 +6,7 @@ delete any stage, the runtime or the pipeline makes through pyarrow is one numbe
 `crash_at=k` raises `Crash` instead of step k (nothing of it happens, as if the process
 died just before it). Independently, every step that would replace or delete a committed
 file is recorded in `violations`: a shard or fragment of a unit whose done-marker exists,
-a unit that `finish` committed (ingest's `cross-unit`), or anything in a finished stage.
+or anything in a finished stage.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import posixpath
 import pyarrow.fs as pafs
 
 from acedata import shards
-from acedata.stages.ingest import CROSS_UNIT
 
 
 class Crash(Exception):
@@ -53,7 +52,7 @@ class FaultFS(pafs.FileSystemHandler):
         stage = posixpath.dirname(table)
         if self._exists(posixpath.join(stage, "_SUCCESS.json")):
             return True
-        return unit == CROSS_UNIT or self._exists(posixpath.join(stage, "_done", f"{unit}.json"))
+        return self._exists(posixpath.join(stage, "_done", f"{unit}.json"))
 
     def _step(self, op: str, *paths: str) -> None:
         self.steps += 1

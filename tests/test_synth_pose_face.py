@@ -250,7 +250,8 @@ def test_stage_runs_pose_face_and_model_masks(weights, demo_corpus, tmp_path):
                            max_side=96, chain_fraction=0)
     run = run_stages([IngestConfig(name="ingest", sources=[demo_corpus]), cfg], str(tmp_path), executor="local")
     counts = run["stages"][1]["counts"]
-    assert counts["candidates"] == counts["pairs"] + counts["quarantine"] == 2 * 4
+    # max_images=2: a hash sample of about 2 photos (acedata.synth.plan), each drawn by all 4
+    assert counts["candidates"] == counts["pairs"] + counts["quarantine"] == counts["photos"] * 4 >= 4
     pairs = shards.read_table(str(tmp_path / "synthesize" / "pairs")).to_pylist()
     by_sub = {(p["task"], p["subtask"]) for p in pairs}
     assert ("low_level", "pose") in by_sub and ("controllable", "pose") in by_sub

@@ -143,9 +143,7 @@ def test_reference_sets_from_pair_mining_else_groups_else_none(synth_run, tmp_pa
 
     out, _, _ = synth_run
     images = f"{out}/ingest/images"
-    # max_images takes photos in image-id order (not shard order): the first 6 ids
-    rows = sorted(shards.read_table(images, columns=["image_id", "group"]).to_pylist(), key=lambda r: r["image_id"])[:6]
-    ids = [r["image_id"] for r in rows]
+    ids = sorted(shards.read_table(images, columns=["image_id"]).column(0).to_pylist())[:3]
     # a mined set of three images (ids 0,1,2) linked by two pairs
     mined = pa.Table.from_pylist(
         [{"pair_id": "m1", "source_id": ids[0], "target_id": ids[1], "task": "natural_edit", "subtask": "general",
@@ -153,7 +151,7 @@ def test_reference_sets_from_pair_mining_else_groups_else_none(synth_run, tmp_pa
          {"pair_id": "m2", "source_id": ids[1], "target_id": ids[2], "task": "natural_edit", "subtask": "general",
           "set_id": 7}], PAIRS)
     shards.write_table(str(tmp_path / "mined"), mined, PAIRS)
-    cfg = SynthesizeConfig(name="s", synthesizers=["reference"], max_images=6,
+    cfg = SynthesizeConfig(name="s", synthesizers=["reference"],
                            inputs={"images": images, "pairs": str(tmp_path / "mined")})
     s = run_stages([cfg], str(tmp_path / "a"), executor="local")["stages"][0]
     assert s["reference_sets"] == "pair_mining_sets" and s["counts"]["pairs"] == 3

@@ -4,10 +4,12 @@ Every input ends in exactly one of `images`, `duplicates` (an exact pixel duplic
 of a kept image) or `quarantine`, so inputs = images + duplicates + quarantined.
 
 Committed shards are never rewritten. A duplicate inside one unit never reaches the
-images table; copies of one image in several units all stay in their shards, and
-`finish` lists every copy but one in the `duplicates` table (see `acedata.kept`): the
-copy kept is the one with the smallest (source index, path inside the source) key, so
-the choice depends on the spec and the corpus only, never on unit scheduling.
+images table; copies of one image in several units all stay in their shards, and two
+more waves of units (`acedata.copies`: a shuffle by image_id, then one unit per bucket)
+list every copy but one in the `duplicates` table (see `acedata.kept`): the copy kept is
+the one with the smallest (source index, path inside the source) key, so the choice
+depends on the spec and the corpus only, never on unit scheduling or bucket counts. The
+driver holds unit ids and counts only; `finish` checks the accounting from manifests.
 Unit ids hash the source's index in the spec and paths relative to the source root,
 so moving the corpus or the run directory changes no id, and a corpus in a bucket
 (`s3://b/x`) gives the ids (and the rows) of the same files on a disk (`/tmp/x`).
@@ -22,11 +24,10 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from acedata import shards
+from acedata import copies, shards
 from acedata.config import StageConfig, run_only
 from acedata.errors import UserError
 from acedata.images import Limits, Rejected, decode, image_cell
-from acedata.kept import CROSS_UNIT, commit_cross_unit, dropped_uris
 from acedata.schemas import DUPLICATES, IMAGES, QUARANTINE
 from acedata.source_digest import source_digest
 from acedata.source_roots import source_root
@@ -77,6 +78,7 @@ class Ingest(Stage):
     kind = "ingest"
     Config = IngestConfig
     outputs = {"images": IMAGES, "quarantine": QUARANTINE, "duplicates": DUPLICATES}
+    version = 2  # 2: cross-unit duplicates listed by `cross-unit-bNNNNN` units (was one finish-written unit)
 
     def input_digest(self) -> dict[str, Any]:
         return {"sources": [source_digest(r, self.config.source_digest) for r in self.config.sources]}
@@ -89,7 +91,22 @@ class Ingest(Stage):
                 raise UserError(f"source {root!r} holds no files to ingest; check the path, "
                                 "or set allow_empty: true to accept an empty source")
             units.extend(WorkUnit(content_unit_id(i, root, uid, payload), payload) for uid, payload in found)
+        self._ingest_units = [u.id for u in units]
         return units
+
+    def next_wave(self, wave: int, counts: dict[str, int]) -> list[WorkUnit]:
+        """Wave 1 buckets the stored copies by image_id, wave 2 decides each bucket (`acedata.copies`).
+
+        The bucket count follows the number of inputs: content only, never worker counts."""
+        if wave == 0:
+            self._copy_buckets = copies.bucket_count(counts.get("inputs", 0))
+            return copies.shuffle_units(self._ingest_units, counts.get("images", 0), self._copy_buckets)
+        if wave == 1:
+            return copies.decide_units(self._copy_buckets)
+        return []
+
+    def _rank(self, uri: str, unit: str, row: int) -> tuple:
+        return self.order_key(uri), unit, row
 
     def order_key(self, uri: str) -> tuple[int, str]:
         """Where an input sits in the spec: (source index, its path inside that source)."""
@@ -100,6 +117,8 @@ class Ingest(Stage):
         return len(self.config.sources), uri
 
     def process(self, unit: WorkUnit) -> UnitResult:
+        if copies.is_copies_unit(unit):
+            return copies.run(unit, self.ctx.stage_dir, self.ctx.out("images"), self.ctx.out("duplicates"), self._rank)
         c: IngestConfig = self.config
         limits = Limits(c.max_pixels, c.min_side, c.max_aspect, c.max_side)
         rows: list[dict[str, Any]] = []
@@ -135,40 +154,17 @@ class Ingest(Stage):
         )
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
-        """List copies of one image held by several units in `duplicates` (no shard changes)."""
-        images_dir, dup_dir = self.ctx.out("images"), self.ctx.out("duplicates")
-        commit_cross_unit(dup_dir, self.cross_unit_duplicates)
-        cross = sum(s["rows"] for s in shards.unit_fragment(dup_dir, CROSS_UNIT)["shards"])
-        stored = shards.count_rows(images_dir)
-        dup = shards.count_rows(dup_dir)
+        """Check the accounting from manifests and unit counts (no rows read) and drop the scratch."""
+        copies.cleanup(self.ctx.stage_dir)
+        counts.pop("copies_shuffled", None)
+        cross = counts.pop("cross_unit_duplicates", 0)  # stored copies the decide units listed
+        images = shards.count_rows(self.ctx.out("images")) - cross  # each image_id once
+        dup = shards.count_rows(self.ctx.out("duplicates"))
         quarantined = shards.count_rows(self.ctx.out("quarantine"))
-        images = stored - cross  # each image_id once
         counts.update(images=images, duplicates=dup, quarantine=quarantined)
         if images + dup + quarantined != counts.get("inputs", 0):
             raise RuntimeError(f"ingest lost rows: inputs {counts.get('inputs')} != {images}+{dup}+{quarantined}")
-        if len(dropped_uris([images_dir])) != dup:
-            raise RuntimeError("ingest: duplicates table lists a source_uri twice")
         return {"cross_unit_duplicates": cross}
-
-    def cross_unit_duplicates(self) -> list[dict[str, str]]:
-        """Every stored copy of an image but the one with the smallest order key.
-
-        Reads only `image_id`/`source_uri`; memory is linear in the number of images.
-        """
-        best: dict[str, tuple[tuple[int, str], str]] = {}
-        later: list[dict[str, str]] = []
-        for batch in shards.iter_batches(self.ctx.out("images"), columns=["image_id", "source_uri"], batch_size=65536):
-            for image_id, uri in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                key = self.order_key(uri)
-                prev = best.get(image_id)
-                if prev is None:
-                    best[image_id] = (key, uri)
-                    continue
-                loser = uri if prev[0] < key else prev[1]
-                if prev[0] > key:
-                    best[image_id] = (key, uri)
-                later.append({"source_uri": loser, "image_id": image_id})
-        return sorted(later, key=lambda r: (r["image_id"], self.order_key(r["source_uri"])))
 
 
 def _quarantine(rec: Record, reason: str, detail: str) -> dict[str, Any]:

@@ -11,28 +11,29 @@ writes:
 Every candidate ends in exactly one of pairs or quarantine: candidates = pairs + quarantine.
 Reference generation works on sets of images of one subject: pair-mining sets (a `pairs`
 table from an earlier stage with `set_id`) when present, else the ingest `group` column.
+
+Planning runs in waves on workers (`acedata.synth.plan`): the driver never reads rows, and what
+a photo gets depends only on its image_id and the spec, not on shard layout or unit counts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from acedata import shards
+from acedata import copies, shards
 from acedata.config import StageConfig
-from acedata.dedupe import later_copies
 from acedata.errors import UserError
 from acedata.image_index import shared_reader
 from acedata.images import open_rgb
-from acedata.kept import commit_cross_unit, dropped_uris, row_key
 from acedata.models import ModelSpec
 from acedata.schemas import DUPLICATES, IMAGES, PAIRS, QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 from acedata.synth import get, weight_free
+from acedata.synth import plan as waves
 from acedata.synth.base import Draft, Img, Rejected, Synthesizer
 from acedata.synth.support.clip_filter import ClipFilterConfig, ClipScorer
 from acedata.synth.support.collect import Collector, FailureLimit, SynthesizerFailures, describe_failures
@@ -46,7 +47,8 @@ class SynthesizeConfig(StageConfig):
     per_image: int | None = Field(None, ge=1)  # synthesizers per photo, rotated so all get used; None = all
     images_per_unit: int = Field(8, ge=1)
     groups_per_unit: int = Field(8, ge=1)
-    max_images: int | None = Field(None, ge=1)  # cap on photos read (demo, smoke runs)
+    # About this many photos (demo, smoke runs): a hash sample of image ids (see acedata.synth.plan)
+    max_images: int | None = Field(None, ge=1)
     max_side: int = Field(1024, ge=32)  # photos are downscaled to this long side first (a new source row)
     chain_fraction: float = Field(0.25, ge=0, le=1)  # photos that also get a multi-turn edit chain
     chain_turns: int = Field(3, ge=2, le=9)
@@ -74,6 +76,7 @@ class Synthesize(Stage):
     kind = "synthesize"
     Config = SynthesizeConfig
     outputs = {"images": IMAGES, "pairs": PAIRS, "quarantine": QUARANTINE, "duplicates": DUPLICATES}
+    version = 2  # 2: photos assigned by hashes of their ids, planned in waves (was sorted offsets)
 
     def __init__(self, config: SynthesizeConfig, ctx) -> None:
         super().__init__(config, ctx)
@@ -105,92 +108,30 @@ class Synthesize(Stage):
         if self.config.clip_filter is not None and not self.config.clip_filter.model.random_init:
             resolve_local(self.config.clip_filter.model)
 
-    def _photos(self) -> list[dict[str, Any]]:
-        seen: set[str] = set()
-        photos = []
-        tables = self.ctx.input("images")
-        dropped = dropped_uris(tables)  # copies ingest listed as duplicates
-        for table in tables:
-            for shard in shards.list_shards(table):
-                pf = shards.open_parquet(shard)
-                cols = [c for c in ("image_id", "kind", "group", "source_uri") if c in pf.schema_arrow.names]
-                t = pf.read(columns=cols).to_pylist()
-                for r in t:
-                    if r.get("kind") not in (None, "image") or r["image_id"] in seen or row_key(r.get("source_uri"), r["image_id"]) in dropped:
-                        continue
-                    seen.add(r["image_id"])
-                    photos.append({"loc": r["image_id"], "id": r["image_id"], "group": r.get("group")})
-        # Photo order (which synthesizers each photo gets, unit ids) follows image ids, not shard layout.
-        photos.sort(key=lambda p: p["id"])
-        return photos[: self.config.max_images] if self.config.max_images else photos
-
-    def _subject_sets(self, photos: list[dict[str, Any]]) -> tuple[list[list[list]], str]:
-        """Sets of photo locations showing one subject: mined sets first, else ingest groups."""
-        where = {p["id"]: p["loc"] for p in photos}
-        sets: dict[Any, list[str]] = defaultdict(list)
-        origin = "none"
-        for table in self.ctx.inputs.get("pairs", []):
-            t = shards.read_table(table, columns=["source_id", "target_id", "set_id"])
-            for r in t.to_pylist():
-                if r["set_id"] is None:
-                    continue
-                for i in (r["source_id"], r["target_id"]):
-                    if i in where and i not in sets[r["set_id"]]:
-                        sets[r["set_id"]].append(i)
-        if any(len(v) >= 2 for v in sets.values()):
-            origin = "pair_mining_sets"
-        else:
-            sets.clear()
-            for p in photos:
-                if p["group"]:
-                    sets[p["group"]].append(p["id"])
-            origin = "ingest_groups" if any(len(v) >= 2 for v in sets.values()) else "none"
-        out = [[where[i] for i in members[: self.config.reference_max_set]]
-               for _, members in sorted(sets.items(), key=lambda kv: str(kv[0])) if len(members) >= 2]
-        return out, origin
-
     def plan(self) -> list[WorkUnit]:
         self._check_models()
-        photos = self._photos()
-        units = []
-        per_image = [c for c in self.classes if c.inputs == "image"]
-        if per_image:
-            step = self.config.images_per_unit
-            for k, start in enumerate(range(0, len(photos), step)):
-                chunk = photos[start : start + step]
-                units.append(WorkUnit(f"img-{k:05d}", {"offset": start, "images": [p["loc"] for p in chunk]}))
-        self.reference_origin = "not requested"
-        if any(c.inputs == "group" for c in self.classes):
-            sets, self.reference_origin = self._subject_sets(photos)
-            step = self.config.groups_per_unit
-            for k, start in enumerate(range(0, len(sets), step)):
-                units.append(WorkUnit(f"ref-{k:05d}", {"offset": start, "sets": sets[start : start + step]}))
-        log.info("synthesize: %d photos, %d units, reference sets from %s", len(photos), len(units),
-                 self.reference_origin)
-        return units
+        self.waves = waves.WavePlan(self.config, self.ctx, any(c.inputs == "image" for c in self.classes),
+                                    any(c.inputs == "group" for c in self.classes))
+        return self.waves.first_wave()
+
+    def next_wave(self, wave: int, counts: dict[str, int]) -> list[WorkUnit]:
+        return self.waves.next_wave(wave, counts)
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
-        # Two units can draw byte-identical images (e.g. the same mask for look-alike photos):
-        # the first unit's row is kept, later copies are listed in `duplicates` for readers to
-        # skip (acedata.kept); committed shards are never rewritten.
-        dup_dir = self.ctx.out("duplicates")
-        commit_cross_unit(dup_dir, lambda: later_copies(self.ctx.out("images")))
-        repeated = shards.count_rows(dup_dir)
+        """The summary from unit counts and manifests (no rows read). Byte-identical images two
+        units drew (e.g. the same mask for look-alike photos) were listed in `duplicates` by the
+        last waves (`acedata.copies`); committed shards are never rewritten."""
+        copies.cleanup(self.ctx.stage_dir)  # all scratch buckets
+        per, chained, reasons = waves.pop_tally(counts)
+        repeated = counts.pop("cross_unit_duplicates", 0)  # == the duplicates table's rows
         counts["images"] = shards.count_rows(self.ctx.out("images")) - repeated
         pairs = shards.count_rows(self.ctx.out("pairs"))
         quarantined = shards.count_rows(self.ctx.out("quarantine"))
         if pairs + quarantined != counts.get("candidates", 0):
             raise RuntimeError(f"synthesize lost rows: candidates {counts.get('candidates')} != "
                                f"{pairs} pairs + {quarantined} quarantined")
-        t = shards.read_table(self.ctx.out("pairs"), columns=["task", "subtask", "parent_pair_id"])
-        per: dict[str, int] = defaultdict(int)
-        for task, sub in zip(t.column("task").to_pylist(), t.column("subtask").to_pylist()):
-            per[f"{task}/{sub}"] += 1
-        chained = t.num_rows - t.column("parent_pair_id").null_count if t.num_rows else 0
-        reasons: dict[str, int] = defaultdict(int)
-        if quarantined:
-            for r in shards.read_table(self.ctx.out("quarantine"), columns=["reason"]).column(0).to_pylist():
-                reasons[r] += 1
+        origin = self.waves.reference_origin if hasattr(self, "waves") else "unknown"
+        log.info("synthesize: %d photos, reference sets from %s", counts.get("photos", 0), origin)
         log.info("synthesize: %d candidates -> %d pairs (%d chained) + %d quarantined %s", counts.get("candidates", 0),
                  pairs, chained, quarantined, dict(reasons))
         failed = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("synth_failures.") and v}
@@ -201,8 +142,7 @@ class Synthesize(Stage):
                                       + "; the exceptions are in the quarantine table (reason synth_failed)")
         return {"synth_failures": dict(sorted(failed.items())), "pairs_by_task": dict(sorted(per.items())),
                 "chained_pairs": chained, "repeated_images": repeated,
-                "quarantine_reasons": dict(sorted(reasons.items())),
-                "reference_sets": getattr(self, "reference_origin", "unknown")}
+                "quarantine_reasons": dict(sorted(reasons.items())), "reference_sets": origin}
 
     # --- workers ---------------------------------------------------------------------
 
@@ -221,18 +161,26 @@ class Synthesize(Stage):
             self.setup()
 
     def process(self, unit: WorkUnit) -> UnitResult:
+        stage_dir = self.ctx.stage_dir
+        if copies.is_copies_unit(unit):
+            return copies.run(unit, stage_dir, self.ctx.out("images"), self.ctx.out("duplicates"), waves.copy_rank)
+        if waves.is_bookkeeping(unit):
+            return waves.bookkeeping(unit, stage_dir)
         self._ensure_setup()
         out = Collector(self.kind, self.config.seed, self.synths)
-        if "images" in unit.payload:
-            rows = _read_ids(self.ctx.input("images"), unit.payload["images"])
-            for k, row in enumerate(rows):
-                self._per_image(unit.payload["offset"] + k, row, out)
-        for k, members in enumerate(unit.payload.get("sets", [])):
-            self._per_set(unit.payload["offset"] + k, _read_ids(self.ctx.input("images"), members), out)
+        extra: dict[str, int] = {}
+        if "photos" in unit.payload:
+            ids, extra = waves.photo_unit(unit, stage_dir)
+            if unit.payload["per_image"] and ids:
+                for row in _read_ids(self.ctx.input("images"), ids):
+                    self._per_image(waves.rotation(self.config.seed, row["image_id"]), row, out)
+        for index, members in waves.ref_sets(unit, stage_dir, self.config.reference_max_set, self.config.seed):
+            self._per_set(index, _read_ids(self.ctx.input("images"), members), out)
         if out.failures:
             log.warning("synthesize unit %s: failing synthesizers: %s", unit.id, describe_failures(out.failures))
         out.check_failures(self.config.failures, unit.id)
-        return UnitResult(out.tables(), out.counts())
+        tables = out.tables()
+        return UnitResult(tables, {**out.counts(), **extra, **waves.tally(tables)})
 
     def _call(self, out: Collector, row: dict[str, Any], name: str, make, *args) -> list[Draft] | None:
         """One synthesizer call, `make(*args)`: its drafts, or None after recording a rejection or a
