@@ -40,13 +40,13 @@ def _rounded(stages: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]
 
 def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | None = None,
             stage: str = "command", interval: float = 0.2, rss_limit_mib: float | None = None,
-            progress: str | None = None) -> dict[str, Any]:
+            progress: str | None = None, progress_every: float = 10.0) -> dict[str, Any]:
     """Run argv; return {rc, wall_s, cpu_total_s, maxrss_mib, stages: {name: {cpu_s, sampled_wall_s,
     driver/worker peak}}}.
 
     rss_limit_mib: stop the child's process tree when its summed RSS passes this (a shared machine
     must not meet the OOM killer); the result then has rc -9 and `over_rss_limit`. progress: a file
-    rewritten every ~10 s with the per-stage figures so far (what a run stopped early still tells).
+    rewritten every `progress_every` s with the per-stage figures so far (what a run stopped early still tells).
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -96,7 +96,7 @@ def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | N
                 if rss_limit_mib and total_rss > rss_limit_mib and not over:
                     over.append(total_rss)
                     _kill_tree(tree)
-                if progress and time.perf_counter() - last_write > 10:
+                if progress and time.perf_counter() - last_write > progress_every:
                     last_write = time.perf_counter()
                     _write_json(progress, {"argv": argv, "elapsed_s": round(last_write - t0, 1),
                                            "stage": name, "stages": _rounded(stages)})
