@@ -2,21 +2,36 @@
 
 Two families of runs, each stage driven through the `acedata` CLI in a child process that is
 measured per stage (bench/_scale/measure.py: CPU seconds from the process tree, driver and
-worker peak RSS):
+worker peak RSS; the whole tree is stopped past --rss-limit-gib and the size recorded as
+`incomplete`, never priced):
 
 - images: `acedata run bench/scale.yaml` (ingest, random-init SigLIP embed, cluster, pair,
-  synthesize, templates-only instruct, assemble) plus `acedata stats`, on generated 512-1024 px
-  JPEGs (bench/_scale/data.py; cached under --cache, made once);
-- meta: `acedata pair --embeddings` (cluster + pair) on generated 768-d embeddings, `acedata run`
-  of an assemble-only spec on generated pairs/instructions/images tables, `acedata stats` on
-  its output — metadata-sized work (10^4-10^6 rows; 10^7 with --full).
+  synthesize, templates-only instruct, assemble) plus `acedata stats`, on generated ~460-980 px
+  JPEGs (bench/_scale/data.py: variants of 256 decoded bases, every file distinct in pixels;
+  made once under --cache, ~8 ms each: 10^5 photos ~6 GB, ~7 min on 2 cores);
+- meta: `acedata pair --embeddings` (cluster + pair, k = N/1000) on generated 768-d float16
+  embeddings, then `acedata run` of an assemble-only spec on generated images/pairs/instructions
+  tables (0.7 pairs per image, 30% chains) and `acedata stats` on its output. Everything is
+  generated in shards (2^18 embedding rows, 2^20 metadata rows), never whole in memory.
+  Cluster + pair run only up to --pair-max (default 10^6): 10^7 x 768 is 15 GB as float16 and
+  30 GB as float32, which the current pair/cluster planners would hold on the driver of this
+  24 GiB machine; so 10^7 measures assemble planning + stats only (stated in the JSON as
+  `pair_skipped`). `--dim 64 --pair-max 1e7` runs mining at 10^7 at a reduced, labelled dim.
 
-Prints CPU ms per item (item = one source image) at each size and the ratio between sizes
-(goal: flat within +-20%), and writes a JSON file that `acedata plan-cost` reads.
+Prints CPU ms per item (item = one source image / one metadata row) at each size, the wall time,
+driver / largest-worker peak RSS, and the ratio between sizes ('!' outside the +-20% goal);
+then the cost model's check: each family's largest run predicted from the smaller ones the way
+`acedata plan-cost` prices (predicted / measured per stage and in total, goal within 25%).
+Writes (merges by kind and size) a JSON that `acedata plan-cost --measurements FILE` reads.
 
-    .venv/bin/python bench/scale.py                     # images 100,400; meta 2e4,1e5 (~1 h on 2 busy cores)
-    .venv/bin/python bench/scale.py --only meta --meta-sizes 100000,1000000
+    .venv/bin/python bench/scale.py                     # images 100,400; meta 2e4,1e5 (~30 min here)
+    .venv/bin/python bench/scale.py --only images --image-sizes 1e3,1e4,1e5 --cache /work/scale-cache
+    .venv/bin/python bench/scale.py --only meta --meta-sizes 1e5,1e6,1e7
     .venv/bin/python bench/scale.py --full              # images 1e4,1e5; meta 1e5,1e6,1e7
+    .venv/bin/python bench/scale.py --report FILE       # print the tables and the check again
+    .venv/bin/python bench/scale.py --merge A.json B.json --out C.json
+
+How long on the 2-vCPU development VM (shared, loaded): see README "What 10^9 images cost".
 """
 
 from __future__ import annotations
@@ -258,12 +273,15 @@ def main() -> int:
         report_check(body)
         return 0
     if a.merge:
-        body = {"runs": [], "machines": []}
-        for path in a.merge:
+        body = {"runs": [], "incomplete": [], "machines": []}
+        for path in a.merge:  # later files win for the same (kind, n)
             with open(path, encoding="utf-8") as f:
                 part = json.load(f)
-            keys = {(r["kind"], r["n"]) for r in part["runs"]}
-            body["runs"] = [r for r in body["runs"] if (r["kind"], r["n"]) not in keys] + part["runs"]
+            for key in ("runs", "incomplete"):
+                keys = {(r["kind"], r["n"]) for r in part.get(key, [])}
+                body[key] = [r for r in body[key] if (r["kind"], r["n"]) not in keys] + part.get(key, [])
+            done = {(r["kind"], r["n"]) for r in body["runs"]}
+            body["incomplete"] = [r for r in body["incomplete"] if (r["kind"], r["n"]) not in done]
             body["machines"] += part.get("machines", [])
             body["host"] = part.get("host", body.get("host"))
         with open(a.out or os.path.join(HERE, "results", "merged.json"), "w", encoding="utf-8") as f:
