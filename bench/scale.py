@@ -144,6 +144,7 @@ def run_meta(n: int, work: str, env: dict[str, str], d: int, per_cluster: int, p
         log = run_dir + ".log"
         k = max(1, n // per_cluster)
         base["k"] = k
+        base["bare_matmul_gflops"] = bare_matmul_gflops(d)
         m = measure(acedata("pair", "--embeddings", emb, "--out", run_dir, "--k", str(k)), env, log,
                     os.path.join(run_dir, "_status.json"), rss_limit_mib=rss_limit,
                     progress=run_dir + ".progress.json")
@@ -176,6 +177,39 @@ def run_meta(n: int, work: str, env: dict[str, str], d: int, per_cluster: int, p
     shutil.rmtree(asm_dir, ignore_errors=True)
     return {**base, "wall_s": wall + m2["wall_s"], "cpu_total_s": cpu + m2["cpu_total_s"],
             "startup": startup or m2["stages"].get(STARTUP, {}), "stages": stages}
+
+
+def bare_matmul_gflops(d: int, block: int = 4096, repeat: int = 5) -> float:
+    """The roofline the pair stage is held to: float32 block x d @ d x block in this process (best of
+    `repeat`), measured right before the stage so it meets the same machine load."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((block, d), dtype=np.float32)
+    b = rng.standard_normal((d, block), dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return round(2 * block * block * d / best / 1e9, 2)
+
+
+def roofline(r: dict[str, Any]) -> str | None:
+    """The pair stage against the bare matmul: its similarity FLOPs over its wall time; and the
+    share of its wall time spent in the similarity kernel itself (the stage's own counter)."""
+    st = r["stages"].get("pair") or {}
+    counts, wall, g = st.get("counts", {}), st.get("wall_s"), r.get("bare_matmul_gflops")
+    flops = counts.get("sim_flops")
+    if not (flops and wall):
+        return None
+    line = f"pair n={r['n']:,}: {flops / 1e12:.2f} TFLOP of similarity in {wall:.0f} s = {flops / wall / 1e9:.1f} GFLOP/s"
+    if g:
+        line += (f" vs bare matmul {g:.0f} GFLOP/s: the stage takes {wall / (flops / (g * 1e9)):.1f}x the "
+                 "bare-matmul time of its FLOPs (goal <= 3x)")
+    if counts.get("sim_matmul_us"):
+        line += f"; kernel {counts['sim_matmul_us'] / 1e6:.1f} s = {counts['sim_matmul_us'] / 1e6 / wall:.0%} of the wall"
+    return line
 
 
 # --- report ------------------------------------------------------------------------------
@@ -213,6 +247,10 @@ def report(runs: list[dict[str, Any]]) -> None:
                                              for r in rs))
         print(f"{'(total)':<12}" + "".join(f"{r['cpu_total_s']:>14.0f} CPU s {r['wall_s']:>7.0f} s{'':>4}"
                                            for r in rs))
+        for r in rs:
+            line = roofline(r)
+            if line:
+                print(line)
 
 
 def report_check(body: dict[str, Any]) -> None:
