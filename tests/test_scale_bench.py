@@ -142,6 +142,11 @@ def test_harness_json_prices_and_checks(tmp_path, capsys):
     # the check at a chosen size, and the harness's own report of a result file
     (only,) = [c for c in costmodel.check(body, to_n={"images": 1000}) if c["model"] == "linear"]
     assert only["to_n"] == 1000 and only["from_n"] == [100]
+    assert main(["plan-cost", SPEC, "--images", "1e9", "--measurements", out, "--check-at", "images=1000",
+                 "--json"]) == 0
+    assert [c["to_n"] for c in json.loads(capsys.readouterr().out)["check"]] == [1000]
+    assert main(["plan-cost", SPEC, "--images", "1e9", "--measurements", out, "--check-at", "photos=5"]) == 2
+    assert "--check-at" in capsys.readouterr().err
     rep = subprocess.run([sys.executable, os.path.join(BENCH, "scale.py"), "--report", out], check=False,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
     assert rep.returncode == 0, rep.stderr

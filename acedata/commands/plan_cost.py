@@ -48,7 +48,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="synthetic pairs per source image for GPU pricing (default: measured)")
     p.add_argument("--no-gpu-models", action="store_true", help="price only what was measured (no GPU estimates)")
     p.add_argument("--measurements", default=DEFAULT_MEASUREMENTS, help="bench/scale.py result JSON")
-    p.add_argument("--check", action="store_true", help="also predict the largest measured run from a smaller one")
+    p.add_argument("--check", action="store_true",
+                   help="also predict each family's largest measured run from the smaller ones (predicted/measured)")
+    p.add_argument("--check-at", action="append", metavar="KIND=N", default=[],
+                   help="with --check: the run to predict, e.g. images=100000 (default: the largest of each kind)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -71,6 +74,18 @@ def _cluster(args: argparse.Namespace):
     return Cluster(nodes, cores, gpus, args.gpu, args.utilisation)
 
 
+def _check_at(items: list[str]) -> dict[str, int] | None:
+    from acedata.errors import UserError
+
+    out = {}
+    for item in items:
+        kind, _, n = item.partition("=")
+        if kind not in ("images", "meta") or not n:
+            raise UserError(f"--check-at {item!r}: expected images=N or meta=N")
+        out[kind] = _count(n)
+    return out or None
+
+
 def run(args: argparse.Namespace) -> int:
     from acedata import costmodel
     from acedata.errors import UserError
@@ -89,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if any(v < 0 for v in override.values()):
         raise UserError("pairs per image must be >= 0")
     rows, per = costmodel.price(stages, n, body, cluster, models, override)
-    checks = costmodel.check(body) if args.check else []
+    checks = costmodel.check(body, _check_at(args.check_at)) if args.check or args.check_at else []
     if args.json:
         print(json.dumps({"images": n, "cluster": cluster.__dict__, "per_image": per,
                           "rows": [r.__dict__ for r in rows], "check": checks}, indent=1))
