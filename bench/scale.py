@@ -245,8 +245,10 @@ def report(runs: list[dict[str, Any]]) -> None:
             print(f"{s:<12}" + "".join(cells) + "   " + " ".join(ratios))
         print(f"{'(startup)':<12}" + "".join(f"{r.get('startup', {}).get('cpu_s', 0):>20.1f} s CPU{'':>9}"
                                              for r in rs))
-        print(f"{'(total)':<12}" + "".join(f"{r['cpu_total_s']:>14.0f} CPU s {r['wall_s']:>7.0f} s{'':>4}"
-                                           for r in rs))
+        # sampled CPU of all stages + start-up (rusage misses Ray workers that the raylet reaps)
+        print(f"{'(total)':<12}" + "".join(
+            f"{sum(st['cpu_s'] for st in r['stages'].values()) + r.get('startup', {}).get('cpu_s', 0):>14.0f} "
+            f"CPU s {r['wall_s']:>7.0f} s{'':>4}" for r in rs))
         for r in rs:
             line = roofline(r)
             if line:
