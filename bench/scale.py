@@ -50,6 +50,8 @@ from typing import Any
 import yaml
 from _scale import data as scale_data
 from _scale.measure import STARTUP, measure, tree_bytes
+from _scale.report import report, report_check, report_incomplete
+from _scale.results import merge, partial_stages, salvage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -109,14 +111,14 @@ def run_images(n: int, cache: str, work: str, env: dict[str, str], rss_limit: fl
                 rss_limit_mib=rss_limit, progress=os.path.join(work, f"images-{n}.progress.json"))
     base = {"kind": "images", "n": n, "corpus_bytes": scale_data.corpus_bytes(photos, n)}
     if m["rc"] != 0:
-        return _incomplete(base, m, log)
+        return _incomplete(base, m, log, run_dir)
     stages = _stages(run_dir, m)
     stages["stats"] = _stats(os.path.join(run_dir, "assemble"), work, env)
     return {**base, "wall_s": m["wall_s"], "cpu_total_s": m["cpu_total_s"],
             "startup": m["stages"].get(STARTUP, {}), "stages": stages}
 
 
-def _incomplete(base: dict[str, Any], m: dict[str, Any], log: str) -> dict[str, Any]:
+def _incomplete(base: dict[str, Any], m: dict[str, Any], log: str, run_dir: str | None = None) -> dict[str, Any]:
     """A run that failed or was stopped: what the sampler saw per stage, kept apart from `runs`
     (plan-cost never prices from it)."""
     with open(log, encoding="utf-8", errors="replace") as f:
@@ -125,7 +127,7 @@ def _incomplete(base: dict[str, Any], m: dict[str, Any], log: str) -> dict[str, 
            f"{m['over_rss_limit']['limit_mib']:.0f} MiB limit") if "over_rss_limit" in m else f"rc {m['rc']}"
     print(f"  INCOMPLETE ({why}); log {log}:\n{tail}", flush=True)
     return {**base, "incomplete": why, "wall_s": m["wall_s"], "cpu_total_s": m["cpu_total_s"],
-            "stages": m["stages"]}
+            "stages": partial_stages(m["stages"], run_dir)}
 
 
 def run_meta(n: int, work: str, env: dict[str, str], d: int, per_cluster: int, pair_max: int,
@@ -150,7 +152,7 @@ def run_meta(n: int, work: str, env: dict[str, str], d: int, per_cluster: int, p
                     progress=run_dir + ".progress.json")
         shutil.rmtree(emb)
         if m["rc"] != 0:
-            return _incomplete(base, m, log)
+            return _incomplete(base, m, log, run_dir)
         stages.update(_stages(run_dir, m))
         shutil.rmtree(run_dir, ignore_errors=True)
         wall, cpu, startup = m["wall_s"], m["cpu_total_s"], m["stages"].get(STARTUP, {})
@@ -170,7 +172,7 @@ def run_meta(n: int, work: str, env: dict[str, str], d: int, per_cluster: int, p
     m2 = measure(acedata("run", spec_path, "--out", asm_dir), env, log, os.path.join(asm_dir, "_status.json"),
                  rss_limit_mib=rss_limit, progress=asm_dir + ".progress.json")
     if m2["rc"] != 0:
-        return _incomplete({**base, "stages_done": stages}, m2, log)
+        return _incomplete({**base, "stages_done": stages}, m2, log, asm_dir)
     stages.update(_stages(asm_dir, m2))
     stages["stats"] = _stats(os.path.join(asm_dir, "assemble"), work, env)
     shutil.rmtree(os.path.join(work, f"asm-in-{n}"), ignore_errors=True)
@@ -193,93 +195,6 @@ def bare_matmul_gflops(d: int, block: int = 4096, repeat: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - t)
     return round(2 * block * block * d / best / 1e9, 2)
-
-
-def roofline(r: dict[str, Any]) -> str | None:
-    """The pair stage against the bare matmul: its similarity FLOPs over its wall time; and the
-    share of its wall time spent in the similarity kernel itself (the stage's own counter)."""
-    st = r["stages"].get("pair") or {}
-    counts, wall, g = st.get("counts", {}), st.get("wall_s"), r.get("bare_matmul_gflops")
-    flops = counts.get("sim_flops")
-    if not (flops and wall):
-        return None
-    line = f"pair n={r['n']:,}: {flops / 1e12:.2f} TFLOP of similarity in {wall:.0f} s = {flops / wall / 1e9:.1f} GFLOP/s"
-    if g:
-        line += (f" vs bare matmul {g:.0f} GFLOP/s: the stage takes {wall / (flops / (g * 1e9)):.1f}x the "
-                 "bare-matmul time of its FLOPs (goal <= 3x)")
-    if counts.get("sim_matmul_us"):
-        line += f"; kernel {counts['sim_matmul_us'] / 1e6:.1f} s = {counts['sim_matmul_us'] / 1e6 / wall:.0%} of the wall"
-    return line
-
-
-# --- report ------------------------------------------------------------------------------
-
-FLAT = (0.8, 1.2)  # goal for the per-item cost ratio between sizes
-
-
-def report(runs: list[dict[str, Any]]) -> None:
-    for kind in ("images", "meta"):
-        rs = sorted((r for r in runs if r["kind"] == kind), key=lambda r: r["n"])
-        if not rs:
-            continue
-        names = list(dict.fromkeys(s for r in rs for s in r["stages"]))
-        print(f"\n{kind}: CPU ms per item (wall s) | driver / worker peak RSS MiB; ratio = per-item cost vs the "
-              f"previous size, '!' outside {FLAT[0]}-{FLAT[1]}")
-        print(f"{'stage':<12}" + "".join(f"{'n=' + format(r['n'], ',d'):>34}" for r in rs) + "   ratios")
-        for s in names:
-            cells, ratios, prev = [], [], None
-            for r in rs:
-                st = r["stages"].get(s)
-                if not st:
-                    cells.append(f"{'-':>34}")
-                    prev = None
-                    continue
-                per = 1000 * st["cpu_s"] / r["n"]
-                wall = st.get("wall_s") or st.get("sampled_wall_s") or 0
-                cells.append(f"{per:9.3f} ({wall:7.1f}) {st.get('driver_peak_mib', 0):6.0f}/"
-                             f"{st.get('worker_peak_mib', 0):5.0f}")
-                if prev:
-                    q = per / prev
-                    ratios.append(f"{q:.2f}" + ("" if FLAT[0] <= q <= FLAT[1] else "!"))
-                prev = per or None
-            print(f"{s:<12}" + "".join(cells) + "   " + " ".join(ratios))
-        print(f"{'(startup)':<12}" + "".join(f"{r.get('startup', {}).get('cpu_s', 0):>20.1f} s CPU{'':>9}"
-                                             for r in rs))
-        # sampled CPU of all stages + start-up (rusage misses Ray workers that the raylet reaps)
-        print(f"{'(total)':<12}" + "".join(
-            f"{sum(st['cpu_s'] for st in r['stages'].values()) + r.get('startup', {}).get('cpu_s', 0):>14.0f} "
-            f"CPU s {r['wall_s']:>7.0f} s{'':>4}" for r in rs))
-        for r in rs:
-            line = roofline(r)
-            if line:
-                print(line)
-
-
-def report_check(body: dict[str, Any]) -> None:
-    """The cost model's check: each kind's largest run predicted from the smaller ones (plan-cost's
-    model) against what was measured there, per stage and in total."""
-    from acedata.commands.plan_cost import print_checks
-    from acedata.costmodel import check
-
-    print_checks(check(body))
-
-
-def merge(path: str, runs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """Replace (kind, n) entries of an existing result file; keep the others. Incomplete runs go
-    to `incomplete` (kept for the record, never priced)."""
-    body: dict[str, Any] = {"runs": []}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            body = json.load(f)
-    done = [r for r in runs if "incomplete" not in r]
-    new = {(r["kind"], r["n"]) for r in done}
-    body["runs"] = [r for r in body.get("runs", []) if (r["kind"], r["n"]) not in new] + done
-    failed = [r for r in runs if "incomplete" in r]
-    body["incomplete"] = [r for r in body.get("incomplete", []) if (r["kind"], r["n"]) not in new | {
-        (x["kind"], x["n"]) for x in failed}] + failed
-    body["machines"] = [m for m in body.get("machines", []) if m.get("started") != meta["started"]] + [meta]
-    body["host"] = meta["host"]
-    return body
 
 
 def _sizes(text: str) -> list[int]:
@@ -305,12 +220,18 @@ def main() -> int:
     ap.add_argument("--out", help="result JSON (default bench/results/scale-<host>.json); merged by (kind, n)")
     ap.add_argument("--merge", nargs="+", metavar="FILE", help="run nothing: merge result files into --out and report")
     ap.add_argument("--report", metavar="FILE", help="run nothing: print the tables and the check of a result file")
+    ap.add_argument("--salvage", metavar="WORK", help="run nothing: record the unfinished image runs in WORK "
+                    "(progress files, _status.json) under `incomplete` of --out")
     a = ap.parse_args()
     if a.report:
         with open(a.report, encoding="utf-8") as f:
             body = json.load(f)
         report(body["runs"])
+        report_incomplete(body)
         report_check(body)
+        return 0
+    if a.salvage:
+        salvage(a.salvage, a.out or os.path.join(HERE, "results", f"scale-{platform.node() or 'host'}.json"))
         return 0
     if a.merge:
         body = {"runs": [], "incomplete": [], "machines": []}
@@ -369,6 +290,7 @@ def main() -> int:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
     report(body["runs"])
+    report_incomplete(body)
     report_check(body)
     return 0
 

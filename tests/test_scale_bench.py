@@ -108,18 +108,18 @@ def _run(n: int, per_item: dict[str, float], fixed: float = 5.0) -> dict:
 
 
 def test_harness_json_prices_and_checks(tmp_path, capsys):
-    import scale
+    from _scale import results
 
     per = {"ingest": 0.02, "synthesize": 0.5}
     out = str(tmp_path / "scale.json")
     machine = {"host": "t", "started": 1.0}
-    body = scale.merge(out, [_run(100, per), _run(1000, per)], machine)
+    body = results.merge(out, [_run(100, per), _run(1000, per)], machine)
     big = _run(10_000, per)
     big["stages"]["synthesize"]["cpu_s"] *= 1.25  # measured 25% above the affine prediction
     stopped = {**_run(100_000, per), "incomplete": "rc -9"}
     with open(out, "w") as f:
         json.dump(body, f)
-    body = scale.merge(out, [big, stopped], {**machine, "started": 2.0})
+    body = results.merge(out, [big, stopped], {**machine, "started": 2.0})
     assert [r["n"] for r in body["runs"]] == [100, 1000, 10_000] and body["incomplete"][0]["n"] == 100_000
     with open(out, "w") as f:
         json.dump(body, f)
