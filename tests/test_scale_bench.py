@@ -172,3 +172,26 @@ def test_harness_run_feeds_plan_cost(tmp_path, capsys):
     meas = body["runs"][1]["stages"]["assemble"]["cpu_s"]
     pred = body["runs"][0]["stages"]["assemble"]["cpu_s"] * 2
     assert c["stages"]["assemble"]["ratio"] == pytest.approx(pred / meas)
+
+
+def test_salvage_prices_the_finished_share(tmp_path, capsys):
+    from _scale import results
+
+    work = tmp_path / "w"
+    (work / "images-500").mkdir(parents=True)
+    sampled = {"_startup": {"cpu_s": 9.0}, "ingest": {"cpu_s": 5.0, "sampled_wall_s": 3.0},
+               "synthesize": {"cpu_s": 40.0, "sampled_wall_s": 30.0}}
+    (work / "images-500.progress.json").write_text(json.dumps({"elapsed_s": 60, "stage": "synthesize",
+                                                              "stages": sampled}))
+    (work / "images-500" / "_status.json").write_text(json.dumps({"stages": [
+        {"name": "ingest", "state": "succeeded", "units": 8, "units_done": 8, "seconds": 3.5, "counts": {"images": 500}},
+        {"name": "synthesize", "state": "running", "units": 32, "units_done": 8}]}))
+    out = str(tmp_path / "r.json")
+    results.salvage(str(work), out)
+    with open(out) as f:
+        (r,) = json.load(f)["incomplete"]
+    assert r["n"] == 500 and "synthesize" in r["incomplete"]
+    assert r["stages"]["ingest"]["wall_s"] == 3.5 and "done_fraction" not in r["stages"]["ingest"]
+    assert r["stages"]["synthesize"]["done_fraction"] == 0.25
+    assert r["stages"]["synthesize"]["cpu_s_per_item_done"] == pytest.approx(40 / (500 * 0.25))
+    assert "320.000 over 25% of units" in capsys.readouterr().out
