@@ -203,6 +203,38 @@ def check(body: dict[str, Any], to_n: dict[str, int] | None = None) -> list[dict
     return out
 
 
+def check_incomplete(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same check for a run that did not finish (bench/scale.py's `incomplete`): the stages it
+    completed, and the running one per item over its finished share of units (`done_fraction`),
+    predicted from the two largest complete runs of its kind below its size."""
+    out = []
+    for big in body.get("incomplete", []):
+        fit = sorted((r for r in body["runs"] if r["kind"] == big["kind"] and r["n"] < big["n"]),
+                     key=lambda r: r["n"])[-2:]
+        if not fit:
+            continue
+        stages = {}
+        for s, st in big["stages"].items():
+            if not all(s in r["stages"] for r in fit):
+                continue
+            if st.get("state") == "succeeded":
+                meas, share = st["cpu_s"], 1.0
+            elif st.get("cpu_s_per_item_done"):
+                meas, share = st["cpu_s_per_item_done"] * big["n"], st["done_fraction"]
+            else:
+                continue
+            pred = _predict(fit, s, big["n"])
+            stages[s] = {"predicted_cpu_s": pred, "measured_cpu_s": meas, "ratio": _ratio(pred, meas),
+                         "measured_share": share}
+        if stages:
+            tp, tm = sum(v["predicted_cpu_s"] for v in stages.values()), sum(v["measured_cpu_s"] for v in stages.values())
+            out.append({"kind": big["kind"], "model": "affine" if len(fit) == 2 else "linear", "incomplete": True,
+                        "from_n": [r["n"] for r in fit], "to_n": big["n"], "stages": stages,
+                        "predicted_cpu_s": tp, "measured_cpu_s": tm, "ratio": _ratio(tp, tm),
+                        "error": tp / tm - 1 if tm else None})
+    return out
+
+
 def _ratio(pred: float, meas: float) -> float | None:
     return pred / meas if meas else None
 

@@ -195,3 +195,13 @@ def test_salvage_prices_the_finished_share(tmp_path, capsys):
     assert r["stages"]["synthesize"]["done_fraction"] == 0.25
     assert r["stages"]["synthesize"]["cpu_s_per_item_done"] == pytest.approx(40 / (500 * 0.25))
     assert "320.000 over 25% of units" in capsys.readouterr().out
+    # the check of an unfinished run: its finished stages, and the running one over its finished share
+    per = {"ingest": 0.01, "synthesize": 0.3}
+    body = results.merge(out, [_run(100, per), _run(200, per)], {"host": "t", "started": 3.0})
+    (c,) = costmodel.check_incomplete(body)
+    assert (c["model"], c["from_n"], c["to_n"], c["incomplete"]) == ("affine", [100, 200], 500, True)
+    assert c["stages"]["ingest"]["predicted_cpu_s"] == pytest.approx(5 + 0.01 * 500)
+    assert c["stages"]["ingest"]["ratio"] == pytest.approx(10 / 5.0)
+    syn = c["stages"]["synthesize"]
+    assert syn["measured_cpu_s"] == pytest.approx(40 / 0.25) and syn["measured_share"] == 0.25
+    assert syn["ratio"] == pytest.approx((5 + 0.3 * 500) / 160)

@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if any(v < 0 for v in override.values()):
         raise UserError("pairs per image must be >= 0")
     rows, per = costmodel.price(stages, n, body, cluster, models, override)
-    checks = costmodel.check(body, _check_at(args.check_at)) if args.check or args.check_at else []
+    checks = []
+    if args.check or args.check_at:
+        checks = costmodel.check(body, _check_at(args.check_at)) + costmodel.check_incomplete(body)
     if args.json:
         print(json.dumps({"images": n, "cluster": cluster.__dict__, "per_image": per,
                           "rows": [r.__dict__ for r in rows], "check": checks}, indent=1))
@@ -127,9 +129,12 @@ def print_checks(checks: list[dict]) -> None:
         q = c["ratio"]
         verdict = "no CPU measured" if q is None else f"predicted/measured {q:.2f}, " + (
             "within 25%" if abs(q - 1) <= 0.25 else "MISSES the 25% goal")
-        print(f"\ncheck ({c['kind']}, {c['model']}): costs at n={sizes} predict n={c['to_n']:,}: "
+        what = "the finished stages of the unfinished run" if c.get("incomplete") else "the run"
+        print(f"\ncheck ({c['kind']}, {c['model']}): costs at n={sizes} predict {what} at n={c['to_n']:,}: "
               f"{c['predicted_cpu_s']:.1f} CPU s vs {c['measured_cpu_s']:.1f} measured ({verdict})")
         for s, v in c["stages"].items():
             q = f"{v['ratio']:.2f}" if v["ratio"] is not None else "-"
+            share = v.get("measured_share", 1.0)
+            note = f"  (per item over {share:.0%} of its units, x n)" if share < 1 else ""
             print(f"  {s:<12} predicted {v['predicted_cpu_s']:9.1f}  measured {v['measured_cpu_s']:9.1f}  "
-                  f"predicted/measured {q}")
+                  f"predicted/measured {q}{note}")

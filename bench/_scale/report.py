@@ -65,11 +65,12 @@ def report_incomplete(body: dict[str, Any]) -> None:
 
 def report_check(body: dict[str, Any]) -> None:
     """The cost model's check: each kind's largest run predicted from the smaller ones (plan-cost's
-    model) against what was measured there, per stage and in total."""
+    model) against what was measured there, per stage and in total; then the same for the stages
+    an unfinished larger run did complete."""
     from acedata.commands.plan_cost import print_checks
-    from acedata.costmodel import check
+    from acedata.costmodel import check, check_incomplete
 
-    print_checks(check(body))
+    print_checks(check(body) + check_incomplete(body))
 
 
 def roofline(r: dict[str, Any]) -> str | None:
