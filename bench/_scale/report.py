@@ -56,7 +56,7 @@ def report_incomplete(body: dict[str, Any]) -> None:
             if st.get("state") == "succeeded" or st.get("state") is None and "done_fraction" not in st:
                 per = f"{1000 * st['cpu_s'] / r['n']:9.3f}"
             elif st.get("cpu_s_per_item_done"):
-                per = f"{1000 * st['cpu_s_per_item_done']:9.3f} over {st['done_fraction']:.0%} of units"
+                per = f"{1000 * st['cpu_s_per_item_done']:9.3f} over {st['done_fraction']:.0%} of units (upper bound: planning, units in flight)"
             else:
                 per = f"{'-':>9} ({st['cpu_s']:.0f} CPU s, no unit finished)"
             wall = st.get("wall_s") or st.get("sampled_wall_s") or 0
