@@ -226,8 +226,9 @@ def check_incomplete(body: dict[str, Any]) -> list[dict[str, Any]]:
             pred = _predict(fit, s, big["n"])
             stages[s] = {"predicted_cpu_s": pred, "measured_cpu_s": meas, "ratio": _ratio(pred, meas),
                          "measured_share": share}
-        if stages:
-            tp, tm = sum(v["predicted_cpu_s"] for v in stages.values()), sum(v["measured_cpu_s"] for v in stages.values())
+        if stages:  # the total only over finished stages: the running one's figure is an upper bound
+            done = [v for v in stages.values() if v["measured_share"] == 1.0]
+            tp, tm = sum(v["predicted_cpu_s"] for v in done), sum(v["measured_cpu_s"] for v in done)
             out.append({"kind": big["kind"], "model": "affine" if len(fit) == 2 else "linear", "incomplete": True,
                         "from_n": [r["n"] for r in fit], "to_n": big["n"], "stages": stages,
                         "predicted_cpu_s": tp, "measured_cpu_s": tm, "ratio": _ratio(tp, tm),

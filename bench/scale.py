@@ -248,6 +248,7 @@ def main() -> int:
         with open(a.out or os.path.join(HERE, "results", "merged.json"), "w", encoding="utf-8") as f:
             json.dump(body, f, indent=1)
         report(body["runs"])
+        report_incomplete(body)
         report_check(body)
         return 0
     img = _sizes("1e4,1e5" if a.full else a.image_sizes)

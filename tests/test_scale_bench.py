@@ -205,3 +205,4 @@ def test_salvage_prices_the_finished_share(tmp_path, capsys):
     syn = c["stages"]["synthesize"]
     assert syn["measured_cpu_s"] == pytest.approx(40 / 0.25) and syn["measured_share"] == 0.25
     assert syn["ratio"] == pytest.approx((5 + 0.3 * 500) / 160)
+    assert c["ratio"] == pytest.approx(10 / 5.0)  # the total: finished stages only

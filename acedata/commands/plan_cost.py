@@ -135,6 +135,7 @@ def print_checks(checks: list[dict]) -> None:
         for s, v in c["stages"].items():
             q = f"{v['ratio']:.2f}" if v["ratio"] is not None else "-"
             share = v.get("measured_share", 1.0)
-            note = f"  (per item over {share:.0%} of its units, x n)" if share < 1 else ""
+            note = f"  (running: per item over {share:.0%} of its units x n, upper bound; not in the total)" \
+                if share < 1 else ""
             print(f"  {s:<12} predicted {v['predicted_cpu_s']:9.1f}  measured {v['measured_cpu_s']:9.1f}  "
                   f"predicted/measured {q}{note}")

@@ -79,7 +79,7 @@ def roofline(r: dict[str, Any]) -> str | None:
     st = r["stages"].get("pair") or {}
     counts, wall, g = st.get("counts", {}), st.get("wall_s"), r.get("bare_matmul_gflops")
     flops = counts.get("sim_flops")
-    if not (flops and wall):
+    if not (flops and wall) or flops < 1e11:  # image runs: too little similarity work to say anything
         return None
     line = f"pair n={r['n']:,}: {flops / 1e12:.2f} TFLOP of similarity in {wall:.0f} s = {flops / wall / 1e9:.1f} GFLOP/s"
     if g:
