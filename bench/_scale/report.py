@@ -48,19 +48,30 @@ def report(runs: list[dict[str, Any]]) -> None:
 
 def report_incomplete(body: dict[str, Any]) -> None:
     """Runs that did not finish: CPU per item of the stages that did, and of the running one over
-    its finished share of units."""
+    its finished share of units; ratio against the largest finished run of the kind below it."""
     for r in body.get("incomplete", []):
+        below = [x for x in body.get("runs", []) if x["kind"] == r["kind"] and x["n"] < r["n"]]
+        ref = max(below, key=lambda x: x["n"]) if below else None
+        vs = f"; ratio vs n={ref['n']:,}" if ref else ""
         print(f"\nincomplete: {r['kind']} n={r['n']:,} ({r['incomplete']}); CPU ms per item (wall s) | driver / "
-              "worker peak RSS MiB")
+              f"worker peak RSS MiB{vs}")
         for s, st in r["stages"].items():
+            note, per = "", None
             if st.get("state") == "succeeded" or st.get("state") is None and "done_fraction" not in st:
-                per = f"{1000 * st['cpu_s'] / r['n']:9.3f}"
+                per = st["cpu_s"] / r["n"]
             elif st.get("cpu_s_per_item_done"):
-                per = f"{1000 * st['cpu_s_per_item_done']:9.3f} over {st['done_fraction']:.0%} of units (upper bound: planning, units in flight)"
+                per = st["cpu_s_per_item_done"]
+                note = f"  over {st['done_fraction']:.0%} of units (upper bound: planning, units in flight)"
             else:
-                per = f"{'-':>9} ({st['cpu_s']:.0f} CPU s, no unit finished)"
+                note = f"  ({st['cpu_s']:.0f} CPU s, no unit finished)"
+            cell = f"{1000 * per:9.3f}" if per is not None else f"{'-':>9}"
+            q = ""
+            if per and ref and ref["stages"].get(s, {}).get("cpu_s"):
+                q = per / (ref["stages"][s]["cpu_s"] / ref["n"])
+                q = f"   {q:.2f}" + ("" if FLAT[0] <= q <= FLAT[1] else "!")
             wall = st.get("wall_s") or st.get("sampled_wall_s") or 0
-            print(f"  {s:<12}{per} ({wall:7.1f}) {st.get('driver_peak_mib', 0):6.0f}/{st.get('worker_peak_mib', 0):5.0f}")
+            print(f"  {s:<12}{cell} ({wall:7.1f}) {st.get('driver_peak_mib', 0):6.0f}/"
+                  f"{st.get('worker_peak_mib', 0):5.0f}{q}{note}")
 
 
 def report_check(body: dict[str, Any]) -> None:
