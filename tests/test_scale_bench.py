@@ -194,7 +194,7 @@ def test_salvage_prices_the_finished_share(tmp_path, capsys):
     assert r["stages"]["ingest"]["wall_s"] == 3.5 and "done_fraction" not in r["stages"]["ingest"]
     assert r["stages"]["synthesize"]["done_fraction"] == 0.25
     assert r["stages"]["synthesize"]["cpu_s_per_item_done"] == pytest.approx(40 / (500 * 0.25))
-    line = next(x for x in capsys.readouterr().out.splitlines() if "synthesize" in x)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("synthesize"))
     assert "320.000" in line and "over 25% of units (upper bound" in line
     # the check of an unfinished run: its finished stages, and the running one over its finished share
     per = {"ingest": 0.01, "synthesize": 0.3}
