@@ -31,7 +31,11 @@ Writes (merges by kind and size) a JSON that `acedata plan-cost --measurements F
     .venv/bin/python bench/scale.py --report FILE       # print the tables and the check again
     .venv/bin/python bench/scale.py --merge A.json B.json --out C.json
 
-How long on the 2-vCPU development VM (shared, loaded): see README "What 10^9 images cost".
+How long on the 2-vCPU development VM (nice 10, load 15-40; README "What 10^9 images cost" has
+the details): photos ~8 ms each; images 300 / 1,000: 14 / 32 min; 10^4: ~7,000 CPU s (~1 h of
+2 idle cores, ~5 h at the share a loaded machine gives); 10^5: ~70,000 CPU s and ~75 GB of
+synthesized images, too much for this machine. Meta 10^5: 5 min; 10^6: ~46 min with generation.
+A size stopped part-way is kept under `incomplete` (--salvage WORK records one whose harness died).
 """
 
 from __future__ import annotations
