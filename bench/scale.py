@@ -109,6 +109,7 @@ def run_images(n: int, cache: str, work: str, env: dict[str, str], rss_limit: fl
     photos = scale_data.photo_cache(cache, n)
     print(f"  photos: {n} in {photos} ({time.time() - t:.0f} s to make the missing ones)", flush=True)
     run_dir = os.path.join(work, f"images-{n}")
+    _fresh(run_dir, keep="corpus")
     scale_data.corpus(photos, n, os.path.join(run_dir, "corpus"))
     log = os.path.join(work, f"images-{n}.log")
     m = measure(acedata("run", SPEC, "--out", run_dir), env, log, os.path.join(run_dir, "_status.json"),
@@ -120,6 +121,21 @@ def run_images(n: int, cache: str, work: str, env: dict[str, str], rss_limit: fl
     stages["stats"] = _stats(os.path.join(run_dir, "assemble"), work, env)
     return {**base, "wall_s": m["wall_s"], "cpu_total_s": m["cpu_total_s"],
             "startup": m["stages"].get(STARTUP, {}), "stages": stages}
+
+
+def _fresh(run_dir: str, keep: str | None = None) -> None:
+    """Clear what an earlier run left in run_dir (a rerun with the same --work would otherwise
+    resume its finished units and measure almost nothing); `keep` survives (the linked corpus)."""
+    if not os.path.isdir(run_dir):
+        return
+    for name in os.listdir(run_dir):
+        if name == keep:
+            continue
+        p = os.path.join(run_dir, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        else:
+            os.remove(p)
 
 
 def _incomplete(base: dict[str, Any], m: dict[str, Any], log: str, run_dir: str | None = None) -> dict[str, Any]:
@@ -151,6 +167,7 @@ def run_meta(n: int, work: str, env: dict[str, str], d: int, per_cluster: int, p
         k = max(1, n // per_cluster)
         base["k"] = k
         base["bare_matmul_gflops"] = bare_matmul_gflops(d)
+        _fresh(run_dir)
         m = measure(acedata("pair", "--embeddings", emb, "--out", run_dir, "--k", str(k)), env, log,
                     os.path.join(run_dir, "_status.json"), rss_limit_mib=rss_limit,
                     progress=run_dir + ".progress.json")
@@ -172,6 +189,7 @@ def run_meta(n: int, work: str, env: dict[str, str], d: int, per_cluster: int, p
     with open(spec_path, "w", encoding="utf-8") as f:
         yaml.safe_dump(spec, f)
     asm_dir = os.path.join(work, f"asm-{n}")
+    _fresh(asm_dir)
     log = asm_dir + ".log"
     m2 = measure(acedata("run", spec_path, "--out", asm_dir), env, log, os.path.join(asm_dir, "_status.json"),
                  rss_limit_mib=rss_limit, progress=asm_dir + ".progress.json")
