@@ -174,13 +174,18 @@ def price(stages: list[str], n: float, body: dict[str, Any], cluster: Cluster,
     return rows, per
 
 
-def check(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Predict each kind's largest run from smaller ones and compare with what was measured there:
-    `linear` scales the next-smaller run's CPU per item by N; `affine` (three sizes or more) fits
-    fixed + per-item cost on the two next-smaller runs — the model `price` uses."""
+def check(body: dict[str, Any], to_n: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Predict a measured run from smaller ones of its kind and compare with what was measured:
+    `linear` scales the next-smaller run's CPU per item by N; `affine` (two smaller runs or more)
+    fits fixed + per-item cost on the two next-smaller runs — the model `price` uses. The target
+    is each kind's largest run, or `to_n[kind]`. ratio = predicted / measured (goal 0.75-1.25)."""
     out = []
     for kind in ("meta", "images"):
         rs = sorted((r for r in body["runs"] if r["kind"] == kind), key=lambda r: r["n"])
+        if to_n and kind in to_n:
+            rs = [r for r in rs if r["n"] <= to_n[kind]]
+            if not rs or rs[-1]["n"] != to_n[kind]:
+                continue
         for model in ("linear", "affine"):
             need = 2 if model == "linear" else 3
             if len(rs) < need:
@@ -191,10 +196,48 @@ def check(body: dict[str, Any]) -> list[dict[str, Any]]:
             meas = {s: big["stages"][s]["cpu_s"] for s in stages}
             tp, tm = sum(pred.values()), sum(meas.values())
             out.append({"kind": kind, "model": model, "from_n": [r["n"] for r in fit], "to_n": big["n"], "stages": {
-                s: {"predicted_cpu_s": pred[s], "measured_cpu_s": meas[s],
+                s: {"predicted_cpu_s": pred[s], "measured_cpu_s": meas[s], "ratio": _ratio(pred[s], meas[s]),
                     "error": pred[s] / meas[s] - 1 if meas[s] else None} for s in stages},
-                "predicted_cpu_s": tp, "measured_cpu_s": tm, "error": tp / tm - 1 if tm else None})
+                "predicted_cpu_s": tp, "measured_cpu_s": tm, "ratio": _ratio(tp, tm),
+                "error": tp / tm - 1 if tm else None})
     return out
+
+
+def check_incomplete(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same check for a run that did not finish (bench/scale.py's `incomplete`): the stages it
+    completed, and the running one per item over its finished share of units (`done_fraction`),
+    predicted from the two largest complete runs of its kind below its size."""
+    out = []
+    for big in body.get("incomplete", []):
+        fit = sorted((r for r in body["runs"] if r["kind"] == big["kind"] and r["n"] < big["n"]),
+                     key=lambda r: r["n"])[-2:]
+        if not fit:
+            continue
+        stages = {}
+        for s, st in big["stages"].items():
+            if not all(s in r["stages"] for r in fit):
+                continue
+            if st.get("state") == "succeeded":
+                meas, share = st["cpu_s"], 1.0
+            elif st.get("cpu_s_per_item_done"):
+                meas, share = st["cpu_s_per_item_done"] * big["n"], st["done_fraction"]
+            else:
+                continue
+            pred = _predict(fit, s, big["n"])
+            stages[s] = {"predicted_cpu_s": pred, "measured_cpu_s": meas, "ratio": _ratio(pred, meas),
+                         "measured_share": share}
+        if stages:  # the total only over finished stages: the running one's figure is an upper bound
+            done = [v for v in stages.values() if v["measured_share"] == 1.0]
+            tp, tm = sum(v["predicted_cpu_s"] for v in done), sum(v["measured_cpu_s"] for v in done)
+            out.append({"kind": big["kind"], "model": "affine" if len(fit) == 2 else "linear", "incomplete": True,
+                        "from_n": [r["n"] for r in fit], "to_n": big["n"], "stages": stages,
+                        "predicted_cpu_s": tp, "measured_cpu_s": tm, "ratio": _ratio(tp, tm),
+                        "error": tp / tm - 1 if tm else None})
+    return out
+
+
+def _ratio(pred: float, meas: float) -> float | None:
+    return pred / meas if meas else None
 
 
 def _predict(fit: list[dict[str, Any]], stage: str, n: int) -> float:

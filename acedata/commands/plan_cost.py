@@ -48,7 +48,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="synthetic pairs per source image for GPU pricing (default: measured)")
     p.add_argument("--no-gpu-models", action="store_true", help="price only what was measured (no GPU estimates)")
     p.add_argument("--measurements", default=DEFAULT_MEASUREMENTS, help="bench/scale.py result JSON")
-    p.add_argument("--check", action="store_true", help="also predict the largest measured run from a smaller one")
+    p.add_argument("--check", action="store_true",
+                   help="also predict each family's largest measured run from the smaller ones (predicted/measured)")
+    p.add_argument("--check-at", action="append", metavar="KIND=N", default=[],
+                   help="with --check: the run to predict, e.g. images=100000 (default: the largest of each kind)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -71,6 +74,18 @@ def _cluster(args: argparse.Namespace):
     return Cluster(nodes, cores, gpus, args.gpu, args.utilisation)
 
 
+def _check_at(items: list[str]) -> dict[str, int] | None:
+    from acedata.errors import UserError
+
+    out = {}
+    for item in items:
+        kind, _, n = item.partition("=")
+        if kind not in ("images", "meta") or not n:
+            raise UserError(f"--check-at {item!r}: expected images=N or meta=N")
+        out[kind] = _count(n)
+    return out or None
+
+
 def run(args: argparse.Namespace) -> int:
     from acedata import costmodel
     from acedata.errors import UserError
@@ -89,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if any(v < 0 for v in override.values()):
         raise UserError("pairs per image must be >= 0")
     rows, per = costmodel.price(stages, n, body, cluster, models, override)
-    checks = costmodel.check(body) if args.check else []
+    checks = []
+    if args.check or args.check_at:
+        checks = costmodel.check(body, _check_at(args.check_at)) + costmodel.check_incomplete(body)
     if args.json:
         print(json.dumps({"images": n, "cluster": cluster.__dict__, "per_image": per,
                           "rows": [r.__dict__ for r in rows], "check": checks}, indent=1))
@@ -101,12 +118,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"per image: {per['natural_pair']:.3f} natural pairs, {per['synthetic_pair']:.2f} synthetic pairs, "
           f"{per['lcu_rows']:.2f} LCU rows  ->  {per['natural_pair'] * n:,.0f} + {per['synthetic_pair'] * n:,.0f} pairs")
     print("\n".join(costmodel.table(rows)))
+    print_checks(checks)
+    return 0
+
+
+def print_checks(checks: list[dict]) -> None:
+    """Predicted vs measured CPU seconds per stage and in total, for each check of `costmodel.check`."""
     for c in checks:
         sizes = " and ".join(f"{x:,}" for x in c["from_n"])
-        print(f"\ncheck ({c['kind']}, {c['model']}): costs at n={sizes} predict n={c['to_n']:,}: "
-              f"{c['predicted_cpu_s']:.1f} CPU s vs {c['measured_cpu_s']:.1f} measured "
-              f"({c['error']:+.1%}; goal within 25%)")
+        q = c["ratio"]
+        verdict = "no CPU measured" if q is None else f"predicted/measured {q:.2f}, " + (
+            "within 25%" if abs(q - 1) <= 0.25 else "MISSES the 25% goal")
+        what = "the finished stages of the unfinished run" if c.get("incomplete") else "the run"
+        print(f"\ncheck ({c['kind']}, {c['model']}): costs at n={sizes} predict {what} at n={c['to_n']:,}: "
+              f"{c['predicted_cpu_s']:.1f} CPU s vs {c['measured_cpu_s']:.1f} measured ({verdict})")
         for s, v in c["stages"].items():
-            err = f"{v['error']:+.1%}" if v["error"] is not None else "-"
-            print(f"  {s:<12} predicted {v['predicted_cpu_s']:9.1f}  measured {v['measured_cpu_s']:9.1f}  {err}")
-    return 0
+            q = f"{v['ratio']:.2f}" if v["ratio"] is not None else "-"
+            share = v.get("measured_share", 1.0)
+            note = f"  (running: per item over {share:.0%} of its units x n, upper bound; not in the total)" \
+                if share < 1 else ""
+            print(f"  {s:<12} predicted {v['predicted_cpu_s']:9.1f}  measured {v['measured_cpu_s']:9.1f}  "
+                  f"predicted/measured {q}{note}")

@@ -34,11 +34,23 @@ def _stage_of(status_path: str | None, default: str) -> str:
     return body.get("stage") or STARTUP
 
 
+def _rounded(stages: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in stages.items()}
+
+
 def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | None = None,
-            stage: str = "command", interval: float = 0.2) -> dict[str, Any]:
-    """Run argv; return {rc, wall_s, cpu_total_s, maxrss_mib, stages: {name: {cpu_s, driver/worker peak}}}."""
+            stage: str = "command", interval: float = 0.2, rss_limit_mib: float | None = None,
+            progress: str | None = None, progress_every: float = 10.0) -> dict[str, Any]:
+    """Run argv; return {rc, wall_s, cpu_total_s, maxrss_mib, stages: {name: {cpu_s, sampled_wall_s,
+    driver/worker peak}}}.
+
+    rss_limit_mib: stop the child's process tree when its summed RSS passes this (a shared machine
+    must not meet the OOM killer); the result then has rc -9 and `over_rss_limit`. progress: a file
+    rewritten every `progress_every` s with the per-stage figures so far (what a run stopped early still tells).
+    """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
+    over: list[float] = []
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         root = psutil.Process(proc.pid)
@@ -47,14 +59,18 @@ def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | N
         done = threading.Event()
 
         def sample() -> None:
+            last_write = time.perf_counter()
             while not done.is_set():
                 name = _stage_of(status_path, stage)
-                s = stages.setdefault(name, {"cpu_s": 0.0, "driver_peak_mib": 0.0, "worker_peak_mib": 0.0,
-                                             "ray_worker_peak_mib": 0.0})
+                s = stages.setdefault(name, {"cpu_s": 0.0, "sampled_wall_s": 0.0, "driver_peak_mib": 0.0,
+                                             "worker_peak_mib": 0.0, "ray_worker_peak_mib": 0.0,
+                                             "tree_peak_mib": 0.0})
+                s["sampled_wall_s"] += interval
                 try:
                     tree = [root, *root.children(recursive=True)]
                 except psutil.Error:
                     tree = []
+                total_rss = 0.0
                 for p in tree:
                     try:
                         t = p.cpu_times()
@@ -62,6 +78,7 @@ def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | N
                     except psutil.Error:
                         continue
                     cpu = t.user + t.system
+                    total_rss += rss
                     s["cpu_s"] += cpu - last_cpu.get(p.pid, 0.0)
                     last_cpu[p.pid] = cpu
                     if p.pid == root.pid:
@@ -75,6 +92,14 @@ def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | N
                             s["ray_worker_peak_mib"] = max(s["ray_worker_peak_mib"], rss)
                     except psutil.Error:
                         pass
+                s["tree_peak_mib"] = max(s["tree_peak_mib"], total_rss)
+                if rss_limit_mib and total_rss > rss_limit_mib and not over:
+                    over.append(total_rss)
+                    _kill_tree(tree)
+                if progress and time.perf_counter() - last_write > progress_every:
+                    last_write = time.perf_counter()
+                    _write_json(progress, {"argv": argv, "elapsed_s": round(last_write - t0, 1),
+                                           "stage": name, "stages": _rounded(stages)})
                 done.wait(interval)
 
         th = threading.Thread(target=sample, daemon=True)
@@ -90,8 +115,25 @@ def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | N
         "sampled_cpu_s": round(sum(s["cpu_s"] for s in stages.values()), 3),
         # the largest resident set of any process in the tree that was waited for (Linux: KiB)
         "maxrss_mib": round(after.ru_maxrss / 1024, 1),
-        "stages": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in stages.items()},
+        "stages": _rounded(stages),
+        **({"over_rss_limit": {"limit_mib": rss_limit_mib, "tree_mib": round(over[0], 1)}} if over else {}),
     }
+
+
+def _kill_tree(tree: list[psutil.Process]) -> None:
+    """Stop the processes this run started (the child and its descendants), by PID."""
+    for p in reversed(tree):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def _write_json(path: str, body: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(body, f, indent=1)
+    os.replace(tmp, path)
 
 
 def tree_bytes(path: str) -> int:
