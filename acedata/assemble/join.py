@@ -82,7 +82,9 @@ def join(b: int, scratch: str, c: AssembleConfig, n_img: int, n_chain: int, writ
     if c.multi_turn and c.max_history > 0:
         counts["asm_frontier"] = _chain_start(recs, scratch, n_chain, writer)
     if c.validation_fraction > 0:
-        shuffle.write_buckets(_edges(recs), "key", n_img, _d(scratch, "edges-0000"), writer)
+        edges = _edges(recs)
+        shuffle.write_buckets(edges, "key", n_img, _d(scratch, "edges-0000"), writer)
+        counts["asm_edges"] = edges.num_rows
     if reviews:
         counts.update(reviews.summary())
     return pa.Table.from_pylist(d.quarantine, QUARANTINE), counts

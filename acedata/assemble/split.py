@@ -14,6 +14,8 @@ on its smallest node, in O(log^2 n) rounds. A large-star round's units count the
 are not yet settled (a non-centre with more than one neighbour); when a round counts none, its
 input is the star forest, and a node's component is min(itself, its neighbours).
 (A bounded label propagation would need as many rounds as the longest chain of images.)
+When all edges fit one unit (at most `shuffle_rows` of them, known from the join's counts), one
+`components` unit runs an in-memory union-find over them instead, which saves the rounds' waves.
 
 Then `label` units (one per image bucket) read the samples keyed by their first image and the
 final edges of that bucket, assign the split, and write each sample into the output bucket of
@@ -34,6 +36,7 @@ import pyarrow as pa
 from acedata import shuffle
 from acedata.assemble.config import AssembleConfig
 from acedata.assemble.records import EDGES, ORDERED, RECORDS, kind_of, range_bucket, shuffle_hash, split_of
+from acedata.unionfind import group_roots
 
 
 def edges_dir(scratch: str, r: int) -> str:
@@ -72,6 +75,20 @@ def star_round(r: int, large: bool, b: int, scratch: str, n_img: int, writer: st
     shuffle.write_buckets(pa.table({"key": src, "nbr": dst}, schema=EDGES), "key", n_img,
                           edges_dir(scratch, r + 1), writer)
     return {"asm_unsettled": unsettled} if large else {}
+
+
+def components(n_img: int, scratch: str, writer: str) -> dict[str, int]:
+    """All edges in one unit: each node linked to its component's smallest node (round 1's edges)."""
+    src, dst = [], []
+    for b in range(n_img):
+        t = shuffle.read_bucket(edges_dir(scratch, 0), b, schema=EDGES)
+        src += t.column("key").to_pylist()
+        dst += t.column("nbr").to_pylist()
+    roots = group_roots(zip(src, dst))
+    nodes = sorted(v for v, r in roots.items() if v != r)
+    shuffle.write_buckets(pa.table({"key": nodes, "nbr": [roots[v] for v in nodes]}, schema=EDGES), "key", n_img,
+                          edges_dir(scratch, 1), writer)
+    return {}
 
 
 def label(b: int, scratch: str, c: AssembleConfig, final_edges: int | None, n_out: dict[str, int],

@@ -4,7 +4,8 @@
     images   one unit per image bucket: image requests meet the index rows   (scan.py)
     join     one unit per pair bucket: decide pairs, start chains and split (join.py)
     rounds   chain steps (chains.py) and star rounds (split.py), side by side in the same
-             waves, until no chain moves and the image graph is a star forest
+             waves, until no chain moves and the image graph is a star forest (or, when
+             the edges fit one unit, one `components` unit instead of the star rounds)
     label    one unit per image bucket: split + shuffle bucket of each sample (split.py)
     build    one unit per output bucket of each split: the LCU rows          (rows.py)
 
@@ -45,6 +46,7 @@ class Waves:
         self.samples = 0
         self.chain_round: int | None = None  # the frontier round to run next (None: chains done)
         self.star_round: int | None = None  # the edge round to run next (None: split settled)
+        self.star_in_one = False  # the split's components in one unit, not in rounds
         self.final_edges: int | None = None  # the star forest's round
         self.n_out: dict[str, int] = {}
 
@@ -74,6 +76,7 @@ class Waves:
             self.phase = "rounds"
             self.chain_round = 0 if counts.get("asm_frontier", 0) else None
             self.star_round = 0 if self.c.validation_fraction > 0 else None
+            self.star_in_one = counts.get("asm_edges", 0) <= self.c.shuffle_rows  # one unit holds them all
             return self._rounds() or self.next({})
         if self.phase == "rounds":
             self._advance(counts)
@@ -90,7 +93,9 @@ class Waves:
         units = []
         if self.chain_round is not None:
             units += self._units(f"chain-r{self.chain_round:02d}", "chain", self.n.chain, round=self.chain_round)
-        if self.star_round is not None:
+        if self.star_round is not None and self.star_in_one:
+            units.append(WorkUnit("components-00000", {"op": "components", "n_img": self.n.image}))
+        elif self.star_round is not None:
             if self.star_round >= MAX_STAR_ROUNDS:
                 raise RuntimeError(f"assemble: the split's components did not settle in {MAX_STAR_ROUNDS} rounds")
             large = self.star_round % 2 == 0
@@ -103,7 +108,9 @@ class Waves:
     def _advance(self, counts: dict[str, int]) -> None:
         if self.chain_round is not None:
             self.chain_round = self.chain_round + 1 if counts.get("asm_frontier", 0) else None
-        if self.star_round is not None:
+        if self.star_round is not None and self.star_in_one:
+            self.final_edges, self.star_round = 1, None
+        elif self.star_round is not None:
             if self.star_round % 2 == 0 and counts.get("asm_unsettled", 0) == 0:
                 self.final_edges, self.star_round = self.star_round, None
             else:

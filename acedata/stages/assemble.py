@@ -47,7 +47,7 @@ __all__ = ["Assemble", "AssembleConfig"]
 SCRATCH = "_scratch"
 MADE = ("single_turn", "multi_turn", "t2i")
 # counts that only steer the waves; finish drops them from the summary
-_INTERNAL = ("asm_samples", "asm_frontier", "asm_unsettled", "image_requests", "images_missing",
+_INTERNAL = ("asm_samples", "asm_frontier", "asm_unsettled", "asm_edges", "image_requests", "images_missing",
              "quarantine_planned", *(f"planned_{k}" for k in (*MADE, *SPLITS)),
              *(f"scan_{k}" for k in scan.INPUTS))
 
@@ -99,6 +99,8 @@ class Assemble(Stage):
             return UnitResult({}, chains.chain_round(p["round"], p["bucket"], s, c, p["n_img"], p["n_chain"], unit.id))
         if op == "star":
             return UnitResult({}, split.star_round(p["round"], p["large"], p["bucket"], s, p["n_img"], unit.id))
+        if op == "components":
+            return UnitResult({}, split.components(p["n_img"], s, unit.id))
         if op == "label":
             return UnitResult({}, split.label(p["bucket"], s, c, p["final_edges"], p["n_out"], unit.id))
         if op == "build":
