@@ -14,6 +14,9 @@ on its smallest node, in O(log^2 n) rounds. A large-star round's units count the
 are not yet settled (a non-centre with more than one neighbour); when a round counts none, its
 input is the star forest, and a node's component is min(itself, its neighbours).
 (A bounded label propagation would need as many rounds as the longest chain of images.)
+Known limit: a star's centre holds all its component's edges, so a giant component (say a
+quarter of all images linked by edit chains) puts them in one bucket; the label wave only reads
+each node's own edge, but the rounds' unit of that bucket grows with the component.
 When all edges fit one unit (at most `shuffle_rows` of them, known from the join's counts), one
 `components` unit runs an in-memory union-find over them instead, which saves the rounds' waves.
 
