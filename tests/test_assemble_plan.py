@@ -242,3 +242,18 @@ def test_star_rounds_find_the_components(tmp_path, buckets):
     want = group_roots([a, b] for a, b in edges)
     assert label == want
     assert r > 2  # the path needed several rounds
+
+
+@pytest.mark.slow
+def test_plan_on_object_storage_equals_reference(world, s3_server):
+    """Scratch buckets and outputs on S3 (moto on loopback): the same rows, and no scratch left behind."""
+    _, tables = world
+    out = f"s3://{s3_server.bucket}/asm-plan"
+    stage = Assemble(AssembleConfig(name="s3", dataset_card=False, validation_fraction=0.4, rows_per_unit=30,
+                                    shuffle_rows=100), RunContext(out, f"{out}/s3", tables))
+    run_stage(stage, "local")
+    want = reference.rows(reference.plan(stage.config, tables["images"], tables["pairs"], tables["instructions"],
+                                         stage.review_tables()), tables["images"])
+    for t in ("lcu", "lcu_validation"):
+        assert shards.read_table(stage.ctx.out(t)).to_pylist() == want[t], t
+    assert not [k for k in s3_server.keys("asm-plan/s3/_scratch")]
