@@ -22,6 +22,7 @@ class AssembleConfig(StageConfig):
     max_condition_frames: int = Field(9, ge=1, le=9)  # the target's indicator index stays <= 9
     dataset_card: bool = True
     reviews: bool = True  # apply human review decisions when the run (or inputs.reviews) has them
-    # planning: input rows per shuffle bucket (a planning unit holds about this many rows); the
-    # output does not depend on it
-    shuffle_rows: int = Field(200_000, ge=1)
+    # planning: input rows per shuffle bucket. A planning unit holds about this many rows as Python
+    # objects (~1-2 KB each: a few hundred MB); the output does not depend on it
+
+    shuffle_rows: int = Field(100_000, ge=1)
