@@ -24,5 +24,4 @@ class AssembleConfig(StageConfig):
     reviews: bool = True  # apply human review decisions when the run (or inputs.reviews) has them
     # planning: input rows per shuffle bucket. A planning unit holds about this many rows as Python
     # objects (~1-2 KB each: a few hundred MB); the output does not depend on it
-
     shuffle_rows: int = Field(100_000, ge=1)
