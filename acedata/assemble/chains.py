@@ -18,6 +18,9 @@ import posixpath
 from collections import defaultdict
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from acedata import shuffle
 from acedata.assemble.config import AssembleConfig
 from acedata.assemble.records import (
@@ -27,7 +30,7 @@ from acedata.assemble.records import (
     meta,
     predecessor_key,
     records,
-    sample_images,
+    sample_table,
 )
 from acedata.lcu import stable_hash
 
@@ -58,13 +61,15 @@ def step(item: dict[str, Any], key: str, by_key: dict[str, list[dict]], seed: in
 def chain_round(r: int, b: int, scratch: str, c: AssembleConfig, n_img: int, n_chain: int,
                 writer: str) -> dict[str, int]:
     """One step back for every frontier item of this bucket."""
-    by_key: dict[str, list[dict]] = defaultdict(list)
+    front = shuffle.read_bucket(front_dir(scratch, r), b, schema=RECORDS)
     pub = shuffle.read_bucket(posixpath.join(scratch, "meta"), b, schema=RECORDS)
+    pub = pub.filter(pc.is_in(pub.column("key"), value_set=pa.array(sorted(set(front.column("key").to_pylist())),
+                                                                    pa.string())))  # decode only what is asked
+    by_key: dict[str, list[dict]] = defaultdict(list)
     for k, rec in zip(pub.column("key").to_pylist(), pub.column("rec").to_pylist()):
         by_key[k].append(json.loads(rec))
     for v in by_key.values():
         v.sort(key=lambda rec: rec["pair"]["pair_id"])
-    front = shuffle.read_bucket(front_dir(scratch, r), b, schema=RECORDS)
     moving: tuple[list, list] = ([], [])
     done: list[dict[str, Any]] = []
     for k, text in zip(front.column("key").to_pylist(), front.column("rec").to_pylist()):
@@ -83,8 +88,7 @@ def chain_round(r: int, b: int, scratch: str, c: AssembleConfig, n_img: int, n_c
         if item["hist"]:
             done.append(finished(item, c))
     shuffle.write_buckets(records(*moving), "key", n_chain, front_dir(scratch, r + 1), writer)
-    shuffle.write_buckets(records([sample_images(s)[0] for s in done], done), "key", n_img,
-                          posixpath.join(scratch, "samples"), writer)
+    shuffle.write_buckets(sample_table(done), "key", n_img, posixpath.join(scratch, "samples"), writer)
     return {"asm_frontier": len(moving[1]), "asm_samples": len(done)}
 
 

@@ -37,7 +37,7 @@ from acedata.assemble.records import (
     pair_record,
     predecessor_key,
     records,
-    sample_images,
+    sample_table,
     set_key,
 )
 from acedata.review.decisions import Reviews
@@ -75,13 +75,12 @@ def join(b: int, scratch: str, c: AssembleConfig, n_img: int, n_chain: int, writ
     d = decide(metas, instr, reviews, sizes.__contains__, c.include_t2i)
     recs = {pid: pair_record(pairs[pid], d.ok[pid], d.instr[pid], sizes) for pid in sorted(d.ok)}
     samples = _samples(d, recs, sizes, c)
-    shuffle.write_buckets(records([sample_images(s)[0] for s in samples], samples), "key", n_img,
-                          _d(scratch, "samples"), writer)
+    shuffle.write_buckets(sample_table(samples), "key", n_img, _d(scratch, "samples"), writer)
     counts = {"pairs_in": len(pairs), "pairs_labelled": len(d.ok), "quarantine_planned": len(d.quarantine),
               "asm_samples": len(samples), "asm_frontier": 0}
     if c.multi_turn and c.max_history > 0:
         counts["asm_frontier"] = _chain_start(recs, scratch, n_chain, writer)
-    if c.validation_fraction > 0:
+    if c.validation_fraction > 0:  # the split's image graph: only usable pairs' images can meet
         edges = _edges(recs)
         shuffle.write_buckets(edges, "key", n_img, _d(scratch, "edges-0000"), writer)
         counts["asm_edges"] = edges.num_rows

@@ -39,6 +39,9 @@ IMAGE_ANSWERS = pa.schema([pa.field("key", pa.string()), pa.field("image_id", pa
                            pa.field("found", pa.bool_()), pa.field("width", pa.int32()),
                            pa.field("height", pa.int32())])
 RECORDS = pa.schema([pa.field("key", pa.string()), pa.field("rec", pa.string())])
+# samples by their first image (key); the label wave reads the id and kind without decoding `rec`
+SAMPLES = pa.schema([pa.field("key", pa.string()), pa.field("sample_id", pa.string()), pa.field("kind", pa.string()),
+                     pa.field("rec", pa.string())])
 EDGES = pa.schema([pa.field("key", pa.string()), pa.field("nbr", pa.string())])  # key: image id (node)
 ORDERED = pa.schema([pa.field("h", pa.uint64()), pa.field("sample_id", pa.string()), pa.field("rec", pa.string())])
 
@@ -138,6 +141,11 @@ def caption_sample(pid: str, variant: int, row: dict[str, Any], size: list) -> d
 
 def dumps(rec: dict[str, Any]) -> str:
     return json.dumps(rec, separators=(",", ":"))
+
+
+def sample_table(samples: list[dict[str, Any]]) -> pa.Table:
+    return pa.table({"key": [sample_images(s)[0] for s in samples], "sample_id": [s["sample_id"] for s in samples],
+                     "kind": [kind_of(s) for s in samples], "rec": [dumps(s) for s in samples]}, schema=SAMPLES)
 
 
 def records(keys: list[str], recs: list[dict[str, Any]]) -> pa.Table:

@@ -17,7 +17,7 @@ input is the star forest, and a node's component is min(itself, its neighbours).
 Known limit: a star's centre holds all its component's edges, so a giant component (say a
 quarter of all images linked by edit chains) puts them in one bucket; the label wave only reads
 each node's own edge, but the rounds' unit of that bucket grows with the component.
-When all edges fit one unit (at most `shuffle_rows` of them, known from the join's counts), one
+When all edges fit one unit (at most 10 x `shuffle_rows` of them, known from the join's counts), one
 `components` unit runs an in-memory union-find over them instead, which saves the rounds' waves.
 
 Then `label` units (one per image bucket) read the samples keyed by their first image and the
@@ -28,17 +28,15 @@ by the hash, are the whole split in shuffled order.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections import defaultdict
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from acedata import shuffle
 from acedata.assemble.config import AssembleConfig
-from acedata.assemble.records import EDGES, ORDERED, RECORDS, kind_of, range_bucket, shuffle_hash, split_of
+from acedata.assemble.records import EDGES, ORDERED, SAMPLES, range_bucket, shuffle_hash, split_of
 from acedata.unionfind import group_roots
 
 
@@ -98,18 +96,17 @@ def label(b: int, scratch: str, c: AssembleConfig, final_edges: int | None, n_ou
           writer: str) -> dict[str, int]:
     """Assign this bucket's samples to a split and to the output bucket of their shuffle hash."""
     nbrs = _neighbours(scratch, final_edges, b) if final_edges is not None else {}
-    t = shuffle.read_bucket(posixpath.join(scratch, "samples"), b, schema=RECORDS)
+    t = shuffle.read_bucket(posixpath.join(scratch, "samples"), b, schema=SAMPLES)
     rows: dict[str, dict[str, list]] = {s: {"h": [], "sample_id": [], "rec": []} for s in n_out}
     counts: dict[str, int] = defaultdict(int)
-    for first, text in zip(t.column("key").to_pylist(), t.column("rec").to_pylist()):
-        s: dict[str, Any] = json.loads(text)
+    for first, sid, kind, text in zip(*(t.column(k).to_pylist() for k in ("key", "sample_id", "kind", "rec"))):
         root = min(nbrs.get(first, ()), default=first)
         split = split_of(min(root, first), c.validation_fraction, c.seed)
         part = rows[split]
-        part["h"].append(shuffle_hash(c.seed, s["sample_id"]))
-        part["sample_id"].append(s["sample_id"])
+        part["h"].append(shuffle_hash(c.seed, sid))
+        part["sample_id"].append(sid)
         part["rec"].append(text)
-        counts[f"planned_{kind_of(s)}"] += 1
+        counts[f"planned_{kind}"] += 1
         counts[f"planned_{split}"] += 1
     for split, part in rows.items():
         table = pa.table(part, schema=ORDERED)

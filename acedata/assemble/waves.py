@@ -23,6 +23,7 @@ from acedata.assemble.config import AssembleConfig
 from acedata.assemble.scan import shard_payloads
 from acedata.stage import WorkUnit
 
+ONE_UNIT_EDGES = 10  # edges per shuffle_rows that one `components` unit takes in memory
 MAX_STAR_ROUNDS = 200  # O(log^2 n) rounds suffice; this only stops a bug from looping forever
 
 
@@ -76,7 +77,8 @@ class Waves:
             self.phase = "rounds"
             self.chain_round = 0 if counts.get("asm_frontier", 0) else None
             self.star_round = 0 if self.c.validation_fraction > 0 else None
-            self.star_in_one = counts.get("asm_edges", 0) <= self.c.shuffle_rows  # one unit holds them all
+            # edge rows are small (two ids): a unit holds ONE_UNIT_EDGES x shuffle_rows of them
+            self.star_in_one = counts.get("asm_edges", 0) <= ONE_UNIT_EDGES * self.c.shuffle_rows
             return self._rounds() or self.next({})
         if self.phase == "rounds":
             self._advance(counts)
