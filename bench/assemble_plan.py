@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,9 @@ def main() -> None:
     for n in args.sizes:
         inputs = scale_data.assemble_inputs(os.path.join(work, f"in-{n}"), n)
         for mode in ("reference", "distributed"):
-            r = run(mode, inputs, os.path.join(work, f"run-{n}"))
+            out = os.path.join(work, f"run-{n}")
+            shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resumed one
+            r = run(mode, inputs, out)
             ratio = f"{r['rss_mib'] / prev[mode]:.2f}" if mode in prev else "-"
             prev[mode] = r["rss_mib"]
             print(f"{n:>9,} {mode:>12} {r['rows']:>9,} {r['rss_mib']:>11.0f} {r['wall_s']:>8.1f} {ratio:>10}", flush=True)
