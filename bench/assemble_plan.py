@@ -3,7 +3,7 @@ reference planner (what the driver did before: every pair, instruction and image
 
 For each size N (images; ~0.7 N pairs with edit chains, from bench/_scale/data.py) it runs, each in
 a fresh process: the assemble stage on a private 2-CPU Ray (`distributed`), and `reference.plan`
-alone (`reference`). It prints the driver's peak RSS (ru_maxrss of that process; Ray workers are
+alone (`reference`). It prints the driver's peak RSS (VmHWM of that process; Ray workers are
 other processes), wall time, and the ratio of each to the previous size. Goal: the distributed
 driver's peak flat in N, while the reference grows with it.
 
@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 DRIVER = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 mode, inputs, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 from acedata.assemble.config import AssembleConfig
 cfg = dict(max_history=3, validation_fraction=0.1, rows_per_unit=5000, dataset_card=False)
@@ -39,7 +39,9 @@ else:
     s = run_stages([AssembleConfig(name="assemble", inputs=inputs, **cfg)], out, executor="ray", num_cpus=2)
     c = s["stages"][0]["counts"]
     rows = c["lcu"] + c["lcu_validation"]
-print(json.dumps({"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM: this process's own peak (ru_maxrss would start from the forking parent's size)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"rss_mib": hwm / 1024,
                   "wall_s": time.time() - t0, "rows": rows}))
 """
 
