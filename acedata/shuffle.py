@@ -53,8 +53,16 @@ def write_buckets(table: pa.Table, key: str, n: int, root: str, writer: str) -> 
     Rows keep their order inside a bucket. Empty buckets get no file."""
     if table.num_rows == 0:
         return 0
+    return write_parts(table, bucket_of(table.column(key), n), root, writer)
+
+
+def write_parts(table: pa.Table, buckets: np.ndarray, root: str, writer: str) -> int:
+    """Write row i of `table` to bucket `buckets[i]` (a partition chosen by the caller, e.g. a range
+    of a sort key, so buckets in order hold the keys in order); returns files written."""
+    if table.num_rows == 0:
+        return 0
     fs, base = shards.resolve(root)
-    b = bucket_of(table.column(key), n)
+    b = np.asarray(buckets, dtype=np.int64)
     order = np.argsort(b, kind="stable")
     starts = np.flatnonzero(np.diff(b[order])) + 1
     written = 0

@@ -256,10 +256,13 @@ def test_multi_turn_indicators_follow_frame_order(world):
         for prev, nxt in itertools.pairwise(cus):
             assert prev["target"]["bytes"] == nxt["inputs"][0]["image"]["bytes"]
         checked += len(cus) > 1
-    assert checked == 14
+    # every pair with a usable predecessor has a multi-turn row: the mined pairs of the 4-image set
+    # (all ordered pairs) and the synthesis chain's second and third edits
+    assert checked == len(w["mined"]) * (len(w["mined"]) - 1) + 2
     chain3 = next(r for r in w["rows"] if r["pair_id"] == "chain3" and r["num_turns"] == 3)
-    assert [h["instruction"] for h in chain3["history"]] == ["turn {image} into black and white", "blur {image1} softly"] \
-        or [h["instruction"] for h in chain3["history"]] == ["make {image} grayscale", "blur {image1} softly"]
+    # with instruction_variants "all", a history CU uses its pair's first accepted variant (chain1 has
+    # two: variant 0 is the template, variant 1 the rewrite)
+    assert [h["instruction"] for h in chain3["history"]] == ["turn {image} into black and white", "blur {image1} softly"]
     assert chain3["instruction"] == "remove the marked region from {image2}"
     ref = next(r for r in w["rows"] if r["pair_id"] == "ref")
     assert ref["instruction"] == "draw the subject of {image} in the style of {image1}"
@@ -334,9 +337,12 @@ def test_funnel_of_the_run(world):
         ingest = json.load(f)["summary"]["counts"]
     assert steps["inputs"] == ingest["inputs"]
     q = {(x["stage"], x["reason"]): x["count"] for x in res["funnel"]["quarantined"]}
+    assembled_q = shards.count_rows(os.path.join(world["run"], "assemble", "quarantine"))
     assert q[("synth", "low_ssim")] == 2 and q[("assemble", "no_instruction")] == 1
-    assert steps["quarantined"] == ingest["quarantine"] + 2 + 6
-    assert steps["paired"] == 12 and steps["synthesized"] == len(world["pairs"]) - 12
+    assert steps["quarantined"] == ingest["quarantine"] + 2 + assembled_q  # build_world wrote 2 synth rows
+    mined = sum(p["task"] == "natural_edit" for p in world["pairs"])
+    assert mined == len(world["mined"]) * (len(world["mined"]) - 1)
+    assert steps["paired"] == mined and steps["synthesized"] == len(world["pairs"]) - mined
     assert steps["lcu_rows"] == len(world["rows"]) == res["rows"]
     assert steps["labelled"] == len({i["pair_id"] for i in world["instr"] if not i["pair_id"].startswith("t2i:")})
 
@@ -357,3 +363,24 @@ def test_ray_run_equals_local_run(world, ray_local, tmp_path):
         got = shards.read_table(os.path.join(out, "onray", t), ["sample_id", "instruction"]).to_pylist()
         want = [{"sample_id": r["sample_id"], "instruction": r["instruction"]} for r in world["rows"] if r["split"] == t]
         assert got == want
+
+
+def test_one_variant_per_pair_is_a_seeded_pick(world, tmp_path):
+    """`instruction_variants: one`: one single-turn row per usable pair, its text one of the pair's good
+    variants, picked per pair by the seed (so another seed picks differently for some pair)."""
+    run, out = world["run"], str(tmp_path)
+    good: dict[str, set[str]] = {}
+    for i in world["instr"]:
+        if "{image3}" not in i["instruction"] and "{image2} in" not in i["instruction"]:
+            good.setdefault(i["pair_id"], set()).add(i["instruction"])
+    picks = []
+    for seed in (0, 1):
+        assemble(run, f"one{seed}", out, instruction_variants="one", multi_turn=False, seed=seed, dataset_card=False)
+        rows = shards.read_table(os.path.join(out, f"one{seed}", "lcu"), ["pair_id", "instruction", "task"]).to_pylist()
+        single = [r for r in rows if r["task"] != "text_to_image"]
+        assert Counter(r["pair_id"] for r in single) == Counter(
+            {p: 1 for p in good if not p.startswith("t2i:") and p not in ("nopair", "missing")})
+        for r in single:
+            assert INDICATOR.sub("@", r["instruction"]) in {INDICATOR.sub("@", t) for t in good[r["pair_id"]]}
+        picks.append({r["pair_id"]: r["instruction"] for r in single})
+    assert picks[0] != picks[1]

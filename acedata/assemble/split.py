@@ -1,0 +1,115 @@
+"""The validation split without a driver-side union-find, and the seeded global shuffle.
+
+Guarantee: no image is in both splits. Samples that share an image are connected; a
+connected group of images goes wholly to one split, chosen by a seeded hash of its smallest
+image id (the same rule as the single-process reference, so both give the same split).
+
+Connected components, distributed: the image graph (a star over each usable pair's inputs
+and target) is kept as an edge list partitioned by node. Rounds alternate the large-star and
+small-star operations of Kiveris et al., "Connected Components in MapReduce and Beyond"
+(SoCC 2014): each node links its larger neighbours (large) or its smaller neighbours and
+itself (small) to the smallest node it sees. Every round is one wave of one unit per node
+bucket; each preserves connectivity and the graph becomes one star per component, centred
+on its smallest node, in O(log^2 n) rounds. A large-star round's units count the nodes that
+are not yet settled (a non-centre with more than one neighbour); when a round counts none, its
+input is the star forest, and a node's component is min(itself, its neighbours).
+(A bounded label propagation would need as many rounds as the longest chain of images.)
+Known limit: a star's centre holds all its component's edges, so a giant component (say a
+quarter of all images linked by edit chains) puts them in one bucket; the label wave only reads
+each node's own edge, but the rounds' unit of that bucket grows with the component.
+When all edges fit one unit (at most 10 x `shuffle_rows` of them, known from the join's counts), one
+`components` unit runs an in-memory union-find over them instead, which saves the rounds' waves.
+
+Then `label` units (one per image bucket) read the samples keyed by their first image and the
+final edges of that bucket, assign the split, and write each sample into the output bucket of
+its split by a range of its seeded shuffle hash, so output units in bucket order, each sorted
+by the hash, are the whole split in shuffled order.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+
+from acedata import shuffle
+from acedata.assemble.config import AssembleConfig
+from acedata.assemble.records import EDGES, ORDERED, SAMPLES, range_bucket, shuffle_hash, split_of
+from acedata.unionfind import group_roots
+
+
+def edges_dir(scratch: str, r: int) -> str:
+    return posixpath.join(scratch, f"edges-{r:04d}")
+
+
+def out_dir(scratch: str, split: str) -> str:
+    return posixpath.join(scratch, f"out-{split}")
+
+
+def _neighbours(scratch: str, r: int, b: int) -> dict[str, set[str]]:
+    t = shuffle.read_bucket(edges_dir(scratch, r), b, schema=EDGES)
+    nbrs: dict[str, set[str]] = defaultdict(set)
+    for u, v in zip(t.column("key").to_pylist(), t.column("nbr").to_pylist()):
+        if u != v:
+            nbrs[u].add(v)
+    return nbrs
+
+
+def star_round(r: int, large: bool, b: int, scratch: str, n_img: int, writer: str) -> dict[str, int]:
+    """One large-star or small-star step over the nodes of bucket `b`; writes round r+1's edges."""
+    src: list[str] = []
+    dst: list[str] = []
+    unsettled = 0
+    for u, nb in sorted(_neighbours(scratch, r, b).items()):
+        m = min(min(nb), u)
+        if large:
+            unsettled += int(m < u and len(nb) > 1)
+            linked = [v for v in nb if v > u]
+        else:
+            linked = [v for v in nb if v < u] + [u]
+        for v in sorted(linked):
+            if v != m:
+                src += [v, m]
+                dst += [m, v]
+    shuffle.write_buckets(pa.table({"key": src, "nbr": dst}, schema=EDGES), "key", n_img,
+                          edges_dir(scratch, r + 1), writer)
+    return {"asm_unsettled": unsettled} if large else {}
+
+
+def components(n_img: int, scratch: str, writer: str) -> dict[str, int]:
+    """All edges in one unit: each node linked to its component's smallest node (round 1's edges)."""
+    src, dst = [], []
+    for b in range(n_img):
+        t = shuffle.read_bucket(edges_dir(scratch, 0), b, schema=EDGES)
+        src += t.column("key").to_pylist()
+        dst += t.column("nbr").to_pylist()
+    roots = group_roots(zip(src, dst))
+    nodes = sorted(v for v, r in roots.items() if v != r)
+    shuffle.write_buckets(pa.table({"key": nodes, "nbr": [roots[v] for v in nodes]}, schema=EDGES), "key", n_img,
+                          edges_dir(scratch, 1), writer)
+    return {}
+
+
+def label(b: int, scratch: str, c: AssembleConfig, final_edges: int | None, n_out: dict[str, int],
+          writer: str) -> dict[str, int]:
+    """Assign this bucket's samples to a split and to the output bucket of their shuffle hash."""
+    nbrs = _neighbours(scratch, final_edges, b) if final_edges is not None else {}
+    t = shuffle.read_bucket(posixpath.join(scratch, "samples"), b, schema=SAMPLES)
+    rows: dict[str, dict[str, list]] = {s: {"h": [], "sample_id": [], "rec": []} for s in n_out}
+    counts: dict[str, int] = defaultdict(int)
+    for first, sid, kind, text in zip(*(t.column(k).to_pylist() for k in ("key", "sample_id", "kind", "rec"))):
+        root = min(nbrs.get(first, ()), default=first)
+        split = split_of(min(root, first), c.validation_fraction, c.seed)
+        part = rows[split]
+        part["h"].append(shuffle_hash(c.seed, sid))
+        part["sample_id"].append(sid)
+        part["rec"].append(text)
+        counts[f"planned_{kind}"] += 1
+        counts[f"planned_{split}"] += 1
+    for split, part in rows.items():
+        table = pa.table(part, schema=ORDERED)
+        buckets = np.array([range_bucket(h, n_out[split]) for h in part["h"]], np.int64)
+        shuffle.write_parts(table, buckets, out_dir(scratch, split), writer)
+    return dict(counts)
