@@ -110,3 +110,45 @@ def mine_cluster(
             out.append(FinalSet(s, full[np.ix_(pos, pos)]))
     stats.pass2_sets += len(out)
     return out
+
+
+def mine_unit(ids: list[str], cid: np.ndarray, home: np.ndarray, other: np.ndarray, x: np.ndarray, scorer: Scorer,
+              params: MiningParams, cap: int, images_for: Callable[[np.ndarray, list[str]], list[bytes | None]],
+              ) -> tuple[dict[str, np.ndarray], MiningStats, dict[str, int]]:
+    """Mine every cluster of a unit (rows sorted by cluster): the candidate pairs of all final sets
+    as flat arrays (`a`, `b` row indices into the unit, `sim`, `score`, `set_id`, `cluster_id`),
+    the mining stats and counters. Each in-band pair of a set is kept (at most `cap` per set),
+    and a border pair only in the one cluster that owns it."""
+    from acedata.mining.pairs import in_band_pairs, set_key, upper_pairs
+    from acedata.mining.partition import owned_here
+
+    stats = MiningStats()
+    band, band2 = (params.tau_low, params.tau_high), (params.pass2_low, params.pass2_high)
+    found: dict[str, list[np.ndarray]] = {k: [] for k in ("a", "b", "sim", "score", "set_id", "cluster_id")}
+    final_sets = out_of_band = border_dups = 0
+    bounds = np.flatnonzero(np.diff(cid)) + 1
+    for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(cid)].tolist()):
+        names, here = ids[lo:hi], int(cid[lo])
+        xs, hs, os_ = x[lo:hi], home[lo:hi], other[lo:hi]
+        for fs in mine_cluster(xs, scorer, params, lambda m, names=names: images_for(m, names), stats):
+            final_sets += 1
+            m = fs.members
+            key = set_key([names[k] for k in m])
+            ui, uj = upper_pairs(len(m))
+            owned = owned_here(here, hs[m[ui]], os_[m[ui]], hs[m[uj]], os_[m[uj]])
+            pa_, pb_, sims, oob, dup = in_band_pairs(xs[m], fs.pass2, band, band2, cap, key, owned)
+            out_of_band += oob
+            border_dups += dup
+            found["a"].append(lo + m[pa_])
+            found["b"].append(lo + m[pb_])
+            found["sim"].append(sims)
+            found["score"].append(fs.pass2[pa_, pb_])
+            found["set_id"].append(np.full(len(pa_), int(key[:15], 16), np.int64))  # = pairs.set_id(names)
+            found["cluster_id"].append(np.full(len(pa_), here, np.int32))
+    empty = {"a": np.int64, "b": np.int64, "sim": np.float32, "score": np.float32, "set_id": np.int64,
+             "cluster_id": np.int32}
+    flat = {k: np.concatenate(v).astype(empty[k]) if v else np.zeros(0, empty[k]) for k, v in found.items()}
+    counters = {"final_sets": final_sets,
+                "pairs_out_of_band": out_of_band,  # enumerated from a set but outside a band: never written
+                "pairs_border_elsewhere": border_dups}  # border pairs left to the other cluster that mines them
+    return flat, stats, counters
