@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def pair_id(task: str, source: str, target: str) -> str:
@@ -63,21 +64,32 @@ def image_sizes(tables: list[str], ids: list[str]) -> tuple[np.ndarray, np.ndarr
     return w, h
 
 
-def pairs_table(task: str, subtask: str, provenance: str, a: list[str], b: list[str], sim: np.ndarray,
+def pairs_table(task: str, subtask: str, provenance: str, a: pa.Array, b: pa.Array, sim: np.ndarray,
                 score: np.ndarray, set_ids: np.ndarray, cluster_ids: np.ndarray, both_directions: bool) -> pa.Table:
-    """Unordered pairs (source = the smaller image_id), or both directions."""
-    src = [min(x, y) for x, y in zip(a, b)]
-    tgt = [max(x, y) for x, y in zip(a, b)]
+    """Unordered pairs (source = the smaller image_id), or both directions (`a`, `b`: string arrays)."""
+    first = pc.less_equal(a, b)
+    src, tgt = pc.if_else(first, a, b), pc.if_else(first, b, a)
     if both_directions:
-        src, tgt = src + tgt, tgt + src
+        src, tgt = pa.concat_arrays([src, tgt]), pa.concat_arrays([tgt, src])
         sim, score = np.concatenate([sim, sim]), np.concatenate([score, score])
         set_ids, cluster_ids = np.concatenate([set_ids, set_ids]), np.concatenate([cluster_ids, cluster_ids])
     n = len(src)
+    sha = hashlib.sha256
+    prefix = f"{task}:"
+    ids = [sha(f"{prefix}{s}:{t}".encode()).hexdigest()[:32]  # = pair_id(task, s, t), inlined: one per pair
+           for s, t in zip(src.to_pylist(), tgt.to_pylist())]
     return pa.table({
-        "pair_id": [pair_id(task, s, t) for s, t in zip(src, tgt)],
-        "source_id": pa.array(src, pa.string()), "target_id": pa.array(tgt, pa.string()),
-        "task": [task] * n, "subtask": [subtask] * n,
+        "pair_id": pa.array(ids, pa.string()),
+        "source_id": src.cast(pa.string()), "target_id": tgt.cast(pa.string()),
+        "task": pa.array([task] * n, pa.string()), "subtask": pa.array([subtask] * n, pa.string()),
         "cluster_id": pa.array(cluster_ids, pa.int32()), "set_id": pa.array(set_ids, pa.int64()),
         "sim_pass1": pa.array(np.asarray(sim, np.float32)), "score_pass2": pa.array(np.asarray(score, np.float32)),
-        "provenance": [provenance] * n,
+        "provenance": pa.array([provenance] * n, pa.string()),
     })
+
+
+def same_rows(names: pa.Array | pa.ChunkedArray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairs whose two rows carry the same image_id (one image listed twice)."""
+    if not len(a):
+        return np.zeros(0, bool)
+    return pc.equal(names.take(pa.array(a)), names.take(pa.array(b))).to_numpy(zero_copy_only=False)

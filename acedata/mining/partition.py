@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 
 from acedata import shards
 from acedata.errors import UserError
-from acedata.mining.members import embedding_type, member_rows, members_schema, read_meta, write_meta
+from acedata.mining.members import member_rows, read_meta, vector_dtype, write_meta
+from acedata.mining.vectors import to_matrix
 
 
 def cluster_index(tables: list[str]) -> pa.Table:
@@ -45,8 +46,8 @@ def build_members(cluster_tables: list[str], emb_tables: list[str], out: str) ->
     ids = index.column("image_id")
     cid = index.column("cluster_id").to_numpy()
     cid2 = index.column("cluster_id2").to_numpy()
-    typ = embedding_type(emb_tables)
-    schema = members_schema(typ)
+    dtype = vector_dtype(emb_tables)
+    schema = None
     found = np.zeros(len(cid), dtype=bool)
     models: set[str] = set()
     shard_no = 0
@@ -62,14 +63,18 @@ def build_members(cluster_tables: list[str], emb_tables: list[str], out: str) ->
             new = np.flatnonzero(hit & ~found)  # an id embedded twice: its first occurrence wins
             found[new] = True
             pos = np.nan_to_num(where, nan=-1).astype(np.int64)[new]
+            x = to_matrix(t.column("embedding").take(pa.array(pos)), dtype)
+            rows = member_rows(ids.take(pa.array(new)).combine_chunks(), x, cid[new], cid2[new])
+            schema = rows.schema
             w = shards.ShardWriter(out, schema, unit=f"s{shard_no:06d}")
-            w.write(member_rows(ids.take(pa.array(new)).combine_chunks(),
-                                t.column("embedding").take(pa.array(pos)).combine_chunks(), cid[new], cid2[new], typ))
+            w.write(rows)
             w.commit()
             shard_no += 1
     if not found.all():
         raise UserError(f"pair: {int((~found).sum())} clustered image_ids have no embedding "
                         f"(embeddings {emb_tables})")
+    if schema is None:
+        raise UserError(f"pair: the embeddings tables {emb_tables} are empty")
     shards.finalize_manifest(out, schema, table="members")
     k = int(max(cid.max(initial=-1), cid2.max(initial=-1))) + 1
     write_meta(out, np.bincount(cid, minlength=k) + np.bincount(cid2[cid2 >= 0], minlength=k), sorted(models))

@@ -36,11 +36,12 @@ from acedata.mining.kmeans import (
     use_gpu,
 )
 from acedata.mining.members import (
-    embedding_type,
+    VECTOR_KEY,
     member_rows,
     members_schema,
     total_counts,
     unit_counts,
+    vector_dtype,
     write_meta,
 )
 from acedata.mining.vectors import normalize, read_unit, row_group_units, to_matrix
@@ -123,7 +124,7 @@ class Cluster(Stage):
     kind = "cluster"
     Config = ClusterConfig
     # members: the pair stage's partitions (the vectors' type is the embeddings': see output_schema)
-    outputs: ClassVar[dict[str, pa.Schema]] = {"clusters": CLUSTERS, "members": members_schema(pa.list_(pa.float16()))}
+    outputs: ClassVar[dict[str, pa.Schema]] = {"clusters": CLUSTERS, "members": members_schema("float16", 1)}
     version = 2  # writes members
     # The centroids are this stage's model (k x dim floats, a GPU index with `gpu`): an actor pool
     # loads them once per actor, where a task would reload them for every unit.
@@ -136,7 +137,8 @@ class Cluster(Stage):
         if table != "members":
             return self.outputs[table]
         if not hasattr(self, "_members_schema"):  # the vectors keep the embeddings' stored type
-            self._members_schema = members_schema(embedding_type(self.ctx.input("embeddings")))
+            dim = storage.read_json(self._path(TRAIN_INFO))["dim"]
+            self._members_schema = members_schema(vector_dtype(self.ctx.input("embeddings")), dim)
         return self._members_schema
 
     def plan(self) -> list[WorkUnit]:
@@ -167,7 +169,9 @@ class Cluster(Stage):
 
     def process(self, unit: WorkUnit) -> UnitResult:
         t = read_unit(unit.payload, ["image_id", "embedding"])
-        x = normalize(to_matrix(t.column("embedding")))
+        schema = self.output_schema("members")
+        stored = to_matrix(t.column("embedding"), schema.metadata[VECTOR_KEY].decode().split(",")[0])
+        x = normalize(stored)
         if x.shape[1] != self.centroids.shape[1]:
             raise UserError(f"cluster: {unit.payload['shard']} has dim {x.shape[1]}, centroids {self.centroids.shape[1]}")
         ids, sims = assign_top2(x, self.centroids, self.gpu)
@@ -176,8 +180,7 @@ class Cluster(Stage):
         out = pa.table({"image_id": image_ids, "cluster_id": pa.array(ids[:, 0], pa.int32()),
                         "distance": pa.array(1.0 - sims[:, 0], pa.float32()),
                         "cluster_id2": pa.array(second, pa.int32(), mask=second < 0)})
-        members = member_rows(image_ids, t.column("embedding").combine_chunks(), ids[:, 0], second,
-                              self.output_schema("members").field("embedding").type)
+        members = member_rows(image_ids, stored, ids[:, 0], second)
         # per-cluster counts for finish's k sizes: the same bytes whichever attempt writes them
         storage.save_npy(self._path(f"{COUNTS_DIR}/{unit.id}.npy"), unit_counts(ids[:, 0], second))
         return UnitResult({"clusters": out, "members": members}, {"inputs": t.num_rows, "border_points": int((second >= 0).sum())})

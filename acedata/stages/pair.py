@@ -29,7 +29,7 @@ from acedata import shards, storage
 from acedata.config import StageConfig, Strict
 from acedata.errors import UserError
 from acedata.mining.chaining import GuardConfig
-from acedata.mining.cleaning import image_sizes, pairs_table, reject_reasons
+from acedata.mining.cleaning import image_sizes, pairs_table, reject_reasons, same_rows
 from acedata.mining.members import plan_ranges, read_clusters, read_meta
 from acedata.mining.partition import build_members
 from acedata.mining.scorers import Scorer, make_scorer, scorer_class, scorer_options
@@ -192,14 +192,14 @@ class Pair(Stage):
                                         c.max_pairs_per_set, images_for)
         # the cleaning filters once per unit, vectorised over all its pairs; sizes only for the pairs' ends
         a, b = found["a"], found["b"]
-        id_arr = np.array(ids, dtype=object)
+        names = part.column("image_id").combine_chunks()
         ends = np.unique(np.concatenate([a, b]))
         w, h = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
-        w[ends], h[ends] = image_sizes(self.images, id_arr[ends].tolist())
-        why = reject_reasons(c.filters, found["sim"], w[a], h[a], w[b], h[b], id_arr[a] == id_arr[b])
+        w[ends], h[ends] = image_sizes(self.images, [ids[e] for e in ends.tolist()]) if self.images else (np.nan, np.nan)
+        why = reject_reasons(c.filters, found["sim"], w[a], h[a], w[b], h[b], same_rows(names, a, b))
         keep = why == ""
-        table = pairs_table(c.task, self.scorer.name, self.provenance, id_arr[a[keep]].tolist(),
-                            id_arr[b[keep]].tolist(), found["sim"][keep], found["score"][keep],
+        table = pairs_table(c.task, self.scorer.name, self.provenance, names.take(pa.array(a[keep])),
+                            names.take(pa.array(b[keep])), found["sim"][keep], found["score"][keep],
                             found["set_id"][keep], found["cluster_id"][keep], c.both_directions)
         counts = {k: int(v) for k, v in stats.flat().items()}
         counts.update({f"rejected_{k}": v for k, v in Counter(why[~keep].tolist()).items()})
