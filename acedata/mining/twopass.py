@@ -131,35 +131,24 @@ def mine_unit(ids: list[str], cid: np.ndarray, home: np.ndarray, other: np.ndarr
     as flat arrays (`a`, `b` row indices into the unit, `sim`, `score`, `set_id`, `cluster_id`),
     the mining stats and counters. Each in-band pair of a set is kept (at most `cap` per set),
     and a border pair only in the one cluster that owns it."""
-    from acedata.mining.pairs import in_band_pairs, set_key, upper_pairs
-    from acedata.mining.partition import owned_here
+    from acedata.mining.pairs import enumerate_sets, set_key
 
     stats = MiningStats()
     band, band2 = (params.tau_low, params.tau_high), (params.pass2_low, params.pass2_high)
-    found: dict[str, list[np.ndarray]] = {k: [] for k in ("a", "b", "sim", "score", "set_id", "cluster_id")}
-    final_sets = out_of_band = border_dups = 0
+    sets: list[tuple[np.ndarray, np.ndarray, int, str]] = []  # every final set of the unit: rows, pass-2, cluster, key
     bounds = np.flatnonzero(np.diff(cid)) + 1
     for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(cid)].tolist()):
         names, here = ids[lo:hi], int(cid[lo])
-        xs, hs, os_ = x[lo:hi], home[lo:hi], other[lo:hi]
-        for fs in mine_cluster(xs, scorer, params, lambda m, names=names: images_for(m, names), stats):
-            final_sets += 1
-            m = fs.members
-            key = set_key([names[k] for k in m])
-            ui, uj = upper_pairs(len(m))
-            owned = owned_here(here, hs[m[ui]], os_[m[ui]], hs[m[uj]], os_[m[uj]])
-            pa_, pb_, sims, oob, dup = in_band_pairs(xs[m], fs.pass2, band, band2, cap, key, owned)
-            out_of_band += oob
-            border_dups += dup
-            found["a"].append(lo + m[pa_])
-            found["b"].append(lo + m[pb_])
-            found["sim"].append(sims)
-            found["score"].append(fs.pass2[pa_, pb_])
-            found["set_id"].append(np.full(len(pa_), int(key[:15], 16), np.int64))  # = pairs.set_id(names)
-            found["cluster_id"].append(np.full(len(pa_), here, np.int32))
-    empty = {"a": np.int64, "b": np.int64, "sim": np.float32, "score": np.float32, "set_id": np.int64,
-             "cluster_id": np.int32}
-    flat = {k: np.concatenate(v).astype(empty[k]) if v else np.zeros(0, empty[k]) for k, v in found.items()}
+        for fs in mine_cluster(x[lo:hi], scorer, params, lambda m, names=names: images_for(m, names), stats):
+            sets.append((lo + fs.members, fs.pass2, here, set_key([names[k] for k in fs.members])))
+    final_sets = len(sets)
+    # every set's pairs at once: band checks, border ownership and the per-set cap, vectorised
+    got, out_of_band, border_dups = enumerate_sets(x, sets, home, other, band, band2, cap)
+    set_ids = np.array([int(key[:15], 16) for _, _, _, key in sets], np.int64)  # = pairs.set_id(names)
+    clusters = np.array([here for _, _, here, _ in sets], np.int32)
+    flat = {"a": got["a"].astype(np.int64), "b": got["b"].astype(np.int64), "sim": got["sim"],
+            "score": got["score"], "set_id": set_ids[got["set"]] if sets else np.zeros(0, np.int64),
+            "cluster_id": clusters[got["set"]] if sets else np.zeros(0, np.int32)}
     counters = {"final_sets": final_sets,
                 "pairs_out_of_band": out_of_band,  # enumerated from a set but outside a band: never written
                 "pairs_border_elsewhere": border_dups}  # border pairs left to the other cluster that mines them
