@@ -152,3 +152,26 @@ def test_members_row_groups_hold_whole_clusters(tmp_path, emb, monkeypatch):
     t, x = members.read_clusters(table, 2, 3)
     assert set(t.column("cluster_id").to_pylist()) == {2, 3} and len(x) == t.num_rows
     assert t.num_rows == sum(members.read_meta(table)["sizes"][2:4])
+
+
+def test_enumerate_sets_equals_in_band_pairs_per_set():
+    """The batched enumeration gives exactly the per-set pairs (bands, border ownership, cap)."""
+    from acedata.mining.pairs import enumerate_sets
+
+    rng = np.random.default_rng(4)
+    x = normalize(rng.standard_normal((300, 16)) + 2.0 * rng.standard_normal(16))
+    home, other = rng.integers(0, 3, 300), np.where(rng.random(300) < 0.3, rng.integers(0, 3, 300), -1)
+    sets, want = [], []
+    for k in range(40):
+        m = np.sort(rng.choice(300, size=int(rng.integers(2, 20)), replace=False))
+        p2 = rng.random((len(m), len(m))).astype(np.float32)
+        p2 = (p2 + p2.T) / 2
+        here, key = int(rng.integers(0, 3)), set_key([str(v) for v in m])
+        sets.append((m, p2, here, key))
+        ui, uj = upper_pairs(len(m))
+        owned = owned_here(here, home[m[ui]], other[m[ui]], home[m[uj]], other[m[uj]])
+        i, j, s, _, _ = in_band_pairs(x[m], p2, (0.2, 0.9), (0.1, 0.95), 7, key, owned)
+        want += [(k, int(a), int(b), float(v)) for a, b, v in zip(m[i], m[j], s)]
+    got, _, _ = enumerate_sets(x, sets, home, other, (0.2, 0.9), (0.1, 0.95), 7)
+    assert [(int(k), int(a), int(b), float(v)) for k, a, b, v in zip(got["set"], got["a"], got["b"], got["sim"])] == want
+    assert len(want) > 100
