@@ -201,36 +201,36 @@ def kernel_vs_bare(x: np.ndarray, sizes: np.ndarray, tau: tuple[float, float], d
 
 
 _PROBE = r"""
-import json, resource, sys, time, logging
+import json, sys, time, logging
 logging.disable(logging.WARNING)
 from acedata.stage import RunContext
 from acedata.stages.pair import Pair, PairConfig
-run, emb, process = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+run, emb = sys.argv[1], sys.argv[2]
 tables = {t: [f"{run}/cluster/{t}"] for t in ("clusters", "members")} | {"embeddings": [emb]}
 cfg = PairConfig(name="pair", tau_low=0.7, tau_high=0.97, guard={"min_pair_sim": 0.6})
 stage = Pair(cfg, RunContext(run, f"{run}/pair-probe", tables))
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-r0, t = rss(), time.perf_counter()
+
+def hwm():  # this process's peak RSS (MiB); unlike ru_maxrss it does not inherit the parent's at fork
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
+r0, t = hwm(), time.perf_counter()
 units = stage.plan()
-out = {"import_mib": r0, "plan_mib": rss(), "plan_s": time.perf_counter() - t, "units": len(units)}
-if process:
-    stage.setup()
-    r1 = rss()
-    t = time.perf_counter()
-    stage.process(units[0])
-    out.update(unit_mib=rss(), unit_s=time.perf_counter() - t, setup_mib=r1)
+out = {"import_mib": r0, "plan_mib": hwm(), "plan_s": time.perf_counter() - t, "units": len(units)}
+stage.setup()
+t = time.perf_counter()
+stage.process(units[0])
+out.update(unit_mib=hwm(), unit_s=time.perf_counter() - t)
 print(json.dumps(out))
 """
 
 
-def probe(run: str, emb: str, process: bool) -> dict:
-    """Peak RSS of pair's driver (`plan`, in a fresh process) and of one worker (`plan` + `setup`
-    + one unit): the local executor's single process cannot tell the two apart."""
+def probe(run: str, emb: str) -> dict:
+    """Peak RSS of pair's driver (`plan`, in a fresh process: no Ray, no earlier stages' memory),
+    then of the same process as a worker (`setup` + one unit; the peak includes the plan's)."""
     import json
     import subprocess
 
-    r = subprocess.run([sys.executable, "-c", _PROBE, run, emb, "1" if process else "0"], capture_output=True,
-                       text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", _PROBE, run, emb], capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -252,8 +252,7 @@ def bench_pairs(tmp: str, sizes: list[int], d: int, per_cluster: int, tau_low: f
                 PairConfig(name="pair", tau_low=tau_low, tau_high=tau_high, guard={"min_pair_sim": tau_low - 0.1},
                            inputs={"embeddings": emb})]
         cl = run_stages(cfgs[:1], out, executor="local")["stages"][0]
-        driver = probe(out, emb, process=False)
-        worker = probe(out, emb, process=True)
+        driver = worker = probe(out, emb)
         t = time.perf_counter()
         run = run_stages(cfgs, out, executor="local")
         wall = time.perf_counter() - t
@@ -281,7 +280,7 @@ def bench_pairs(tmp: str, sizes: list[int], d: int, per_cluster: int, tau_low: f
               f"{c.get('read_us', 0) / 1e6:.1f} s, mine {c['mine_us'] / 1e6:.1f} s, similarity matmuls "
               f"{c['sim_matmul_us'] / 1e6:.1f} s")
         print(f"    pair driver: plan {driver['plan_s']:.2f} s, peak RSS {driver['plan_mib']:.0f} MiB "
-              f"(after imports {driver['import_mib']:.0f} MiB); worker: one unit of {worker['units']} "
+              f"(after imports {driver['import_mib']:.0f} MiB); worker: the first unit of {worker['units']} "
               f"{worker.get('unit_s', 0):.1f} s, peak RSS {worker.get('unit_mib', 0):.0f} MiB")
         print(f"    cluster sizes {cl['cluster_sizes']}")
         print(f"    pass-1 edges {c['pass1_edges']}, final sets {c.get('final_sets', 0)}, pairs {c.get('pairs', 0)}, "
