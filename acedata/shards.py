@@ -113,6 +113,10 @@ class _HashingSink:
             self.out.close()
 
 
+# Schema metadata: b"chunks" makes ShardWriter end a row group at every chunk boundary of
+# what it is given (besides its size caps), so a stage controls which rows share a group.
+ROW_GROUPS_KEY = b"acedata.row_groups"
+
 SHARD_NAME = re.compile(r"^(?P<unit>.+)-(?P<attempt>[0-9a-f]{12})-\d{5}\.parquet$")
 
 
@@ -194,6 +198,16 @@ class ShardWriter:
         if table.num_rows == 0:
             return
         table = table.cast(self.schema) if table.schema != self.schema else table
+        if (self.schema.metadata or {}).get(ROW_GROUPS_KEY) == b"chunks":
+            # the table's chunks are its row groups (e.g. whole clusters): readers select them by statistics
+            for batch in table.to_batches():
+                self._write_groups(pa.Table.from_batches([batch], schema=table.schema))
+        else:
+            self._write_groups(table)
+
+    def _write_groups(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
         row_bytes = max(1, table.nbytes // table.num_rows)
         group_rows = max(1, self.row_group_bytes // row_bytes)
         start = 0

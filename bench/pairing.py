@@ -17,8 +17,8 @@
     0.8-0.95): pairs written, out-of-band pairs, largest set, seconds.
 
     .venv/bin/python bench/pairing.py                 # ~3 min on a small CPU machine
-    .venv/bin/python bench/pairing.py --full          # (c) at 1M x 768
-    .venv/bin/python bench/pairing.py --only c --n 500000
+    .venv/bin/python bench/pairing.py --full          # (c) at 100k and 1M x 768
+    .venv/bin/python bench/pairing.py --only c --n 100000,300000
 """
 
 from __future__ import annotations
@@ -200,54 +200,106 @@ def kernel_vs_bare(x: np.ndarray, sizes: np.ndarray, tau: tuple[float, float], d
     return stats.flops / stats.matmul_seconds / 1e9, flops / secs / 1e9
 
 
-def bench_pairs(tmp: str, n: int, d: int, per_cluster: int, tau_low: float, tau_high: float) -> None:
+_PROBE = r"""
+import json, sys, time, logging
+logging.disable(logging.WARNING)
+from acedata.stage import RunContext
+from acedata.stages.pair import Pair, PairConfig
+run, emb = sys.argv[1], sys.argv[2]
+tables = {t: [f"{run}/cluster/{t}"] for t in ("clusters", "members")} | {"embeddings": [emb]}
+cfg = PairConfig(name="pair", tau_low=0.7, tau_high=0.97, guard={"min_pair_sim": 0.6})
+stage = Pair(cfg, RunContext(run, f"{run}/pair-probe", tables))
+
+def hwm():  # this process's peak RSS (MiB); unlike ru_maxrss it does not inherit the parent's at fork
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
+r0, t = hwm(), time.perf_counter()
+units = stage.plan()
+out = {"import_mib": r0, "plan_mib": hwm(), "plan_s": time.perf_counter() - t, "units": len(units)}
+stage.setup()
+t = time.perf_counter()
+stage.process(units[0])
+out.update(unit_mib=hwm(), unit_s=time.perf_counter() - t)
+print(json.dumps(out))
+"""
+
+
+def probe(run: str, emb: str) -> dict:
+    """Peak RSS of pair's driver (`plan`, in a fresh process: no Ray, no earlier stages' memory),
+    then of the same process as a worker (`setup` + one unit; the peak includes the plan's)."""
+    import json
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", _PROBE, run, emb], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_pairs(tmp: str, sizes: list[int], d: int, per_cluster: int, tau_low: float, tau_high: float) -> None:
     from acedata import shards
     from acedata.pipeline import run_stages
     from acedata.stages.cluster import ClusterConfig
     from acedata.stages.pair import PairConfig
 
-    emb = os.path.join(tmp, "emb")
-    k = max(1, n // per_cluster)
-    t = time.perf_counter()
-    write_vectors(emb, n, d, n_coarse=max(1, k))
-    gen = time.perf_counter() - t
-    rss0 = peak_rss_gib()
-    out = os.path.join(tmp, "pair-run")
-    cfgs = [ClusterConfig(name="cluster", k=k, inputs={"embeddings": emb}),
-            PairConfig(name="pair", tau_low=tau_low, tau_high=tau_high, guard={"min_pair_sim": tau_low - 0.1},
-                       inputs={"embeddings": emb})]
-    t = time.perf_counter()
-    run = run_stages(cfgs, out, executor="local")
-    wall = time.perf_counter() - t
-    cl, pr = run["stages"]
-    c = pr["counts"]
-    clusters = shards.read_table(os.path.join(out, "cluster", "clusters"), ["image_id", "cluster_id"])
-    stage_rate = c["sim_flops"] / (c["sim_matmul_us"] / 1e6) / 1e9
-    device = "cuda" if __import__("torch").cuda.is_available() else "cpu"
-    # the same vectors grouped by cluster (a few clusters' worth is enough for the rates)
-    from acedata.mining.vectors import normalize, to_matrix
+    rows = []
+    for n in sizes:
+        emb = os.path.join(tmp, f"emb-{n}")
+        k = max(1, n // per_cluster)
+        t = time.perf_counter()
+        write_vectors(emb, n, d, n_coarse=max(1, k))
+        gen = time.perf_counter() - t
+        out = os.path.join(tmp, f"pair-run-{n}")
+        cfgs = [ClusterConfig(name="cluster", k=k, inputs={"embeddings": emb}),
+                PairConfig(name="pair", tau_low=tau_low, tau_high=tau_high, guard={"min_pair_sim": tau_low - 0.1},
+                           inputs={"embeddings": emb})]
+        cl = run_stages(cfgs[:1], out, executor="local")["stages"][0]
+        driver = worker = probe(out, emb)
+        t = time.perf_counter()
+        run = run_stages(cfgs, out, executor="local")
+        wall = time.perf_counter() - t
+        pr = run["stages"][1]
+        c = pr["counts"]
+        stage_rate = c["sim_flops"] / (c["sim_matmul_us"] / 1e6) / 1e9
+        device = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+        # the same vectors grouped by cluster (a few clusters' worth is enough for the rates)
+        from acedata.mining.vectors import normalize, to_matrix
 
-    order = np.argsort(clusters.column("cluster_id").to_numpy(), kind="stable")[:200_000]
-    cids = clusters.column("cluster_id").to_numpy()[order]
-    ids = clusters.column("image_id").take(order)
-    emb_t = shards.read_table(emb, ["image_id", "embedding"])
-    where = __import__("pyarrow.compute", fromlist=["x"]).index_in(ids, value_set=emb_t.column("image_id"))
-    xs = normalize(to_matrix(emb_t.column("embedding").take(where)))
-    sizes = np.bincount(cids)[np.unique(cids)]
-    kern, bare = kernel_vs_bare(xs, sizes, (tau_low, tau_high), device)
-    bare_s = c["sim_flops"] / (bare * 1e9)
-    print(f"(c) cluster + pair, {n} x {d} float16 vectors, k={k} (generated in {gen:.0f} s)")
-    print(f"    wall {wall:7.1f} s  (cluster {cl['seconds']} s, pair {pr['seconds']} s, mining {c['mine_us'] / 1e6:.1f} s)")
-    print(f"    peak RSS {peak_rss_gib():.2f} GiB (before stages {rss0:.2f} GiB)")
-    print(f"    cluster sizes {cl['cluster_sizes']}")
-    print(f"    pass-1 edges {c['pass1_edges']}, final sets {c.get('final_sets', 0)}, pairs {c.get('pairs', 0)}, "
-          f"chaining {pr['chaining']}")
-    print(f"    similarity: {c['sim_flops'] / 1e12:.2f} TFLOP at {stage_rate:.1f} GFLOP/s inside the stage run")
-    print(f"    kernel vs bare matmul, interleaved on the same cluster blocks ({device}): {kern:.1f} vs "
-          f"{bare:.1f} GFLOP/s -> fraction {kern / bare:.2f}")
-    print(f"    whole pair stage: {c['sim_flops'] / pr['seconds'] / 1e9:.1f} GFLOP/s = roofline fraction "
-          f"{bare_s / pr['seconds']:.3f} (bare matmul of its FLOPs {bare_s:.1f} s vs stage {pr['seconds']} s; "
-          f"goal >= 0.33)")
+        clusters = shards.read_table(os.path.join(out, "cluster", "clusters"), ["image_id", "cluster_id"])
+        order = np.argsort(clusters.column("cluster_id").to_numpy(), kind="stable")[:200_000]
+        cids = clusters.column("cluster_id").to_numpy()[order]
+        ids = clusters.column("image_id").take(order)
+        emb_t = shards.read_table(emb, ["image_id", "embedding"])
+        where = __import__("pyarrow.compute", fromlist=["x"]).index_in(ids, value_set=emb_t.column("image_id"))
+        xs = normalize(to_matrix(emb_t.column("embedding").take(where)))
+        del emb_t, clusters
+        sizes_c = np.bincount(cids)[np.unique(cids)]
+        kern, bare = kernel_vs_bare(xs, sizes_c, (tau_low, tau_high), device)
+        bare_s = c["sim_flops"] / (bare * 1e9)
+        frac = bare_s / pr["seconds"]
+        print(f"(c) cluster + pair, {n} x {d} float16 vectors, k={k} (generated in {gen:.0f} s)")
+        print(f"    cluster {cl['seconds']} s, pair {pr['seconds']} s (wall {wall:.1f} s): pair units read "
+              f"{c.get('read_us', 0) / 1e6:.1f} s, mine {c['mine_us'] / 1e6:.1f} s, similarity matmuls "
+              f"{c['sim_matmul_us'] / 1e6:.1f} s")
+        print(f"    pair driver: plan {driver['plan_s']:.2f} s, peak RSS {driver['plan_mib']:.0f} MiB "
+              f"(after imports {driver['import_mib']:.0f} MiB); worker: the first unit of {worker['units']} "
+              f"{worker.get('unit_s', 0):.1f} s, peak RSS {worker.get('unit_mib', 0):.0f} MiB")
+        print(f"    cluster sizes {cl['cluster_sizes']}")
+        print(f"    pass-1 edges {c['pass1_edges']}, final sets {c.get('final_sets', 0)}, pairs {c.get('pairs', 0)}, "
+              f"chaining {pr['chaining']}")
+        print(f"    similarity: {c['sim_flops'] / 1e12:.2f} TFLOP at {stage_rate:.1f} GFLOP/s inside the stage run")
+        print(f"    kernel vs bare matmul, interleaved on the same cluster blocks ({device}): {kern:.1f} vs "
+              f"{bare:.1f} GFLOP/s -> fraction {kern / bare:.2f}")
+        print(f"    whole pair stage: {c['sim_flops'] / pr['seconds'] / 1e9:.1f} GFLOP/s = roofline fraction "
+              f"{frac:.3f} (bare matmul of its FLOPs {bare_s:.1f} s vs stage {pr['seconds']} s; goal >= 0.33)",
+              flush=True)
+        rows.append((n, cl["seconds"] / n * 1e6, pr["seconds"] / n * 1e6, driver["plan_mib"], worker.get("unit_mib", 0),
+                     frac))
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(emb, ignore_errors=True)
+    print("(c) per-item cost and memory by size (ratios against the smallest size)")
+    _, c0, p0, d0, _, _ = rows[0]
+    for n, cu, pu, dm, wm, frac in rows:
+        print(f"    n={n:>8}  cluster {cu:7.1f} us/item (x{cu / c0:.2f})  pair {pu:7.1f} us/item (x{pu / p0:.2f})  "
+              f"pair driver peak {dm:6.0f} MiB (x{dm / d0:.2f})  worker peak {wm:6.0f} MiB  roofline {frac:.3f}")
 
 
 # --- (d) quality at several k -----------------------------------------------------------
@@ -352,12 +404,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="(a) decode threads")
     ap.add_argument("--kmeans-n", type=int, default=100_000)
     ap.add_argument("--kmeans-k", type=int, default=256)
-    ap.add_argument("--n", type=int, default=100_000, help="(c) vectors")
+    ap.add_argument("--n", default="100000", help="(c) vectors; a comma list runs each size (e.g. 100000,300000)")
     ap.add_argument("--d", type=int, default=768)
     ap.add_argument("--per-cluster", type=int, default=500, help="(c) mean points per cluster (k = n / this)")
     args = ap.parse_args()
     if args.full:
-        args.n = 1_000_000
+        args.n = "100000,1000000"
     parts = args.only or ["a", "b", "c", "d", "e"]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import logging
@@ -370,7 +422,8 @@ def main() -> int:
         if "b" in parts:
             bench_kmeans(args.kmeans_n, 128, args.kmeans_k, 20)
         if "c" in parts:
-            bench_pairs(tmp, args.n, args.d, args.per_cluster, tau_low=0.7, tau_high=0.97)
+            bench_pairs(tmp, [int(n) for n in str(args.n).split(",")], args.d, args.per_cluster, tau_low=0.7,
+                        tau_high=0.97)
         if "d" in parts:
             bench_quality(tmp, [int(k) or None for k in args.ks.split(",")])
         if "e" in parts:

@@ -78,3 +78,50 @@ def in_band_pairs(
         rng = np.random.default_rng(int(key[:16], 16))
         keep = np.sort(rng.choice(keep, size=cap, replace=False))
     return i[keep], j[keep], sims[keep].astype(np.float32), out_of_band, vetoed
+
+
+def enumerate_sets(
+    x: np.ndarray,
+    sets: list[tuple[np.ndarray, np.ndarray, int, str]],
+    home: np.ndarray,
+    other: np.ndarray,
+    band: tuple[float, float],
+    pass2_band: tuple[float, float],
+    cap: int,
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """`in_band_pairs` for many sets at once, with border ownership: the same pairs, without
+    per-set calls. `sets`: (members as rows of `x`, their pass-2 matrix, the cluster mined in,
+    set key). Returns flat arrays (`a`, `b` rows of `x`, `sim`, `score`, `set`: index into
+    `sets`), pairs that failed a band, and border pairs another cluster writes."""
+    from acedata.mining.partition import owned_here
+
+    if not sets:
+        z = np.zeros(0, np.int64)
+        return {"a": z, "b": z, "sim": np.zeros(0, np.float32), "score": np.zeros(0, np.float32), "set": z}, 0, 0
+    local = [upper_pairs(len(m)) for m, _, _, _ in sets]
+    a = np.concatenate([m[i] for (m, _, _, _), (i, _) in zip(sets, local)])
+    b = np.concatenate([m[j] for (m, _, _, _), (_, j) in zip(sets, local)])
+    score = np.concatenate([p2[i, j] for (_, p2, _, _), (i, j) in zip(sets, local)])
+    counts = np.array([len(i) for i, _ in local])
+    owner = np.repeat(np.arange(len(sets)), counts)
+    here = np.array([h for _, _, h, _ in sets])[owner]
+    sims = np.empty(len(a), np.float32)
+    step = max(1, (32 << 20) // (8 * x.shape[1]))  # chunks of ~32 MB gathered rows; per-pair products as before
+    for s in range(0, len(a), step):
+        sims[s:s + step] = np.einsum("nd,nd->n", x[a[s:s + step]], x[b[s:s + step]])
+    ok = (sims >= band[0]) & (sims <= band[1]) & (score >= pass2_band[0]) & (score <= pass2_band[1])
+    out_of_band = int(len(ok) - ok.sum())
+    owned = owned_here(here, home[a], other[a], home[b], other[b])  # type: ignore[arg-type]
+    vetoed = int((ok & ~owned).sum())
+    ok &= owned
+    per_set = np.bincount(owner[ok], minlength=len(sets))
+    for k in np.flatnonzero(per_set > cap).tolist():  # the cap, as in_band_pairs draws it
+        start = int(counts[:k].sum())
+        keep = np.flatnonzero(ok[start:start + counts[k]])
+        rng = np.random.default_rng(int(sets[k][3][:16], 16))
+        chosen = np.zeros(counts[k], bool)
+        chosen[np.sort(rng.choice(keep, size=cap, replace=False))] = True
+        ok[start:start + counts[k]] = chosen
+    sel = np.flatnonzero(ok)
+    return {"a": a[sel], "b": b[sel], "sim": sims[sel], "score": score[sel].astype(np.float32),
+            "set": owner[sel]}, out_of_band, vetoed

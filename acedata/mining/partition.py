@@ -1,28 +1,23 @@
-"""Cluster partitions for the pair stage: each unit's clusters with their vectors.
+"""Pair partitions for a clusters table made outside this run, and border-pair ownership.
 
-The driver holds only the cluster index (image id, cluster, second cluster; a few
-dozen bytes a row) and streams the embeddings one shard at a time: every row is
-written to the partition of each cluster it belongs to (its nearest, and for border
-points its second nearest), as one file per (unit, shard). Vectors are copied as
-stored, without conversion; units normalise what they read. A `_COMPLETE` marker
-is written last, so an interrupted plan rewrites the partitions from scratch.
+The cluster stage writes the pair stage's partitions itself (`acedata.mining.members`).
+A `clusters` table given from elsewhere (e.g. `inputs: {clusters: PATH}`) has none, so
+the pair driver builds the same `members` table from it: it holds the cluster index
+(image id, cluster, second cluster; a few dozen bytes a row, O(rows)) and streams the
+embeddings one shard at a time, writing each shard's memberships as one committed unit.
+The sidecar (`_members.json`) is written last: an interrupted build starts over.
 """
 
 from __future__ import annotations
 
-import posixpath
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from pyarrow.fs import FileSelector, FileType
 
 from acedata import shards
 from acedata.errors import UserError
-from acedata.mining.vectors import normalize, to_matrix
-
-COMPLETE = "_COMPLETE"
+from acedata.mining.members import member_rows, read_meta, vector_dtype, write_meta
+from acedata.mining.vectors import to_matrix
 
 
 def cluster_index(tables: list[str]) -> pa.Table:
@@ -39,100 +34,51 @@ def cluster_index(tables: list[str]) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def plan_units(cid: np.ndarray, cid2: np.ndarray, points_per_unit: int) -> tuple[np.ndarray, list[str]]:
-    """Whole clusters per unit, in cluster order: (unit number per cluster id, unit ids).
-
-    A cluster's size counts its border guests too; a cluster never spans units."""
-    k = int(max(cid.max(initial=-1), cid2.max(initial=-1))) + 1
-    sizes = np.bincount(cid, minlength=k) + np.bincount(cid2[cid2 >= 0], minlength=k)
-    unit_of = np.full(k, -1, dtype=np.int64)
-    uids: list[str] = []
-    n = 0
-    for c in np.flatnonzero(sizes):
-        if not uids or n + sizes[c] > points_per_unit and n > 0:
-            uids.append(f"c{int(c):07d}")
-            n = 0
-        unit_of[c] = len(uids) - 1
-        n += int(sizes[c])
-    return unit_of, uids
-
-
-def write_partitions(index: pa.Table, emb_tables: list[str], sizes: tuple[np.ndarray, np.ndarray] | None,
-                     pdir: str, unit_of: np.ndarray, uids: list[str], skip: set[str]) -> None:
-    """Stream the embedding shards into per-unit partition files under `pdir` (a URI)."""
-    fs, root = shards.resolve(pdir)
-    if shards.exists(fs, posixpath.join(root, COMPLETE)):
-        return
+def build_members(cluster_tables: list[str], emb_tables: list[str], out: str) -> dict:
+    """Write a members table for a foreign clusters table under `out` (a URI); returns its sidecar."""
+    meta = read_meta(out)
+    if meta is not None:
+        return meta
+    fs, root = shards.resolve(out)
     if shards.exists(fs, root):
-        fs.delete_dir_contents(root)
-    fs.create_dir(root, recursive=True)
+        fs.delete_dir_contents(root)  # an interrupted build: start over
+    index = cluster_index(cluster_tables)
+    ids = index.column("image_id")
     cid = index.column("cluster_id").to_numpy()
     cid2 = index.column("cluster_id2").to_numpy()
-    # memberships: (index row, cluster mined in): every row once, border rows twice
-    m_row = np.concatenate([np.arange(len(cid)), np.flatnonzero(cid2 >= 0)])
-    m_cluster = np.concatenate([cid, cid2[cid2 >= 0]])
-    m_unit = unit_of[m_cluster]
-    wanted = ~np.isin(m_unit, [i for i, u in enumerate(uids) if u in skip])
-    m_row, m_cluster, m_unit = m_row[wanted], m_cluster[wanted], m_unit[wanted]
+    dtype = vector_dtype(emb_tables)
+    schema = None
     found = np.zeros(len(cid), dtype=bool)
-    ids = index.column("image_id")
+    models: set[str] = set()
     shard_no = 0
     for table in emb_tables:
         for shard in shards.list_shards(table):
-            t = shards.open_parquet(shard).read(columns=["image_id", "embedding"])
+            pf = shards.open_parquet(shard)
+            cols = ["image_id", "embedding"] + (["model"] if "model" in pf.schema_arrow.names else [])
+            t = pf.read(columns=cols)
+            if "model" in cols:
+                models.update(v for v in t.column("model").unique().to_pylist() if v is not None)
             where = pc.index_in(ids, value_set=t.column("image_id")).to_numpy(zero_copy_only=False)
             hit = ~np.isnan(where) if where.dtype.kind == "f" else where >= 0
-            new = hit & ~found  # an id embedded twice: its first occurrence wins
-            found |= new
-            take = new[m_row]
-            rows, clusters, units = m_row[take], m_cluster[take], m_unit[take]
-            pos = np.nan_to_num(where, nan=-1).astype(np.int64)
-            order = np.argsort(units, kind="stable")
-            bounds = np.flatnonzero(np.diff(units[order])) + 1
-            for g in np.split(order, bounds) if len(order) else []:
-                r = rows[g]
-                part = pa.table({
-                    "image_id": ids.take(pa.array(r)),
-                    "cluster_id": pa.array(clusters[g], pa.int32()),
-                    "home": pa.array(cid[r], pa.int32()),
-                    "other": pa.array(cid2[r], pa.int32()),
-                    "embedding": t.column("embedding").take(pa.array(pos[r])),
-                    "width": pa.array(sizes[0][r], pa.float32()) if sizes else pa.nulls(len(r), pa.float32()),
-                    "height": pa.array(sizes[1][r], pa.float32()) if sizes else pa.nulls(len(r), pa.float32()),
-                })
-                d = posixpath.join(root, uids[int(units[g[0]])])
-                fs.create_dir(d, recursive=True)
-                pq.write_table(part, posixpath.join(d, f"{shard_no:06d}.parquet"), filesystem=fs,
-                               compression="none")  # scratch, read once: speed over size
+            new = np.flatnonzero(hit & ~found)  # an id embedded twice: its first occurrence wins
+            found[new] = True
+            pos = np.nan_to_num(where, nan=-1).astype(np.int64)[new]
+            x = to_matrix(t.column("embedding").take(pa.array(pos)), dtype)
+            rows = member_rows(ids.take(pa.array(new)).combine_chunks(), x, cid[new], cid2[new])
+            schema = rows.schema
+            w = shards.ShardWriter(out, schema, unit=f"s{shard_no:06d}")
+            w.write(rows)
+            w.commit()
             shard_no += 1
     if not found.all():
         raise UserError(f"pair: {int((~found).sum())} clustered image_ids have no embedding "
                         f"(embeddings {emb_tables})")
-    shards.write_bytes_atomic(fs, posixpath.join(root, COMPLETE), b"{}")
-
-
-def read_partition(pdir: str, uid: str) -> tuple[pa.Table, np.ndarray]:
-    """A unit's rows sorted by (cluster_id, image_id), and their unit-norm float32 vectors."""
-    fs, root = shards.resolve(pdir)
-    d = posixpath.join(root, uid)
-    files = sorted(i.path for i in fs.get_file_info(FileSelector(d)) if i.type == FileType.File)
-    tables = [pq.read_table(f, filesystem=fs) for f in files]
-    x = np.concatenate([normalize(to_matrix(t.column("embedding"))) for t in tables])
-    t = pa.concat_tables([t.drop_columns(["embedding"]) for t in tables])
-    order = pc.sort_indices(pa.table({"c": t.column("cluster_id"), "i": t.column("image_id")}),
-                            sort_keys=[("c", "ascending"), ("i", "ascending")]).to_numpy()
-    return t.take(pa.array(order)), x[order]
-
-
-def image_sizes(tables: list[str], ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(width, height) per id from the images tables (NaN where unknown), or None."""
-    if not tables:
-        return None
-    t = pa.concat_tables(shards.read_table(p, ["image_id", "width", "height"]) for p in tables)
-    where = pc.index_in(ids, value_set=t.column("image_id"))
-    w = pc.take(t.column("width"), where).to_numpy(zero_copy_only=False)
-    h = pc.take(t.column("height"), where).to_numpy(zero_copy_only=False)
-    return w, h
+    if schema is None:
+        raise UserError(f"pair: the embeddings tables {emb_tables} are empty")
+    shards.finalize_manifest(out, schema, table="members")
+    k = int(max(cid.max(initial=-1), cid2.max(initial=-1))) + 1
+    write_meta(out, np.bincount(cid, minlength=k) + np.bincount(cid2[cid2 >= 0], minlength=k), sorted(models))
+    return read_meta(out)
 
 
 def owned_here(here: int, home_a: np.ndarray, other_a: np.ndarray, home_b: np.ndarray,

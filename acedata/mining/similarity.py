@@ -79,10 +79,16 @@ def band_edges(
                 t0 = time.perf_counter()
                 s, mask = _buffers(r1 - r0, c1 - c0, device)
                 torch.mm(rows, xt[c0:c1].T, out=s)
-                torch.ge(s, tau_low, out=mask)
-                idx = mask.nonzero()
-                i, j = idx[:, 0], idx[:, 1]
-                vals = s[i, j]
+                if device == "cpu":  # numpy's flatnonzero is ~30x faster than torch's CPU nonzero
+                    flat = s.numpy().reshape(-1)
+                    hit = torch.from_numpy(np.flatnonzero(flat >= tau_low))
+                    i, j = hit // (c1 - c0), hit % (c1 - c0)
+                    vals = torch.from_numpy(flat[hit.numpy()])
+                else:
+                    torch.ge(s, tau_low, out=mask)
+                    idx = mask.nonzero()
+                    i, j = idx[:, 0], idx[:, 1]
+                    vals = s[i, j]
                 ok = vals <= tau_high
                 if c0 == r0:  # diagonal block: strict upper triangle only
                     ok &= i < j

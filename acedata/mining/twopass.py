@@ -84,29 +84,72 @@ def mine_cluster(
     sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard, params.tau_high)
     stats.guard_pass1.add(g1)
     stats.pass1_sets += len(sets1)
-    out: list[FinalSet] = []
-    images: dict[int, bytes | None] = {}
-    if scorer.needs_images and sets1:  # one fetch per cluster, not per set
+    if not sets1:
+        return []
+    # Turn 2 for all sets of the cluster at once: one scorer call (batched where the scorer can),
+    # one components pass and one guard pass, not one of each per set.
+    images_of = None
+    if scorer.needs_images:  # one fetch per cluster, not per set
         linked = np.concatenate(sets1)
         images = dict(zip(linked.tolist(), images_for(linked)))
-    for members in sets1:
-        ps = scorer.score_set(emb[members], [images[m] for m in members.tolist()] if scorer.needs_images else None)
-        a, b = members[ps.src], members[ps.dst]  # members is sorted, so a < b
+        images_of = lambda m: [images[k] for k in m.tolist()]
+    scored = scorer.score_sets(emb, sets1, images_of)
+    owner = np.full(n, -1, np.int64)  # the turn-1 set of each linked point
+    owner[np.concatenate(sets1)] = np.repeat(np.arange(len(sets1)), [len(m) for m in sets1])
+    fulls, ends_a, ends_b, scores = [], [], [], []
+    for members, ps in zip(sets1, scored):
         full = np.full((len(members), len(members)), np.nan, dtype=np.float32)
         full[ps.src, ps.dst] = ps.score
         full[ps.dst, ps.src] = ps.score
-        linked = (ps.score >= params.pass2_low) & (ps.score <= params.pass2_high)  # nan never links
-        stats.pass2_edges += int(linked.sum())
-        sets2 = [members[g] for g in components(len(members), ps.src[linked], ps.dst[linked], min_size=2)]
-        edges2 = (a[linked], b[linked], ps.score[linked].astype(np.float32))
-        def score_of(s: np.ndarray, members: np.ndarray = members, full: np.ndarray = full) -> np.ndarray:
-            pos = np.searchsorted(members, s)
-            return full[np.ix_(pos, pos)]
+        fulls.append(full)
+        ends_a.append(members[ps.src])  # members is sorted, so a < b
+        ends_b.append(members[ps.dst])
+        scores.append(np.asarray(ps.score, np.float32))
+    a, b, score = np.concatenate(ends_a), np.concatenate(ends_b), np.concatenate(scores)
+    linked = (score >= params.pass2_low) & (score <= params.pass2_high)  # nan never links
+    stats.pass2_edges += int(linked.sum())
+    edges2 = (a[linked], b[linked], score[linked])
+    sets2 = components(n, edges2[0], edges2[1], min_size=2)  # edges stay inside a turn-1 set
 
-        sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high, score_of)
-        stats.guard_pass2.add(g2)
-        for s in sets2:
-            pos = np.searchsorted(members, s)
-            out.append(FinalSet(s, full[np.ix_(pos, pos)]))
+    def score_of(s: np.ndarray) -> np.ndarray:
+        t = int(owner[s[0]])
+        pos = np.searchsorted(sets1[t], s)
+        return fulls[t][np.ix_(pos, pos)]
+
+    sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high, score_of)
+    stats.guard_pass2.add(g2)
+    sets2.sort(key=lambda s: (int(owner[s[0]]), int(s[0])))  # by turn-1 set, then smallest member
+    out = [FinalSet(s, score_of(s)) for s in sets2]
     stats.pass2_sets += len(out)
     return out
+
+
+def mine_unit(ids: list[str], cid: np.ndarray, home: np.ndarray, other: np.ndarray, x: np.ndarray, scorer: Scorer,
+              params: MiningParams, cap: int, images_for: Callable[[np.ndarray, list[str]], list[bytes | None]],
+              ) -> tuple[dict[str, np.ndarray], MiningStats, dict[str, int]]:
+    """Mine every cluster of a unit (rows sorted by cluster): the candidate pairs of all final sets
+    as flat arrays (`a`, `b` row indices into the unit, `sim`, `score`, `set_id`, `cluster_id`),
+    the mining stats and counters. Each in-band pair of a set is kept (at most `cap` per set),
+    and a border pair only in the one cluster that owns it."""
+    from acedata.mining.pairs import enumerate_sets, set_key
+
+    stats = MiningStats()
+    band, band2 = (params.tau_low, params.tau_high), (params.pass2_low, params.pass2_high)
+    sets: list[tuple[np.ndarray, np.ndarray, int, str]] = []  # every final set of the unit: rows, pass-2, cluster, key
+    bounds = np.flatnonzero(np.diff(cid)) + 1
+    for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(cid)].tolist()):
+        names, here = ids[lo:hi], int(cid[lo])
+        for fs in mine_cluster(x[lo:hi], scorer, params, lambda m, names=names: images_for(m, names), stats):
+            sets.append((lo + fs.members, fs.pass2, here, set_key([names[k] for k in fs.members])))
+    final_sets = len(sets)
+    # every set's pairs at once: band checks, border ownership and the per-set cap, vectorised
+    got, out_of_band, border_dups = enumerate_sets(x, sets, home, other, band, band2, cap)
+    set_ids = np.array([int(key[:15], 16) for _, _, _, key in sets], np.int64)  # = pairs.set_id(names)
+    clusters = np.array([here for _, _, here, _ in sets], np.int32)
+    flat = {"a": got["a"].astype(np.int64), "b": got["b"].astype(np.int64), "sim": got["sim"],
+            "score": got["score"], "set_id": set_ids[got["set"]] if sets else np.zeros(0, np.int64),
+            "cluster_id": clusters[got["set"]] if sets else np.zeros(0, np.int32)}
+    counters = {"final_sets": final_sets,
+                "pairs_out_of_band": out_of_band,  # enumerated from a set but outside a band: never written
+                "pairs_border_elsewhere": border_dups}  # border pairs left to the other cluster that mines them
+    return flat, stats, counters

@@ -7,6 +7,9 @@ grow as sample * k), read shard by shard so it never holds the whole table; unit
 assign every vector to its nearest centroid in parallel, reading their own row groups.
 A border point (second centroid within `border_margin` cosine of the first) also gets
 `cluster_id2`, so the pair stage can recover pairs the partition cuts apart.
+Units also write the pair stage's partitions, `members` (`acedata.mining.members`: rows
+with their vectors grouped by cluster) and their per-cluster counts; `finish` sums those
+into k sizes, so `pair` plans without reading a row.
 faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cpu.
 """
 
@@ -32,12 +35,22 @@ from acedata.mining.kmeans import (
     train_spherical,
     use_gpu,
 )
+from acedata.mining.members import (
+    VECTOR_KEY,
+    member_rows,
+    members_schema,
+    total_counts,
+    unit_counts,
+    vector_dtype,
+    write_meta,
+)
 from acedata.mining.vectors import normalize, read_unit, row_group_units, to_matrix
 from acedata.schemas import CLUSTERS
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
 CENTROIDS = "centroids.npy"
 TRAIN_INFO = "kmeans.json"
+COUNTS_DIR = "_counts"  # per unit: (cluster ids, home rows, border guests)
 
 
 class ClusterConfig(StageConfig):
@@ -65,19 +78,25 @@ def _hash_keys(ids: list[str], seed: int) -> np.ndarray:
                      for i in ids], dtype=np.uint64)
 
 
-def sample_rows(tables: list[str], want: int, seed: int) -> np.ndarray:
+def sample_rows(tables: list[str], want: int, seed: int, models: set[str] | None = None) -> np.ndarray:
     """`want` rows picked by a seeded hash of their image id (all rows when fewer), unit-normalised.
 
     The pick and the row order handed to k-means depend on the ids only, never on shard
     layout or order: the same embeddings give the same centroids however they were written.
     Pass 1 keeps the `want` smallest keys (memory O(want)); pass 2 reads just those rows.
+    `models` collects the distinct `model` values on the way (pass 1 reads that column too).
     """
     best_keys = np.zeros(0, np.uint64)
     best_ids: list[str] = []
     found = False
     for t in tables:
         for s in shards.list_shards(t):
-            ids = shards.open_parquet(s).read(columns=["image_id"]).column("image_id").to_pylist()
+            pf = shards.open_parquet(s)
+            has_model = models is not None and "model" in pf.schema_arrow.names
+            got = pf.read(columns=["image_id", "model"] if has_model else ["image_id"])
+            ids = got.column("image_id").to_pylist()
+            if has_model:
+                models.update(v for v in got.column("model").unique().to_pylist() if v is not None)
             found = found or bool(ids)
             keys = np.concatenate([best_keys, _hash_keys(ids, seed)])
             names = best_ids + ids
@@ -104,13 +123,23 @@ def sample_rows(tables: list[str], want: int, seed: int) -> np.ndarray:
 class Cluster(Stage):
     kind = "cluster"
     Config = ClusterConfig
-    outputs: ClassVar[dict[str, pa.Schema]] = {"clusters": CLUSTERS}
+    # members: the pair stage's partitions (the vectors' type is the embeddings': see output_schema)
+    outputs: ClassVar[dict[str, pa.Schema]] = {"clusters": CLUSTERS, "members": members_schema("float16", 1)}
+    version = 2  # writes members
     # The centroids are this stage's model (k x dim floats, a GPU index with `gpu`): an actor pool
     # loads them once per actor, where a task would reload them for every unit.
     uses_model = True
 
     def _path(self, name: str) -> str:
         return posixpath.join(self.ctx.stage_dir, name)
+
+    def output_schema(self, table: str) -> pa.Schema:
+        if table != "members":
+            return self.outputs[table]
+        if not hasattr(self, "_members_schema"):  # the vectors keep the embeddings' stored type
+            dim = storage.read_json(self._path(TRAIN_INFO))["dim"]
+            self._members_schema = members_schema(vector_dtype(self.ctx.input("embeddings")), dim)
+        return self._members_schema
 
     def plan(self) -> list[WorkUnit]:
         c: ClusterConfig = self.config
@@ -119,16 +148,20 @@ class Cluster(Stage):
         if not done:  # resumed runs keep their centroids (both files: a crash may fall between them)
             n = sum(rows for _, rows in shard_rows(tables))
             k = c.k or derive_k(n, c.target_cluster_size)
+            models: set[str] = set()
             sample = sample_rows(tables, sample_size(k, c.max_points_per_centroid, c.min_points_per_centroid,
-                                                     c.max_train_points), c.seed)
+                                                     c.max_train_points), c.seed, models)
             km = train_spherical(sample, k, c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
             info = {"k": len(km.centroids), "k_requested": c.k, "k_derived": c.k is None, "vectors": n,
                     "train_points": km.train_points,
-                    "objective": km.objective, "gpu": km.gpu, "dim": int(km.centroids.shape[1])}
+                    "objective": km.objective, "gpu": km.gpu, "dim": int(km.centroids.shape[1]),
+                    "embedding_models": sorted(models)}
             # info first, centroids last: the centroids' presence means both are there
             storage.write_json(self._path(TRAIN_INFO), info)
             storage.save_npy(self._path(CENTROIDS), km.centroids)
-        return [WorkUnit(uid, p) for uid, p in row_group_units(tables, c.rows_per_unit)]
+        units = [WorkUnit(uid, p) for uid, p in row_group_units(tables, c.rows_per_unit)]
+        self._unit_ids = [u.id for u in units]
+        return units
 
     def setup(self) -> None:
         self.centroids = storage.load_npy(self._path(CENTROIDS))
@@ -136,19 +169,27 @@ class Cluster(Stage):
 
     def process(self, unit: WorkUnit) -> UnitResult:
         t = read_unit(unit.payload, ["image_id", "embedding"])
-        x = normalize(to_matrix(t.column("embedding")))
+        schema = self.output_schema("members")
+        stored = to_matrix(t.column("embedding"), schema.metadata[VECTOR_KEY].decode().split(",")[0])
+        x = normalize(stored)
         if x.shape[1] != self.centroids.shape[1]:
             raise UserError(f"cluster: {unit.payload['shard']} has dim {x.shape[1]}, centroids {self.centroids.shape[1]}")
         ids, sims = assign_top2(x, self.centroids, self.gpu)
         second = border_second(ids, sims, self.config.border_margin)
-        out = pa.table({"image_id": t.column("image_id"), "cluster_id": pa.array(ids[:, 0], pa.int32()),
+        image_ids = t.column("image_id").combine_chunks()
+        out = pa.table({"image_id": image_ids, "cluster_id": pa.array(ids[:, 0], pa.int32()),
                         "distance": pa.array(1.0 - sims[:, 0], pa.float32()),
                         "cluster_id2": pa.array(second, pa.int32(), mask=second < 0)})
-        return UnitResult({"clusters": out}, {"inputs": t.num_rows, "border_points": int((second >= 0).sum())})
+        members = member_rows(image_ids, stored, ids[:, 0], second)
+        # per-cluster counts for finish's k sizes: the same bytes whichever attempt writes them
+        storage.save_npy(self._path(f"{COUNTS_DIR}/{unit.id}.npy"), unit_counts(ids[:, 0], second))
+        return UnitResult({"clusters": out, "members": members}, {"inputs": t.num_rows, "border_points": int((second >= 0).sum())})
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
         info = storage.read_json(self._path(TRAIN_INFO))
-        ids = shards.read_table(self.ctx.out("clusters"), ["cluster_id"]).column("cluster_id").to_numpy()
-        stats = size_stats(np.bincount(ids, minlength=info["k"]), info["k"])
+        files = [self._path(f"{COUNTS_DIR}/{u}.npy") for u in self._unit_ids]
+        homes, guests = total_counts(files, info["k"])  # memory O(k), no row read
+        stats = size_stats(homes, info["k"])
         storage.write_json(self._path("cluster_sizes.json"), stats)
+        write_meta(self.ctx.out("members"), homes + guests, info.get("embedding_models", []))
         return {"kmeans": info, "cluster_sizes": stats}

@@ -1,18 +1,20 @@
 """Pair: embeddings + clusters -> `pairs` (task `natural_edit`), mined by a two-turn
 union-find inside each coarse cluster (DESIGN.md §4).
 
-The driver (`plan`) packs whole clusters into units of about `points_per_unit` points
-and streams the embeddings into per-unit partitions (`acedata.mining.partition`; border
-points go to both of their clusters); a unit then mines its clusters
+The driver (`plan`) reads only the k per-cluster sizes the cluster stage recorded beside
+its `members` table (`acedata.mining.members`) and packs whole clusters into units of
+about `points_per_unit` points; it reads no row. A unit reads its clusters' rows (border
+points are in both of their clusters) from every members shard, mines each cluster
 (`acedata.mining.twopass`), enumerates the in-band pairs of each final set with a
 deterministic cap (`acedata.mining.pairs`), keeps each border pair in one cluster only,
-applies the cleaning filters and writes each pair once (unordered: source is the smaller
-image_id) unless `both_directions`.
+applies the cleaning filters (`acedata.mining.cleaning`: image sizes looked up for the
+pairs' ends only) and writes each pair once (unordered: source is the smaller image_id)
+unless `both_directions`. A clusters table made elsewhere has no members table: the
+driver then builds one in the stage's scratch (`acedata.mining.partition`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import time
@@ -27,21 +29,15 @@ from acedata import shards, storage
 from acedata.config import StageConfig, Strict
 from acedata.errors import UserError
 from acedata.mining.chaining import GuardConfig
-from acedata.mining.pairs import in_band_pairs, set_key, upper_pairs
-from acedata.mining.partition import (
-    cluster_index,
-    image_sizes,
-    owned_here,
-    plan_units,
-    read_partition,
-    write_partitions,
-)
+from acedata.mining.cleaning import image_sizes, pairs_table, reject_reasons, same_rows
+from acedata.mining.members import plan_ranges, read_clusters, read_meta
+from acedata.mining.partition import build_members
 from acedata.mining.scorers import Scorer, make_scorer, scorer_class, scorer_options
-from acedata.mining.twopass import MiningParams, MiningStats, mine_cluster
+from acedata.mining.twopass import MiningParams, mine_unit
 from acedata.schemas import PAIRS
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
-PARTITIONS = "_partitions"
+SCRATCH = "_partitions"  # members built here for a clusters table made elsewhere
 
 
 class GuardSettings(Strict):
@@ -108,47 +104,12 @@ def mining_params(c: PairConfig, scorer: Scorer) -> MiningParams:
                         device=device, guard=guard, max_edges_per_node=c.max_edges_per_node)
 
 
-def pair_id(task: str, source: str, target: str) -> str:
-    return hashlib.sha256(f"{task}:{source}:{target}".encode()).hexdigest()[:32]
-
-
-def reject_reasons(f: PairFilters, sim: np.ndarray, wa: np.ndarray, ha: np.ndarray, wb: np.ndarray,
-                   hb: np.ndarray, same_id: np.ndarray | None = None) -> np.ndarray:
-    """The cleaning filters, vectorised: per pair "" (kept) or the first reason that drops it.
-
-    Sizes are NaN where unknown (embeddings-only runs); size and aspect filters then pass.
-    """
-    why = np.full(len(sim), "", dtype=object)
-
-    def mark(mask: np.ndarray, reason: str) -> None:
-        why[(why == "") & mask] = reason
-
-    if same_id is not None:
-        mark(same_id, "duplicate")  # one image listed twice (e.g. embedded in two tables)
-    mark(sim >= f.duplicate_sim, "duplicate")
-    if f.sim_min is not None:
-        mark(sim < f.sim_min, "band")
-    if f.sim_max is not None:
-        mark(sim > f.sim_max, "band")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mark(np.fmin(np.fmin(wa, ha), np.fmin(wb, hb)) < f.min_side, "size")  # NaN compares False
-        ra, rb = wa / np.maximum(ha, 1), wb / np.maximum(hb, 1)
-        if f.max_aspect is not None:
-            worst = np.maximum(np.maximum(ra, 1 / ra), np.maximum(rb, 1 / rb))
-            mark(worst > f.max_aspect, "aspect")
-        if f.max_aspect_change is not None:
-            mark(np.maximum(ra, rb) / np.minimum(ra, rb) > f.max_aspect_change, "aspect")
-    return why
-
-
 @register
 class Pair(Stage):
     kind = "pair"
     Config = PairConfig
     outputs: ClassVar[dict[str, pa.Schema]] = {"pairs": PAIRS}
-
-    def _partition_dir(self) -> str:
-        return storage.join(self.ctx.stage_dir, PARTITIONS)  # a URI: workers resolve it themselves
+    version = 2  # reads the cluster stage's members table
 
     # --- driver ------------------------------------------------------------------
 
@@ -157,18 +118,26 @@ class Pair(Stage):
         # a scorer with weights (object_model, face) loads them in setup: an actor pool, loaded once per actor
         self.uses_model = scorer_class(config.scorer).loads_model
 
+    def _members_table(self) -> str | None:
+        """The cluster stage's members table that goes with the clusters table (its sibling), if any."""
+        clusters = self.ctx.input("clusters")[-1]
+        for m in self.ctx.inputs.get("members") or []:
+            if posixpath.dirname(m.rstrip("/")) == posixpath.dirname(clusters.rstrip("/")):
+                return m
+        return None
+
     def plan(self) -> list[WorkUnit]:
+        """Units of whole clusters from the k per-cluster sizes alone (memory O(k)); no row is read here."""
         c: PairConfig = self.config
         make_scorer(c.scorer, c.scorer_options)  # a bad scorer or missing weights fail before any work
-        index = cluster_index(self.ctx.input("clusters"))
-        emb_tables = self.ctx.input("embeddings")
-        self._write_meta({"embedding_models": _embedding_models(emb_tables)})
-        unit_of, uids = plan_units(index.column("cluster_id").to_numpy(), index.column("cluster_id2").to_numpy(),
-                                   c.points_per_unit)
-        done = {posixpath.basename(p)[:-5] for p in _list(posixpath.join(self.ctx.stage_dir, "_done"))}
-        sizes = image_sizes(self.ctx.inputs.get("images") or [], index.column("image_id"))
-        write_partitions(index, emb_tables, sizes, self._partition_dir(), unit_of, uids, done)
-        return [WorkUnit(uid, {"partition": uid}) for uid in uids]
+        table = self._members_table()
+        meta = read_meta(table) if table else None
+        if meta is None:  # a clusters table made elsewhere: partition it here (O(rows) on the driver)
+            table = storage.join(self.ctx.stage_dir, SCRATCH)
+            meta = build_members(self.ctx.input("clusters"), self.ctx.input("embeddings"), table)
+        self._write_meta({"embedding_models": meta["embedding_models"], "members": table})
+        return [WorkUnit(uid, {"members": table, "clusters": [lo, hi]})
+                for uid, lo, hi in plan_ranges(np.asarray(meta["sizes"], np.int64), c.points_per_unit)]
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
         fs, d = shards.resolve(self.ctx.stage_dir)
@@ -189,14 +158,14 @@ class Pair(Stage):
         self._loads = int(self.scorer.loads_model)  # reported by the next unit: summed, the number of model loads
         self.params = mining_params(c, self.scorer)
         self.store = None
+        self.images = self.ctx.inputs.get("images") or []
         if self.scorer.needs_images:
             from acedata.lookup import ImageStore
 
-            tables = self.ctx.inputs.get("images")
-            if not tables:
+            if not self.images:
                 raise UserError(f"pair: scorer {c.scorer!r} needs image bytes; give the stage an images table "
                                 f"(inputs: {{images: PATH}} or --images)")
-            self.store = ImageStore(tables)
+            self.store = ImageStore(self.images)
         meta = self._read_meta()
         self.provenance = json.dumps({
             "stage": "pair", "scorer": self.scorer.model_id, "tau": [c.tau_low, c.tau_high],
@@ -207,95 +176,43 @@ class Pair(Stage):
 
     def process(self, unit: WorkUnit) -> UnitResult:
         c: PairConfig = self.config
-        part, x = read_partition(self._partition_dir(), unit.payload["partition"])
-        ids = part.column("image_id").to_pylist()
-        cid = part.column("cluster_id").to_numpy()
-        home, other = part.column("home").to_numpy(), part.column("other").to_numpy()
-        # sizes as float, NaN where unknown (embeddings-only runs): size filters then do not apply
-        w = part.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
-        h = part.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
-        p = self.params
-        band, band2 = (p.tau_low, p.tau_high), (p.pass2_low, p.pass2_high)
-        stats = MiningStats()
-        reasons: Counter[str] = Counter()
-        found: dict[str, list] = {k: [] for k in ("a", "b", "sim", "score", "set_id", "cluster_id")}
-        final_sets = out_of_band = border_dups = 0
         t0 = time.perf_counter()
-        bounds = np.flatnonzero(np.diff(cid)) + 1
-        for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(cid)]])):
-            cluster_ids = ids[lo:hi]
-            here = int(cid[lo])
+        part, x = read_clusters(unit.payload["members"], *unit.payload["clusters"])
+        t_read = time.perf_counter() - t0
+        ids = part.column("image_id").to_pylist()
+        store = self.store
 
-            def images_for(members: np.ndarray, names: list[str] = cluster_ids) -> list[bytes | None]:
-                wanted = [names[m] for m in members]
-                got = self.store.image_bytes(wanted)
-                return [got.get(i) for i in wanted]
+        def images_for(members: np.ndarray, names: list[str]) -> list[bytes | None]:
+            wanted = [names[m] for m in members]
+            got = store.image_bytes(wanted)
+            return [got.get(i) for i in wanted]
 
-            xs = x[lo:hi]
-            hs, os_ = home[lo:hi], other[lo:hi]
-            for fs in mine_cluster(xs, self.scorer, p, images_for, stats):
-                final_sets += 1
-                m = fs.members
-                names = [cluster_ids[k] for k in m]
-
-                ui, uj = upper_pairs(len(m))
-                owned = owned_here(here, hs[m[ui]], os_[m[ui]], hs[m[uj]], os_[m[uj]])
-                pa_, pb_, sims, oob, dup = in_band_pairs(xs[m], fs.pass2, band, band2, c.max_pairs_per_set,
-                                                         set_key(names), owned)
-                out_of_band += oob
-                border_dups += dup
-                key = set_key(names)
-                found["a"].append(lo + m[pa_])
-                found["b"].append(lo + m[pb_])
-                found["sim"].append(sims)
-                found["score"].append(fs.pass2[pa_, pb_])
-                found["set_id"].append(np.full(len(pa_), int(key[:15], 16), np.int64))  # = set_id(names)
-                found["cluster_id"].append(np.full(len(pa_), here, np.int32))
-        # the cleaning filters once per unit, vectorised over all its pairs (not per set)
-        f = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in found.items()}
-        a, b = f["a"].astype(np.int64), f["b"].astype(np.int64)
-        id_arr = np.array(ids, dtype=object)
-        why = reject_reasons(c.filters, f["sim"], w[a], h[a], w[b], h[b], id_arr[a] == id_arr[b])
-        reasons.update(why[why != ""].tolist())
+        found, stats, mined = mine_unit(ids, part.column("cluster_id").to_numpy(), part.column("home").to_numpy(),
+                                        part.column("other").to_numpy(), x, self.scorer, self.params,
+                                        c.max_pairs_per_set, images_for)
+        # the cleaning filters once per unit, vectorised over all its pairs; sizes only for the pairs' ends
+        a, b = found["a"], found["b"]
+        names = part.column("image_id").combine_chunks()
+        ends = np.unique(np.concatenate([a, b]))
+        w, h = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
+        w[ends], h[ends] = image_sizes(self.images, [ids[e] for e in ends.tolist()]) if self.images else (np.nan, np.nan)
+        why = reject_reasons(c.filters, found["sim"], w[a], h[a], w[b], h[b], same_rows(names, a, b))
         keep = why == ""
-        cols = {"a": id_arr[a[keep]].tolist(), "b": id_arr[b[keep]].tolist(), "sim": [f["sim"][keep]],
-                "score": [f["score"][keep]], "set_id": f["set_id"][keep].tolist(),
-                "cluster_id": f["cluster_id"][keep].tolist()}
+        table = pairs_table(c.task, self.scorer.name, self.provenance, names.take(pa.array(a[keep])),
+                            names.take(pa.array(b[keep])), found["sim"][keep], found["score"][keep],
+                            found["set_id"][keep], found["cluster_id"][keep], c.both_directions)
         counts = {k: int(v) for k, v in stats.flat().items()}
-        counts.update({f"rejected_{k}": v for k, v in reasons.items()})
-        counts["final_sets"] = final_sets
-        counts["pairs_out_of_band"] = out_of_band  # enumerated from a set but outside a band: never written
-        counts["pairs_border_elsewhere"] = border_dups  # border pairs left to the other cluster that mines them
-        counts["border_points"] = int((other >= 0).sum())
+        counts.update({f"rejected_{k}": v for k, v in Counter(why[~keep].tolist()).items()})
+        counts.update(mined)
+        counts["border_points"] = int((part.column("other").to_numpy() >= 0).sum())
         counts["model_loads"], self._loads = self._loads, 0
         counts["sim_matmul_us"] = int(stats.band.matmul_seconds * 1e6)
-        counts["mine_us"] = int((time.perf_counter() - t0) * 1e6)
-        return UnitResult({"pairs": self._pairs_table(cols)}, counts)
-
-    def _pairs_table(self, cols: dict[str, list]) -> pa.Table:
-        """Unordered pairs (source = the smaller image_id), or both directions."""
-        c: PairConfig = self.config
-        src = [min(a, b) for a, b in zip(cols["a"], cols["b"])]
-        tgt = [max(a, b) for a, b in zip(cols["a"], cols["b"])]
-        sim = np.concatenate(cols["sim"]) if cols["sim"] else np.zeros(0, np.float32)
-        score = np.concatenate(cols["score"]) if cols["score"] else np.zeros(0, np.float32)
-        set_ids, cluster_ids = cols["set_id"], cols["cluster_id"]
-        if c.both_directions:
-            src, tgt = src + tgt, tgt + src
-            sim, score = np.concatenate([sim, sim]), np.concatenate([score, score])
-            set_ids, cluster_ids = set_ids * 2, cluster_ids * 2
-        n = len(src)
-        return pa.table({
-            "pair_id": [pair_id(c.task, s, t) for s, t in zip(src, tgt)],
-            "source_id": pa.array(src, pa.string()), "target_id": pa.array(tgt, pa.string()),
-            "task": [c.task] * n, "subtask": [self.scorer.name] * n,
-            "cluster_id": pa.array(cluster_ids, pa.int32()), "set_id": pa.array(set_ids, pa.int64()),
-            "sim_pass1": pa.array(sim.astype(np.float32)), "score_pass2": pa.array(score.astype(np.float32)),
-            "provenance": [self.provenance] * n,
-        })
+        counts["read_us"] = int(t_read * 1e6)
+        counts["mine_us"] = int((time.perf_counter() - t0 - t_read) * 1e6)
+        return UnitResult({"pairs": table}, counts)
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
-        storage.delete_dir(self._partition_dir())  # scratch: never part of a committed table
+        storage.delete_dir(storage.join(self.ctx.stage_dir, SCRATCH))  # the fallback's partitions, if any
         flops = counts.get("sim_flops", 0)
         secs = counts.get("sim_matmul_us", 0) / 1e6
         chain = {
@@ -311,28 +228,3 @@ class Pair(Stage):
         }
         return {"chaining": chain, "sim_gflops_per_s": round(flops / secs / 1e9, 2) if secs else None}
 
-
-def _list(d: str) -> list[str]:
-    fs, p = shards.resolve(d)
-    if not shards.exists(fs, p):
-        return []
-    from pyarrow.fs import FileSelector
-
-    return [i.path for i in fs.get_file_info(FileSelector(p)) if i.path.endswith(".json")]
-
-
-def _embedding_models(tables: list[str]) -> list[str]:
-    """The distinct `model` values of the embeddings tables (read column by column, shard by shard)."""
-    models: set[str] = set()
-    for path in tables:
-        listed = shards.list_shards(path)
-        if not listed:
-            raise UserError(f"pair: the embeddings table {path} is empty")
-        names = shards.open_parquet(listed[0]).schema_arrow.names
-        if not {"image_id", "embedding"} <= set(names):
-            raise UserError(f"pair: {path} needs columns image_id and embedding (has {names})")
-        if "model" in names:
-            for s in listed:
-                models.update(v for v in shards.open_parquet(s).read(columns=["model"]).column("model")
-                              .unique().to_pylist() if v is not None)
-    return sorted(models)

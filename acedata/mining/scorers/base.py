@@ -9,6 +9,7 @@ key) and `@register_scorer`. To add one: copy `siglip.py`, then import it in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,6 +46,11 @@ class Scorer:
 
     def score_set(self, emb: np.ndarray, images: list[bytes | None] | None) -> PairScores:
         raise NotImplementedError
+
+    def score_sets(self, emb: np.ndarray, sets: list[np.ndarray],
+                   images_of: Callable[[np.ndarray], list[bytes | None]] | None) -> list[PairScores]:
+        """`score_set` for each set (rows of `emb`); a scorer that can batch the sets overrides this."""
+        return [self.score_set(emb[m], images_of(m) if images_of is not None else None) for m in sets]
 
     @property
     def model_id(self) -> str:
