@@ -16,7 +16,7 @@ table from an earlier stage with `set_id`) when present, else the ingest `group`
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from acedata.config import StageConfig
 from acedata.dedupe import later_copies
 from acedata.errors import UserError
 from acedata.image_index import shared_reader
-from acedata.images import open_rgb
+from acedata.images import open_rgb_fit
 from acedata.kept import commit_cross_unit, dropped_uris, row_key
 from acedata.models import ModelSpec
 from acedata.schemas import DUPLICATES, IMAGES, PAIRS, QUARANTINE
@@ -87,6 +87,8 @@ class Synthesize(Stage):
         self.synths: dict[str, Synthesizer] = {}
         self.clip: ClipScorer | None = None
         self._metric_cache: dict = {}
+        self._decoded: dict[tuple[str, bool], Img] = {}  # (image_id, resized) -> decoded, per unit
+        self._uses: Counter[str] = Counter()  # uses of each photo left in the unit
 
     # --- driver ----------------------------------------------------------------------
 
@@ -223,12 +225,23 @@ class Synthesize(Stage):
     def process(self, unit: WorkUnit) -> UnitResult:
         self._ensure_setup()
         out = Collector(self.kind, self.config.seed, self.synths)
-        if "images" in unit.payload:
-            rows = _read_ids(self.ctx.input("images"), unit.payload["images"])
-            for k, row in enumerate(rows):
-                self._per_image(unit.payload["offset"] + k, row, out)
-        for k, members in enumerate(unit.payload.get("sets", [])):
-            self._per_set(unit.payload["offset"] + k, _read_ids(self.ctx.input("images"), members), out)
+        # Each source is read and decoded once per unit, whatever number of synthesizers, chain
+        # turns and subject sets use it: one batched read, then `_decoded`, where a photo stays
+        # only until its last use in the unit (`_uses`), so memory holds what is still needed.
+        self._decoded = {}
+        sets = unit.payload.get("sets", [])
+        uses = [*unit.payload.get("images", []), *(i for m in sets for i in m)]
+        self._uses = Counter(uses)
+        wanted = list(dict.fromkeys(uses))
+        by_id = dict(zip(wanted, _read_ids(self.ctx.input("images"), wanted)))
+        for k, image_id in enumerate(unit.payload.get("images", [])):
+            self._per_image(unit.payload["offset"] + k, by_id[image_id], out)
+            self._release(image_id)
+        for k, members in enumerate(sets):
+            self._per_set(unit.payload["offset"] + k, [by_id[i] for i in members], out)
+            for i in members:
+                self._release(i)
+        self._decoded = {}
         if out.failures:
             log.warning("synthesize unit %s: failing synthesizers: %s", unit.id, describe_failures(out.failures))
         out.check_failures(self.config.failures, unit.id)
@@ -247,16 +260,28 @@ class Synthesize(Stage):
             out.failed(row, name, e)
         return None
 
-    def _source(self, row: dict[str, Any]) -> Img:
-        im = open_rgb(row["image"]["bytes"])
-        side = self.config.max_side
-        if max(im.size) <= side:
-            return Img(im, "image", row["image_id"])
-        from PIL import Image
+    def _source(self, row: dict[str, Any], resize: bool = True) -> Img:
+        """The row's photo, decoded once per unit; with `resize`, at most `max_side` on its long
+        side (a new image when it had to shrink)."""
+        key = (row["image_id"], resize)
+        hit = self._decoded.get(key)
+        if hit is not None:
+            return hit
+        im, resized = open_rgb_fit(row["image"]["bytes"], self.config.max_side if resize else None)
+        if resized:
+            img = Img(im, "image", None, {"_new": True, "resized_from": row["image_id"]})
+        else:
+            img = Img(im, "image", row["image_id"])
+            self._decoded[(row["image_id"], False)] = img  # the original size is the same image
+        self._decoded[key] = img
+        return img
 
-        s = side / max(im.size)
-        small = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.LANCZOS)
-        return Img(small, "image", None, {"_new": True, "resized_from": row["image_id"]})
+    def _release(self, image_id: str) -> None:
+        """One use of a photo done; its decoded pixels go after the last."""
+        self._uses[image_id] -= 1
+        if self._uses[image_id] <= 0:
+            self._decoded.pop((image_id, True), None)
+            self._decoded.pop((image_id, False), None)
 
     def _rng(self, image_id: str, *salt: int) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, int(image_id[:12], 16), *salt])
@@ -301,7 +326,7 @@ class Synthesize(Stage):
             current, parent = d.target, d
 
     def _per_set(self, index: int, rows: list[dict[str, Any]], out: Collector) -> None:
-        images = [Img(open_rgb(r["image"]["bytes"]), "image", r["image_id"]) for r in rows]
+        images = [self._source(r, resize=False) for r in rows]
         by_id = {r["image_id"]: r for r in rows}
         for synth in (self.synths[c.name] for c in self.classes if c.inputs == "group"):
             rng = self._rng(rows[0]["image_id"], 2_000, index)
@@ -311,7 +336,7 @@ class Synthesize(Stage):
                 out.add(d, row, self._judge(d, row))
 
     def _judge(self, d: Draft, row: dict[str, Any]):
-        if len(self._metric_cache) > 64:  # the inverse pair follows right after; keep it small
+        if len(self._metric_cache) > 256:  # the inverse pair follows right after; keep it small
             self._metric_cache.clear()
         verdict = check(d, self.config.filters, self._metric_cache)
         if verdict.ok and self.clip is not None:
