@@ -194,10 +194,11 @@ def read_unit(payload: dict[str, Any], max_file_bytes: int) -> Iterator[Record]:
 
 
 def _read_files(files: list[str], root: str, max_file_bytes: int) -> Iterator[Record]:
-    # One lstat per file answers link / regular / size, the root resolves once, and each folder
-    # is listed once for sidecars: per-file system calls, not decoding, were a visible share of
-    # ingesting small images.
+    # One lstat per file answers link / regular / size; the root and each folder resolve once, and
+    # each folder is listed once for sidecars: per-file system calls, not decoding, were a visible
+    # share of ingesting small images.
     root_real = os.path.realpath(root)
+    real_dirs: dict[str, str] = {}
     names_in: dict[str, set[str]] = {}
     for p in files:
         try:
@@ -207,7 +208,10 @@ def _read_files(files: list[str], root: str, max_file_bytes: int) -> Iterator[Re
         if st is not None and stat.S_ISLNK(st.st_mode):
             yield Record(p, error=("symlink", "symbolic links are not followed"))
             continue
-        real = os.path.realpath(p)
+        folder = os.path.dirname(p)
+        if folder not in real_dirs:  # the file itself is no link (lstat above): its folder decides
+            real_dirs[folder] = os.path.realpath(folder)
+        real = os.path.join(real_dirs[folder], os.path.basename(p)) if st is not None else os.path.realpath(p)
         if not (real == root_real or real.startswith(root_real + os.sep)):
             yield Record(p, error=("outside_root", f"resolves outside {root}"))
             continue
@@ -224,7 +228,6 @@ def _read_files(files: list[str], root: str, max_file_bytes: int) -> Iterator[Re
         except OSError as e:
             yield Record(p, error=("read_error", str(e)[:200]))
             continue
-        folder = os.path.dirname(p)
         if folder not in names_in:
             try:
                 names_in[folder] = set(os.listdir(folder))
