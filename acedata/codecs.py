@@ -15,7 +15,9 @@ Ingested JPEGs are kept as their original bytes. The `images.format` column name
   px limit or for modes WebP cannot hold (a one-channel image would come back as RGB).
 
 Measured with `bench/codecs.py` (long side 512 px, the real synthesizers' outputs from
-scikit-image's photos, per-image means on 2 shared cores, so timings are +-30%):
+scikit-image's photos; per-image means of 5 runs on 2 cores shared with other jobs at load average
+7-35, so timings are +-30%, but the order of the codecs held in every run; the bench now reports
+the fastest of `--repeat` runs, which moves less with load):
 
 | kind             | codec                        | KiB   | enc ms | dec ms | exact      |
 |------------------|------------------------------|-------|--------|--------|------------|
