@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -61,8 +62,8 @@ _WEBP = {"lossless": True, "method": 0, "quality": 50, "exact": True}
 
 
 def is_binary(a: np.ndarray) -> bool:
-    """Every value 0 or 255."""
-    return not np.any((a != 0) & (a != 255))
+    """Every value 0 or 255 (a one-channel uint8 array: a mask)."""
+    return cv2.countNonZero(cv2.inRange(np.ascontiguousarray(a), 1, 254)) == 0
 
 
 def encode_mask(im: Image.Image) -> tuple[bytes, str]:
