@@ -119,14 +119,16 @@ def bare(name: str, photos: list[dict], sets: list[list[dict]], side: int, seed:
     return time.process_time() - t, made
 
 
-def stage(name: str, images_table: str, out: str, n: int, side: int, profile: cProfile.Profile | None = None):
+def stage(name: str, images_table: str, out: str, n: int, side: int, profile: cProfile.Profile | None = None,
+          images_per_unit: int | None = None):
     """(whole CPU seconds, CPU seconds inside units, wall seconds, counts) of one stage run."""
     from acedata import runtime
     from acedata.pipeline import run_stages
     from acedata.stages.synthesize import SynthesizeConfig
 
     cfg = SynthesizeConfig(name="synthesize", synthesizers=[name], max_images=n, max_side=side, chain_fraction=0.0,
-                           reference_max_set=4, inputs={"images": images_table})
+                           reference_max_set=4, inputs={"images": images_table},
+                           **({"images_per_unit": images_per_unit} if images_per_unit else {}))
     inner, spent = runtime.execute_unit, [0.0]
 
     def timed(stage_obj, unit):
@@ -189,6 +191,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="synthesizer names (default: every weight-free one)")
     ap.add_argument("--profile", nargs="*", default=[], help="synthesizers to split into parts (cProfile)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side; the fastest counts (load noise)")
+    ap.add_argument("--images-per-unit", type=int, default=None,
+                    help="photos per unit (default: the stage's); a unit's commit is a fixed cost")
     args = ap.parse_args()
     logging.disable(logging.INFO)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -217,7 +221,7 @@ def main() -> None:
         for k in range(args.repeat):
             b = min(b, bare(name, photos, sets, args.side)[0])
             w_k, u_k, wall_k, c = stage(name, images_table, os.path.join(work, f"stage-{name}-{k}"), args.photos,
-                                        args.side)
+                                        args.side, images_per_unit=args.images_per_unit)
             u, w, wall = min(u, u_k), min(w, w_k), max(wall, c["candidates"] / wall_k)
         unit_ratios.append(u / b)
         whole_ratios.append(w / b)
@@ -228,7 +232,8 @@ def main() -> None:
           f"worst units {max(unit_ratios):.2f}x ({names[int(np.argmax(unit_ratios))]})")
     for name in args.profile:
         prof = cProfile.Profile()
-        stage(name, images_table, os.path.join(work, f"profile-{name}"), args.photos, args.side, prof)
+        stage(name, images_table, os.path.join(work, f"profile-{name}"), args.photos, args.side, prof,
+              args.images_per_unit)
         parts = breakdown(prof)
         total = parts["= unit total"]
         print(f"\nwhere {name}'s unit time goes (cProfile, {total:.2f} s):")
