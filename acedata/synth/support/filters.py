@@ -124,7 +124,7 @@ class _Features:
     gray: np.ndarray  # float32
     mean: np.ndarray  # box means of gray and gray^2 (SSIM)
     sq_mean: np.ndarray
-    mag: np.ndarray  # Sobel gradient magnitude, centred, flat (edge correlation)
+    mag: np.ndarray  # Sobel gradient magnitude, centred, flat, float64 (edge correlation)
     mag_norm: float
 
     @classmethod
@@ -132,8 +132,11 @@ class _Features:
         x = g.astype(np.float32)
         blurred = cv2.GaussianBlur(g, (0, 0), 1.0).astype(np.float32)
         mag = cv2.magnitude(cv2.Sobel(blurred, cv2.CV_32F, 1, 0), cv2.Sobel(blurred, cv2.CV_32F, 0, 1)).ravel()
-        mag = mag - mag.mean()
-        return cls(rgb, x, _box(x, win), _box(x * x, win), mag, float(np.dot(mag, mag)))
+        mag = mag.astype(np.float64)
+        mag -= mag.mean()
+        # Sums by numpy's pairwise reduction, not BLAS dot: BLAS picks its summation order by the
+        # arrays' memory alignment, so the same pixels could score differently from run to run.
+        return cls(rgb, x, _box(x, win), _box(x * x, win), mag, float(np.sum(mag * mag)))
 
 
 def _box(z: np.ndarray, win: int) -> np.ndarray:
@@ -156,7 +159,7 @@ def _edge_corr(a: _Features, b: _Features) -> float:
     """Pearson correlation of Sobel gradient magnitudes: high when the layout is kept,
     whatever the rendering (a pencil sketch keeps it, an unrelated image does not)."""
     den = float(np.sqrt(a.mag_norm * b.mag_norm))
-    return float(np.dot(a.mag, b.mag)) / den if den > 1e-6 else 0.0
+    return float(np.sum(a.mag * b.mag)) / den if den > 1e-6 else 0.0
 
 
 FEATURES_KEPT = 24  # images whose features stay cached (a photo's synthesizers run one after another)
