@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from acedata.codecs import encode_lossless
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
 
@@ -38,7 +40,7 @@ class Limits:
 class Decoded:
     image: Image.Image  # RGB
     data: bytes  # stored bytes (original JPEG when untouched, else re-encoded)
-    format: str  # PNG | JPEG
+    format: str  # JPEG | WEBP (lossless) | PNG (see acedata.codecs)
     image_id: str
     orig_format: str
     orig_mode: str
@@ -47,10 +49,13 @@ class Decoded:
     frames: int
 
 
-def pixel_id(rgb: Image.Image) -> str:
-    """Content address: sha256 over size and RGB pixels (container-independent)."""
+def pixel_id(rgb: Image.Image, pixels: np.ndarray | None = None) -> str:
+    """Content address: sha256 over size and RGB pixels (container-independent).
+
+    `pixels`, when given, is the image's own pixel array in its mode (C-contiguous): hashed
+    in place of a `tobytes()` copy, with the same result."""
     h = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
-    h.update(rgb.tobytes())
+    h.update(pixels.data if pixels is not None and pixels.flags.c_contiguous else rgb.tobytes())
     return h.hexdigest()
 
 
@@ -114,9 +119,10 @@ def decode(data: bytes, limits: Limits = Limits()) -> Decoded:
     untouched = orig_format == "JPEG" and orig_mode == "RGB" and rgb is opened and not resized and frames == 1
     if untouched:
         out, fmt = data, "JPEG"
+    elif orig_format == "JPEG":
+        out, fmt = encode(rgb, "JPEG"), "JPEG"
     else:
-        fmt = "JPEG" if orig_format == "JPEG" else "PNG"
-        out = encode(rgb, fmt)
+        out, fmt = encode_lossless(rgb)
     return Decoded(rgb, out, fmt, pixel_id(rgb), orig_format, orig_mode, w0, h0, frames)
 
 
@@ -130,12 +136,31 @@ def encode(im: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
 
 
 def open_rgb(data: bytes) -> Image.Image:
-    """Open bytes the platform itself wrote (already normalised)."""
+    """Open bytes the platform itself wrote (already normalised; any container Pillow reads)."""
     im = Image.open(io.BytesIO(data))
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
+def open_rgb_fit(data: bytes, max_side: int | None) -> tuple[Image.Image, bool]:
+    """Stored bytes as loaded RGB pixels, shrunk (LANCZOS) to at most `max_side` on the long side;
+    the flag says whether it shrank. A JPEG much larger than that decodes at a reduced DCT scale
+    first, down to no less than twice the target (what Pillow's `thumbnail` does): the decode, not
+    the resize, is most of the cost of a large photo."""
+    im = Image.open(io.BytesIO(data))
+    if max_side is None or max(im.size) <= max_side:
+        im = im.convert("RGB") if im.mode != "RGB" else im
+        im.load()
+        return im, False
+    s = max_side / max(im.size)
+    size = (max(1, round(im.width * s)), max(1, round(im.height * s)))
+    if im.format == "JPEG":
+        im.draft("RGB", (size[0] * 2, size[1] * 2))
+    im = im.convert("RGB") if im.mode != "RGB" else im
+    return im.resize(size, Image.Resampling.LANCZOS), True
+
+
 def open_mask(data: bytes) -> Image.Image:
+    """A stored mask as 8-bit L (1-bit PNGs come back as 0/255)."""
     im = Image.open(io.BytesIO(data))
     return im.convert("L") if im.mode != "L" else im
 

@@ -37,11 +37,11 @@ def _f(name: str, typ: pa.DataType, nullable: bool = True) -> pa.Field:
 
 IMAGES = pa.schema(
     [
-        _f("image_id", pa.string(), False),  # sha256 of the normalised (RGB PNG/JPEG) bytes
+        _f("image_id", pa.string(), False),  # sha256 of size + decoded pixels (acedata.images.pixel_id)
         _f("source_uri", pa.string(), False),
         _f("width", pa.int32(), False),
         _f("height", pa.int32(), False),
-        _f("format", pa.string()),  # container of the stored bytes: PNG / JPEG
+        _f("format", pa.string()),  # container of the stored bytes: JPEG / WEBP / PNG (acedata.codecs)
         _f("image", IMAGE),
         _f("kind", pa.string()),  # image | mask | condition (synthesized maps)
         _f("orig_width", pa.int32()),

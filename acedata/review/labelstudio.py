@@ -44,11 +44,13 @@ def _placeholder() -> str:
 
 
 def _mime(fmt: str | None) -> str:
-    return "image/jpeg" if (fmt or "").upper() in ("JPEG", "JPG") else "image/png"
+    return f"image/{_ext(fmt).replace('jpg', 'jpeg')}"
 
 
 def _ext(fmt: str | None) -> str:
-    return "jpg" if (fmt or "").upper() in ("JPEG", "JPG") else "png"
+    """File extension of a stored container (acedata.codecs: JPEG, WEBP, PNG)."""
+    f = (fmt or "").upper()
+    return "jpg" if f in ("JPEG", "JPG") else "webp" if f == "WEBP" else "png"
 
 
 def candidate_label(k: int, text: str) -> str:

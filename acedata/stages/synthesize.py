@@ -19,6 +19,7 @@ a photo gets depends only on its image_id and the spec, not on shard layout or u
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from acedata import copies, shards
 from acedata.config import StageConfig
 from acedata.errors import UserError
 from acedata.image_index import shared_reader
-from acedata.images import open_rgb
+from acedata.images import open_rgb_fit
 from acedata.models import ModelSpec
 from acedata.schemas import DUPLICATES, IMAGES, PAIRS, QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
@@ -90,6 +91,8 @@ class Synthesize(Stage):
         self.synths: dict[str, Synthesizer] = {}
         self.clip: ClipScorer | None = None
         self._metric_cache: dict = {}
+        self._decoded: dict[tuple[str, bool], Img] = {}  # (image_id, resized) -> decoded, per unit
+        self._uses: Counter[str] = Counter()  # uses of each photo left in the unit
 
     # --- driver ----------------------------------------------------------------------
 
@@ -169,13 +172,27 @@ class Synthesize(Stage):
         self._ensure_setup()
         out = Collector(self.kind, self.config.seed, self.synths)
         extra: dict[str, int] = {}
+        photos: list[str] = []
         if "photos" in unit.payload:
             ids, extra = waves.photo_unit(unit, stage_dir)
-            if unit.payload["per_image"] and ids:
-                for row in _read_ids(self.ctx.input("images"), ids):
-                    self._per_image(waves.rotation(self.config.seed, row["image_id"]), row, out)
-        for index, members in waves.ref_sets(unit, stage_dir, self.config.reference_max_set, self.config.seed):
-            self._per_set(index, _read_ids(self.ctx.input("images"), members), out)
+            photos = ids if unit.payload["per_image"] else []
+        sets = list(waves.ref_sets(unit, stage_dir, self.config.reference_max_set, self.config.seed))
+        # Each source is read and decoded once per unit, whatever number of synthesizers, chain
+        # turns and subject sets use it: one batched read, then `_decoded`, where a photo stays
+        # only until its last use in the unit (`_uses`), so memory holds what is still needed.
+        self._decoded = {}
+        uses = [*photos, *(i for _, members in sets for i in members)]
+        self._uses = Counter(uses)
+        wanted = list(dict.fromkeys(uses))
+        by_id = dict(zip(wanted, _read_ids(self.ctx.input("images"), wanted))) if wanted else {}
+        for image_id in photos:
+            self._per_image(waves.rotation(self.config.seed, image_id), by_id[image_id], out)
+            self._release(image_id)
+        for index, members in sets:
+            self._per_set(index, [by_id[i] for i in members], out)
+            for i in members:
+                self._release(i)
+        self._decoded = {}
         if out.failures:
             log.warning("synthesize unit %s: failing synthesizers: %s", unit.id, describe_failures(out.failures))
         out.check_failures(self.config.failures, unit.id)
@@ -195,16 +212,28 @@ class Synthesize(Stage):
             out.failed(row, name, e)
         return None
 
-    def _source(self, row: dict[str, Any]) -> Img:
-        im = open_rgb(row["image"]["bytes"])
-        side = self.config.max_side
-        if max(im.size) <= side:
-            return Img(im, "image", row["image_id"])
-        from PIL import Image
+    def _source(self, row: dict[str, Any], resize: bool = True) -> Img:
+        """The row's photo, decoded once per unit; with `resize`, at most `max_side` on its long
+        side (a new image when it had to shrink)."""
+        key = (row["image_id"], resize)
+        hit = self._decoded.get(key)
+        if hit is not None:
+            return hit
+        im, resized = open_rgb_fit(row["image"]["bytes"], self.config.max_side if resize else None)
+        if resized:
+            img = Img(im, "image", None, {"_new": True, "resized_from": row["image_id"]})
+        else:
+            img = Img(im, "image", row["image_id"])
+            self._decoded[(row["image_id"], False)] = img  # the original size is the same image
+        self._decoded[key] = img
+        return img
 
-        s = side / max(im.size)
-        small = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.LANCZOS)
-        return Img(small, "image", None, {"_new": True, "resized_from": row["image_id"]})
+    def _release(self, image_id: str) -> None:
+        """One use of a photo done; its decoded pixels go after the last."""
+        self._uses[image_id] -= 1
+        if self._uses[image_id] <= 0:
+            self._decoded.pop((image_id, True), None)
+            self._decoded.pop((image_id, False), None)
 
     def _rng(self, image_id: str, *salt: int) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, int(image_id[:12], 16), *salt])
@@ -249,7 +278,7 @@ class Synthesize(Stage):
             current, parent = d.target, d
 
     def _per_set(self, index: int, rows: list[dict[str, Any]], out: Collector) -> None:
-        images = [Img(open_rgb(r["image"]["bytes"]), "image", r["image_id"]) for r in rows]
+        images = [self._source(r, resize=False) for r in rows]
         by_id = {r["image_id"]: r for r in rows}
         for synth in (self.synths[c.name] for c in self.classes if c.inputs == "group"):
             rng = self._rng(rows[0]["image_id"], 2_000, index)
@@ -259,7 +288,7 @@ class Synthesize(Stage):
                 out.add(d, row, self._judge(d, row))
 
     def _judge(self, d: Draft, row: dict[str, Any]):
-        if len(self._metric_cache) > 64:  # the inverse pair follows right after; keep it small
+        if len(self._metric_cache) > 256:  # the inverse pair follows right after; keep it small
             self._metric_cache.clear()
         verdict = check(d, self.config.filters, self._metric_cache)
         if verdict.ok and self.clip is not None:

@@ -30,35 +30,46 @@ class Img:
     kind: str = "image"  # image | mask | condition
     image_id: str | None = None  # set for images already in an images table
     meta: dict[str, Any] = field(default_factory=dict)
+    # Pixels as arrays, made once: every synthesizer a photo gets, every filter and definition
+    # check reads the same read-only arrays instead of converting the image again.
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def id(self) -> str:
         if self.image_id is None:
-            self.image_id = pixel_id(self.pil)
+            self.image_id = pixel_id(self.pil, self._arrays.get(self.pil.mode))
         return self.image_id
 
     @property
     def is_new(self) -> bool:
         return bool(self.meta.get("_new", False))
 
+    def as_mode(self, mode: str) -> np.ndarray:
+        """The pixels in a Pillow mode (RGB, L, RGBA ...) as a read-only uint8 array, cached."""
+        a = self._arrays.get(mode)
+        if a is None:
+            a = np.asarray(self.pil if self.pil.mode == mode else self.pil.convert(mode))
+            a.flags.writeable = False
+            self._arrays[mode] = a
+        return a
+
     def array(self) -> np.ndarray:
-        """HxWx3 uint8 RGB (masks: HxW uint8)."""
-        if self.kind == "mask":
-            return np.asarray(self.pil.convert("L"))
-        return np.asarray(self.pil.convert("RGB"))
+        """HxWx3 uint8 RGB (masks: HxW uint8), read-only."""
+        return self.as_mode("L" if self.kind == "mask" else "RGB")
 
 
 def new_img(arr_or_pil: np.ndarray | Image.Image, kind: str = "image", **meta: Any) -> Img:
     """An image this synthesizer made (gets its own images row)."""
     if isinstance(arr_or_pil, Image.Image):
-        pil = arr_or_pil
-    elif arr_or_pil.ndim == 2:
-        pil = Image.fromarray(arr_or_pil.astype(np.uint8), "L")
-    elif arr_or_pil.shape[2] == 4:
-        pil = Image.fromarray(arr_or_pil.astype(np.uint8), "RGBA")
-    else:
-        pil = Image.fromarray(arr_or_pil.astype(np.uint8), "RGB")
-    return Img(pil, kind, None, {"_new": True, **meta})
+        return Img(arr_or_pil, kind, None, {"_new": True, **meta})
+    a = np.ascontiguousarray(arr_or_pil, np.uint8)
+    if a is arr_or_pil:
+        a = a.copy()  # the image owns its pixels: the caller may reuse its array
+    mode = "L" if a.ndim == 2 else "RGBA" if a.shape[2] == 4 else "RGB"
+    a.flags.writeable = False
+    img = Img(Image.fromarray(a, mode), kind, None, {"_new": True, **meta})
+    img._arrays[mode] = a  # filters and the content address read these pixels without a conversion
+    return img
 
 
 def mask_img(mask: np.ndarray) -> Img:

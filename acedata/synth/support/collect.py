@@ -20,8 +20,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
+from acedata.codecs import encode_kind
 from acedata.config import Strict
-from acedata.images import encode
 from acedata.schemas import IMAGES, PAIRS, QUARANTINE
 from acedata.synth.base import Draft, Img, Synthesizer, slot_text
 
@@ -155,13 +155,14 @@ def image_row(im: Img, uri: str, row: dict[str, Any], d: Draft, weights: str | N
     meta.update(derived_from=row["image_id"], synthesizer=d.synthesizer, task=d.task, subtask=d.subtask)
     if weights:  # model output: which weights, and whether they were random-init
         meta.update(weights=weights, random_init="random-init" in weights)
+    data, fmt = encode_kind(im.pil, im.kind)  # the codec of its kind (acedata.codecs)
     return {
         "image_id": im.id,
         "source_uri": uri,
         "width": im.pil.width,
         "height": im.pil.height,
-        "format": "PNG",
-        "image": {"bytes": encode(im.pil, "PNG"), "path": None},
+        "format": fmt,
+        "image": {"bytes": data, "path": None},
         "kind": im.kind,
         "orig_mode": im.pil.mode,
         "group": row.get("group"),

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 
 from acedata.synth.base import Draft, Img
 from acedata.synth.support.pixels import (
     as_rgb3,
     canny_map,
+    channel_max,
     composite,
     fill_masked,
     gray_of,
@@ -31,11 +33,11 @@ Check = Callable[[Draft], tuple[np.ndarray, np.ndarray] | None]
 
 
 def _rgb(im: Img) -> np.ndarray:
-    return np.asarray(im.pil.convert("RGB"))
+    return im.as_mode("RGB")
 
 
 def _rgba(im: Img) -> np.ndarray | None:
-    return np.asarray(im.pil) if im.pil.mode == "RGBA" else None
+    return im.as_mode("RGBA") if im.pil.mode == "RGBA" else None
 
 
 def _photo_and_map(d: Draft) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +71,7 @@ def _repaint_source(d: Draft):
     fill = d.params.get("fill")
     if d.mask is None or not isinstance(fill, int):
         return None
-    mask = np.asarray(d.mask.pil.convert("L"))
+    mask = d.mask.as_mode("L")
     return fill_masked(_rgb(d.target), mask, fill), _rgb(d.source)
 
 
@@ -101,25 +103,47 @@ DEFINITIONS: dict[str, Check] = {
 }
 
 
-def verify(d: Draft, mean_tol: float, tol: int, max_mismatch: float) -> tuple[str, str] | None:
+def _key(d: Draft, check: Check) -> tuple:
+    """What a check's result depends on. A condition pair and its inverse (controllable) check the
+    same photo against the same map, so they share one key."""
+    a, b = (d.target, d.source) if d.task == "controllable" else (d.source, d.target)
+    return (check.__name__, a.id, b.id, d.mask.id if d.mask else "", tuple(e.id for e in d.extras),
+            repr(sorted(d.params.items())))
+
+
+def verify(d: Draft, mean_tol: float, tol: int, max_mismatch: float,
+           cache: dict | None = None) -> tuple[str, str] | None:
     """(reason, detail) when the draft breaks its family's definition; None when it holds or the
-    family has none. A draft missing what its definition needs (a fuse without its layer) fails."""
+    family has none. A draft missing what its definition needs (a fuse without its layer) fails.
+    `cache` (kept by the caller) reuses a result for the inverse pair over the same pixels."""
     check = DEFINITIONS.get(f"{d.task}/{d.subtask}")
     if check is None:
         return None
+    key = ("definition", _key(d, check), mean_tol, tol, max_mismatch)
+    if cache is None or key not in cache:
+        got = _verify(d, check, mean_tol, tol, max_mismatch)
+        if cache is not None:
+            cache[key] = got
+    else:
+        got = cache[key]
+    # the detail names the draft's own task (the cached result may come from the inverse pair)
+    return None if got is None else (got[0], got[1].replace("{task}", f"{d.task}/{d.subtask}"))
+
+
+def _verify(d: Draft, check: Check, mean_tol: float, tol: int, max_mismatch: float) -> tuple[str, str] | None:
     pair = check(d)
     if pair is None:
         return "definition_unverifiable", f"{d.task}/{d.subtask} lacks the inputs or parameters that define it"
     expected, actual = pair
     if expected.shape != actual.shape:
         return "definition_mismatch", f"shape {actual.shape} != defined {expected.shape}"
-    diff = np.abs(expected.astype(np.int16) - actual.astype(np.int16))
-    mean = float(diff.mean())
+    diff = cv2.absdiff(np.ascontiguousarray(expected, np.uint8), np.ascontiguousarray(actual, np.uint8))
+    channels = diff.shape[2] if diff.ndim == 3 else 1
+    mean = float(np.mean(cv2.mean(diff)[:channels]))  # cv2.mean: exact integer sums, no int16 copy
     if mean > mean_tol:
-        return "definition_mismatch", (f"mean difference {mean:.2f} from the {d.task}/{d.subtask} definition "
-                                       f"> {mean_tol}")
-    off = float((diff.max(axis=2) > tol).mean())
+        return "definition_mismatch", f"mean difference {mean:.2f} from the {{task}} definition > {mean_tol}"
+    off = cv2.countNonZero((channel_max(diff) > tol).view(np.uint8)) / (diff.shape[0] * diff.shape[1])
     if off > max_mismatch:
         return "definition_mismatch", (f"{off:.4f} of pixels differ by more than {tol} from the "
-                                       f"{d.task}/{d.subtask} definition (max {max_mismatch})")
+                                       f"{{task}} definition (max {max_mismatch})")
     return None
