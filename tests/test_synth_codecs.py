@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
@@ -109,10 +110,13 @@ def test_each_source_is_decoded_once_per_unit(ingested, tmp_path, monkeypatch):
         [{"pair_id": f"m{k}", "source_id": ids[0], "target_id": ids[k], "task": "natural_edit", "subtask": "general",
           "set_id": k} for k in (1, 2)], PAIRS)
     shards.write_table(str(tmp_path / "mined"), mined, PAIRS)
+    # just these 4 photos (max_images is a hash sample, not the first ids)
+    four = shards.read_table(ingested).filter(pc.is_in(pc.field("image_id"), pa.array(ids)))
+    shards.write_table(str(tmp_path / "four"), four, four.schema)
     # several synthesizers per photo and a chain on every photo: still one decode per photo and unit
     cfg = SynthesizeConfig(name="s", synthesizers=["grayscale", "mosaic", "color_grading", "watercolor", "reference"],
-                           max_images=4, max_side=96, chain_fraction=1.0, chain_turns=2, images_per_unit=4,
-                           inputs={"images": ingested, "pairs": str(tmp_path / "mined")})
+                           max_side=96, chain_fraction=1.0, chain_turns=2, images_per_unit=4,
+                           inputs={"images": str(tmp_path / "four"), "pairs": str(tmp_path / "mined")})
     s = run_stages([cfg], str(tmp_path / "run"), executor="local")["stages"][0]
     assert s["counts"]["pairs"] > 0 and s["chained_pairs"] > 0 and s["reference_sets"] == "pair_mining_sets"
     by_id = {r["image_id"]: r["image"]["bytes"] for r in shards.read_table(ingested, columns=["image_id", "image"]).to_pylist()}
