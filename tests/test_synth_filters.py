@@ -105,3 +105,25 @@ def test_flat_colour_maps_count_as_blank(photo):
     for name in ("contour", "canny", "sketch", "doodle"):
         for d in registry[name]().make(flat, np.random.default_rng(0)):
             assert check(d).reason == "empty_condition", name
+
+
+def test_pixel_metrics_do_not_depend_on_memory_layout():
+    """The same pixels score the same wherever their arrays sit in memory (cv2.magnitude's SIMD
+    path did not: edge_corr moved by one float32 step with the allocation, a flaky digest)."""
+    import cv2
+    from skimage import data
+
+    from acedata.synth.support.filters import pixel_metrics
+
+    a = cv2.resize(data.astronaut(), (301, 233))
+    b = cv2.GaussianBlur(a, (0, 0), 3)
+    seen: dict[str, set[float]] = {}
+    rng = np.random.default_rng(0)
+    spacers = []
+    for _ in range(200):
+        spacers.append(np.empty(int(rng.integers(1, 5000)), np.uint8))  # moves later allocations around
+        aa, bb = np.empty_like(a), np.empty_like(b)
+        aa[:], bb[:] = a, b
+        for k, v in pixel_metrics(aa, bb, 8).items():
+            seen.setdefault(k, set()).add(v)
+    assert {k: len(v) for k, v in seen.items()} == {k: 1 for k in seen}

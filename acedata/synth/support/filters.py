@@ -131,8 +131,11 @@ class _Features:
     def of_gray(cls, g: np.ndarray, win: int, rgb: np.ndarray | None = None) -> _Features:
         x = g.astype(np.float32)
         blurred = cv2.GaussianBlur(g, (0, 0), 1.0).astype(np.float32)
-        mag = cv2.magnitude(cv2.Sobel(blurred, cv2.CV_32F, 1, 0), cv2.Sobel(blurred, cv2.CV_32F, 0, 1)).ravel()
-        mag = mag.astype(np.float64)
+        gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0).astype(np.float64)
+        gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1).astype(np.float64)
+        # numpy, not cv2.magnitude: OpenCV's SIMD path rounds differently with the arrays' memory
+        # alignment, so the same pixels scored differently from run to run (seen as a flaky digest)
+        mag = np.sqrt(gx * gx + gy * gy).ravel()
         mag -= mag.mean()
         # Sums by numpy's pairwise reduction, not BLAS dot: BLAS picks its summation order by the
         # arrays' memory alignment, so the same pixels could score differently from run to run.
