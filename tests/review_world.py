@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from test_assemble import assemble, build_world
+from assemble_world import assemble, build_world
 
 from acedata import shards
 from acedata.cli import main
@@ -21,7 +21,7 @@ def review(pid: str, decision: str, who: str = "ann1", minutes: int = 0, **kw) -
 
 
 def reviewed_world(run: str, demo_corpus: str) -> dict:
-    """test_assemble's world in `run`, with a set of reviews appended and assembled."""
+    """assemble_world's world in `run`, with a set of reviews appended and assembled."""
     w = build_world(run, demo_corpus)
     w["run"] = run
     mined = sorted(p["pair_id"] for p in w["pairs"] if p["pair_id"].startswith("mined-"))

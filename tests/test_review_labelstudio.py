@@ -9,10 +9,10 @@ import os
 import re
 
 import pytest
+from assemble_world import assemble
 from review_world import cli as _cli
 from review_world import reviewed_world
 from review_world import single as _single
-from test_assemble import assemble
 
 from acedata import shards
 from acedata.review.table import read_reviews
