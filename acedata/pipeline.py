@@ -151,6 +151,42 @@ class RunStatus:
             self.on_change(self.body)
 
 
+def _open_run_dir(out: str) -> tuple[pafs.FileSystem, str]:
+    """The run directory's filesystem and path, created if new; a file or an uncreatable path is a UserError."""
+    fs, out_path = shards.resolve(out)
+    if fs.get_file_info(out_path).type == pafs.FileType.File:
+        raise UserError(f"--out {out} is an existing file; give a directory (new or a run to resume)")
+    try:
+        fs.create_dir(out_path, recursive=True)
+    except OSError as e:  # e.g. a parent that is a file, or no permission
+        raise UserError(f"--out {out}: cannot create the run directory ({str(e).splitlines()[0]})") from None
+    return fs, out_path
+
+
+def _run_one_stage(stage: Stage, cfg: StageConfig, stage_dir: str, executor: str, status: RunStatus,
+                   i: int) -> dict[str, Any]:
+    """Run stage `i` (or skip it when its marker's hash matches) and return its summary."""
+    digest = stage_key(stage)
+    marker = _read_marker(stage_dir)
+    if marker and marker.get("config_hash") == digest:
+        log.info("stage %s: complete, skipped (config, code version and inputs unchanged)", cfg.name)
+        summary = {**marker["summary"], "skipped": True}
+        status.stage(i, state="skipped", units=summary.get("units"), units_done=summary.get("units"),
+                     counts=summary.get("counts", {}))
+        return summary
+    _prepare_stage_dir(stage_dir, digest)
+    status.stage(i, state="running")
+
+    def progress(done: int, total: int, counts: dict[str, int]) -> None:
+        status.stage(i, units=total, units_done=done, counts=counts)
+
+    summary = runtime.run_stage(stage, executor, progress=progress)
+    _write_marker(stage_dir, digest, summary, config=cfg.model_dump(mode="json"))
+    status.stage(i, state="succeeded", units=summary.get("units"), units_done=summary.get("units"),
+                 counts=summary.get("counts", {}), seconds=summary.get("seconds"))
+    return summary
+
+
 def run_stages(
     configs: list[StageConfig],
     out: str,
@@ -167,13 +203,7 @@ def run_stages(
     load_stages()
     t0 = time.time()
     out = storage.absolute(out)
-    fs, out_path = shards.resolve(out)
-    if fs.get_file_info(out_path).type == pafs.FileType.File:
-        raise UserError(f"--out {out} is an existing file; give a directory (new or a run to resume)")
-    try:
-        fs.create_dir(out_path, recursive=True)
-    except OSError as e:  # e.g. a parent that is a file, or no permission
-        raise UserError(f"--out {out}: cannot create the run directory ({str(e).splitlines()[0]})") from None
+    fs, out_path = _open_run_dir(out)
     if executor == "ray":
         runtime.init_ray(address, num_cpus)
     status = RunStatus(out, name, [c.name or stage_kind(c) for c in configs], on_status)
@@ -188,24 +218,7 @@ def run_stages(
             inputs = {k: list(v) for k, v in tables.items()}
             inputs.update({k: [storage.absolute(p)] for k, p in cfg.inputs.items()})
             stage = cls(cfg, RunContext(out, stage_dir, inputs))
-            digest = stage_key(stage)
-            marker = _read_marker(stage_dir)
-            if marker and marker.get("config_hash") == digest:
-                log.info("stage %s: complete, skipped (config, code version and inputs unchanged)", cfg.name)
-                summary = {**marker["summary"], "skipped": True}
-                status.stage(i, state="skipped", units=summary.get("units"), units_done=summary.get("units"),
-                             counts=summary.get("counts", {}))
-            else:
-                _prepare_stage_dir(stage_dir, digest)
-                status.stage(i, state="running")
-
-                def progress(done: int, total: int, counts: dict[str, int], i: int = i) -> None:
-                    status.stage(i, units=total, units_done=done, counts=counts)
-
-                summary = runtime.run_stage(stage, executor, progress=progress)
-                _write_marker(stage_dir, digest, summary, config=cfg.model_dump(mode="json"))
-                status.stage(i, state="succeeded", units=summary.get("units"), units_done=summary.get("units"),
-                             counts=summary.get("counts", {}), seconds=summary.get("seconds"))
+            summary = _run_one_stage(stage, cfg, stage_dir, executor, status, i)
             summaries.append({"name": cfg.name, **summary})
             for table in cls.outputs:
                 tables.setdefault(table, []).append(stage.ctx.out(table))

@@ -142,6 +142,39 @@ def _pax(data: bytes) -> dict[str, str]:
     return out
 
 
+def _resync(f: BinaryIO, offset: int) -> tuple[bytes | None, int]:
+    """After a bad header at `offset`: the next block that is a valid ustar header (None when the
+    stream ends first) and that block's offset."""
+    offset += BLOCK
+    while True:
+        block = _read_exact(f, BLOCK)
+        if len(block) < BLOCK:
+            return None, offset
+        if _valid(block, need_magic=True):
+            return block, offset
+        offset += BLOCK
+
+
+def _not_regular(name: str, kind: bytes) -> Member:
+    if kind in LINK_KINDS:
+        return Member(name, error=("not_regular_file", f"tar member is a {LINK_KINDS[kind]}; never read"))
+    return Member(name, error=("not_regular_file", f"tar member of type {kind!r}"))
+
+
+def _regular(f: BinaryIO, name: str, size: int, padded: int, max_bytes: int) -> tuple[Member, int]:
+    """A regular file's member (its data, or why not: too large, cut short) and the bytes consumed."""
+    if size > max_bytes:
+        got = _skip(f, padded)
+        if got < size:
+            return Member(name, error=("truncated_tar", f"member cut short: {got} of {size} bytes"), size=size), got
+        return Member(name, error=("file_too_large", f"{size} bytes > {max_bytes}"), size=size), got
+    data = _read_exact(f, size)
+    if len(data) < size:
+        return Member(name, error=("truncated_tar", f"member cut short: {len(data)} of {size} bytes"),
+                      size=size), len(data)
+    return Member(name, data=data, size=size), len(data) + _skip(f, padded - size)
+
+
 def members(f: BinaryIO, max_bytes: int) -> Iterator[Member]:
     """Yield every member of the tar on stream `f` (already decompressed)."""
     offset = 0
@@ -164,16 +197,12 @@ def members(f: BinaryIO, max_bytes: int) -> Iterator[Member]:
         zeros = 0
         if not _valid(block):
             start = offset
-            offset += BLOCK
-            while True:  # resynchronise on the next block that is a valid ustar header
-                block = _read_exact(f, BLOCK)
-                if len(block) < BLOCK:
-                    yield Member(f"@{start}", error=("corrupt_tar_header",
-                                                     f"bad header at byte {start}; no valid header after it"))
-                    return
-                if _valid(block, need_magic=True):
-                    break
-                offset += BLOCK
+            found, offset = _resync(f, offset)
+            if found is None:
+                yield Member(f"@{start}", error=("corrupt_tar_header",
+                                                 f"bad header at byte {start}; no valid header after it"))
+                return
+            block = found
             yield Member(f"@{start}", error=("corrupt_tar_header",
                                              f"bad header at byte {start}; skipped {offset - start} bytes"))
             pending = {}
@@ -199,23 +228,11 @@ def members(f: BinaryIO, max_bytes: int) -> Iterator[Member]:
         pending.clear()
         if kind in SKIPPED or kind not in REGULAR:
             offset += _skip(f, padded)
-            if kind in LINK_KINDS:
-                yield Member(name, error=("not_regular_file", f"tar member is a {LINK_KINDS[kind]}; never read"))
-            elif kind not in SKIPPED:
-                yield Member(name, error=("not_regular_file", f"tar member of type {kind!r}"))
+            if kind not in SKIPPED:
+                yield _not_regular(name, kind)
             continue
-        if size > max_bytes:
-            got = _skip(f, padded)
-            offset += got
-            if got < size:
-                yield Member(name, error=("truncated_tar", f"member cut short: {got} of {size} bytes"), size=size)
-                return
-            yield Member(name, error=("file_too_large", f"{size} bytes > {max_bytes}"), size=size)
-            continue
-        data = _read_exact(f, size)
-        offset += len(data)
-        if len(data) < size:
-            yield Member(name, error=("truncated_tar", f"member cut short: {len(data)} of {size} bytes"), size=size)
+        member, read = _regular(f, name, size, padded, max_bytes)
+        offset += read
+        yield member
+        if member.error and member.error[0] == "truncated_tar":
             return
-        offset += _skip(f, padded - size)
-        yield Member(name, data=data, size=size)

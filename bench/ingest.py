@@ -91,6 +91,55 @@ def breakdown(prof: cProfile.Profile) -> dict[str, float]:
     return parts
 
 
+def make_corpus(tmp: str, variants: int, side: int | None) -> tuple[str, str, list[str]]:
+    """The demo corpus (its photos re-encoded at `side` when given) and a folder of 8 of them for warming up."""
+    from acedata.demo_data import build
+
+    corpus = os.path.join(tmp, "corpus")
+    build(corpus, variants=variants, odd=False)
+    files = sorted(glob.glob(os.path.join(corpus, "*", "*.jpg")))
+    if side:
+        resize_corpus(files, side)
+    warm = os.path.join(tmp, "warm")
+    os.makedirs(warm)
+    for p in files[:8]:
+        shutil.copy(p, warm)
+    return corpus, warm, files
+
+
+def bare_rates(files: list[str]) -> tuple[float, float]:
+    """The bare decode loop over `files`: (images/s, images per CPU s)."""
+    t, c = time.perf_counter(), time.process_time()
+    k = bare_decode(files)
+    return k / (time.perf_counter() - t), k / (time.process_time() - c)
+
+
+def profile_report(stage, tmp: str) -> None:
+    """One more local run under cProfile, its time split by part of the stage."""
+    prof = cProfile.Profile()
+    stage("local", os.path.join(tmp, "profile"), prof=prof)
+    parts = breakdown(prof)
+    print("where the local run's time goes (cProfile):")
+    for part, sec in parts.items():
+        print(f"  {part:<46} {sec:>7.3f} s {100 * sec / parts['= total']:>6.1f}%")
+
+
+def ray_report(stage, cpu_rates: dict[str, float], tmp: str, cpus: int, bare: float, bare_cpu: float) -> None:
+    """Two Ray runs (cold: worker processes starting, then warm) against the bare loop."""
+    from acedata.runtime import init_ray
+
+    init_ray(num_cpus=cpus)  # started outside the timed region: a cluster is already up
+    cold = stage("ray", os.path.join(tmp, "ray-cold"))
+    warm_rate = stage("ray", os.path.join(tmp, "ray-warm"))
+    cold_cpu, warm_cpu = cpu_rates[os.path.join(tmp, "ray-cold")], cpu_rates[os.path.join(tmp, "ray-warm")]
+    print(f"ingest stage, Ray cold  : {cold:8.1f} images/s (worker processes starting)"
+          f"  per core {cold / bare / cpus:.2f}   {cold_cpu:8.1f} images per CPU s  "
+          f"ratio {cold_cpu / bare_cpu:.2f}")
+    print(f"ingest stage, Ray warm  : {warm_rate:8.1f} images/s ({cpus} cores)  "
+          f"per core {warm_rate / bare / cpus:.2f}   {warm_cpu:8.1f} images per CPU s  "
+          f"ratio {warm_cpu / bare_cpu:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", type=int, default=48, help="images per demo group (12 groups)")
@@ -106,21 +155,12 @@ def main() -> int:
 
     logging.disable(logging.INFO)
 
-    from acedata.demo_data import build
     from acedata.pipeline import run_stages
     from acedata.stages.ingest import IngestConfig
 
     tmp = tempfile.mkdtemp(prefix="bench-ingest-")
     try:
-        corpus = os.path.join(tmp, "corpus")
-        build(corpus, variants=args.variants, odd=False)
-        files = sorted(glob.glob(os.path.join(corpus, "*", "*.jpg")))
-        if args.side:
-            resize_corpus(files, args.side)
-        warm = os.path.join(tmp, "warm")
-        os.makedirs(warm)
-        for p in files[:8]:
-            shutil.copy(p, warm)
+        corpus, warm, files = make_corpus(tmp, args.variants, args.side)
         extra = {"files_per_unit": args.files_per_unit} if args.files_per_unit else {}
         bare_decode(files[:20])  # the page cache
 
@@ -139,16 +179,11 @@ def main() -> int:
             cpu_rates[out] = images / dc
             return images / dt
 
-        def bare_rates() -> tuple[float, float]:
-            t, c = time.perf_counter(), time.process_time()
-            k = bare_decode(files)
-            return k / (time.perf_counter() - t), k / (time.process_time() - c)
-
         stage("local", os.path.join(tmp, "warm-local"), warm)  # imports every stage module once
         n = len(files)
-        bare, bare_cpu = bare_rates()
+        bare, bare_cpu = bare_rates(files)
         local = stage("local", os.path.join(tmp, "local"))
-        bare2, bare_cpu2 = bare_rates()
+        bare2, bare_cpu2 = bare_rates(files)
         # the faster of two loops around the stage run (load on the machine)
         bare, bare_cpu = max(bare, bare2), max(bare_cpu, bare_cpu2)
         local_cpu = cpu_rates[os.path.join(tmp, "local")]
@@ -160,25 +195,9 @@ def main() -> int:
         print(f"ingest stage, local     : {local:8.1f} images/s (1 core)  ratio {local / bare:.2f}   "
               f"{local_cpu:8.1f} images per CPU s  ratio {local_cpu / bare_cpu:.2f}")
         if args.profile:
-            prof = cProfile.Profile()
-            stage("local", os.path.join(tmp, "profile"), prof=prof)
-            parts = breakdown(prof)
-            print("where the local run's time goes (cProfile):")
-            for part, sec in parts.items():
-                print(f"  {part:<46} {sec:>7.3f} s {100 * sec / parts['= total']:>6.1f}%")
+            profile_report(stage, tmp)
         if not args.skip_ray:
-            from acedata.runtime import init_ray
-
-            init_ray(num_cpus=args.cpus)  # started outside the timed region: a cluster is already up
-            cold = stage("ray", os.path.join(tmp, "ray-cold"))
-            warm_rate = stage("ray", os.path.join(tmp, "ray-warm"))
-            cold_cpu, warm_cpu = cpu_rates[os.path.join(tmp, "ray-cold")], cpu_rates[os.path.join(tmp, "ray-warm")]
-            print(f"ingest stage, Ray cold  : {cold:8.1f} images/s (worker processes starting)"
-                  f"  per core {cold / bare / args.cpus:.2f}   {cold_cpu:8.1f} images per CPU s  "
-                  f"ratio {cold_cpu / bare_cpu:.2f}")
-            print(f"ingest stage, Ray warm  : {warm_rate:8.1f} images/s ({args.cpus} cores)  "
-                  f"per core {warm_rate / bare / args.cpus:.2f}   {warm_cpu:8.1f} images per CPU s  "
-                  f"ratio {warm_cpu / bare_cpu:.2f}")
+            ray_report(stage, cpu_rates, tmp, args.cpus, bare, bare_cpu)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

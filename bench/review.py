@@ -46,6 +46,56 @@ def pyarrow_item(run: str, pid: str) -> int:
     return len(cands) + sum(len(b["bytes"]) > 0 for b in imgs.column("image").to_pylist())
 
 
+def serve_pages(api, pids: list[str]) -> tuple[list[float], list[float], int, float]:
+    """Item pages over HTTP: (cold latencies of the first 5, steady latencies, images fetched, pages/s)."""
+
+    def page(pid: str) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        item = api.http.get(f"/api/items/{pid}", headers=api.headers).json()
+        n = 0
+        for image_id in (*item["inputs"], item["mask"], item["target"]):
+            if image_id:
+                r = api.http.get(f"/img/{image_id}?s=768", headers=api.headers)
+                assert r.status_code == 200
+                n += 1
+        return time.perf_counter() - t0, n
+
+    cold = [page(p)[0] for p in pids[:5]]  # first requests: images decoded and resized
+    lat, images = [], 0
+    t = time.perf_counter()
+    for pid in pids:
+        dt, n = page(pid)
+        lat.append(dt)
+        images += n
+    return cold, lat, images, len(pids) / (time.perf_counter() - t)
+
+
+def pyarrow_pages(run: str, pids: list[str]) -> tuple[list[float], float]:
+    """The baseline: the same rows read in process. (latencies, items/s)"""
+    base_lat = []
+    t = time.perf_counter()
+    for pid in pids:
+        t0 = time.perf_counter()
+        pyarrow_item(run, pid)
+        base_lat.append(time.perf_counter() - t0)
+    return base_lat, len(base_lat) / (time.perf_counter() - t)
+
+
+def decisions(api, db: str, run: str) -> tuple[list[float], float]:
+    """200 claim + accept round trips on a fresh queue: (latencies, decisions/s)."""
+    from review_helpers import make_queue
+
+    make_queue(db, run, "w", size=300, seed=0)
+    wl = []
+    t = time.perf_counter()
+    for _ in range(200):
+        t0 = time.perf_counter()
+        item = api.claim("w")
+        assert api.decide("w", item["pair_id"], decision="accept", candidate=1).status_code == 200
+        wl.append(time.perf_counter() - t0)
+    return wl, len(wl) / (time.perf_counter() - t)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=100_000)
@@ -53,7 +103,7 @@ def main() -> int:
     ap.add_argument("--baseline-items", type=int, default=100, help="items read directly with pyarrow")
     args = ap.parse_args()
 
-    from review_helpers import Api, Server, add_users, make_queue
+    from review_helpers import Api, Server, add_users
 
     from acedata.review.sample import build_run
 
@@ -73,43 +123,9 @@ def main() -> int:
         rng = random.Random(0)
         pids = [f"p{rng.randrange(args.pairs):06d}" for _ in range(args.items)]
 
-        def page(pid: str) -> tuple[float, int]:
-            t0 = time.perf_counter()
-            item = api.http.get(f"/api/items/{pid}", headers=api.headers).json()
-            n = 0
-            for image_id in (*item["inputs"], item["mask"], item["target"]):
-                if image_id:
-                    r = api.http.get(f"/img/{image_id}?s=768", headers=api.headers)
-                    assert r.status_code == 200
-                    n += 1
-            return time.perf_counter() - t0, n
-
-        cold = [page(p)[0] for p in pids[:5]]  # first requests: images decoded and resized
-        lat, images = [], 0
-        t = time.perf_counter()
-        for pid in pids:
-            dt, n = page(pid)
-            lat.append(dt)
-            images += n
-        server_rate = len(pids) / (time.perf_counter() - t)
-
-        base_lat = []
-        t = time.perf_counter()
-        for pid in pids[: args.baseline_items]:
-            t0 = time.perf_counter()
-            pyarrow_item(run, pid)
-            base_lat.append(time.perf_counter() - t0)
-        base_rate = len(base_lat) / (time.perf_counter() - t)
-
-        make_queue(db, run, "w", size=300, seed=0)
-        wl = []
-        t = time.perf_counter()
-        for _ in range(200):
-            t0 = time.perf_counter()
-            item = api.claim("w")
-            assert api.decide("w", item["pair_id"], decision="accept", candidate=1).status_code == 200
-            wl.append(time.perf_counter() - t0)
-        write_rate = len(wl) / (time.perf_counter() - t)
+        cold, lat, images, server_rate = serve_pages(api, pids)
+        base_lat, base_rate = pyarrow_pages(run, pids[: args.baseline_items])
+        wl, write_rate = decisions(api, db, run)
 
         print(f"server : {server_rate:8.1f} item pages/s ({images / len(pids):.1f} images each, "
               f"{server_rate * images / len(pids):.0f} images/s), p95 {1000 * p95(lat):.1f} ms, "

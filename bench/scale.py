@@ -223,7 +223,32 @@ def _sizes(text: str) -> list[int]:
     return [int(float(x)) for x in text.split(",") if x]
 
 
-def main() -> int:
+def report_all(body: dict[str, Any]) -> None:
+    """The tables, the unfinished runs and the check of a result body."""
+    report(body["runs"])
+    report_incomplete(body)
+    report_check(body)
+
+
+def merge_files(paths: list[str], out: str) -> dict[str, Any]:
+    """Result files merged by (kind, n), later files winning, written to `out`."""
+    body: dict[str, Any] = {"runs": [], "incomplete": [], "machines": []}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            part = json.load(f)
+        for key in ("runs", "incomplete"):
+            keys = {(r["kind"], r["n"]) for r in part.get(key, [])}
+            body[key] = [r for r in body[key] if (r["kind"], r["n"]) not in keys] + part.get(key, [])
+        done = {(r["kind"], r["n"]) for r in body["runs"]}
+        body["incomplete"] = [r for r in body["incomplete"] if (r["kind"], r["n"]) not in done]
+        body["machines"] += part.get("machines", [])
+        body["host"] = part.get("host", body.get("host"))
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(body, f, indent=1)
+    return body
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-sizes", default="100,400", help="comma-separated image counts (1e4 is fine)")
     ap.add_argument("--meta-sizes", default="20000,100000", help="comma-separated row counts")
@@ -244,34 +269,21 @@ def main() -> int:
     ap.add_argument("--report", metavar="FILE", help="run nothing: print the tables and the check of a result file")
     ap.add_argument("--salvage", metavar="WORK", help="run nothing: record the unfinished image runs in WORK "
                     "(progress files, _status.json) under `incomplete` of --out")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    a = _parser().parse_args()
     if a.report:
         with open(a.report, encoding="utf-8") as f:
             body = json.load(f)
-        report(body["runs"])
-        report_incomplete(body)
-        report_check(body)
+        report_all(body)
         return 0
     if a.salvage:
         salvage(a.salvage, a.out or os.path.join(HERE, "results", f"scale-{platform.node() or 'host'}.json"))
         return 0
     if a.merge:
-        body = {"runs": [], "incomplete": [], "machines": []}
-        for path in a.merge:  # later files win for the same (kind, n)
-            with open(path, encoding="utf-8") as f:
-                part = json.load(f)
-            for key in ("runs", "incomplete"):
-                keys = {(r["kind"], r["n"]) for r in part.get(key, [])}
-                body[key] = [r for r in body[key] if (r["kind"], r["n"]) not in keys] + part.get(key, [])
-            done = {(r["kind"], r["n"]) for r in body["runs"]}
-            body["incomplete"] = [r for r in body["incomplete"] if (r["kind"], r["n"]) not in done]
-            body["machines"] += part.get("machines", [])
-            body["host"] = part.get("host", body.get("host"))
-        with open(a.out or os.path.join(HERE, "results", "merged.json"), "w", encoding="utf-8") as f:
-            json.dump(body, f, indent=1)
-        report(body["runs"])
-        report_incomplete(body)
-        report_check(body)
+        report_all(merge_files(a.merge, a.out or os.path.join(HERE, "results", "merged.json")))
         return 0
     img = _sizes("1e4,1e5" if a.full else a.image_sizes)
     meta = _sizes("1e5,1e6,1e7" if a.full else a.meta_sizes)
@@ -312,9 +324,7 @@ def main() -> int:
             print(f"\nresults -> {out}")
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
-    report(body["runs"])
-    report_incomplete(body)
-    report_check(body)
+    report_all(body)
     return 0
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
+from collections.abc import Callable
 
 import pyarrow.fs as pafs
 
@@ -152,3 +154,18 @@ def representative_steps(log: list[tuple[str, str]], stages: tuple[str, ...]) ->
         keep = [*range(done[0] + 1), *range(done[-1] + 1, len(mine))]
         picked += [mine[i][0] for i in keep]
     return sorted(picked)
+
+
+def sweep(steps: list[int], log: list[tuple[str, str]], root: str,
+          trial: Callable[[int, str], FaultFS], check: Callable[[str], None]) -> int:
+    """Crash a fresh run in `root`/k{k} at each step k, rerun it (`trial`), assert no committed
+    file was touched and `check` the rerun's output; returns the number of steps tried."""
+    tried = 0
+    for k in steps:
+        out = os.path.join(root, f"k{k}")
+        fs = trial(k, out)
+        assert fs.violations == [], (k, log[k - 1], fs.violations)
+        check(out)
+        shutil.rmtree(out)
+        tried += 1
+    return tried

@@ -97,9 +97,8 @@ def test_crash_at_every_write_step_then_rerun(setup, monkeypatch, capsys):
     if not os.environ.get("ACEDATA_CRASH_ALL"):  # quick sweep: all but the 2nd..last unit of each stage
         steps = faultfs.representative_steps(counter.log, STAGES) + \
             [k for k, (_, p) in enumerate(counter.log, 1) if not any(f"/{s}/" in p for s in STAGES)]
-    tried = 0
-    for k in sorted(set(steps)):
-        out = str(d / f"k{k}")
+
+    def trial(k: int, out: str) -> faultfs.FaultFS:
         fs = faultfs.FaultFS(crash_at=k)
         with monkeypatch.context() as m:
             faultfs.install(m, fs)
@@ -107,10 +106,9 @@ def test_crash_at_every_write_step_then_rerun(setup, monkeypatch, capsys):
                 run_stages(_configs(a, b), out, executor="local")
             fs.crash_at = None  # the rerun: same process, no crash, still watching committed files
             run_stages(_configs(a, b), out, executor="local")
-        assert fs.violations == [], (k, counter.log[k - 1], fs.violations)
-        _check(out, clean)
-        shutil.rmtree(out)
-        tried += 1
+        return fs
+
+    tried = faultfs.sweep(sorted(set(steps)), counter.log, str(d), trial, lambda out: _check(out, clean))
     with capsys.disabled():
         print(f"\ncrash points tried: {tried} of {n} write steps of one clean run")
     assert tried == len(set(steps))

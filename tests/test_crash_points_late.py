@@ -69,13 +69,6 @@ def test_crash_at_every_write_step_of_later_stages(tmp_path, monkeypatch, capsys
     assert len(in_late) > 30
     if not os.environ.get("ACEDATA_CRASH_ALL"):  # quick sweep: finish/setup steps and one unit per stage
         in_late = faultfs.representative_steps(counter.log, LATE)
-    tried = 0
-    for k in in_late:
-        out = str(tmp_path / f"k{k}")
-        fs = trial(k, out)
-        assert fs.violations == [], (k, counter.log[k - 1], fs.violations)
-        _check(out, want)
-        shutil.rmtree(out)
-        tried += 1
+    tried = faultfs.sweep(in_late, counter.log, str(tmp_path), trial, lambda out: _check(out, want))
     with capsys.disabled():
         print(f"\ncrash points tried in synthesize/instruct/assemble: {tried}")

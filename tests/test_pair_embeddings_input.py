@@ -38,18 +38,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def _cases(tmp_path) -> dict[str, tuple[str, str]]:
     """name -> (embeddings path, words the error must contain)."""
     cases = {}
-    d = tmp_path / "nan"
-    d.mkdir()
-    v = _good(6)
-    v[2, 3] = np.nan
-    _shard(d / "a.parquet", [f"i{k}" for k in range(6)], v)
-    cases["nan"] = (str(d), "NaN or Inf")
-    d = tmp_path / "inf"
-    d.mkdir()
-    v = _good(6)
-    v[4, 0] = np.inf
-    _shard(d / "a.parquet", [f"i{k}" for k in range(6)], v)
-    cases["inf"] = (str(d), "'i4'")
+    for name, at, bad, words in (("nan", (2, 3), np.nan, "NaN or Inf"), ("inf", (4, 0), np.inf, "'i4'")):
+        d = tmp_path / name
+        d.mkdir()
+        v = _good(6)
+        v[at] = bad
+        _shard(d / "a.parquet", [f"i{k}" for k in range(6)], v)
+        cases[name] = (str(d), words)
     d = tmp_path / "dims"
     d.mkdir()
     _shard(d / "a.parquet", ["a", "b"], _good(2, 8))

@@ -49,28 +49,24 @@ def test_clean_run_passes(clean_run):
     assert r.stdout.count("ok   ") == 3  # images, quarantine, duplicates
 
 
-def test_missing_manifest_fails(clean_run, tmp_path):
+@pytest.mark.parametrize("removed, want, check_stage_dir", [
+    ("ingest/quarantine/_manifest.json",
+     "MISSING {run}/ingest/quarantine: table declared by its stage has no _manifest.json", False),
+    # the run and the stage directory alike
+    ("ingest/duplicates", "MISSING {run}/ingest/duplicates: table declared by its stage is missing", True),
+    ("ingest/_SUCCESS.json", "stage listed in _run.json has no _SUCCESS.json", False),
+], ids=["manifest", "table", "stage_marker"])
+def test_missing_part_fails(clean_run, tmp_path, removed, want, check_stage_dir):
     run = _copy(clean_run, tmp_path)
-    os.remove(os.path.join(run, "ingest", "quarantine", "_manifest.json"))
-    r = _cli("validate", run)
-    assert r.returncode == 1
-    assert f"MISSING {run}/ingest/quarantine: table declared by its stage has no _manifest.json" in r.stdout
-
-
-def test_missing_table_fails(clean_run, tmp_path):
-    run = _copy(clean_run, tmp_path)
-    shutil.rmtree(os.path.join(run, "ingest", "duplicates"))
-    for path in (run, os.path.join(run, "ingest")):  # the run and the stage directory alike
-        r = _cli("validate", path)
+    path = os.path.join(run, *removed.split("/"))
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+    for where in (run, os.path.join(run, "ingest")) if check_stage_dir else (run,):
+        r = _cli("validate", where)
         assert r.returncode == 1
-        assert f"MISSING {run}/ingest/duplicates: table declared by its stage is missing" in r.stdout
-
-
-def test_missing_stage_marker_fails(clean_run, tmp_path):
-    run = _copy(clean_run, tmp_path)
-    os.remove(os.path.join(run, "ingest", "_SUCCESS.json"))
-    r = _cli("validate", run)
-    assert r.returncode == 1 and "stage listed in _run.json has no _SUCCESS.json" in r.stdout
+        assert want.format(run=run) in r.stdout
 
 
 @pytest.mark.parametrize("body", ["{not json", "[1, 2]", '{"rows": 1}'])

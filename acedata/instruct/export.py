@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from acedata import shards, storage
 from acedata.errors import UserError
@@ -29,6 +29,9 @@ from acedata.image_index import ImageReader
 from acedata.instruct.captioner import CAPTIONER_PROMPT
 
 CURATED_METHODS = ("template", "llm_rewrite", "mllm_llm", "captioner")
+
+if TYPE_CHECKING:
+    from acedata.instruct.export_formats import Writer
 
 
 def find_tables(run_dir: str, table: str) -> list[str]:
@@ -138,7 +141,16 @@ def export_captioner_data(
     writer = open_writer(fmt, out_dir)
     if not writer.embeds_images:
         os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    store = ImageReader(images)
+    written = _write_records(wanted, pair_info, ImageReader(images), writer, out_dir, prompt, counts, progress)
+    writer.close()
+    counts["images"] = len(written)
+    return counts
+
+
+def _write_records(wanted: list[dict[str, Any]], pair_info: dict[str, dict[str, Any]], store: ImageReader,
+                   writer: Writer, out_dir: str, prompt: str, counts: dict[str, int], progress: bool) -> dict[str, str]:
+    """Add every wanted record whose images are all readable to `writer`; returns image_id -> path
+    (relative to out_dir) of the images written."""
     written: dict[str, str] = {}  # image_id -> path relative to out_dir
     from tqdm import tqdm
 
@@ -163,9 +175,7 @@ def export_captioner_data(
             counts["records"] += 1
         bar.update(len(chunk))
     bar.close()
-    writer.close()
-    counts["images"] = len(written)
-    return counts
+    return written
 
 
 def _number_per_pair(wanted: list[dict[str, Any]]) -> None:

@@ -163,7 +163,10 @@ class HFWriter:
         return [*self.files, card]
 
 
-def open_writer(fmt: str, out_dir: str) -> JsonlWriter | ShareGPTWriter | HFWriter:
+Writer = JsonlWriter | ShareGPTWriter | HFWriter
+
+
+def open_writer(fmt: str, out_dir: str) -> Writer:
     if fmt in ("internvl", "messages"):
         return JsonlWriter(out_dir, fmt)
     if fmt == "sharegpt":

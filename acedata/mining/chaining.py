@@ -157,6 +157,87 @@ def _peel_piece(left: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: S
     return out
 
 
+def _group_edges(sets: list[np.ndarray], n: int, edges: tuple[np.ndarray, np.ndarray, np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The edges sorted by the set holding them (both ends are in the same set), and where each set's start."""
+    src, dst, w = edges
+    label = np.full(n, -1, dtype=np.int64)
+    for i, s in enumerate(sets):
+        label[s] = i
+    owner = label[src] if len(src) else np.zeros(0, np.int64)
+    order = np.argsort(owner, kind="stable")
+    src, dst, w, owner = src[order], dst[order], w[order], owner[order]
+    return src, dst, w, np.searchsorted(owner, np.arange(len(sets) + 1))
+
+
+@dataclass
+class _Guard:
+    """One guard pass's settings and counters, shared by the check, split and peel steps."""
+
+    emb: np.ndarray
+    cfg: GuardConfig
+    score_of: ScoreOf | None
+    stats: GuardStats
+
+    def bad_count(self, members: np.ndarray) -> int:
+        """Incoherent member pairs; above CHECK_LIMIT members, among an evenly spaced sample."""
+        if len(members) > CHECK_LIMIT:
+            members = members[np.linspace(0, len(members) - 1, CHECK_LIMIT).astype(np.int64)]
+        return _count_bad(_bad_pairs(members, self.emb, self.cfg, self.score_of))
+
+    def verdict(self, members: np.ndarray, count_before: bool) -> str:
+        """"ok", "big" (oversize but pairwise coherent: nothing chained, just dense) or "chained"."""
+        bad = self.bad_count(members)
+        if count_before:
+            self.stats.incoherent_pairs_before += bad
+            self.stats.sets_oversize += len(members) > self.cfg.max_set_size
+            self.stats.sets_incoherent += bad > 0
+        if bad:
+            return "chained"
+        return "big" if len(members) > self.cfg.max_set_size else "ok"
+
+    def split(self, members: np.ndarray, v: str, edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+              link_threshold: float, upper: float, out: list[np.ndarray]) -> list[np.ndarray]:
+        """Re-link a failed set at rising thresholds; coherent parts go to `out`, the parts left
+        (still chained after the last round, or dense) are returned for peeling."""
+        cfg, stats = self.cfg, self.stats
+        es, ed, ew = edges
+        pending, to_peel = ([members], []) if v == "chained" else ([], [members])
+        for r in range(1, cfg.max_rounds + 1):
+            if not pending:
+                break
+            stats.split_rounds += 1
+            step = cfg.step if cfg.step is not None else (upper - link_threshold) / (cfg.max_rounds + 1)
+            t = link_threshold + step * r
+            nxt = []
+            for part in pending:
+                mask = np.isin(es, part)
+                comps = _components(part, es[mask], ed[mask], ew[mask], t)
+                if 2 * sum(len(comp) < 2 for comp in comps) > len(part):
+                    to_peel.append(part)  # shattered, not split: the part is dense, not chained
+                    continue
+                for comp in comps:
+                    if len(comp) < 2:
+                        stats.members_dropped += 1
+                        continue
+                    v = self.verdict(comp, False)
+                    if v == "ok":
+                        out.append(comp)
+                    else:
+                        (nxt if v == "chained" else to_peel).append(comp)
+            pending = nxt
+        return pending + to_peel
+
+    def peel(self, part: np.ndarray, upper: float, out: list[np.ndarray]) -> None:
+        self.stats.sets_peeled += 1
+        kept = [c for c in _peel(part, self.emb, self.cfg, self.score_of, upper) if len(c) > 1]
+        # sets kept whole or split were verified above; peeled ones are re-checked here
+        self.stats.incoherent_pairs_after += sum(_count_bad(_bad_pairs(c, self.emb, self.cfg, self.score_of))
+                                                 for c in kept)
+        out.extend(kept)
+        self.stats.members_dropped += len(part) - sum(len(c) for c in kept)
+
+
 def guard_sets(
     sets: list[np.ndarray],
     emb: np.ndarray,
@@ -177,74 +258,20 @@ def guard_sets(
     t0 = time.perf_counter()
     if not cfg.enabled:
         return [s for s in sets if len(s) > 1], stats
-    src, dst, w = edges
-    # edges grouped by the set holding them (both ends are in the same set)
-    label = np.full(len(emb), -1, dtype=np.int64)
-    for i, s in enumerate(sets):
-        label[s] = i
-    owner = label[src] if len(src) else np.zeros(0, np.int64)
-    order = np.argsort(owner, kind="stable")
-    src, dst, w, owner = src[order], dst[order], w[order], owner[order]
-    starts = np.searchsorted(owner, np.arange(len(sets) + 1))
-
-    def bad_count(members: np.ndarray) -> int:
-        """Incoherent member pairs; above CHECK_LIMIT members, among an evenly spaced sample."""
-        if len(members) > CHECK_LIMIT:
-            members = members[np.linspace(0, len(members) - 1, CHECK_LIMIT).astype(np.int64)]
-        return _count_bad(_bad_pairs(members, emb, cfg, score_of))
-
-    def verdict(members: np.ndarray, count_before: bool) -> str:
-        """"ok", "big" (oversize but pairwise coherent: nothing chained, just dense) or "chained"."""
-        bad = bad_count(members)
-        if count_before:
-            stats.incoherent_pairs_before += bad
-            stats.sets_oversize += len(members) > cfg.max_set_size
-            stats.sets_incoherent += bad > 0
-        if bad:
-            return "chained"
-        return "big" if len(members) > cfg.max_set_size else "ok"
-
+    src, dst, w, starts = _group_edges(sets, len(emb), edges)
+    guard = _Guard(emb, cfg, score_of, stats)
     out: list[np.ndarray] = []
     for i, members in enumerate(sets):
         if len(members) < 2:
             continue
         stats.sets_checked += 1
-        v = verdict(members, True)
+        v = guard.verdict(members, True)
         if v == "ok":
             out.append(members)
             continue
-        es, ed, ew = src[starts[i] : starts[i + 1]], dst[starts[i] : starts[i + 1]], w[starts[i] : starts[i + 1]]
-        pending, to_peel = ([members], []) if v == "chained" else ([], [members])
-        for r in range(1, cfg.max_rounds + 1):
-            if not pending:
-                break
-            stats.split_rounds += 1
-            step = cfg.step if cfg.step is not None else (upper - link_threshold) / (cfg.max_rounds + 1)
-            t = link_threshold + step * r
-            nxt = []
-            for part in pending:
-                mask = np.isin(es, part)
-                comps = _components(part, es[mask], ed[mask], ew[mask], t)
-                if 2 * sum(len(comp) < 2 for comp in comps) > len(part):
-                    to_peel.append(part)  # shattered, not split: the part is dense, not chained
-                    continue
-                for comp in comps:
-                    if len(comp) < 2:
-                        stats.members_dropped += 1
-                        continue
-                    v = verdict(comp, False)
-                    if v == "ok":
-                        out.append(comp)
-                    else:
-                        (nxt if v == "chained" else to_peel).append(comp)
-            pending = nxt
-        for part in pending + to_peel:
-            stats.sets_peeled += 1
-            kept = [c for c in _peel(part, emb, cfg, score_of, upper) if len(c) > 1]
-            # sets kept whole or split were verified above; peeled ones are re-checked here
-            stats.incoherent_pairs_after += sum(_count_bad(_bad_pairs(c, emb, cfg, score_of)) for c in kept)
-            out.extend(kept)
-            stats.members_dropped += len(part) - sum(len(c) for c in kept)
+        mine = slice(starts[i], starts[i + 1])
+        for part in guard.split(members, v, (src[mine], dst[mine], w[mine]), link_threshold, upper, out):
+            guard.peel(part, upper, out)
     out.sort(key=lambda s: int(s[0]))
     stats.micros = int((time.perf_counter() - t0) * 1e6)
     return out, stats

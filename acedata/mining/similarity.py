@@ -43,6 +43,32 @@ def _buffers(rows: int, cols: int, device: str):
     return f[:need].view(rows, cols), m[:need].view(rows, cols)
 
 
+def _block_hits(s, mask, tau_low: float, tau_high: float, diagonal: bool, device: str,
+                max_per_row: int | None):
+    """In-band entries (i, j, sim) of one block `s` of similarities (torch), block-local indices;
+    `diagonal`: the block straddles the diagonal, keep its strict upper triangle only."""
+    import torch
+
+    if device == "cpu":  # numpy's flatnonzero is ~30x faster than torch's CPU nonzero
+        flat = s.numpy().reshape(-1)
+        hit = torch.from_numpy(np.flatnonzero(flat >= tau_low))
+        i, j = hit // s.shape[1], hit % s.shape[1]
+        vals = torch.from_numpy(flat[hit.numpy()])
+    else:
+        torch.ge(s, tau_low, out=mask)
+        idx = mask.nonzero()
+        i, j = idx[:, 0], idx[:, 1]
+        vals = s[i, j]
+    ok = vals <= tau_high
+    if diagonal:
+        ok &= i < j
+    i, j, vals = i[ok], j[ok], vals[ok]
+    if max_per_row is not None and len(i) > max_per_row and \
+            int(torch.bincount(i, minlength=s.shape[0]).max()) > max_per_row:
+        i, j, vals = _topk_rows(s, i, j, vals, max_per_row)  # a dense block: its strongest per row
+    return i, j, vals
+
+
 def band_edges(
     x: np.ndarray,
     tau_low: float,
@@ -79,23 +105,7 @@ def band_edges(
                 t0 = time.perf_counter()
                 s, mask = _buffers(r1 - r0, c1 - c0, device)
                 torch.mm(rows, xt[c0:c1].T, out=s)
-                if device == "cpu":  # numpy's flatnonzero is ~30x faster than torch's CPU nonzero
-                    flat = s.numpy().reshape(-1)
-                    hit = torch.from_numpy(np.flatnonzero(flat >= tau_low))
-                    i, j = hit // (c1 - c0), hit % (c1 - c0)
-                    vals = torch.from_numpy(flat[hit.numpy()])
-                else:
-                    torch.ge(s, tau_low, out=mask)
-                    idx = mask.nonzero()
-                    i, j = idx[:, 0], idx[:, 1]
-                    vals = s[i, j]
-                ok = vals <= tau_high
-                if c0 == r0:  # diagonal block: strict upper triangle only
-                    ok &= i < j
-                i, j, vals = i[ok], j[ok], vals[ok]
-                if max_per_row is not None and len(i) > max_per_row and \
-                        int(torch.bincount(i, minlength=r1 - r0).max()) > max_per_row:
-                    i, j, vals = _topk_rows(s, i, j, vals, max_per_row)  # a dense block: its strongest per row
+                i, j, vals = _block_hits(s, mask, tau_low, tau_high, c0 == r0, device, max_per_row)
                 i, j = i + r0, j + c0
                 if device != "cpu":
                     torch.cuda.synchronize()

@@ -104,12 +104,18 @@ def generate(
         fine_a = np.concatenate([fine_a, extra_fine])
         coarse_a = np.concatenate([coarse_a, extra_coarse])
         dup_of = np.concatenate([dup_of, extra_dup])
-    perm = rng.permutation(len(x))  # no structure in the row order
+    return _shuffled(rng, x, fine_a, coarse_a, dup_of)
+
+
+def _shuffled(rng: np.random.Generator, x: np.ndarray, fine: np.ndarray, coarse: np.ndarray,
+              dup_of: np.ndarray) -> Generated:
+    """The rows in a random order (no structure in the row order), duplicate links renumbered."""
+    perm = rng.permutation(len(x))
     inv = np.argsort(perm)
-    x, fine_a, coarse_a = x[perm], fine_a[perm], coarse_a[perm]
+    x, fine, coarse = x[perm], fine[perm], coarse[perm]
     dup_of = np.where(dup_of[perm] >= 0, inv[np.maximum(dup_of[perm], 0)], -1)
     ids = [f"img{i:07d}" for i in range(len(x))]
-    return Generated(_unit(x).astype(np.float32), ids, fine_a, coarse_a, dup_of)
+    return Generated(_unit(x).astype(np.float32), ids, fine, coarse, dup_of)
 
 
 def bulk(n: int, d: int, n_coarse: int, group_size: int = 8, seed: int = 0, chunk: int = 65_536) -> np.ndarray:

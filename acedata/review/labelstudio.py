@@ -22,12 +22,15 @@ import datetime as dt
 import io
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 from acedata.errors import UserError
 from acedata.lcu import local_refs
 from acedata.review.table import REJECT_REASONS, append_reviews, read_reviews, review_id
+
+if TYPE_CHECKING:  # only for hints: export_tasks imports it when called
+    from acedata.lookup import ImageStore
 
 CANDIDATE, CORRECTED, REJECT, COMMENT = "candidate", "corrected", "reject", "comment"
 ORIGIN = "label_studio"
@@ -269,6 +272,23 @@ def import_annotations(run_dir: str, path: str, known_pairs: dict[str, int]) -> 
 # --- export -----------------------------------------------------------------------------------
 
 
+def _image_urls(store: ImageStore, need: list[str], images: str, folder: str, url_prefix: str) -> dict[str, str]:
+    """image_id -> the URL a task shows it by: a data URI, or a file written under `folder`/images."""
+    urls: dict[str, str] = {}
+    for lo in range(0, len(need), 512):
+        for image_id, row in store.rows(need[lo: lo + 512], ["image_id", "image", "format"]).items():
+            data = row["image"]["bytes"]
+            if images == "data-uri":
+                urls[image_id] = f"data:{_mime(row['format'])};base64," + base64.b64encode(data).decode()
+                continue
+            rel = f"images/{image_id}.{_ext(row['format'])}"
+            os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+            with open(os.path.join(folder, rel), "wb") as f:
+                f.write(data)
+            urls[image_id] = url_prefix + rel
+    return urls
+
+
 def export_tasks(run_dir: str, out_path: str, images: str = "files", url_prefix: str = DEFAULT_URL_PREFIX,
                  tasks_filter: list[str] | None = None, limit: int | None = None,
                  unreviewed_only: bool = False) -> dict[str, Any]:
@@ -302,18 +322,7 @@ def export_tasks(run_dir: str, out_path: str, images: str = "files", url_prefix:
     folder = os.path.dirname(os.path.abspath(out_path))
     need = sorted({i for pid in chosen for i in [pairs[pid]["source_id"], pairs[pid]["target_id"],
                                                  *(pairs[pid]["extra_input_ids"] or []), pairs[pid]["mask_id"]] if i})
-    urls: dict[str, str] = {}
-    for lo in range(0, len(need), 512):
-        for image_id, row in store.rows(need[lo: lo + 512], ["image_id", "image", "format"]).items():
-            data = row["image"]["bytes"]
-            if images == "data-uri":
-                urls[image_id] = f"data:{_mime(row['format'])};base64," + base64.b64encode(data).decode()
-                continue
-            rel = f"images/{image_id}.{_ext(row['format'])}"
-            os.makedirs(os.path.join(folder, "images"), exist_ok=True)
-            with open(os.path.join(folder, rel), "wb") as f:
-                f.write(data)
-            urls[image_id] = url_prefix + rel
+    urls = _image_urls(store, need, images, folder, url_prefix)
     max_inputs = max(1 + len(pairs[pid]["extra_input_ids"] or []) for pid in chosen)
     blank = _placeholder()
     tasks, missing = [], 0

@@ -38,6 +38,39 @@ def _rounded(stages: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]
     return {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in stages.items()}
 
 
+def _sample_tree(root: psutil.Process, s: dict[str, float], last_cpu: dict[int, float]
+                 ) -> tuple[list[psutil.Process], float]:
+    """One sample of the process tree under `root`: CPU since the last sample and peak RSS
+    added to the stage figures `s`; returns the tree and its summed RSS (MiB)."""
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        tree = []
+    total_rss = 0.0
+    for p in tree:
+        try:
+            t = p.cpu_times()
+            rss = p.memory_info().rss / 2**20
+        except psutil.Error:
+            continue
+        cpu = t.user + t.system
+        total_rss += rss
+        s["cpu_s"] += cpu - last_cpu.get(p.pid, 0.0)
+        last_cpu[p.pid] = cpu
+        if p.pid == root.pid:
+            s["driver_peak_mib"] = max(s["driver_peak_mib"], rss)
+            continue
+        # worker: the largest other process (Ray workers, raylet, GCS, dashboard);
+        # ray_worker: Ray's task/actor processes only (named "ray::<task>")
+        s["worker_peak_mib"] = max(s["worker_peak_mib"], rss)
+        try:
+            if p.name().startswith("ray::"):
+                s["ray_worker_peak_mib"] = max(s["ray_worker_peak_mib"], rss)
+        except psutil.Error:
+            pass
+    return tree, total_rss
+
+
 def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | None = None,
             stage: str = "command", interval: float = 0.2, rss_limit_mib: float | None = None,
             progress: str | None = None, progress_every: float = 10.0) -> dict[str, Any]:
@@ -66,32 +99,7 @@ def measure(argv: list[str], env: dict[str, str], log: str, status_path: str | N
                                              "worker_peak_mib": 0.0, "ray_worker_peak_mib": 0.0,
                                              "tree_peak_mib": 0.0})
                 s["sampled_wall_s"] += interval
-                try:
-                    tree = [root, *root.children(recursive=True)]
-                except psutil.Error:
-                    tree = []
-                total_rss = 0.0
-                for p in tree:
-                    try:
-                        t = p.cpu_times()
-                        rss = p.memory_info().rss / 2**20
-                    except psutil.Error:
-                        continue
-                    cpu = t.user + t.system
-                    total_rss += rss
-                    s["cpu_s"] += cpu - last_cpu.get(p.pid, 0.0)
-                    last_cpu[p.pid] = cpu
-                    if p.pid == root.pid:
-                        s["driver_peak_mib"] = max(s["driver_peak_mib"], rss)
-                        continue
-                    # worker: the largest other process (Ray workers, raylet, GCS, dashboard);
-                    # ray_worker: Ray's task/actor processes only (named "ray::<task>")
-                    s["worker_peak_mib"] = max(s["worker_peak_mib"], rss)
-                    try:
-                        if p.name().startswith("ray::"):
-                            s["ray_worker_peak_mib"] = max(s["ray_worker_peak_mib"], rss)
-                    except psutil.Error:
-                        pass
+                tree, total_rss = _sample_tree(root, s, last_cpu)
                 s["tree_peak_mib"] = max(s["tree_peak_mib"], total_rss)
                 if rss_limit_mib and total_rss > rss_limit_mib and not over:
                     over.append(total_rss)

@@ -1,0 +1,1 @@
+"""Parts of bench/pairing.py (a folder, so `make bench` does not run them as benchmarks)."""
