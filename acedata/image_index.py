@@ -1,22 +1,27 @@
 """One image index and one reader: image bytes by `image_id`, reading only the row groups that hold them.
 
-Index: each shard of an images table gets a small Parquet file
-`<table>/.index/<shard stem>.<sha256[:16]>.parquet` (schema `image_index`): image_id -> row group
-and row within the group, plus width/height/kind. It is built from the shard's footer and its
-metadata columns only (never the image bytes), so its content depends only on the shard's content.
-Its name carries the shard's digest: it is written once and never rewritten. A shard that is
-rewritten later (duplicate removal) gets a new index file, and the reader, which matches the
-digest against the table's manifest, never trusts a stale one. Units write their shards' indexes
-as they commit; after a stage's `finish` the runtime fills any gap and merges them into one file
-per table, `.index/_table-<digest of the shard list>.parquet` (`ensure_index`), so a reader opens
-one file, not one per shard. The folder is hidden, so `datasets`/pyarrow never read it as rows.
+Index, per images table, under its hidden `.index/` folder (so `datasets`/pyarrow never read it as rows):
 
-Reader: opens the index of every table once; `rows(ids, columns)` groups the wanted ids by
-(shard, row group), reads each group once with only the asked columns, and keeps a small LRU of
-decoded groups. Shards without an index (older runs, plain Parquet folders) are indexed when the
-reader opens, from their `image_id` column. Workers share one reader per process (`shared_reader`).
+- each shard gets `<shard stem>.<sha256[:16]>.parquet` (schema `image_index`): image_id -> row
+  group and row within the group, plus width/height/kind/source_uri, built by the unit that wrote
+  the shard from its footer and metadata columns (never the image bytes);
+- the table gets `_parts-<digest>/`: P partition files, rows hashed to a partition by image_id
+  (P from the row count only) and sorted by (image_id, shard, row group, row) in row groups of
+  8192, each row flagged `dropped` when the sibling `duplicates` table lists it; `_index.json`
+  (P, rows per partition) is written last. The digest covers the shard list and the duplicates
+  listing, so a changed table or listing is never served from a stale index. Built after each
+  stage (`ensure_index`): inline for small tables, by map and reduce units on the executor for
+  large ones (`acedata.image_index_build`). Written once, never rewritten.
 
-Layout and naming live in `image_index_files`, writing in `image_index_write`; both are re-exported here.
+Reader: keeps the shard list and, per table, the partitioned index's directory; a lookup hashes
+ids to partitions, reads each partition's footer once, the row groups whose min/max can hold the
+ids (LRU), then the image row groups (LRU). Memory does not grow with the table. A table with no
+index for its current content (older runs, plain Parquet folders) is indexed in memory when the
+reader opens, from per-shard index files or `image_id` columns. Workers share one reader per
+process (`shared_reader`).
+
+Layout and naming live in `image_index_files`, writing in `image_index_write` and
+`image_index_build`, the per-table lookup in `image_index_parts`; public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,30 +29,30 @@ from __future__ import annotations
 import posixpath
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from acedata import shards
 from acedata.errors import UserError
+from acedata.image_index_build import ensure_index, parts_dir  # noqa: F401 - re-exported
 from acedata.image_index_files import (  # noqa: F401 - re-exported: the index's public names stay here
     INDEX_DIR,
-    TABLE_PREFIX,
+    PART_SCHEMA,
+    PARTS_META,
+    PARTS_PREFIX,
     _index_files,
     _read_index,
     build_shard_index,
     index_name,
     is_image_table,
-    table_index_name,
+    parts_name,
 )
-from acedata.image_index_write import ensure_index, write_index  # noqa: F401 - re-exported
-from acedata.kept import dropped_uris, keep_mask
-from acedata.schemas import IMAGE_INDEX
+from acedata.image_index_parts import MemIndex, PartIndex, first_kept, open_index
+from acedata.image_index_write import write_index  # noqa: F401 - re-exported
 
 
 class UnknownImages(UserError, KeyError):
@@ -62,80 +67,35 @@ class UnknownImages(UserError, KeyError):
         return str(self.args[0])
 
 
-def _table_index(table: str) -> tuple[list[str], pa.Table, int]:
-    """(shard URIs, index rows with `shard_idx` into them, shards indexed from their image_id column)."""
-    uris = shards.list_shards(table)
-    manifest = shards.read_manifest(table)  # None for a single file or a folder without one
-    parts: list[pa.Table] = []
-    scanned = 0
-    if manifest is not None:
-        fs, d = shards.resolve(table)
-        idx_dir = posixpath.join(d, INDEX_DIR)
-        have = _index_files(fs, idx_dir)
-        merged = table_index_name(manifest["shards"])
-        if merged in have:  # the usual case: one file for the whole table
-            t = _read_index(fs, posixpath.join(idx_dir, merged))
-            if t.num_rows == manifest["rows"]:
-                files = pa.array([s["file"] for s in manifest["shards"]], pa.string())
-                k = pc.index_in(t.column("shard"), value_set=files).cast(pa.int32())
-                return uris, t.append_column("shard_idx", k).replace_schema_metadata(None), 0
-        for k, (s, uri) in enumerate(zip(manifest["shards"], uris)):
-            name = index_name(s["file"], s["sha256"])
-            t = _read_index(fs, posixpath.join(idx_dir, name)) if name in have else None
-            if t is None or t.num_rows != s["rows"]:
-                t, scanned = build_shard_index(shards.open_parquet(uri), s["file"]), scanned + 1
-            parts.append(_with_shard(t, k))
-    else:
-        for k, uri in enumerate(uris):  # no manifest (older or foreign tables): index from the image_id column
-            parts.append(_with_shard(build_shard_index(shards.open_parquet(uri), posixpath.basename(uri)), k))
-            scanned += 1
-    schema = IMAGE_INDEX.append(pa.field("shard_idx", pa.int32()))
-    return uris, pa.concat_tables(parts) if parts else schema.empty_table(), scanned
-
-
-def _with_shard(t: pa.Table, k: int) -> pa.Table:
-    return t.append_column("shard_idx", pa.array(np.full(t.num_rows, k, np.int32))).replace_schema_metadata(None)
-
-
 # --- reading -----------------------------------------------------------------------------
+
+_Where = tuple[int, int, int, Any, Any, Any]  # (shard, row group, row, width, height, kind)
 
 
 class ImageReader:
     """Rows of images tables by image_id; the first table (then shard, then row) holding an id wins."""
 
     def __init__(self, tables: Sequence[str], cache_groups: int = 64, cache_bytes: int = 256 << 20,
-                 skip_rows: Collection[str] | None = None) -> None:
+                 skip_rows: Collection[str] | None = None, index_groups: int = 128) -> None:
         """`skip_rows`: `acedata.kept.row_key`s of rows to leave out (copies that lose to a kept copy
-        of the same image); default: the rows each table's sibling `duplicates` table lists."""
-        if skip_rows is None:
-            skip_rows = dropped_uris(tables)
+        of the same image); default: the rows each table's sibling `duplicates` table lists.
+        `cache_groups`/`cache_bytes` bound the LRU of image row groups, `index_groups` that of
+        index row groups per table."""
         self.tables = list(tables)
+        self._skip = None if skip_rows is None else pa.array(sorted(set(skip_rows)), pa.string())
+        self._indexes: list[PartIndex | MemIndex] = [open_index(t, skip_rows is None, index_groups) for t in self.tables]
         self._uris: list[str] = []
-        parts: list[pa.Table] = []
-        self.scanned_shards = 0  # shards indexed from their image_id column (no usable index file)
-        for t in self.tables:
-            uris, idx, scanned = _table_index(t)
-            shift = pc.add(idx.column("shard_idx"), pa.scalar(len(self._uris), pa.int32()))
-            parts.append(idx.set_column(idx.schema.get_field_index("shard_idx"), "shard_idx", shift))
-            self._uris.extend(uris)
-            self.scanned_shards += scanned
-        index = pa.concat_tables(parts) if parts else IMAGE_INDEX.append(pa.field("shard_idx", pa.int32())).empty_table()
-        if skip_rows and index.num_rows:
-            mask = keep_mask(index.column("source_uri"), index.column("image_id"), set(skip_rows))
-            index = index if mask is None else index.filter(mask)
-        self._pos: dict[str, int] = {}
-        for i, image_id in enumerate(index.column("image_id").to_pylist()):
-            self._pos.setdefault(image_id, i)
-        self._shard = index.column("shard_idx").to_numpy()
-        self._group = index.column("row_group").to_numpy()
-        self._row = index.column("row").to_numpy()
-        self._meta_cols = index.select(["width", "height", "kind"])
-        self._footers: dict[int, pq.FileMetaData] = {}
+        self._offsets: list[int] = []  # each table's first shard in `_uris`
+        for idx in self._indexes:
+            self._offsets.append(len(self._uris))
+            self._uris.extend(idx.uris)
+        self.scanned_shards = sum(i.scanned for i in self._indexes)  # shards indexed from their image_id column
+        self._footers: OrderedDict[int, pq.FileMetaData] = OrderedDict()
         self._cache: OrderedDict[tuple, pa.Table] = OrderedDict()
         self._cache_bytes = 0
         self._max_groups, self._max_bytes = cache_groups, cache_bytes
         self._lock = threading.Lock()
-        self.row_groups_read = 0
+        self.row_groups_read = 0  # image row groups read
 
     @classmethod
     def for_run(cls, run_dir: str, **kw: Any) -> ImageReader:
@@ -143,44 +103,94 @@ class ImageReader:
 
         return cls(run_tables(run_dir, "images"), **kw)
 
+    @property
+    def index_rows_read(self) -> int:
+        """Index rows read from partitioned indexes so far (an I/O count: lookups stay small)."""
+        return sum(i.rows_read for i in self._indexes)
+
+    @property
+    def index_groups_read(self) -> int:
+        return sum(i.groups_read for i in self._indexes)
+
+    def _lookup(self, image_ids: Iterable[str]) -> dict[str, _Where]:
+        """Where the served row of each known id is; table by table, ids found leave the search."""
+        remaining = list(dict.fromkeys(image_ids))
+        out: dict[str, _Where] = {}
+        for idx, off in zip(self._indexes, self._offsets):
+            if not remaining:
+                break
+            got = first_kept(idx.find(remaining), self._skip)
+            if not got.num_rows:
+                continue
+            cols = [got.column(c).to_pylist() for c in ("image_id", "shard", "row_group", "row", "width", "height", "kind")]
+            for i, s, g, r, w, h, k in zip(*cols):
+                out[i] = (s + off, g, r, w, h, k)
+            remaining = [i for i in remaining if i not in out]
+        return out
+
     def __contains__(self, image_id: object) -> bool:
-        return image_id in self._pos
+        return isinstance(image_id, str) and image_id in self._lookup([image_id])
+
+    def present(self, image_ids: Iterable[str]) -> set[str]:
+        """The ids of `image_ids` some table holds (one batched lookup; `in` looks up one id)."""
+        return set(self._lookup(image_ids))
 
     def __len__(self) -> int:
-        return len(self._pos)
+        """Distinct ids: streams every partition (small tools only)."""
+        return sum(1 for _ in self.ids())
 
-    def ids(self) -> Iterable[str]:
-        return self._pos.keys()
+    def ids(self) -> Iterator[str]:
+        """Every id once. Streams every partition of every table (and, for several tables, keeps
+        the ids seen): for the reference planner and small tools, not for workers."""
+        seen: set[str] | None = set() if len(self._indexes) > 1 else None
+        for idx in self._indexes:
+            for part in idx.stream():
+                for i in first_kept(part, self._skip).column("image_id").to_pylist():
+                    if seen is not None:
+                        if i in seen:
+                            continue
+                        seen.add(i)
+                    yield i
 
     def info(self, image_id: str) -> dict[str, Any]:
         """width, height, kind from the index alone."""
-        p = self._pos.get(image_id)
+        p = self._lookup([image_id]).get(image_id)
         if p is None:
             raise UnknownImages([image_id], self._where())
-        return {c: self._meta_cols.column(c)[p].as_py() for c in ("width", "height", "kind")}
+        return {"width": p[3], "height": p[4], "kind": p[5]}
+
+    def infos(self, image_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """{image_id: info} for the known ids of `image_ids`, in one batched lookup."""
+        return {i: {"width": p[3], "height": p[4], "kind": p[5]} for i, p in self._lookup(image_ids).items()}
 
     def sizes(self) -> dict[str, list]:
-        """image_id -> [width, height] for every image, from the index alone."""
-        w = self._meta_cols.column("width").to_pylist()
-        h = self._meta_cols.column("height").to_pylist()
-        return {i: [w[p], h[p]] for i, p in self._pos.items()}
+        """image_id -> [width, height] for every image, from the index alone. Streams every
+        partition and holds the whole answer: the single-process reference planner's."""
+        out: dict[str, list] = {}
+        for idx in self._indexes:
+            for part in idx.stream():
+                t = first_kept(part, self._skip)
+                for i, w, h in zip(*(t.column(c).to_pylist() for c in ("image_id", "width", "height"))):
+                    out.setdefault(i, [w, h])
+        return out
 
     def kind(self, image_id: str) -> str | None:
-        p = self._pos.get(image_id)
-        return None if p is None else self._meta_cols.column("kind")[p].as_py()
+        p = self._lookup([image_id]).get(image_id)
+        return None if p is None else p[5]
 
     def rows(self, image_ids: Iterable[str], columns: Sequence[str] = ("image_id", "image"),
              missing: str = "raise") -> dict[str, dict[str, Any]]:
         """{image_id: row} with `columns` (absent columns as None); unknown ids raise, or are skipped."""
         wanted = list(dict.fromkeys(image_ids))
-        absent = [i for i in wanted if i not in self._pos]
+        pos = self._lookup(wanted)
+        absent = [i for i in wanted if i not in pos]
         if absent and missing == "raise":
             raise UnknownImages(absent, self._where())
         by_shard: dict[int, dict[int, list[tuple[int, str]]]] = defaultdict(lambda: defaultdict(list))
         for i in wanted:
-            p = self._pos.get(i)
+            p = pos.get(i)
             if p is not None:
-                by_shard[int(self._shard[p])][int(self._group[p])].append((int(self._row[p]), i))
+                by_shard[p[0]][p[1]].append((p[2], i))
         cols = list(dict.fromkeys(["image_id", *columns]))
         out: dict[str, dict[str, Any]] = {}
         for k in sorted(by_shard):
@@ -215,6 +225,8 @@ class ImageReader:
                     self._cache.move_to_end((k, g, tuple(cols)))
                     out[g] = hit
             footer = self._footers.get(k)
+            if footer is not None:
+                self._footers.move_to_end(k)
         if not missing:
             return out
         fs, path = shards.resolve(self._uris[k])
@@ -231,6 +243,8 @@ class ImageReader:
         with self._lock:
             self.row_groups_read += len(missing)
             self._footers[k] = footer
+            while len(self._footers) > 1024:  # footers of image shards: bounded, not one per shard read
+                self._footers.popitem(last=False)
             for g in missing:
                 self._cache[(k, g, tuple(cols))] = out[g]
                 self._cache_bytes += out[g].nbytes

@@ -2,28 +2,55 @@
 
 Each shard of an images table gets `<table>/.index/<shard stem>.<sha256[:16]>.parquet` (schema
 `image_index`: image_id -> row group and row, plus width/height/kind), built from the shard's
-footer and metadata columns only; the merged index of a whole table is
-`.index/_table-<digest of the shard list>.parquet`. See `acedata.image_index`.
+footer and metadata columns only. The table's index is `.index/_parts-<digest>/`: P partition
+files `p00000.parquet`... (schema `PART_SCHEMA`), rows hashed to a partition by image_id and
+sorted by it, and `_index.json` (P, rows per partition) written last. The digest covers the
+shard list and the sibling `duplicates` table's shard list, so any change renames it. See
+`acedata.image_index`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import posixpath
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from acedata import shards
+from acedata import kept, shards, shuffle
 from acedata.errors import UserError
 from acedata.schemas import IMAGE, IMAGE_INDEX, conform
 
 INDEX_DIR = ".index"  # hidden: `datasets`, pyarrow and list_shards skip it when reading the table
-TABLE_PREFIX = "_table-"  # the merged index of a whole table: `.index/_table-<digest>.parquet`
+TABLE_PREFIX = "_table-"  # the merged index file of earlier versions (removed by `ensure_index`)
+PARTS_PREFIX = "_parts-"  # the partitioned index of a whole table: `.index/_parts-<digest>/`
+BUILD_PREFIX = "_build-"  # scratch and done-markers of a distributed build: `.index/_build-<digest>/`
+PARTS_META = "_index.json"  # written last: the partitioned index exists exactly when this does
+PARTS_VERSION = 1  # part of the digest: bump when the partition files' layout changes
+ROWS_PER_PARTITION = 1 << 20  # about this many index rows per partition (from row counts only)
+GROUP_ROWS = 8192  # rows per row group of a partition file: a lookup reads one or two of them
+
+# A partition file's rows: one per row of the images table, sorted by (image_id, shard, row_group,
+# row), so the first kept row of an id is the one readers serve (first shard, then row, wins).
+PART_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), False),
+    pa.field("shard", pa.int32(), False),  # position in the manifest's shard list
+    pa.field("row_group", pa.int32(), False),
+    pa.field("row", pa.int32(), False),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("kind", pa.string()),
+    pa.field("source_uri", pa.string()),
+    pa.field("dropped", pa.bool_(), False),  # listed in the sibling `duplicates` table: readers skip it
+])
+MAP_SCHEMA = PART_SCHEMA.remove(PART_SCHEMA.get_field_index("dropped"))  # rows before the duplicates join
+SORT_KEYS = [("image_id", "ascending"), ("shard", "ascending"), ("row_group", "ascending"), ("row", "ascending")]
 _META_COLUMNS = ("image_id", "width", "height", "kind", "source_uri")
 
 
@@ -37,10 +64,71 @@ def index_name(shard_file: str, sha256: str) -> str:
     return f"{stem}.{sha256[:16]}.parquet"
 
 
-def table_index_name(shard_infos: Iterable[dict[str, Any]]) -> str:
-    """The name of a table's merged index: a digest of its shard list, so any change renames it."""
-    h = hashlib.sha256("\n".join(f"{s['file']}:{s['sha256']}" for s in shard_infos).encode())
-    return f"{TABLE_PREFIX}{h.hexdigest()[:16]}.parquet"
+def parts_name(shard_infos: Iterable[dict[str, Any]], duplicate_infos: Iterable[dict[str, Any]]) -> str:
+    """The folder of a table's partitioned index: a digest of its shard list and of its duplicates
+    table's shard list (the `dropped` flags come from it), so a change to either renames it."""
+    lines = [f"v{PARTS_VERSION}", *(f"{s['file']}:{s['sha256']}" for s in shard_infos), "--duplicates--",
+             *(f"{s['file']}:{s['sha256']}" for s in duplicate_infos)]
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return f"{PARTS_PREFIX}{digest[:16]}"
+
+
+def part_file(k: int) -> str:
+    return f"p{k:05d}.parquet"
+
+
+def partition_count(rows: int) -> int:
+    """P for a table of `rows` rows (duplicates included): content row counts only, never workers."""
+    return shuffle.bucket_count(rows, ROWS_PER_PARTITION)
+
+
+def duplicates_dir(table: str) -> str | None:
+    """The sibling `duplicates` table of an images table folder (None for a single Parquet file)."""
+    return None if table.endswith(".parquet") else kept.duplicates_of(table)
+
+
+def duplicate_shards(table: str) -> list[dict[str, Any]]:
+    """The shard list of the table's `duplicates` sibling ([] when it has none)."""
+    dup = duplicates_dir(table)
+    manifest = None if dup is None else shards.read_manifest(dup)
+    return [] if manifest is None else manifest["shards"]
+
+
+def read_duplicates(table: str, files: Iterable[str] | None = None) -> pa.Table:
+    """(source_uri, image_id) of the listed duplicates: of the given shard files, or all of them."""
+    dup = duplicates_dir(table)
+    if files is None:
+        files = [s["file"] for s in duplicate_shards(table)]
+    parts = [shards.open_parquet(posixpath.join(dup, f)).read(columns=["source_uri", "image_id"]) for f in files]
+    empty = pa.schema([pa.field("source_uri", pa.string()), pa.field("image_id", pa.string())]).empty_table()
+    return pa.concat_tables([p.cast(empty.schema) for p in parts]) if parts else empty
+
+
+def to_part(index: pa.Table, k: int) -> pa.Table:
+    """A shard's index rows (schema `image_index`) as partition rows of shard `k` (`MAP_SCHEMA`)."""
+    cols = [index.column("image_id"), pa.array(np.full(index.num_rows, k, np.int32))]
+    cols += [index.column(c) for c in MAP_SCHEMA.names[2:]]
+    return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(cols, MAP_SCHEMA)], schema=MAP_SCHEMA)
+
+
+def finish_partition(rows: pa.Table, duplicates: pa.Table) -> pa.Table:
+    """Index rows (`MAP_SCHEMA`) with their `dropped` flag, in the order readers rely on. The order
+    is total (shard, row_group, row name one row), so any split of the same rows gives the same table."""
+    rows = rows.select(MAP_SCHEMA.names).cast(MAP_SCHEMA)
+    if rows.num_rows and duplicates.num_rows:
+        listed = pc.unique(kept.row_keys(duplicates.column("source_uri"), duplicates.column("image_id")))
+        dropped = pc.is_in(kept.row_keys(rows.column("source_uri"), rows.column("image_id")), value_set=listed)
+    else:
+        dropped = pa.array(np.zeros(rows.num_rows, bool))
+    t = rows.append_column(PART_SCHEMA.field("dropped"), dropped).cast(PART_SCHEMA)
+    return t.sort_by(SORT_KEYS).combine_chunks() if t.num_rows else PART_SCHEMA.empty_table()
+
+
+def write_partition(fs: pafs.FileSystem, path: str, t: pa.Table) -> None:
+    """One partition file, row groups of `GROUP_ROWS` with min/max statistics (the reader's directory)."""
+    buf = io.BytesIO()
+    pq.write_table(t, buf, row_group_size=GROUP_ROWS, compression="zstd", write_statistics=True)
+    shards.write_bytes_atomic(fs, path, buf.getvalue())
 
 
 def build_shard_index(pf: pq.ParquetFile, shard_file: str) -> pa.Table:

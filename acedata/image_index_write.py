@@ -1,11 +1,10 @@
-"""Writing the image index: each committed shard's index file (by the unit that wrote the shard),
-then, after a stage, the gaps filled and one merged file per table (`ensure_index`)."""
+"""Writing the image index's per-shard files (by the unit that wrote the shard, or to fill a gap).
+The table's partitioned index is built from them by `acedata.image_index_build`."""
 
 from __future__ import annotations
 
 import io
 import posixpath
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,7 +19,6 @@ from acedata.image_index_files import (
     _read_index,
     build_shard_index,
     index_name,
-    table_index_name,
 )
 from acedata.schemas import IMAGE_INDEX, with_hf_metadata
 
@@ -51,42 +49,22 @@ def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]]) -> int:
     return made
 
 
-def ensure_index(table_dir: str) -> dict[str, int]:
-    """Index every shard the manifest lists, merge them into the table's index file (one file to
-    open), and drop index files of shards no longer listed. Runs on the driver after a stage."""
-    manifest = shards.read_manifest(table_dir)
-    if manifest is None:
-        return {"written": 0, "removed": 0}
-    written = write_index(table_dir, manifest["shards"])
+def shard_index(table_dir: str, s: dict[str, Any], have: set[str] | None = None,
+                write: bool = True) -> tuple[pa.Table, bool]:
+    """(index rows of one listed shard, whether they were built from the shard): its index file when
+    that holds the shard's rows, else built from the shard's metadata columns (and, with `write`,
+    saved, so the next reader finds it). `have`: the index folder's files, when already listed."""
     fs, d = shards.resolve(table_dir)
     idx_dir = posixpath.join(d, INDEX_DIR)
-    keep = {index_name(s["file"], s["sha256"]) for s in manifest["shards"]}
-    merged = table_index_name(manifest["shards"])
-    if manifest["shards"] and merged not in _index_files(fs, idx_dir):
-        _merge(fs, idx_dir, [index_name(s["file"], s["sha256"]) for s in manifest["shards"]], merged)
-        written += 1
-    keep.add(merged)
-    removed = 0
-    for name in _index_files(fs, idx_dir) - keep:  # a superseded shard's index (dedupe, retried unit)
-        fs.delete_file(posixpath.join(idx_dir, name))
-        removed += 1
-    return {"written": written, "removed": removed}
-
-
-def _merge(fs: pafs.FileSystem, idx_dir: str, names: list[str], merged: str, group_rows: int = 1 << 17) -> None:
-    """Concatenate per-shard index files in manifest order into row groups of `group_rows`
-    (few, large groups read fast), holding at most one group in memory."""
-    tmp = posixpath.join(idx_dir, f".tmp-{uuid.uuid4().hex}.parquet")
-    schema = with_hf_metadata(IMAGE_INDEX)
-    pending: list[pa.Table] = []
-    rows = 0
-    with fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as w:
-        for name in names:
-            pending.append(_read_index(fs, posixpath.join(idx_dir, name)).cast(schema))
-            rows += pending[-1].num_rows
-            if rows >= group_rows:
-                w.write_table(pa.concat_tables(pending), row_group_size=rows)
-                pending, rows = [], 0
-        if pending:
-            w.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
-    fs.move(tmp, posixpath.join(idx_dir, merged))
+    name = index_name(s["file"], s["sha256"])
+    path = posixpath.join(idx_dir, name)
+    if name in have if have is not None else shards.exists(fs, path):
+        t = _read_index(fs, path)
+        if t.num_rows == s["rows"]:
+            return t, False
+    with fs.open_input_file(posixpath.join(d, s["file"])) as f:
+        t = build_shard_index(pq.ParquetFile(f), s["file"])
+    if write:
+        fs.create_dir(idx_dir, recursive=True)
+        _write_index_file(fs, path, t, s["sha256"])
+    return t, True

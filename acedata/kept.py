@@ -30,7 +30,8 @@ DUPLICATES = "duplicates"
 CROSS_UNIT = "cross-unit"
 
 
-def _sibling(table: str) -> str:
+def duplicates_of(table: str) -> str:
+    """The sibling `duplicates` table of an images table folder."""
     return posixpath.join(posixpath.dirname(table.rstrip("/")), DUPLICATES)
 
 
@@ -39,7 +40,8 @@ def row_key(source_uri: str | None, image_id: str | None) -> str:
     return f"{source_uri}\x00{image_id}"
 
 
-def _keys(uris: pa.Array | pa.ChunkedArray, ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+def row_keys(uris: pa.Array | pa.ChunkedArray, ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """`row_key` of each (source_uri, image_id), vectorised."""
     return pc.binary_join_element_wise(pc.fill_null(uris, "None"), pc.fill_null(ids, "None"), "\x00")
 
 
@@ -49,11 +51,11 @@ def dropped_uris(tables: Iterable[str]) -> set[str]:
     for t in tables:
         if t.endswith(".parquet"):
             continue
-        dup = _sibling(t)
+        dup = duplicates_of(t)
         if shards.read_manifest(dup) is None:
             continue
         for batch in shards.iter_batches(dup, columns=["source_uri", "image_id"], batch_size=65536):
-            out.update(_keys(batch.column(0), batch.column(1)).to_pylist())
+            out.update(row_keys(batch.column(0), batch.column(1)).to_pylist())
     return out
 
 
@@ -62,7 +64,7 @@ def keep_mask(uris: pa.Array | pa.ChunkedArray, ids: pa.Array | pa.ChunkedArray,
     """A boolean mask of rows to keep, or None when every row is kept."""
     if not dropped:
         return None
-    mask = pc.invert(pc.is_in(_keys(uris, ids), value_set=pa.array(sorted(dropped), pa.string())))
+    mask = pc.invert(pc.is_in(row_keys(uris, ids), value_set=pa.array(sorted(dropped), pa.string())))
     return mask if not pc.all(mask).as_py() else None
 
 
@@ -97,6 +99,6 @@ def cross_unit_rows(images_table: str) -> int:
     `count_rows - cross_unit_rows` distinct kept rows). Reads unit fragments, never rows."""
     if images_table.endswith(".parquet"):
         return 0
-    dup = _sibling(images_table)
+    dup = duplicates_of(images_table)
     return sum(s["rows"] for u in sorted(shards.committed_units(dup)) if u.startswith(CROSS_UNIT)
                for s in shards.unit_fragment(dup, u)["shards"])

@@ -197,8 +197,8 @@ def run_stage(
         shards.finalize_manifest(stage.ctx.out(table), stage.output_schema(table), table=table)
     extra = stage.finish(counts) or {}
     for table in stage.outputs:
-        if image_index.is_image_table(stage.output_schema(table)):  # shards finish rewrote, units that died early
-            image_index.ensure_index(stage.ctx.out(table))
+        if image_index.is_image_table(stage.output_schema(table)):  # the table's partitioned index
+            image_index.ensure_index(stage.ctx.out(table), executor, stage.config.resources.concurrency)
     return {"stage": stage.kind, "units": len(all_ids), "counts": counts, "seconds": round(time.time() - t0, 2), **extra}
 
 

@@ -15,15 +15,17 @@ from acedata import image_index, shards
 from acedata.errors import UserError
 from acedata.image_index import (
     INDEX_DIR,
+    PARTS_META,
     ImageReader,
     UnknownImages,
     index_name,
+    parts_dir,
     shared_reader,
-    table_index_name,
 )
 from acedata.kept import dropped_uris, row_key
 from acedata.pipeline import run_stages
 from acedata.schemas import DUPLICATES, IMAGES
+from acedata.shuffle import bucket_of
 from acedata.stages.ingest import IngestConfig
 from acedata.stages.synthesize import SynthesizeConfig
 
@@ -75,21 +77,38 @@ class _Reads:
         monkeypatch.setattr(pq.ParquetFile, "read", read)
 
 
+def _partition_rows(table: str) -> list[list[dict]]:
+    """The rows of each partition file of the table's current partitioned index."""
+    d = parts_dir(table)
+    with open(os.path.join(d, PARTS_META)) as f:
+        meta = json.load(f)
+    return [pq.read_table(os.path.join(d, f"p{k:05d}.parquet")).to_pylist() for k in range(meta["partitions"])]
+
+
 def _check_index_consistent(table: str) -> None:
     """Every row indexed, each entry pointing at the row that holds it; every id once in the kept view
-    (copies listed in the sibling duplicates table aside); one index file per listed shard."""
+    (copies listed in the sibling duplicates table aside); one index file per listed shard; the
+    partitioned index holds exactly those rows, flagged, hashed to their partition and sorted."""
     manifest = shards.read_manifest(table)
     listed = dropped_uris([table])
     _, d = shards.resolve(table)
     files = sorted(os.listdir(os.path.join(d, INDEX_DIR)))
-    merged = table_index_name(manifest["shards"])
-    assert files == sorted([merged, *(index_name(s["file"], s["sha256"]) for s in manifest["shards"])])
-    per_shard = [pq.read_table(os.path.join(d, INDEX_DIR, index_name(s["file"], s["sha256"])))
+    parts = os.path.basename(parts_dir(table))
+    assert files == sorted([parts, *(index_name(s["file"], s["sha256"]) for s in manifest["shards"])])
+    per_shard = [pq.read_table(os.path.join(d, INDEX_DIR, index_name(s["file"], s["sha256"]))).to_pylist()
                  for s in manifest["shards"]]
-    assert pq.read_table(os.path.join(d, INDEX_DIR, merged)).to_pylist() == pa.concat_tables(per_shard).to_pylist()
+    want = sorted((r["image_id"], k, r["row_group"], r["row"], r["width"], r["height"], r["kind"], r["source_uri"],
+                   row_key(r["source_uri"], r["image_id"]) in listed) for k, rows in enumerate(per_shard) for r in rows)
+    partitions = _partition_rows(table)
+    got = []
+    for k, rows in enumerate(partitions):
+        keys = [(r["image_id"], r["shard"], r["row_group"], r["row"]) for r in rows]
+        assert keys == sorted(keys)  # sorted by id, then shard, row group, row
+        assert all(b == k for b in bucket_of([r["image_id"] for r in rows], len(partitions)))
+        got += [tuple(r.values()) for r in rows]
+    assert sorted(got) == want
     seen: set[str] = set()
-    for s in manifest["shards"]:
-        idx = pq.read_table(os.path.join(d, INDEX_DIR, index_name(s["file"], s["sha256"]))).to_pylist()
+    for s, idx in zip(manifest["shards"], per_shard):
         pf = pq.ParquetFile(os.path.join(d, s["file"]))
         groups = [pf.read_row_group(g, columns=["image_id", "width", "height", "kind"]).to_pylist()
                   for g in range(pf.metadata.num_row_groups)]
@@ -126,25 +145,29 @@ def test_index_written_by_ingest_and_synthesize(demo_corpus, tmp_path):
     assert reader.image_bytes(ids) == want
 
 
+def _files(root: str) -> dict[str, bytes]:
+    """Every file under `root` (relative name -> bytes)."""
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                out[os.path.relpath(os.path.join(d, n), root)] = f.read()
+    return out
+
+
 def test_index_is_deterministic_and_write_once(tmp_path):
     a = str(tmp_path / "a")
     shards.write_table(a, _images(200), IMAGES, unit="u", row_group_bytes=2000, table="images")
-    assert image_index.ensure_index(a) == {"written": 2, "removed": 0}  # the shard's and the merged one
+    assert image_index.ensure_index(a) == {"written": 2, "removed": 0}  # the shard's and the partitioned one
     idx = os.path.join(a, INDEX_DIR)
-    names = sorted(os.listdir(idx))
-    first = {}
-    for n in names:
-        with open(os.path.join(idx, n), "rb") as f:
-            first[n] = f.read()
-    before = [os.stat(os.path.join(idx, n)).st_mtime_ns for n in names]
+    first = _files(idx)
+    assert len(first) == 3  # the shard's index, one partition, _index.json
+    before = {n: os.stat(os.path.join(idx, n)).st_mtime_ns for n in first}
     assert image_index.ensure_index(a) == {"written": 0, "removed": 0}  # never rewritten
-    assert [os.stat(os.path.join(idx, n)).st_mtime_ns for n in names] == before
+    assert {n: os.stat(os.path.join(idx, n)).st_mtime_ns for n in first} == before
     shutil.rmtree(idx)  # built again from the same shards: the same names and bytes
     assert image_index.ensure_index(a) == {"written": 2, "removed": 0}
-    assert sorted(os.listdir(idx)) == names
-    for n in names:
-        with open(os.path.join(idx, n), "rb") as f:
-            assert f.read() == first[n]
+    assert _files(idx) == first
 
 
 def test_reader_matches_full_read_for_random_subsets(tmp_path):
