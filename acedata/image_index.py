@@ -114,7 +114,7 @@ class ImageReader:
 
     def _lookup(self, image_ids: Iterable[str]) -> dict[str, _Where]:
         """Where the served row of each known id is; table by table, ids found leave the search."""
-        remaining = list(dict.fromkeys(image_ids))
+        remaining = [i for i in dict.fromkeys(image_ids) if isinstance(i, str)]
         out: dict[str, _Where] = {}
         for idx, off in zip(self._indexes, self._offsets):
             if not remaining:

@@ -51,13 +51,12 @@ def image_sizes(tables: list[str], ids: list[str]) -> tuple[np.ndarray, np.ndarr
     h = np.full(len(ids), np.nan)
     if not tables or not ids:
         return w, h
-    from acedata.image_index import UnknownImages, shared_reader
+    from acedata.image_index import shared_reader
 
-    reader = shared_reader(tables)
+    infos = shared_reader(tables).infos(ids)  # one batched lookup: a few index row groups per partition
     for k, image_id in enumerate(ids):
-        try:
-            info = reader.info(image_id)
-        except UnknownImages:
+        info = infos.get(image_id)
+        if info is None:
             continue
         w[k] = np.nan if info["width"] is None else info["width"]
         h[k] = np.nan if info["height"] is None else info["height"]

@@ -155,7 +155,7 @@ class Catalog:
         used |= {m for m in self.pairs.column("mask_id").to_pylist() if m}
         used |= {x for xs in self.pairs.column("extra_input_ids").to_pylist() if xs for x in xs}
         used |= {p[len(T2I_PREFIX):] for p in self._instr_span if p.startswith(T2I_PREFIX)}
-        self.served = {i for i in used if i in self.reader}  # only images an item of this run shows
+        self.served = self.reader.present(used)  # only images an item of this run shows
 
     def has_image(self, image_id: str) -> bool:
         return bool(IMAGE_ID.match(image_id)) and image_id in self.served
