@@ -76,7 +76,7 @@ class ImageReader:
     """Rows of images tables by image_id; the first table (then shard, then row) holding an id wins."""
 
     def __init__(self, tables: Sequence[str], cache_groups: int = 64, cache_bytes: int = 256 << 20,
-                 skip_rows: Collection[str] | None = None, index_groups: int = 128) -> None:
+                 skip_rows: Collection[str] | None = None, index_groups: int = 32) -> None:
         """`skip_rows`: `acedata.kept.row_key`s of rows to leave out (copies that lose to a kept copy
         of the same image); default: the rows each table's sibling `duplicates` table lists.
         `cache_groups`/`cache_bytes` bound the LRU of image row groups, `index_groups` that of

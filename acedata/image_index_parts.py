@@ -3,7 +3,7 @@
 `PartIndex`: the partitioned index on disk (`.index/_parts-<digest>/`). An id's partition is
 `shuffle.bucket_of(id, P)`; the partition is sorted by image_id, so its footer's row-group
 min/max statistics say which row groups can hold the id (`np.searchsorted`), and only those are
-read (an LRU keeps recent ones). Memory: the row-group bounds of the partitions touched (two
+read (an LRU keeps the last 32 per table). Memory: the row-group bounds of the partitions touched (two
 strings per 8192 rows) and the LRU, never the table.
 
 `MemIndex`: the fallback for a table with no index for its current content (an older run, a
@@ -53,14 +53,21 @@ def first_kept(rows: pa.Table, skip: pa.Array | None) -> pa.Table:
     if not rows.num_rows:
         return rows
     if skip is None:
-        mask = pc.invert(rows.column("dropped"))
+        keep = ~rows.column("dropped").to_numpy(zero_copy_only=False)
     else:
-        mask = pc.invert(pc.is_in(kept.row_keys(rows.column("source_uri"), rows.column("image_id")), value_set=skip))
-    t = rows.filter(mask)
-    ids = t.column("image_id").to_numpy(zero_copy_only=False)
-    first = np.ones(len(ids), bool)
+        listed = pc.is_in(kept.row_keys(rows.column("source_uri"), rows.column("image_id")), value_set=skip)
+        keep = ~listed.to_numpy(zero_copy_only=False)
+    pos = np.flatnonzero(keep)
+    ids = rows.column("image_id").to_numpy(zero_copy_only=False)[pos]
+    first = np.ones(len(pos), bool)
     first[1:] = ids[1:] != ids[:-1]  # an id's rows are adjacent and in order: keep the first
-    return t.filter(pa.array(first))
+    pos = pos[first]
+    return rows if len(pos) == rows.num_rows else rows.take(pa.array(pos))
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions start, start+1, ... (length of them) of every range, in order."""
+    return np.repeat(starts, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
 
 
 class PartIndex:
@@ -68,7 +75,7 @@ class PartIndex:
 
     scanned = 0  # shards indexed from their image_id column: none
 
-    def __init__(self, uris: list[str], folder: str, meta: dict[str, Any], cache_groups: int = 128) -> None:
+    def __init__(self, uris: list[str], folder: str, meta: dict[str, Any], cache_groups: int = 32) -> None:
         self.uris = uris
         self.fs, self.dir = shards.resolve(folder)
         self.partitions = int(meta["partitions"])
@@ -114,7 +121,7 @@ class PartIndex:
             return PART_SCHEMA.empty_table()
         x = np.array(list(ids), dtype=object)
         part = shuffle.bucket_of(x, self.partitions)
-        need: list[tuple[int, int]] = []
+        need: dict[tuple[int, int], set[str]] = {}  # (partition, row group) -> the ids it may hold
         for k in np.unique(part).tolist():
             if not self.part_rows[k]:
                 continue
@@ -122,16 +129,21 @@ class PartIndex:
             want = x[part == k]
             lo = np.searchsorted(maxs, want, "left")  # first group whose max >= id
             hi = np.searchsorted(mins, want, "right")  # past the last group whose min <= id
-            groups = sorted({g for a, z in zip(lo.tolist(), hi.tolist()) for g in range(a, z)})
-            need += [(k, g) for g in groups]
-        tables = self._groups(need)
-        if not tables:
-            return PART_SCHEMA.empty_table()
-        t = pa.concat_tables(tables)
-        return t.filter(pc.is_in(t.column("image_id"), value_set=pa.array(list(ids), pa.string())))
+            for i, a, z in zip(want.tolist(), lo.tolist(), hi.tolist()):
+                for g in range(a, z):
+                    need.setdefault((k, g), set()).add(i)
+        keys = sorted(need)  # partition, then group order: an id spanning two groups stays in order
+        pieces = []
+        for key, (t, gids) in zip(keys, self._groups(keys)):
+            w = np.array(sorted(need[key]), dtype=object)
+            a, z = np.searchsorted(gids, w, "left"), np.searchsorted(gids, w, "right")
+            if (z > a).any():
+                pieces.append(t.take(pa.array(_ranges(a, z - a))))
+        return pa.concat_tables(pieces) if pieces else PART_SCHEMA.empty_table()
 
-    def _groups(self, need: list[tuple[int, int]]) -> list[pa.Table]:
-        out: dict[tuple[int, int], pa.Table] = {}
+    def _groups(self, need: list[tuple[int, int]]) -> list[tuple[pa.Table, np.ndarray]]:
+        """The row groups (with their ids as an array, for searchsorted): from the LRU, the rest read."""
+        out: dict[tuple[int, int], tuple[pa.Table, np.ndarray]] = {}
         missing: dict[int, list[int]] = {}
         with self._lock:
             for key in need:
@@ -151,7 +163,8 @@ class PartIndex:
             start = 0
             for g in groups:
                 n = md.row_group(g).num_rows
-                out[(k, g)] = t.slice(start, n)
+                part = t.slice(start, n).combine_chunks()
+                out[(k, g)] = (part, part.column("image_id").to_numpy(zero_copy_only=False))
                 start += n
             with self._lock:
                 self.groups_read += len(groups)
@@ -199,15 +212,13 @@ class MemIndex:
         x = np.array(list(ids), dtype=object)
         lo = np.searchsorted(self._ids, x, "left")
         hi = np.searchsorted(self._ids, x, "right")
-        n = hi - lo
-        pos = np.repeat(lo, n) + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
-        return self.table.take(pa.array(pos, pa.int64()))
+        return self.table.take(pa.array(_ranges(lo, hi - lo)))
 
     def stream(self) -> Iterator[pa.Table]:
         yield self.table
 
 
-def open_index(table: str, with_dropped: bool = True, cache_groups: int = 128) -> PartIndex | MemIndex:
+def open_index(table: str, with_dropped: bool = True, cache_groups: int = 32) -> PartIndex | MemIndex:
     """The table's partitioned index when one exists for its current content (shards and duplicates
     listing, checked by the folder's digest name and the row count), else one built in memory."""
     uris = shards.list_shards(table)

@@ -14,15 +14,28 @@ The baseline is the old `acedata.lookup.ImageStore` logic, reproduced below, in 
 
     .venv/bin/python bench/image_reader.py                    # 20k images of 64x64
     .venv/bin/python bench/image_reader.py --images 50000 --side 96 --keep DIR
+
+Scale mode (`--index-rows 100000,1000000`): a table of N rows with 8-byte images (the index's size is
+what grows), built once per N (time of `ensure_index`, inline and as map/reduce units on the local
+executor); then, each in a fresh process, the previous reader (the whole index in memory plus a dict
+id -> position, reproduced below as `OldIndexReader`) and the partitioned one: open time and RSS,
+and lookups of random ids (`info` of one id; where the rows of 10 ids, and of all of them at once,
+are: the index part of `rows`), ids per second.
+
+    .venv/bin/python bench/image_reader.py --index-rows 100000,1000000
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import hashlib
 import io
+import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from acedata import image_index, shards
 from acedata.image_index import ImageReader
-from acedata.schemas import IMAGES
+from acedata.schemas import IMAGES, conform
 
 
 class OldStore:
@@ -66,8 +79,6 @@ class OldStore:
 
 def make_table(path: str, n: int, side: int, layout: str, seed: int = 0) -> tuple[list[str], float]:
     """Write the table (with its index); returns the ids and the mean image size in bytes."""
-    import hashlib
-
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -94,7 +105,7 @@ def make_table(path: str, n: int, side: int, layout: str, seed: int = 0) -> tupl
         w.write(part)
         image_index.write_index(path, [s.__dict__ for s in w.commit()])
     shards.finalize_manifest(path, IMAGES, table="images")
-    image_index.ensure_index(path)  # what the runtime does after a stage: the merged index file
+    image_index.ensure_index(path)  # what the runtime does after a stage: the partitioned index
     return ids, mean
 
 
@@ -152,6 +163,129 @@ def run_layout(root: str, layout: str, n: int, side: int, k: int, calls: int, re
     return {"open": t_old_open / t_new_open, "one": t_old_one / t_new_one, "many": t_old_many / t_new_many}
 
 
+class OldIndexReader:
+    """The previous ImageReader's index: every index row of the table in memory, a dict id -> position
+    (the rows themselves are then read as today, so only the index part is reproduced)."""
+
+    def __init__(self, table: str) -> None:
+        from acedata.image_index import _read_index, index_name
+        from acedata.kept import dropped_uris, keep_mask
+
+        fs, d = shards.resolve(table)
+        manifest = shards.read_manifest(table)
+        parts = [_read_index(fs, os.path.join(d, image_index.INDEX_DIR, index_name(s["file"], s["sha256"])))
+                 for s in manifest["shards"]]
+        index = pa.concat_tables(parts)
+        dropped = dropped_uris([table])
+        if dropped:
+            mask = keep_mask(index.column("source_uri"), index.column("image_id"), dropped)
+            index = index if mask is None else index.filter(mask)
+        self._pos: dict[str, int] = {}
+        for i, image_id in enumerate(index.column("image_id").to_pylist()):
+            self._pos.setdefault(image_id, i)
+        self._group = index.column("row_group").to_numpy()
+        self._row = index.column("row").to_numpy()
+        self._meta = index.select(["width", "height", "kind", "shard"])
+
+    def info(self, image_id: str) -> dict:
+        p = self._pos[image_id]
+        return {c: self._meta.column(c)[p].as_py() for c in ("width", "height", "kind")}
+
+    def where(self, ids: list[str]) -> list[tuple]:
+        return [(self._meta.column("shard")[p].as_py(), int(self._group[p]), int(self._row[p]))
+                for p in (self._pos[i] for i in ids)]
+
+
+def make_index_table(path: str, n: int, per_shard: int = 65536) -> None:
+    """N rows, 8-byte images, sha256-like ids; per-shard index files as units write them."""
+    for k, lo in enumerate(range(0, n, per_shard)):
+        ids = [hashlib.sha256(i.to_bytes(8, "big")).hexdigest() for i in range(lo, min(n, lo + per_shard))]
+        m = len(ids)
+        t = pa.table({"image_id": ids, "source_uri": [f"bench://{lo + i}" for i in range(m)],
+                      "width": pa.array(np.full(m, 64, np.int32)), "height": pa.array(np.full(m, 48, np.int32)),
+                      "format": ["PNG"] * m, "image": pa.array([{"bytes": b"12345678", "path": None}] * m,
+                                                                IMAGES.field("image").type),
+                      "kind": ["image"] * m})
+        w = shards.ShardWriter(path, IMAGES, unit=f"u{k:05d}", max_rows=per_shard)
+        w.write(conform(t, IMAGES))
+        image_index.write_index(path, [s.__dict__ for s in w.commit()])
+    shards.finalize_manifest(path, IMAGES, table="images")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def child(kind: str, table: str, k: int, seed: int) -> dict:
+    """In a fresh process: open one reader, then look up `k` random ids."""
+    import resource
+
+    manifest = shards.read_manifest(table)
+    n = manifest["rows"]
+    rng = random.Random(seed)
+    ids = [hashlib.sha256(rng.randrange(n).to_bytes(8, "big")).hexdigest() for _ in range(k)]
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    reader = OldIndexReader(table) if kind == "old" else ImageReader([table])
+    t_open = time.perf_counter() - t0
+    rss_open = _rss_mb() - base
+    t0 = time.perf_counter()
+    for i in ids[: k // 2]:
+        reader.info(i)
+    t_info = time.perf_counter() - t0
+    batches = [ids[i: i + 10] for i in range(k // 2, k, 10)]
+    where = reader.where if kind == "old" else reader._lookup  # the index part of rows(): where each id is
+    t0 = time.perf_counter()
+    for b in batches:
+        where(b)
+    t_rows = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    where(ids)
+    t_all = time.perf_counter() - t0
+    out = {"open_s": t_open, "rss_open_mb": rss_open, "rss_end_mb": _rss_mb() - base,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
+           "info_ids_per_s": (k // 2) / t_info, "rows10_ids_per_s": (k - k // 2) / t_rows, "all_ids_per_s": k / t_all}
+    if kind == "new":
+        out["index_rows_read"] = reader.index_rows_read
+    return out
+
+
+def scale_main(root: str, sizes: list[int], k: int) -> None:
+    from acedata import image_index_build
+
+    for n in sizes:
+        path = os.path.join(root, f"t{n}", "images")
+        t0 = time.perf_counter()
+        make_index_table(path, n)
+        t_make = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        image_index.ensure_index(path)
+        t_inline = time.perf_counter() - t0
+        inline_dir = image_index.parts_dir(path)
+        saved = os.path.join(root, "inline-parts")
+        shutil.move(inline_dir, saved)
+        old_limit = image_index_build.INLINE_MAX_ROWS
+        image_index_build.INLINE_MAX_ROWS = 0  # the same table, built by map/reduce units (local executor)
+        t0 = time.perf_counter()
+        image_index.ensure_index(path)
+        t_dist = time.perf_counter() - t0
+        image_index_build.INLINE_MAX_ROWS = old_limit
+        same = all(filecmp.cmp(os.path.join(saved, f), os.path.join(inline_dir, f), shallow=False)
+                   for f in os.listdir(saved))
+        shutil.rmtree(saved)
+        print(f"\n[{n} index rows] table written in {t_make:.1f} s; partitioned index built inline in "
+              f"{t_inline:.1f} s, by map/reduce units (local executor) in {t_dist:.1f} s; same bytes: {same}")
+        for kind in ("old", "new"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--table", path, "--ids", str(k)]
+            r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            extra = f"; index rows read {r['index_rows_read']}" if "index_rows_read" in r else ""
+            print(f"  {kind}: open {r['open_s']:7.3f} s, RSS +{r['rss_open_mb']:7.1f} MB after open "
+                  f"(+{r['rss_end_mb']:.1f} MB after lookups, peak {r['peak_rss_mb']:.0f} MB); "
+                  f"info {r['info_ids_per_s']:7.0f} ids/s, lookup of 10 {r['rows10_ids_per_s']:7.0f} ids/s, "
+                  f"of {k}: {r['all_ids_per_s']:8.0f} ids/s{extra}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=20_000)
@@ -161,9 +295,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7, help="best of this many interleaved runs")
     ap.add_argument("--layout", choices=["both", "ingest", "compacted"], default="both")
     ap.add_argument("--keep", help="write the tables here and keep them")
+    ap.add_argument("--index-rows", help="scale mode: comma-separated table sizes (rows), e.g. 100000,1000000")
+    ap.add_argument("--child", choices=["old", "new"], help=argparse.SUPPRESS)
+    ap.add_argument("--table", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(a.child, a.table, a.ids, 1)))
+        return
     root = a.keep or tempfile.mkdtemp(prefix="bench-image-reader-")
     try:
+        if a.index_rows:
+            scale_main(root, [int(x) for x in a.index_rows.split(",")], a.ids)
+            return
         layouts = ["ingest", "compacted"] if a.layout == "both" else [a.layout]
         for layout in layouts:
             run_layout(root, layout, a.images, a.side, a.ids, a.calls, a.repeat)
