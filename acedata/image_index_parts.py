@@ -134,16 +134,17 @@ class PartIndex:
                     need.setdefault((k, g), set()).add(i)
         keys = sorted(need)  # partition, then group order: an id spanning two groups stays in order
         pieces = []
-        for key, (t, gids) in zip(keys, self._groups(keys)):
-            w = np.array(sorted(need[key]), dtype=object)
-            a, z = np.searchsorted(gids, w, "left"), np.searchsorted(gids, w, "right")
-            if (z > a).any():
-                pieces.append(t.take(pa.array(_ranges(a, z - a))))
+        for key, t in zip(keys, self._groups(keys)):
+            # the group is sorted, so its matching rows come out in order (no Python strings made per row)
+            hit = pc.is_in(t.column("image_id"), value_set=pa.array(sorted(need[key]), pa.string()))
+            pos = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+            if len(pos):
+                pieces.append(t.take(pa.array(pos)))
         return pa.concat_tables(pieces) if pieces else PART_SCHEMA.empty_table()
 
-    def _groups(self, need: list[tuple[int, int]]) -> list[tuple[pa.Table, np.ndarray]]:
-        """The row groups (with their ids as an array, for searchsorted): from the LRU, the rest read."""
-        out: dict[tuple[int, int], tuple[pa.Table, np.ndarray]] = {}
+    def _groups(self, need: list[tuple[int, int]]) -> list[pa.Table]:
+        """The row groups: from the LRU, the rest read (one read per partition)."""
+        out: dict[tuple[int, int], pa.Table] = {}
         missing: dict[int, list[int]] = {}
         with self._lock:
             for key in need:
@@ -163,8 +164,7 @@ class PartIndex:
             start = 0
             for g in groups:
                 n = md.row_group(g).num_rows
-                part = t.slice(start, n).combine_chunks()
-                out[(k, g)] = (part, part.column("image_id").to_numpy(zero_copy_only=False))
+                out[(k, g)] = t.slice(start, n).combine_chunks()
                 start += n
             with self._lock:
                 self.groups_read += len(groups)

@@ -219,8 +219,6 @@ def _rss_mb() -> float:
 
 def child(kind: str, table: str, k: int, seed: int) -> dict:
     """In a fresh process: open one reader, then look up `k` random ids."""
-    import resource
-
     manifest = shards.read_manifest(table)
     n = manifest["rows"]
     rng = random.Random(seed)
@@ -244,7 +242,6 @@ def child(kind: str, table: str, k: int, seed: int) -> dict:
     where(ids)
     t_all = time.perf_counter() - t0
     out = {"open_s": t_open, "rss_open_mb": rss_open, "rss_end_mb": _rss_mb() - base,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
            "info_ids_per_s": (k // 2) / t_info, "rows10_ids_per_s": (k - k // 2) / t_rows, "all_ids_per_s": k / t_all}
     if kind == "new":
         out["index_rows_read"] = reader.index_rows_read
@@ -281,7 +278,7 @@ def scale_main(root: str, sizes: list[int], k: int) -> None:
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
             extra = f"; index rows read {r['index_rows_read']}" if "index_rows_read" in r else ""
             print(f"  {kind}: open {r['open_s']:7.3f} s, RSS +{r['rss_open_mb']:7.1f} MB after open "
-                  f"(+{r['rss_end_mb']:.1f} MB after lookups, peak {r['peak_rss_mb']:.0f} MB); "
+                  f"(+{r['rss_end_mb']:.1f} MB after lookups); "
                   f"info {r['info_ids_per_s']:7.0f} ids/s, lookup of 10 {r['rows10_ids_per_s']:7.0f} ids/s, "
                   f"of {k}: {r['all_ids_per_s']:8.0f} ids/s{extra}")
 
