@@ -134,12 +134,15 @@ class PartIndex:
                     need.setdefault((k, g), set()).add(i)
         keys = sorted(need)  # partition, then group order: an id spanning two groups stays in order
         pieces = []
-        for key, t in zip(keys, self._groups(keys)):
-            # the group is sorted, so its matching rows come out in order (no Python strings made per row)
-            hit = pc.is_in(t.column("image_id"), value_set=pa.array(sorted(need[key]), pa.string()))
-            pos = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
-            if len(pos):
-                pieces.append(t.take(pa.array(pos)))
+        step = max(1, self._max_groups)  # a batch touching many groups holds at most an LRU's worth at once
+        for lo in range(0, len(keys), step):
+            chunk = keys[lo: lo + step]
+            for key, t in zip(chunk, self._groups(chunk)):
+                # the group is sorted, so its matching rows come out in order (no Python strings made per row)
+                hit = pc.is_in(t.column("image_id"), value_set=pa.array(sorted(need[key]), pa.string()))
+                pos = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+                if len(pos):
+                    pieces.append(t.take(pa.array(pos)))
         return pa.concat_tables(pieces) if pieces else PART_SCHEMA.empty_table()
 
     def _groups(self, need: list[tuple[int, int]]) -> list[pa.Table]:

@@ -212,6 +212,8 @@ def test_lookup_reads_only_the_partitions_and_row_groups_it_needs(tmp_path, monk
     before = reader.index_groups_read
     assert reader.present(ids + ["f" * 64]) == set(ids)  # the same groups: from the LRU
     assert reader.index_groups_read == before
+    small = ImageReader([t], index_groups=2)  # a batch over many groups, read a few groups at a time
+    assert {i: r["source_uri"] for i, r in small.rows(sorted(serve), ["source_uri"]).items()} == serve
     assert reader.infos(ids[:2]) == {i: {"width": int(i, 16) % 5 + 8, "height": 9,
                                          "kind": "mask" if int(i, 16) % 7 == 0 else "image"} for i in ids[:2]}
 
