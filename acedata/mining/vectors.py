@@ -45,22 +45,26 @@ def fixed_list(x: np.ndarray, dtype=np.float16) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
 
 
-def row_group_units(tables: list[str], target_rows: int, prefix: str = "") -> list[tuple[str, dict]]:
-    """Work units of consecutive row groups (about `target_rows` rows each) over every shard."""
+def row_group_units(tables: list[str], target_rows: int, prefix: str = "",
+                    where: bool = False) -> list[tuple[str, dict]]:
+    """Work units of consecutive row groups (about `target_rows` rows each) over every shard.
+
+    `where`: payloads also carry the table's and the shard's index (a row's place in scan order)."""
     units = []
     for ti, table in enumerate(tables):
         for si, shard in enumerate(shards.list_shards(table)):
             meta = shards.open_parquet(shard).metadata
+            at = {"table": ti, "shard_index": si} if where else {}
             groups: list[int] = []
             rows = 0
             for g in range(meta.num_row_groups):
                 groups.append(g)
                 rows += meta.row_group(g).num_rows
                 if rows >= target_rows:
-                    units.append((f"{prefix}t{ti}s{si:05d}g{groups[0]:05d}", {"shard": shard, "groups": groups}))
+                    units.append((f"{prefix}t{ti}s{si:05d}g{groups[0]:05d}", {"shard": shard, "groups": groups, **at}))
                     groups, rows = [], 0
             if groups:
-                units.append((f"{prefix}t{ti}s{si:05d}g{groups[0]:05d}", {"shard": shard, "groups": groups}))
+                units.append((f"{prefix}t{ti}s{si:05d}g{groups[0]:05d}", {"shard": shard, "groups": groups, **at}))
     return units
 
 

@@ -1,10 +1,12 @@
 """Cluster: embeddings -> `clusters` (FAISS spherical k-means, cosine).
 
 k is derived from the number of vectors (`target_cluster_size` points per cluster) unless
-given. The driver trains the centroids (`plan`) on a seeded sample of at most
+given. The driver trains the centroids on a seeded sample of at most
 `k * max_points_per_centroid` vectors, capped at `max_train_points` (training costs
-grow as sample * k), read shard by shard so it never holds the whole table; units then
-assign every vector to its nearest centroid in parallel, reading their own row groups.
+grow as sample * k); a first wave of units draws it (`acedata.mining.sample`: each writes
+its rows below a hash threshold, so the driver reads about twice the sample, never the
+table); units then assign every vector to its nearest centroid in parallel, reading their
+own row groups.
 A border point (second centroid within `border_margin` cosine of the first) also gets
 `cluster_id2`, so the pair stage can recover pairs the partition cuts apart.
 Units also write the pair stage's partitions, `members` (`acedata.mining.members`: rows
@@ -15,17 +17,16 @@ faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cp
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
 from acedata import shards, storage
 from acedata.config import StageConfig
 from acedata.errors import UserError
+from acedata.mining import sample
 from acedata.mining.kmeans import (
     assign_top2,
     border_second,
@@ -72,53 +73,6 @@ def shard_rows(tables: list[str]) -> list[tuple[str, int]]:
     return [(s, shards.open_parquet(s).metadata.num_rows) for t in tables for s in shards.list_shards(t)]
 
 
-def _hash_keys(ids: list[str], seed: int) -> np.ndarray:
-    """A seeded 64-bit key per image id: the sample is the `want` smallest keys."""
-    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big")
-                     for i in ids], dtype=np.uint64)
-
-
-def sample_rows(tables: list[str], want: int, seed: int, models: set[str] | None = None) -> np.ndarray:
-    """`want` rows picked by a seeded hash of their image id (all rows when fewer), unit-normalised.
-
-    The pick and the row order handed to k-means depend on the ids only, never on shard
-    layout or order: the same embeddings give the same centroids however they were written.
-    Pass 1 keeps the `want` smallest keys (memory O(want)); pass 2 reads just those rows.
-    `models` collects the distinct `model` values on the way (pass 1 reads that column too).
-    """
-    best_keys = np.zeros(0, np.uint64)
-    best_ids: list[str] = []
-    found = False
-    for t in tables:
-        for s in shards.list_shards(t):
-            pf = shards.open_parquet(s)
-            has_model = models is not None and "model" in pf.schema_arrow.names
-            got = pf.read(columns=["image_id", "model"] if has_model else ["image_id"])
-            ids = got.column("image_id").to_pylist()
-            if has_model:
-                models.update(v for v in got.column("model").unique().to_pylist() if v is not None)
-            found = found or bool(ids)
-            keys = np.concatenate([best_keys, _hash_keys(ids, seed)])
-            names = best_ids + ids
-            top = np.argsort(keys, kind="stable")[:want]
-            best_keys, best_ids = keys[top], [names[i] for i in top]
-    if not found:
-        raise UserError(f"cluster: the embeddings tables {tables} are empty")
-    best_ids = list(dict.fromkeys(best_ids))  # an id listed twice is one point
-    rank = {image_id: r for r, image_id in enumerate(best_ids)}
-    rows: list[np.ndarray] = [np.zeros(0)] * len(best_ids)
-    for t in tables:
-        for s in shards.list_shards(t):
-            got = shards.open_parquet(s).read(columns=["image_id", "embedding"])
-            ids = got.column("image_id").to_pylist()
-            mine = [k for k, i in enumerate(ids) if i in rank]
-            if mine:
-                x = normalize(to_matrix(got.column("embedding").take(pa.array(mine))))
-                for k, v in zip(mine, x):
-                    rows[rank[ids[k]]] = v
-    return np.stack(rows)
-
-
 @register
 class Cluster(Stage):
     kind = "cluster"
@@ -141,33 +95,72 @@ class Cluster(Stage):
             self._members_schema = members_schema(vector_dtype(self.ctx.input("embeddings")), dim)
         return self._members_schema
 
+    def _trained(self) -> bool:
+        # both files: a crash may fall between them (info is written first, centroids last)
+        return all(storage.exists_uri(self._path(n)) for n in (CENTROIDS, TRAIN_INFO))
+
     def plan(self) -> list[WorkUnit]:
+        """Resumed with centroids: the assign units. Else the sample wave (`acedata.mining.sample`):
+        the driver reads Parquet footers here, and about 2 * sample-size rows in `next_wave`."""
         c: ClusterConfig = self.config
         tables = self.ctx.input("embeddings")
-        done = all(storage.exists_uri(self._path(n)) for n in (CENTROIDS, TRAIN_INFO))
-        if not done:  # resumed runs keep their centroids (both files: a crash may fall between them)
-            n = sum(rows for _, rows in shard_rows(tables))
-            k = c.k or derive_k(n, c.target_cluster_size)
-            models: set[str] = set()
-            sample = sample_rows(tables, sample_size(k, c.max_points_per_centroid, c.min_points_per_centroid,
-                                                     c.max_train_points), c.seed, models)
-            km = train_spherical(sample, k, c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
-            info = {"k": len(km.centroids), "k_requested": c.k, "k_derived": c.k is None, "vectors": n,
-                    "train_points": km.train_points,
-                    "objective": km.objective, "gpu": km.gpu, "dim": int(km.centroids.shape[1]),
-                    "embedding_models": sorted(models)}
-            # info first, centroids last: the centroids' presence means both are there
-            storage.write_json(self._path(TRAIN_INFO), info)
-            storage.save_npy(self._path(CENTROIDS), km.centroids)
-        units = [WorkUnit(uid, p) for uid, p in row_group_units(tables, c.rows_per_unit)]
+        if self._trained():  # resumed runs keep their centroids
+            return self._assign_units()
+        n = sum(rows for _, rows in shard_rows(tables))
+        if n == 0:
+            raise UserError(f"cluster: the embeddings tables {tables} are empty")
+        k = c.k or derive_k(n, c.target_cluster_size)
+        self._sampling = {"n": n, "k": k, "want": sample_size(k, c.max_points_per_centroid,
+                                                              c.min_points_per_centroid, c.max_train_points),
+                          "factor": sample.FIRST_FACTOR}
+        return self._sample_wave(0)
+
+    def _sample_wave(self, wave: int) -> list[WorkUnit]:
+        s = self._sampling
+        below = sample.threshold(s["want"], s["n"], s["factor"])
+        units = sample.sample_units(self.ctx.input("embeddings"), self.config.rows_per_unit, wave, below,
+                                    self.config.seed)
+        s["units"], s["every_row"] = [u.id for u in units], below is None
+        return units
+
+    def next_wave(self, wave: int, counts: dict[str, int]) -> list[WorkUnit]:
+        s = getattr(self, "_sampling", None)
+        if s is None or "done" in s:  # the assign wave finished (or centroids came from a resumed run)
+            return []
+        got = sample.pick(self.ctx.stage_dir, s["units"], s["want"], s["every_row"])
+        if got is None:  # rare: fewer than `want` keys fell below the threshold; a larger one
+            s["factor"] *= sample.GROWTH
+            return self._sample_wave(wave + 1)
+        x, models = got
+        c: ClusterConfig = self.config
+        km = train_spherical(x, s["k"], c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
+        info = {"k": len(km.centroids), "k_requested": c.k, "k_derived": c.k is None, "vectors": s["n"],
+                "train_points": km.train_points,
+                "objective": km.objective, "gpu": km.gpu, "dim": int(km.centroids.shape[1]),
+                "embedding_models": sorted(models)}
+        # info first, centroids last: the centroids' presence means both are there
+        storage.write_json(self._path(TRAIN_INFO), info)
+        storage.save_npy(self._path(CENTROIDS), km.centroids)
+        sample.cleanup(self.ctx.stage_dir)
+        s["done"] = True
+        return self._assign_units()
+
+    def _assign_units(self) -> list[WorkUnit]:
+        units = [WorkUnit(uid, p) for uid, p in row_group_units(self.ctx.input("embeddings"), self.config.rows_per_unit)]
         self._unit_ids = [u.id for u in units]
         return units
 
     def setup(self) -> None:
-        self.centroids = storage.load_npy(self._path(CENTROIDS))
+        # the sample wave runs before any centroids exist: an assign unit loads them in `process`
+        self.centroids = storage.load_npy(self._path(CENTROIDS)) if self._trained() else None
         self.gpu = use_gpu(self.config.gpu)
 
     def process(self, unit: WorkUnit) -> UnitResult:
+        if sample.is_sample_unit(unit):  # scratch only: no table rows, no counts (the summary stays as before)
+            sample.write_candidates(unit, self.ctx.stage_dir)
+            return UnitResult({})
+        if self.centroids is None:
+            self.centroids = storage.load_npy(self._path(CENTROIDS))
         t = read_unit(unit.payload, ["image_id", "embedding"])
         schema = self.output_schema("members")
         stored = to_matrix(t.column("embedding"), schema.metadata[VECTOR_KEY].decode().split(",")[0])
@@ -186,6 +179,7 @@ class Cluster(Stage):
         return UnitResult({"clusters": out, "members": members}, {"inputs": t.num_rows, "border_points": int((second >= 0).sum())})
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
+        sample.cleanup(self.ctx.stage_dir)  # a run that crashed after training left it
         info = storage.read_json(self._path(TRAIN_INFO))
         files = [self._path(f"{COUNTS_DIR}/{u}.npy") for u in self._unit_ids]
         homes, guests = total_counts(files, info["k"])  # memory O(k), no row read
