@@ -70,6 +70,12 @@ DUPLICATES = pa.schema(
     [
         _f("source_uri", pa.string(), False),
         _f("image_id", pa.string(), False),  # the kept image this input duplicated
+        # Where a listed copy is stored (cross-unit rows; null for inputs never stored): the images
+        # table's shard `<unit>-<attempt>-<part>.parquet`, row `row` of it. Readers skip by place,
+        # not by (source_uri, image_id), which the kept copy may share (the same file read twice).
+        _f("unit", pa.string()),
+        _f("part", pa.int32()),
+        _f("row", pa.int64()),
     ]
 )
 

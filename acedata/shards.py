@@ -117,13 +117,20 @@ class _HashingSink:
 # what it is given (besides its size caps), so a stage controls which rows share a group.
 ROW_GROUPS_KEY = b"acedata.row_groups"
 
-SHARD_NAME = re.compile(r"^(?P<unit>.+)-(?P<attempt>[0-9a-f]{12})-\d{5}\.parquet$")
+SHARD_NAME = re.compile(r"^(?P<unit>.+)-(?P<attempt>[0-9a-f]{12})-(?P<part>\d{5})\.parquet$")
 
 
 def shard_unit(name: str) -> str | None:
     """The unit id a shard file name belongs to (None for names not written by ShardWriter)."""
     m = SHARD_NAME.match(name)
     return m.group("unit") if m else None
+
+
+def shard_place(name: str) -> tuple[str, int] | None:
+    """(unit id, part: the shard's number among the unit's) of a shard file name: where its rows
+    are, the same for every attempt at the unit (None for names not written by ShardWriter)."""
+    m = SHARD_NAME.match(posixpath.basename(name))
+    return (m.group("unit"), int(m.group("part"))) if m else None
 
 
 def clear_attempts(table_dir: str, unit_id: str) -> None:

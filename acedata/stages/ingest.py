@@ -78,7 +78,9 @@ class Ingest(Stage):
     kind = "ingest"
     Config = IngestConfig
     outputs = {"images": IMAGES, "quarantine": QUARANTINE, "duplicates": DUPLICATES}
-    version = 2  # 2: cross-unit duplicates listed by `cross-unit-bNNNNN` units (was one finish-written unit)
+    # 2: cross-unit duplicates listed by `cross-unit-bNNNNN` units (was one finish-written unit);
+    # 3: listed by place (unit, part, row), committed by the storing unit's bucket (`cross-unit-nN-iI`)
+    version = 3
 
     def input_digest(self) -> dict[str, Any]:
         return {"sources": [source_digest(r, self.config.source_digest) for r in self.config.sources]}
@@ -95,7 +97,8 @@ class Ingest(Stage):
         return units
 
     def next_wave(self, wave: int, counts: dict[str, int]) -> list[WorkUnit]:
-        """Wave 1 buckets the stored copies by image_id, wave 2 decides each bucket (`acedata.copies`).
+        """Wave 1 buckets the stored copies by image_id, wave 2 decides each bucket, wave 3 lists
+        the losing copies by the unit that stored them (`acedata.copies`).
 
         The bucket count follows the number of inputs: content only, never worker counts."""
         if wave == 0:
@@ -103,6 +106,8 @@ class Ingest(Stage):
             return copies.shuffle_units(self._ingest_units, counts.get("images", 0), self._copy_buckets)
         if wave == 1:
             return copies.decide_units(self._copy_buckets)
+        if wave == 2:
+            return copies.index_units(self._copy_buckets, counts.get("copies_decided", 0))
         return []
 
     def _rank(self, uri: str, unit: str, row: int) -> tuple:
@@ -118,7 +123,7 @@ class Ingest(Stage):
 
     def process(self, unit: WorkUnit) -> UnitResult:
         if copies.is_copies_unit(unit):
-            return copies.run(unit, self.ctx.stage_dir, self.ctx.out("images"), self.ctx.out("duplicates"), self._rank)
+            return copies.run(unit, self.ctx.stage_dir, self.ctx.out("images"), self._rank)
         c: IngestConfig = self.config
         limits = Limits(c.max_pixels, c.min_side, c.max_aspect, c.max_side)
         rows: list[dict[str, Any]] = []
@@ -157,6 +162,7 @@ class Ingest(Stage):
         """Check the accounting from manifests and unit counts (no rows read) and drop the scratch."""
         copies.cleanup(self.ctx.stage_dir)
         counts.pop("copies_shuffled", None)
+        counts.pop("copies_decided", None)
         cross = counts.pop("cross_unit_duplicates", 0)  # stored copies the decide units listed
         images = shards.count_rows(self.ctx.out("images")) - cross  # each image_id once
         dup = shards.count_rows(self.ctx.out("duplicates"))

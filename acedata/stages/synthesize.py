@@ -166,7 +166,7 @@ class Synthesize(Stage):
     def process(self, unit: WorkUnit) -> UnitResult:
         stage_dir = self.ctx.stage_dir
         if copies.is_copies_unit(unit):
-            return copies.run(unit, stage_dir, self.ctx.out("images"), self.ctx.out("duplicates"), waves.copy_rank)
+            return copies.run(unit, stage_dir, self.ctx.out("images"), waves.copy_rank)
         if waves.is_bookkeeping(unit):
             return waves.bookkeeping(unit, stage_dir)
         self._ensure_setup()

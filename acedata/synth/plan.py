@@ -133,6 +133,8 @@ class WavePlan:
             return self._phase("copies", copies.shuffle_units(self.writers, self.stored, self.copy_buckets))
         if phase == "copies":
             return self._phase("decide", copies.decide_units(self.copy_buckets))
+        if phase == "decide":
+            return self._phase("index", copies.index_units(self.copy_buckets, counts.get("copies_decided", 0)))
         return []
 
 
@@ -250,6 +252,6 @@ def pop_tally(counts: dict[str, int]) -> tuple[dict[str, int], int, dict[str, in
     """(pairs by task/subtask, chained pairs, quarantine reasons), taken out of `counts`."""
     per = {k.split(".", 1)[1]: counts.pop(k) for k in sorted(counts) if k.startswith("by_task.")}
     reasons = {k.split(".", 1)[1]: counts.pop(k) for k in sorted(counts) if k.startswith("reason.")}
-    for k in ("sets_mined", "sets_grouped", "copies_shuffled"):
+    for k in ("sets_mined", "sets_grouped", "copies_shuffled", "copies_decided"):
         counts.pop(k, None)
     return per, counts.pop("chained_pairs", 0), reasons
