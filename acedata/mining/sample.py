@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from acedata import shards, storage
 from acedata.errors import UserError
-from acedata.mining.vectors import normalize, row_group_units, to_matrix
+from acedata.mining.vectors import first_row, normalize, row_group_units, to_matrix
 from acedata.stage import WorkUnit
 
 SCRATCH = "_sample"
@@ -115,7 +115,7 @@ def write_candidates(unit: WorkUnit, stage_dir: str) -> int:
     keys = hash_keys(t.column("image_id").to_pylist(), p["sample"]["seed"])
     below = p["sample"]["below"]
     take = np.arange(len(keys)) if below is None else np.flatnonzero(keys < np.uint64(int(below)))
-    first = sum(pf.metadata.row_group(g).num_rows for g in range(p["groups"][0]))  # the unit's first row in its shard
+    first = first_row(p)  # the unit's first row in its shard
     n = len(take)
     out = pa.table({"key": pa.array(keys[take], pa.uint64()),
                     "image_id": t.column("image_id").take(pa.array(take, pa.int64())),

@@ -70,3 +70,9 @@ def row_group_units(tables: list[str], target_rows: int, prefix: str = "",
 
 def read_unit(payload: dict, columns: list[str]) -> pa.Table:
     return shards.open_parquet(payload["shard"]).read_row_groups(payload["groups"], columns=columns)
+
+
+def first_row(payload: dict) -> int:
+    """The row number in its shard of a row-group unit's first row (from the footer)."""
+    meta = shards.open_parquet(payload["shard"]).metadata
+    return sum(meta.row_group(g).num_rows for g in range(payload["groups"][0]))

@@ -24,8 +24,8 @@ from pydantic import Field
 from acedata import shards
 from acedata.config import StageConfig, run_only
 from acedata.images import open_rgb
-from acedata.kept import dropped_uris, filter_kept
-from acedata.mining.vectors import fixed_list, read_unit, row_group_units
+from acedata.kept import Kept
+from acedata.mining.vectors import first_row, fixed_list, read_unit, row_group_units
 from acedata.models import ModelSpec
 from acedata.schemas import QUARANTINE, embeddings_schema, schema_for
 from acedata.stage import Stage, UnitResult, WorkUnit, register
@@ -66,7 +66,7 @@ class Embed(Stage):
     uses_model = True
 
     _dim: int | None = None
-    _dropped: set[str] | None = None
+    _kept: Kept | None = None
 
     def output_schema(self, table: str) -> pa.Schema:
         if table == "embeddings":
@@ -133,10 +133,10 @@ class Embed(Stage):
 
     def process(self, unit: WorkUnit) -> UnitResult:
         table = read_unit(unit.payload, ["image_id", "source_uri", "image", "kind"])
-        if self._dropped is None:  # copies ingest listed as duplicates: each image_id is embedded once
-            self._dropped = dropped_uris(self.ctx.input("images"))
+        if self._kept is None:  # copies ingest listed as duplicates: each image_id is embedded once
+            self._kept = Kept(self.ctx.input("images"))  # looked up for this unit's shard only
         listed = table.num_rows
-        table = filter_kept(table, self._dropped)
+        table = self._kept.filter(unit.payload["shard"], table, first_row(unit.payload))
         kinds = set(self.config.kinds)
         rows = [r for r in table.to_pylist() if (r["kind"] or "image") in kinds]
         all_ids: list[str] = []

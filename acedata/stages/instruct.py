@@ -39,7 +39,7 @@ from acedata.instruct.natural import PairWork, by_captioner, by_mllm_llm, split_
 from acedata.instruct.rewrite import RewriteConfig, rewrite_all
 from acedata.instruct.slots import pair_slots
 from acedata.instruct.templates import FAMILIES, load_bank
-from acedata.kept import dropped_uris, filter_kept
+from acedata.kept import Kept
 from acedata.schemas import INSTRUCTIONS, QUARANTINE
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -195,7 +195,7 @@ class Instruct(Stage):
         p = RowSlice(**unit.payload)
         table = shards.open_parquet(p.shard).read().slice(p.start, p.stop - p.start)
         if p.kind == "t2i":
-            return self._captions(table)
+            return self._captions(table, p.shard, p.start)
         return self._pairs(table)
 
     # --- pairs ---------------------------------------------------------------------
@@ -284,12 +284,13 @@ class Instruct(Stage):
 
     # --- text-to-image captions ----------------------------------------------------------
 
-    def _captions(self, table: pa.Table) -> UnitResult:
+    def _captions(self, table: pa.Table, shard: str, start: int) -> UnitResult:
+        """Captions for rows `start`.. of an images `shard`."""
         c: InstructConfig = self.config
         if "source_uri" in table.column_names:  # copies ingest listed as duplicates get no caption row
-            if getattr(self, "_dropped", None) is None:
-                self._dropped = dropped_uris(self.ctx.inputs.get("images", []))
-            table = filter_kept(table, self._dropped)
+            if getattr(self, "_kept", None) is None:
+                self._kept = Kept(self.ctx.inputs.get("images", []))  # looked up for this unit's shard only
+            table = self._kept.filter(shard, table, start)
         cols = [n for n in ("image_id", "kind", "caption", "image") if n in table.column_names]
         rows_in = [r for r in table.select(cols).to_pylist() if (r.get("kind") or "image") in c.t2i.kinds]
         counts = {"t2i_images": len(rows_in)}

@@ -77,7 +77,9 @@ class Synthesize(Stage):
     kind = "synthesize"
     Config = SynthesizeConfig
     outputs = {"images": IMAGES, "pairs": PAIRS, "quarantine": QUARANTINE, "duplicates": DUPLICATES}
-    version = 2  # 2: photos assigned by hashes of their ids, planned in waves (was sorted offsets)
+    # 2: photos assigned by hashes of their ids, planned in waves (was sorted offsets);
+    # 3: copies listed by place (`acedata.copies`)
+    version = 3
 
     def __init__(self, config: SynthesizeConfig, ctx) -> None:
         super().__init__(config, ctx)

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from acedata import copies, shards, shuffle
-from acedata.kept import cross_unit_rows, keep_mask, row_key
+from acedata.kept import Kept, cross_unit_rows, keep_mask, listed_by_key, row_key
 from acedata.stage import RunContext, UnitResult, WorkUnit
 
 SCRATCH = "_shuffle/synth"
@@ -96,7 +96,7 @@ class WavePlan:
                 units.append(WorkUnit(f"scan-t{t:03d}-{s:06d}", {"scan": "photos", "shard": uri, "t": t, "s": s,
                                                                   "buckets": self.n, "threshold": self.threshold}))
             dup = posixpath.join(posixpath.dirname(table.rstrip("/")), "duplicates")
-            if not table.endswith(".parquet") and shards.read_manifest(dup) is not None:
+            if listed_by_key(table):  # an older listing; a by-place one is looked up by each photo scan
                 units += [WorkUnit(f"scan-t{t:03d}-dup-{s:06d}", {"scan": "listed", "shard": uri, "buckets": self.n})
                           for s, uri in enumerate(shards.list_shards(dup))]
         if self.group_synths:
@@ -176,6 +176,8 @@ def bookkeeping(unit: WorkUnit, stage_dir: str) -> UnitResult:
     n = t.num_rows
     keep = [(k is None or k == "image") and sampled(i, p["threshold"]) for i, k in
             zip(t.column("image_id").to_pylist(), t.column("kind").to_pylist() if "kind" in names else [None] * n)]
+    for r in Kept().skipped(p["shard"]):  # listed copies, by place (an older listing: the "listed" scan)
+        keep[r] = False
     rows = pa.table({"image_id": t.column("image_id"),
                      "group": t.column("group") if "group" in names else pa.nulls(n, pa.string()),
                      "source_uri": t.column("source_uri") if "source_uri" in names else pa.nulls(n, pa.string()),
