@@ -103,15 +103,18 @@ def test_copies_decide_is_independent_of_buckets(tmp_path):
         w = shards.ShardWriter(d, IMAGES, unit=u)
         w.write(conform(pa.Table.from_pylist(rows, IMAGES), IMAGES))
         w.commit()
-    everything = copies._unit_rows(d, str(tmp_path / "none"), ["img-b00000", "img-b00002", "ref-b00001"])
+    everything = copies._unit_rows(d, ["img-b00000", "img-b00002", "ref-b00001"])
     want = sorted((r["source_uri"], r["image_id"]) for r in dedupe.later_copies(d, rank=synth_plan.copy_rank))
     assert want  # the data holds copies
+    places = []
     for n in (1, 3, 8):
         got = []
         for b in range(n):
             part = everything.filter(pa.array(copies.shuffle.bucket_of(everything.column("image_id"), n) == b))
             got += copies.decide(part, synth_plan.copy_rank).to_pylist()
         assert sorted((r["source_uri"], r["image_id"]) for r in got) == sorted(want)
+        places.append(sorted((r["unit"], r["part"], r["row"]) for r in got))  # the losing copies' places
+    assert places[0] == places[1] == places[2] and len(places[0]) == len(want)
 
 
 # --- synthesize -----------------------------------------------------------------------------
