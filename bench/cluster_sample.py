@@ -26,6 +26,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def _rss_mib() -> float:
+    """This process's peak RSS (VmHWM: ru_maxrss would carry the parent's peak across fork + exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 from acedata import shards
 from acedata.config import StageConfig
 from acedata.images import open_rgb
-from acedata.kept import dropped_uris, filter_kept
+from acedata.kept import Kept
 from acedata.schemas import embeddings_schema
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -85,7 +85,7 @@ class ColorStats(Stage):
         p = unit.payload
         table = shards.open_parquet(p["shard"]).read(columns=["image_id", "source_uri", "image"])
         # copies that ingest listed as duplicates are skipped, as every images reader does
-        table = filter_kept(table.slice(p["start"], p["rows"]), dropped_uris(self.ctx.input("images")))
+        table = Kept(self.ctx.input("images")).filter(p["shard"], table.slice(p["start"], p["rows"]), p["start"])
         rows = [{"image_id": r["image_id"], "embedding": histogram(r["image"]["bytes"]).tolist(), "model": MODEL}
                 for r in table.to_pylist()]
         return UnitResult({"embeddings": pa.Table.from_pylist(rows, self.outputs["embeddings"])})

@@ -158,16 +158,25 @@ def pick(stage_dir: str, unit_ids: list[str], want: int, every_row: bool) -> tup
         if ids[i] in rank:
             source[ids[i]] = int(i)
     fil, pos = c.column("file").to_numpy(), np.concatenate([np.arange(p.num_rows) for p in parts])
-    out: list[np.ndarray] = [np.zeros(0)] * len(best)
     by_file: dict[int, list[tuple[int, int]]] = {}
     for image_id, i in source.items():
         by_file.setdefault(int(fil[i]), []).append((int(pos[i]), rank[image_id]))
+    out: np.ndarray | None = None  # (len(best), dim) float32, filled batch by batch: the sample once in memory
     for f, wanted in sorted(by_file.items()):
         wanted.sort()
-        emb = pfs[f].read(columns=["embedding"]).column("embedding").take(pa.array([p for p, _ in wanted]))
-        for (_, r), v in zip(wanted, normalize(to_matrix(emb))):
-            out[r] = v
-    return np.stack(out), models
+        at, start = 0, 0
+        for batch in pfs[f].iter_batches(batch_size=8192, columns=["embedding"]):
+            end = start + batch.num_rows
+            stop = at
+            while stop < len(wanted) and wanted[stop][0] < end:
+                stop += 1
+            if stop > at:
+                x = normalize(to_matrix(batch.column(0).take(pa.array([p - start for p, _ in wanted[at:stop]]))))
+                if out is None:
+                    out = np.empty((len(best), x.shape[1]), np.float32)
+                out[[r for _, r in wanted[at:stop]]] = x
+            at, start = stop, end
+    return out, models
 
 
 def cleanup(stage_dir: str) -> None:
