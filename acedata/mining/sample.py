@@ -125,7 +125,8 @@ def write_candidates(unit: WorkUnit, stage_dir: str) -> int:
                     "embedding": t.column("embedding").take(pa.array(take, pa.int64()))})
     models = sorted({v for v in t.column("model").unique().to_pylist() if v is not None}) if has_model else []
     out = out.replace_schema_metadata({MODELS_KEY: json.dumps(models).encode()})
-    storage.write_parquet(posixpath.join(scratch(stage_dir), f"{unit.id}.parquet"), out, compression="none")
+    storage.write_parquet(posixpath.join(scratch(stage_dir), f"{unit.id}.parquet"), out, compression="none",
+                          row_group_size=8192)  # the driver decodes one group at a time
     return n
 
 
