@@ -67,6 +67,8 @@ def is_local(fs: pafs.FileSystem) -> bool:
     if isinstance(fs, pafs.LocalFileSystem):
         return True
     inner = getattr(getattr(fs, "handler", None), "fs", None)  # an fsspec filesystem behind PyFileSystem
+    if isinstance(inner, pafs.LocalFileSystem):  # a wrapper around the local disk (tests' fault injection)
+        return True
     protocol = getattr(inner, "protocol", ())
     return "file" in protocol or "local" in protocol
 
