@@ -31,6 +31,7 @@ from acedata import shards, shuffle
 from acedata.config import Resources, StageConfig
 from acedata.image_index_files import (
     BUILD_PREFIX,
+    DUP_SCHEMA,
     INDEX_DIR,
     MAP_SCHEMA,
     PARTS_META,
@@ -56,8 +57,6 @@ INLINE_MAX_SHARDS = 2_000
 # A map unit's share: about this many index rows, at most this many shards.
 MAP_ROWS = 2_000_000
 MAP_SHARDS = 512
-
-_DUP_COLUMNS = pa.schema([pa.field("source_uri", pa.string()), pa.field("image_id", pa.string())])
 
 
 def parts_dir(table_dir: str) -> str | None:
@@ -143,7 +142,7 @@ class IndexBuild(Stage):
             return UnitResult({}, {"duplicate_rows": dup.num_rows})
         k = p["part"]
         rows = shuffle.read_bucket(self._scratch("index"), k, schema=MAP_SCHEMA)
-        dup = shuffle.read_bucket(self._scratch("duplicates"), k, schema=_DUP_COLUMNS)
+        dup = shuffle.read_bucket(self._scratch("duplicates"), k, schema=DUP_SCHEMA)
         t = finish_partition(rows, dup)
         fs, d = shards.resolve(posixpath.join(self.config.table, INDEX_DIR, self.config.parts))
         fs.create_dir(d, recursive=True)

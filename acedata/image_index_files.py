@@ -7,6 +7,11 @@ files `p00000.parquet`... (schema `PART_SCHEMA`), rows hashed to a partition by 
 sorted by it, and `_index.json` (P, rows per partition) written last. The digest covers the
 shard list and the sibling `duplicates` table's shard list, so any change renames it. See
 `acedata.image_index`.
+
+A row is `dropped` as `acedata.kept.Kept` skips it: a listing by place (`kept.listing_index`)
+names a stored copy by (unit, part, row in the shard), which the index row's place is compared
+with (from its shard's name and its row group offset + row); an older listing names rows by
+(source_uri, image_id), which the kept copy may share (the same file read twice).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ TABLE_PREFIX = "_table-"  # the merged index file of earlier versions (removed b
 PARTS_PREFIX = "_parts-"  # the partitioned index of a whole table: `.index/_parts-<digest>/`
 BUILD_PREFIX = "_build-"  # scratch and done-markers of a distributed build: `.index/_build-<digest>/`
 PARTS_META = "_index.json"  # written last: the partitioned index exists exactly when this does
-PARTS_VERSION = 1  # part of the digest: bump when the partition files' layout changes
+PARTS_VERSION = 2  # part of the digest: bump when the partition files' layout or meaning changes (2: by place)
 ROWS_PER_PARTITION = 1 << 20  # about this many index rows per partition (from row counts only)
 GROUP_ROWS = 8192  # rows per row group of a partition file: a lookup reads one or two of them
 
@@ -49,9 +54,16 @@ PART_SCHEMA = pa.schema([
     pa.field("source_uri", pa.string()),
     pa.field("dropped", pa.bool_(), False),  # listed in the sibling `duplicates` table: readers skip it
 ])
-MAP_SCHEMA = PART_SCHEMA.remove(PART_SCHEMA.get_field_index("dropped"))  # rows before the duplicates join
+# Rows before the duplicates join: a partition row without `dropped`, plus its place (the shard's unit
+# and part, null for shards not named by ShardWriter; the row in the shard) for the listing's match.
+PLACE_FIELDS = [pa.field("unit", pa.string()), pa.field("part", pa.int32()), pa.field("shard_row", pa.int64())]
+MAP_SCHEMA = pa.schema([*PART_SCHEMA.remove(PART_SCHEMA.get_field_index("dropped")), *PLACE_FIELDS])
+# A listing's rows as the join reads them: `unit` null names the row by (source_uri, image_id).
+DUP_SCHEMA = pa.schema([pa.field("source_uri", pa.string()), pa.field("image_id", pa.string()),
+                        pa.field("unit", pa.string()), pa.field("part", pa.int32()), pa.field("row", pa.int64())])
 SORT_KEYS = [("image_id", "ascending"), ("shard", "ascending"), ("row_group", "ascending"), ("row", "ascending")]
 _META_COLUMNS = ("image_id", "width", "height", "kind", "source_uri")
+_KEY_COLUMNS = ("source_uri", "image_id")
 
 
 def is_image_table(schema: pa.Schema) -> bool:
@@ -95,32 +107,71 @@ def duplicate_shards(table: str) -> list[dict[str, Any]]:
 
 
 def read_duplicates(table: str, files: Iterable[str] | None = None) -> pa.Table:
-    """(source_uri, image_id) of the listed duplicates: of the given shard files, or all of them."""
+    """The listed duplicates (`DUP_SCHEMA`) of the given shard files of the listing, or all of them.
+    A listing by place gives only its placed rows (the rest name inputs never stored: nothing to
+    drop); an older one gives every row with a null place (matched by source_uri and image_id)."""
     dup = duplicates_dir(table)
     if files is None:
         files = [s["file"] for s in duplicate_shards(table)]
-    parts = [shards.open_parquet(posixpath.join(dup, f)).read(columns=["source_uri", "image_id"]) for f in files]
-    empty = pa.schema([pa.field("source_uri", pa.string()), pa.field("image_id", pa.string())]).empty_table()
-    return pa.concat_tables([p.cast(empty.schema) for p in parts]) if parts else empty
+    by_place = dup is not None and isinstance(kept.listing_index(dup), tuple)
+    parts = []
+    for f in files:
+        if by_place and not (shards.shard_unit(f) or "").startswith(kept.CROSS_UNIT):
+            continue
+        pf = shards.open_parquet(posixpath.join(dup, f))
+        cols = [c for c in DUP_SCHEMA.names if c in pf.schema_arrow.names and (by_place or c in _KEY_COLUMNS)]
+        t = pf.read(columns=cols)
+        for c in DUP_SCHEMA.names:
+            if c not in cols:  # an older listing: no place
+                t = t.append_column(c, pa.nulls(t.num_rows, DUP_SCHEMA.field(c).type))
+        t = t.select(DUP_SCHEMA.names).cast(DUP_SCHEMA)
+        parts.append(t.filter(pc.is_valid(t.column("unit"))) if by_place else t)
+    return pa.concat_tables(parts) if parts else DUP_SCHEMA.empty_table()
+
+
+def _places(units: Any, parts: Any, rows: Any) -> Any:
+    """One string per (unit, part, row in the shard): null where the unit is."""
+    return pc.binary_join_element_wise(units, pc.cast(parts, pa.string()), pc.cast(rows, pa.string()), "\x00")
 
 
 def to_part(index: pa.Table, k: int) -> pa.Table:
-    """A shard's index rows (schema `image_index`) as partition rows of shard `k` (`MAP_SCHEMA`)."""
-    cols = [index.column("image_id"), pa.array(np.full(index.num_rows, k, np.int32))]
-    cols += [index.column(c) for c in MAP_SCHEMA.names[2:]]
+    """A shard's index rows (schema `image_index`: every row of the shard) as partition rows of
+    shard `k` with their place (`MAP_SCHEMA`)."""
+    n = index.num_rows
+    groups = index.column("row_group").to_numpy().astype(np.int64)
+    starts = np.zeros(0, np.int64)
+    if n:
+        sizes = np.bincount(groups)
+        starts = np.cumsum(sizes) - sizes  # row group g's first row in the shard
+    place = shards.shard_place(index.column("shard")[0].as_py()) if n else None
+    cols = [index.column("image_id"), pa.array(np.full(n, k, np.int32))]
+    cols += [index.column(c) for c in MAP_SCHEMA.names[2:-3]]
+    cols += [pa.array([None if place is None else place[0]] * n, pa.string()),
+             pa.array([None if place is None else place[1]] * n, pa.int32()),
+             pa.array(starts[groups] + index.column("row").to_numpy().astype(np.int64) if n else [], pa.int64())]
     return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(cols, MAP_SCHEMA)], schema=MAP_SCHEMA)
 
 
 def finish_partition(rows: pa.Table, duplicates: pa.Table) -> pa.Table:
-    """Index rows (`MAP_SCHEMA`) with their `dropped` flag, in the order readers rely on. The order
-    is total (shard, row_group, row name one row), so any split of the same rows gives the same table."""
+    """Index rows (`MAP_SCHEMA`) with their `dropped` flag (`DUP_SCHEMA` rows: by place where they
+    have one, else by source_uri and image_id), in the order readers rely on. The order is total
+    (shard, row_group, row name one row), so any split of the same rows gives the same table."""
     rows = rows.select(MAP_SCHEMA.names).cast(MAP_SCHEMA)
+    dropped = pa.array(np.zeros(rows.num_rows, bool))
     if rows.num_rows and duplicates.num_rows:
-        listed = pc.unique(kept.row_keys(duplicates.column("source_uri"), duplicates.column("image_id")))
-        dropped = pc.is_in(kept.row_keys(rows.column("source_uri"), rows.column("image_id")), value_set=listed)
-    else:
-        dropped = pa.array(np.zeros(rows.num_rows, bool))
-    t = rows.append_column(PART_SCHEMA.field("dropped"), dropped).cast(PART_SCHEMA)
+        duplicates = duplicates.select(DUP_SCHEMA.names).cast(DUP_SCHEMA)
+        placed = pc.is_valid(duplicates.column("unit"))
+        at = duplicates.filter(placed)
+        if at.num_rows:
+            listed = pc.unique(_places(at.column("unit"), at.column("part"), at.column("row")))
+            hit = pc.is_in(_places(rows.column("unit"), rows.column("part"), rows.column("shard_row")), value_set=listed)
+            dropped = pc.or_(dropped, pc.fill_null(hit, False))
+        by_key = duplicates.filter(pc.invert(placed))
+        if by_key.num_rows:
+            listed = pc.unique(kept.row_keys(by_key.column("source_uri"), by_key.column("image_id")))
+            dropped = pc.or_(dropped, pc.is_in(kept.row_keys(rows.column("source_uri"), rows.column("image_id")),
+                                               value_set=listed))
+    t = rows.select(PART_SCHEMA.names[:-1]).append_column(PART_SCHEMA.field("dropped"), dropped).cast(PART_SCHEMA)
     return t.sort_by(SORT_KEYS).combine_chunks() if t.num_rows else PART_SCHEMA.empty_table()
 
 

@@ -29,7 +29,9 @@ import pyarrow.parquet as pq
 
 from acedata import kept, shards, shuffle
 from acedata.image_index_files import (
+    DUP_SCHEMA,
     INDEX_DIR,
+    MAP_SCHEMA,
     PART_SCHEMA,
     PARTS_META,
     PARTS_VERSION,
@@ -206,8 +208,8 @@ class MemIndex:
             for k, uri in enumerate(uris):
                 parts.append(to_part(build_shard_index(shards.open_parquet(uri), posixpath.basename(uri)), k))
                 self.scanned += 1
-        rows = pa.concat_tables(parts) if parts else PART_SCHEMA.empty_table()
-        dup = read_duplicates(table) if with_dropped and duplicate_shards(table) else PART_SCHEMA.empty_table()
+        rows = pa.concat_tables(parts) if parts else MAP_SCHEMA.empty_table()
+        dup = read_duplicates(table) if with_dropped and duplicate_shards(table) else DUP_SCHEMA.empty_table()
         self.table = finish_partition(rows, dup)
         self._ids = self.table.column("image_id").to_numpy(zero_copy_only=False)
 

@@ -268,9 +268,10 @@ def test_skipped_source_uris_resolve_ids_to_the_kept_copy(tmp_path):
     assert ImageReader([t]).rows([image_id], ["source_uri"])[image_id]["source_uri"] == "mem://3"
     kept = ImageReader([t], skip_rows={row_key("mem://3", image_id)}).rows([image_id], ["source_uri", "image"])[image_id]
     assert kept["source_uri"] == "mem://copy" and kept["image"]["bytes"] == later.column("image")[0].as_py()["bytes"]
-    # by default the rows the sibling `duplicates` table lists are skipped (ingest's losing copies)
+    # by default the rows the sibling `duplicates` table lists are skipped (ingest's losing copies:
+    # a `cross-unit` unit; an older listing, by source_uri and image_id)
     dup = pa.Table.from_pylist([{"source_uri": "mem://3", "image_id": image_id}], DUPLICATES)
-    shards.write_table(str(tmp_path / "duplicates"), dup, DUPLICATES, table="duplicates")
+    shards.write_table(str(tmp_path / "duplicates"), dup, DUPLICATES, unit="cross-unit", table="duplicates")
     assert shared_reader([t]).rows([image_id], ["source_uri"])[image_id]["source_uri"] == "mem://copy"
 
 
