@@ -7,7 +7,8 @@ Index, per images table, under its hidden `.index/` folder (so `datasets`/pyarro
   the shard from its footer and metadata columns (never the image bytes);
 - the table gets `_parts-<digest>/`: P partition files, rows hashed to a partition by image_id
   (P from the row count only) and sorted by (image_id, shard, row group, row) in row groups of
-  8192, each row flagged `dropped` when the sibling `duplicates` table lists it; `_index.json`
+  8192, each row flagged `dropped` when the sibling `duplicates` table lists it (by its place:
+  unit, part, row in the shard; by source_uri and image_id in older listings); `_index.json`
   (P, rows per partition) is written last. The digest covers the shard list and the duplicates
   listing, so a changed table or listing is never served from a stale index. Built after each
   stage (`ensure_index`): inline for small tables, by map and reduce units on the executor for
