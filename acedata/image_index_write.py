@@ -35,11 +35,17 @@ def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]]) -> int:
     """Write the index file of each listed shard ({file, sha256}) that has none; returns how many."""
     fs, d = shards.resolve(table_dir)
     idx_dir = posixpath.join(d, INDEX_DIR)
-    have = _index_files(fs, idx_dir)
+    shard_infos = list(shard_infos)
+    names = [index_name(s["file"], s["sha256"]) for s in shard_infos]
+    if len(names) > 16:  # the driver's pass over a whole table: one listing
+        have = _index_files(fs, idx_dir)
+        present = [n in have for n in names]
+    else:  # a unit's own shards: these names only (a listing cost every unit O(all shards))
+        found = fs.get_file_info([posixpath.join(idx_dir, n) for n in names]) if names else []
+        present = [i.type != pafs.FileType.NotFound for i in found]
     made = 0
-    for s in shard_infos:
-        name = index_name(s["file"], s["sha256"])
-        if name in have:  # content-addressed by the shard's digest: never rewritten
+    for s, name, there in zip(shard_infos, names, present):
+        if there:  # content-addressed by the shard's digest: never rewritten
             continue
         with fs.open_input_file(posixpath.join(d, s["file"])) as f:
             t = build_shard_index(pq.ParquetFile(f), s["file"])

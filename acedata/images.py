@@ -6,9 +6,11 @@ count is checked from the header before any pixel is decoded (decompression bomb
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,13 +80,28 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, L, 1
 
 
+_BOMB_ERRORS = ("error", None, Image.DecompressionBombWarning, None, 0)  # what `simplefilter` installs
+
+
+@contextlib.contextmanager
+def bombs_as_errors() -> Iterator[None]:
+    """Pillow's DecompressionBombWarning raised as an error inside the block. `decode` sets this
+    itself; a loop over many images sets it once around the loop (per image it was a visible
+    share of decoding a small one)."""
+    if warnings.filters and warnings.filters[0] == _BOMB_ERRORS:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 def decode(data: bytes, limits: Limits = Limits()) -> Decoded:
     """Decode and normalise image bytes, or raise `Rejected` with a reason code."""
     if not data:
         raise Rejected("empty", "zero bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with bombs_as_errors():
             im = Image.open(io.BytesIO(data))
             w0, h0 = im.size
             if w0 * h0 > limits.max_pixels:

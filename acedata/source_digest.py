@@ -48,9 +48,11 @@ def _entries(root: str) -> list[tuple[str, os.stat_result]]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
+        # the folder's path relative to the root once, not a relpath per file (per-file cost)
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        prefix = "" if rel_dir == "." else rel_dir + "/"
         for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            p = os.path.join(dirpath, name)
-            out.append((os.path.relpath(p, root).replace(os.sep, "/"), os.lstat(p)))
+            out.append((prefix + name, os.lstat(os.path.join(dirpath, name))))
     return sorted(out)
 
 
@@ -66,8 +68,11 @@ def source_digest(root: str, mode: Mode = "content", threads: int = 8) -> str:
     full = root if not os.path.isdir(root) else None
     if mode == "content":
         paths = [full or os.path.join(root, rel) for rel, _ in regular]
+        # files in batches per thread task: a task per small file cost more than hashing it
+        batch = max(1, min(64, len(paths) // (threads * 4)))
         with ThreadPoolExecutor(threads) as pool:
-            shas = dict(zip((rel for rel, _ in regular), pool.map(_local_sha, paths)))
+            done = pool.map(_local_shas, [paths[i : i + batch] for i in range(0, len(paths), batch)])
+            shas = dict(zip((rel for rel, _ in regular), (sha for part in done for sha in part)))
     h = hashlib.sha256()
     for rel, st in entries:
         if not stat.S_ISREG(st.st_mode):
@@ -102,6 +107,10 @@ def _remote_digest(root: str, mode: Mode, threads: int) -> str:
 
 def _local_sha(path: str) -> str:
     return _safe(lambda: _sha(lambda: open(path, "rb")))
+
+
+def _local_shas(paths: list[str]) -> list[str]:
+    return [_local_sha(p) for p in paths]
 
 
 def _safe(f: Callable[[], str]) -> str:

@@ -48,6 +48,14 @@ def _inside(path: str, root: str) -> bool:
     return real == root_real or real.startswith(root_real + os.sep)
 
 
+def _plain_file(path: str) -> bool:
+    """A regular file and no link: `isfile and not islink` in one system call."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _sidecar_meta(path: str, names: set[str] | None = None) -> dict[str, Any]:
     """Metadata from `<stem>.json` / `<stem>.txt` beside an image (img2dataset style). `names`, the
     folder's entries when the caller listed it, spares a lookup per sidecar that is not there."""
@@ -56,7 +64,7 @@ def _sidecar_meta(path: str, names: set[str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if names is not None and not any(base + ext in names for ext in (".json", *TEXT_META)):
         return meta
-    if os.path.isfile(stem + ".json") and not os.path.islink(stem + ".json"):
+    if _plain_file(stem + ".json"):
         try:
             with open(stem + ".json", encoding="utf-8") as f:
                 loaded = json.load(f)
@@ -65,7 +73,7 @@ def _sidecar_meta(path: str, names: set[str] | None = None) -> dict[str, Any]:
         except (OSError, ValueError):
             pass
     for ext in TEXT_META:
-        if os.path.isfile(stem + ext) and not os.path.islink(stem + ext):
+        if _plain_file(stem + ext):
             with open(stem + ext, encoding="utf-8", errors="replace") as f:
                 meta.setdefault("caption", f.read().strip())
     return meta
@@ -126,6 +134,7 @@ def _walk_folder(root: str) -> tuple[list[str], list[str], set[str]]:
     rejected: list[str] = []
     tars = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        listed = {n.lower() for n in (*filenames, *dirnames)}  # for sidecars' image siblings
         dirnames.sort()
         for d in list(dirnames):
             if os.path.islink(os.path.join(dirpath, d)):
@@ -138,7 +147,7 @@ def _walk_folder(root: str) -> tuple[list[str], list[str], set[str]]:
             ext = os.path.splitext(name)[1].lower()
             if ext == ".tar":
                 tars.add(os.path.splitext(p)[0])
-            if ext in (".json", *TEXT_META) and _has_image_sibling(p):
+            if ext in (".json", *TEXT_META) and _has_image_sibling(p, listed):
                 continue  # sidecar metadata, read with its image
             files.append(p)
     return files, rejected, tars
@@ -151,9 +160,15 @@ def _regular(path: str) -> bool:
         return True  # vanished or unreadable: the reader reports it as a read error
 
 
-def _has_image_sibling(p: str) -> bool:
+def _has_image_sibling(p: str, listed: set[str] | None = None) -> bool:
+    """An image file beside `p` with its stem. `listed`, the folder's entry names in lower case,
+    answers "no" without a system call; a name found there is still checked on disk (links)."""
     stem = os.path.splitext(p)[0]
-    return any(os.path.exists(stem + e) or os.path.exists(stem + e.upper()) for e in IMAGE_EXTS)
+    exts = IMAGE_EXTS
+    if listed is not None:
+        base = os.path.basename(stem).lower()
+        exts = [e for e in IMAGE_EXTS if base + e in listed]
+    return any(os.path.exists(stem + e) or os.path.exists(stem + e.upper()) for e in exts)
 
 
 def _file_units(path: str, root: str) -> list[tuple[str, dict[str, Any]]]:

@@ -116,7 +116,7 @@ def bare_rates(files: list[str]) -> tuple[float, float]:
 
 def profile_report(stage, tmp: str) -> None:
     """One more local run under cProfile, its time split by part of the stage."""
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.process_time)  # CPU time: the neighbours' load is not ours
     stage("local", os.path.join(tmp, "profile"), prof=prof)
     parts = breakdown(prof)
     print("where the local run's time goes (cProfile):")

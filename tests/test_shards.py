@@ -45,6 +45,21 @@ def test_shards_are_bounded_by_rows_and_bytes(tmp_path):
     assert shards.validate(d2) == []
 
 
+def test_image_bytes_are_stored_without_a_second_compression(tmp_path):
+    """JPEG/WebP/PNG bytes go in as they are; every other column, image paths included, is zstd."""
+    d = str(tmp_path / "images")
+    rows = [{"image_id": f"{i:064x}", "source_uri": f"/x/{i}.jpg", "width": 8, "height": 8, "format": "JPEG",
+             "image": {"bytes": os.urandom(3000), "path": None}, "kind": "image"} for i in range(20)]
+    shards.write_table(d, pa.Table.from_pylist(rows, schemas.IMAGES), schemas.IMAGES, unit="u")
+    pf = pq.ParquetFile(os.path.join(d, shards.read_manifest(d)["shards"][0]["file"]))
+    codecs = {pf.metadata.row_group(0).column(i).path_in_schema: pf.metadata.row_group(0).column(i).compression
+              for i in range(pf.metadata.num_columns)}
+    assert codecs.pop("image.bytes") == "UNCOMPRESSED"
+    assert set(codecs.values()) == {"ZSTD"} and "image.path" in codecs and "meta" in codecs
+    assert pf.read().to_pylist()[3]["image"] == rows[3]["image"]
+    assert shards.codecs_of(schemas.PAIRS) == "zstd"
+
+
 def test_killed_writer_leaves_no_listed_partial_shard(tmp_path):
     d = str(tmp_path / "t")
     # A first unit commits; a second writer process dies mid-shard (SIGKILL-like _exit).

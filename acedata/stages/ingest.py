@@ -27,7 +27,7 @@ from pydantic import Field
 from acedata import copies, shards
 from acedata.config import StageConfig, run_only
 from acedata.errors import UserError
-from acedata.images import Limits, Rejected, decode, image_cell
+from acedata.images import Limits, Rejected, bombs_as_errors, decode, image_cell
 from acedata.schemas import DUPLICATES, IMAGES, QUARANTINE
 from acedata.source_digest import source_digest
 from acedata.source_roots import source_root
@@ -131,24 +131,25 @@ class Ingest(Stage):
         dups: list[dict[str, Any]] = []
         seen: set[str] = set()
         inputs = 0
-        for rec in read_unit(unit.payload, c.max_file_bytes):
-            inputs += 1
-            if rec.error:
-                bad.append(_quarantine(rec, *rec.error))
-                continue
-            try:
-                d = decode(rec.data, limits)
-            except Rejected as r:
-                bad.append(_quarantine(rec, r.reason, r.detail))
-                continue
-            except Exception as e:  # noqa: BLE001 - an unexpected decoder failure must not lose the row
-                bad.append(_quarantine(rec, "decode_error", f"{type(e).__name__}: {str(e)[:200]}"))
-                continue
-            if d.image_id in seen:
-                dups.append({"source_uri": rec.uri, "image_id": d.image_id})
-                continue
-            seen.add(d.image_id)
-            rows.append(_image_row(rec, d))
+        with bombs_as_errors():  # once per unit, not per image (see `decode`)
+            for rec in read_unit(unit.payload, c.max_file_bytes):
+                inputs += 1
+                if rec.error:
+                    bad.append(_quarantine(rec, *rec.error))
+                    continue
+                try:
+                    d = decode(rec.data, limits)
+                except Rejected as r:
+                    bad.append(_quarantine(rec, r.reason, r.detail))
+                    continue
+                except Exception as e:  # noqa: BLE001 - an unexpected decoder failure must not lose the row
+                    bad.append(_quarantine(rec, "decode_error", f"{type(e).__name__}: {str(e)[:200]}"))
+                    continue
+                if d.image_id in seen:
+                    dups.append({"source_uri": rec.uri, "image_id": d.image_id})
+                    continue
+                seen.add(d.image_id)
+                rows.append(_image_row(rec, d))
         return UnitResult(
             {
                 "images": pa.Table.from_pylist(rows, IMAGES),

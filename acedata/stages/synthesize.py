@@ -257,8 +257,10 @@ class Synthesize(Stage):
             for d in drafts or []:
                 out.add(d, row, self._judge(d, row))
         chainable = [c.name for c in self.classes if c.chainable and c.inputs == "image"]
+        if not chainable or self.config.chain_fraction <= 0:
+            return  # no chain can start: skip seeding its generator (a visible per-photo cost)
         rng = self._rng(row["image_id"], 1_000)
-        if chainable and rng.random() < self.config.chain_fraction:
+        if rng.random() < self.config.chain_fraction:
             self._chain(src, row, chainable, rng, out)
 
     def _chain(self, src: Img, row: dict[str, Any], names: list[str], rng: np.random.Generator,

@@ -130,12 +130,16 @@ class _Features:
     @classmethod
     def of_gray(cls, g: np.ndarray, win: int, rgb: np.ndarray | None = None) -> _Features:
         x = g.astype(np.float32)
-        blurred = cv2.GaussianBlur(g, (0, 0), 1.0).astype(np.float32)
-        gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0).astype(np.float64)
-        gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1).astype(np.float64)
-        # numpy, not cv2.magnitude: OpenCV's SIMD path rounds differently with the arrays' memory
+        blurred = cv2.GaussianBlur(g, (0, 0), 1.0)
+        gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0)
+        gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1)
+        # Exact in float32: Sobel of uint8 pixels gives integers |g| <= 1020, so gx^2 + gy^2 stays
+        # below 2^24; the sum goes to float64 before the (correctly rounded) square root. numpy,
+        # not cv2.magnitude: OpenCV's SIMD path rounds differently with the arrays' memory
         # alignment, so the same pixels scored differently from run to run (seen as a flaky digest)
-        mag = np.sqrt(gx * gx + gy * gy).ravel()
+        sq = gx * gx
+        sq += gy * gy
+        mag = np.sqrt(sq.astype(np.float64)).ravel()
         mag -= mag.mean()
         # Sums by numpy's pairwise reduction, not BLAS dot: BLAS picks its summation order by the
         # arrays' memory alignment, so the same pixels could score differently from run to run.
