@@ -38,6 +38,8 @@ from acedata.unionfind import component_labels, label_sets
 
 BISECT_FACTOR = 4  # parts above this many times max_set_size are bisected before peeling
 CHECK_LIMIT = 2048  # coherence of larger sets is checked on an evenly spaced sample of this many
+STACK_MAX = 64  # sets up to this size are first checked in stacks of one size (see `_stacked_bad_counts`)
+STACK_BYTES = 8 << 20  # gathered member rows per stack
 
 
 @dataclass
@@ -80,7 +82,8 @@ def _components(members: np.ndarray, src: np.ndarray, dst: np.ndarray, w: np.nda
     return [members[g] for g in label_sets(component_labels(len(members), a, b))]
 
 
-ScoreOf = Callable[[np.ndarray], np.ndarray]  # member indices -> S x S pass-2 scores (NaN: unscored)
+# member indices (S,) -> S x S pass-2 scores (NaN: unscored); a (G, S) stack of sets -> (G, S, S)
+ScoreOf = Callable[[np.ndarray], np.ndarray]
 
 
 def _bad_pairs(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: ScoreOf | None) -> np.ndarray:
@@ -92,6 +95,38 @@ def _bad_pairs(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of:
         np.fill_diagonal(sc, np.inf)
         bad |= ~(sc >= cfg.min_pair_score)  # NaN counts as incoherent
     return bad
+
+
+def _stacked_bad_counts(sets: list[np.ndarray], emb: np.ndarray, cfg: GuardConfig,
+                        score_of: ScoreOf | None) -> dict[int, int]:
+    """`_count_bad(_bad_pairs(...))` of every set of 2..STACK_MAX members, by index into `sets`.
+
+    The sets of one size are stacked: one gather of their rows, and the comparisons, the
+    pass-2 look-up and the counting over the whole stack instead of a dozen small numpy
+    calls per set (thousands of sets of a few members per cluster: that overhead was the
+    guard's cost). The similarities stay the per-set products `x @ x.T` (same BLAS call,
+    same bits), so the counts are exactly the per-set ones."""
+    by_size: dict[int, list[int]] = {}
+    for i, m in enumerate(sets):
+        if 2 <= len(m) <= min(STACK_MAX, CHECK_LIMIT):
+            by_size.setdefault(len(m), []).append(i)
+    out: dict[int, int] = {}
+    check_scores = score_of is not None and cfg.min_pair_score is not None
+    for size, idx in sorted(by_size.items()):
+        step = max(1, STACK_BYTES // (size * emb.shape[1] * emb.dtype.itemsize))
+        diag = np.arange(size)
+        for c in range(0, len(idx), step):
+            part = idx[c:c + step]
+            stack = np.stack([sets[i] for i in part])
+            sims = np.stack([x @ x.T for x in emb[stack]])  # as _bad_pairs computes them, set by set
+            bad = sims < cfg.min_pair_sim
+            if check_scores:
+                sc = score_of(stack)
+                sc[:, diag, diag] = np.inf
+                bad |= ~(sc >= cfg.min_pair_score)  # NaN counts as incoherent
+            counts = (bad.sum(axis=(1, 2)) - bad[:, diag, diag].sum(axis=1)) // 2
+            out.update(zip(part, counts.tolist()))
+    return out
 
 
 def _bisect(members: np.ndarray, emb: np.ndarray, limit: int) -> list[np.ndarray]:
@@ -185,9 +220,10 @@ class _Guard:
             members = members[np.linspace(0, len(members) - 1, CHECK_LIMIT).astype(np.int64)]
         return _count_bad(_bad_pairs(members, self.emb, self.cfg, self.score_of))
 
-    def verdict(self, members: np.ndarray, count_before: bool) -> str:
-        """"ok", "big" (oversize but pairwise coherent: nothing chained, just dense) or "chained"."""
-        bad = self.bad_count(members)
+    def verdict(self, members: np.ndarray, count_before: bool, bad: int | None = None) -> str:
+        """"ok", "big" (oversize but pairwise coherent: nothing chained, just dense) or "chained"
+        (`bad`: the set's incoherent pairs when already counted)."""
+        bad = self.bad_count(members) if bad is None else bad
         if count_before:
             self.stats.incoherent_pairs_before += bad
             self.stats.sets_oversize += len(members) > self.cfg.max_set_size
@@ -260,12 +296,13 @@ def guard_sets(
         return [s for s in sets if len(s) > 1], stats
     src, dst, w, starts = _group_edges(sets, len(emb), edges)
     guard = _Guard(emb, cfg, score_of, stats)
+    counted = _stacked_bad_counts(sets, emb, cfg, score_of)
     out: list[np.ndarray] = []
     for i, members in enumerate(sets):
         if len(members) < 2:
             continue
         stats.sets_checked += 1
-        v = guard.verdict(members, True)
+        v = guard.verdict(members, True, counted.get(i))
         if v == "ok":
             out.append(members)
             continue

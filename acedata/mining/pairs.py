@@ -23,6 +23,19 @@ def upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return i, j
 
 
+PAIR_CHUNK_BYTES = 2 << 20  # gathered rows per step of `pair_dots`: cache-sized (32 MB steps ran ~4x slower)
+
+
+def pair_dots(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x[a[k]] . x[b[k]] for every k (float32), by the same per-pair einsum in cache-sized steps;
+    the step length does not change a bit of the result (each product is one row's)."""
+    out = np.empty(len(a), np.float32)
+    step = max(1, PAIR_CHUNK_BYTES // (x.dtype.itemsize * max(1, x.shape[1])))
+    for s in range(0, len(a), step):
+        out[s:s + step] = np.einsum("nd,nd->n", x[a[s:s + step]], x[b[s:s + step]])
+    return out
+
+
 def set_key(ids: list[str]) -> str:
     """A stable identity for a set of image ids (order-free)."""
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
@@ -105,10 +118,7 @@ def enumerate_sets(
     counts = np.array([len(i) for i, _ in local])
     owner = np.repeat(np.arange(len(sets)), counts)
     here = np.array([h for _, _, h, _ in sets])[owner]
-    sims = np.empty(len(a), np.float32)
-    step = max(1, (32 << 20) // (8 * x.shape[1]))  # chunks of ~32 MB gathered rows; per-pair products as before
-    for s in range(0, len(a), step):
-        sims[s:s + step] = np.einsum("nd,nd->n", x[a[s:s + step]], x[b[s:s + step]])
+    sims = pair_dots(x, a, b)  # the per-pair products in_band_pairs computes
     ok = (sims >= band[0]) & (sims <= band[1]) & (score >= pass2_band[0]) & (score <= pass2_band[1])
     out_of_band = int(len(ok) - ok.sum())
     owned = owned_here(here, home[a], other[a], home[b], other[b])  # type: ignore[arg-type]

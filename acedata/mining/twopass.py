@@ -94,27 +94,35 @@ def mine_cluster(
         images = dict(zip(linked.tolist(), images_for(linked)))
         images_of = lambda m: [images[k] for k in m.tolist()]
     scored = scorer.score_sets(emb, sets1, images_of)
+    rows1 = np.concatenate(sets1)  # the linked points, set after set
+    sizes = np.array([len(m) for m in sets1], np.int64)
     owner = np.full(n, -1, np.int64)  # the turn-1 set of each linked point
-    owner[np.concatenate(sets1)] = np.repeat(np.arange(len(sets1)), [len(m) for m in sets1])
-    fulls, ends_a, ends_b, scores = [], [], [], []
-    for members, ps in zip(sets1, scored):
-        full = np.full((len(members), len(members)), np.nan, dtype=np.float32)
-        full[ps.src, ps.dst] = ps.score
-        full[ps.dst, ps.src] = ps.score
-        fulls.append(full)
-        ends_a.append(members[ps.src])  # members is sorted, so a < b
-        ends_b.append(members[ps.dst])
-        scores.append(np.asarray(ps.score, np.float32))
-    a, b, score = np.concatenate(ends_a), np.concatenate(ends_b), np.concatenate(scores)
+    owner[rows1] = np.repeat(np.arange(len(sets1)), sizes)
+    # every turn-1 set's S x S pass-2 matrix (NaN: unscored), laid end to end in one flat array,
+    # so the scores between any members are one gather, for one set or a stack of them
+    start = np.concatenate([[0], np.cumsum(sizes * sizes)])
+    pos = np.zeros(n, np.int64)  # each linked point's place in its (sorted) turn-1 set
+    pos[rows1] = np.arange(len(rows1)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    ps_n = [len(ps.src) for ps in scored]
+    t = np.repeat(np.arange(len(sets1)), ps_n)
+    src = np.concatenate([ps.src for ps in scored]).astype(np.int64)
+    dst = np.concatenate([ps.dst for ps in scored]).astype(np.int64)
+    score = np.concatenate([np.asarray(ps.score, np.float32) for ps in scored])
+    flat = np.full(int(start[-1]), np.nan, dtype=np.float32)
+    flat[start[t] + src * sizes[t] + dst] = score
+    flat[start[t] + dst * sizes[t] + src] = score
+    first = np.repeat(np.cumsum(sizes) - sizes, ps_n)  # where each pair's set starts among the linked rows
+    a, b = rows1[first + src], rows1[first + dst]  # members are sorted, so a < b
     linked = (score >= params.pass2_low) & (score <= params.pass2_high)  # nan never links
     stats.pass2_edges += int(linked.sum())
     edges2 = (a[linked], b[linked], score[linked])
     sets2 = components(n, edges2[0], edges2[1], min_size=2)  # edges stay inside a turn-1 set
 
     def score_of(s: np.ndarray) -> np.ndarray:
-        t = int(owner[s[0]])
-        pos = np.searchsorted(sets1[t], s)
-        return fulls[t][np.ix_(pos, pos)]
+        """Pass-2 scores between the members of one set (S,) -> (S, S), or of a stack (G, S) -> (G, S, S)."""
+        k = owner[s[..., 0]]
+        p = pos[s]
+        return flat[start[k][..., None, None] + p[..., :, None] * sizes[k][..., None, None] + p[..., None, :]]
 
     sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high, score_of)
     stats.guard_pass2.add(g2)

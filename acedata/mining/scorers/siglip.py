@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from acedata.mining.pairs import upper_pairs
+from acedata.mining.pairs import pair_dots, upper_pairs
 from acedata.mining.scorers.base import PairScores, Scorer, register_scorer
 
 
@@ -28,9 +28,6 @@ class SiglipScorer(Scorer):
         local = [upper_pairs(len(m)) for m in sets]
         a = np.concatenate([m[i] for m, (i, _) in zip(sets, local)])
         b = np.concatenate([m[j] for m, (_, j) in zip(sets, local)])
-        score = np.empty(len(a), np.float32)
-        step = max(1, (32 << 20) // (8 * x.shape[1]))  # ~32 MB of gathered rows per chunk
-        for s in range(0, len(a), step):
-            score[s:s + step] = np.einsum("nd,nd->n", x[a[s:s + step]], x[b[s:s + step]])
+        score = pair_dots(x, a, b)
         bounds = np.cumsum([len(i) for i, _ in local])[:-1]
         return [PairScores(i, j, sc) for (i, j), sc in zip(local, np.split(score, bounds))]
