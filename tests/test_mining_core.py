@@ -179,3 +179,27 @@ def test_face_scorer_without_weights_names_the_model(tmp_path):
     with pytest.raises(ModelNotFound, match="insightface/buffalo_l") as e:
         s.setup()
     assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_stacked_guard_counts_equal_per_set_counts():
+    """The guard's stacked check counts exactly the incoherent pairs the per-set check counts,
+    with and without pass-2 scores (NaN: unscored counts as incoherent)."""
+    from acedata.mining.chaining import _bad_pairs, _count_bad, _stacked_bad_counts
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((400, 32)).astype(np.float32) + 1.5 * rng.standard_normal(32).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    perm = rng.permutation(400)
+    sizes = rng.integers(1, 40, 60)
+    sets = [np.sort(p) for p in np.split(perm, np.cumsum(sizes))[:-1] if len(p)]
+    scores = rng.random((400, 400)).astype(np.float32)
+    scores[rng.random((400, 400)) < 0.02] = np.nan
+    scores = np.fmin(scores, scores.T)
+
+    def score_of(m: np.ndarray) -> np.ndarray:
+        return scores[m[..., :, None], m[..., None, :]]
+
+    for cfg, sof in ((GuardConfig(min_pair_sim=0.6), None), (GuardConfig(min_pair_sim=0.6, min_pair_score=0.3), score_of)):
+        got = _stacked_bad_counts(sets, x, cfg, sof)
+        want = {i: _count_bad(_bad_pairs(m, x, cfg, sof)) for i, m in enumerate(sets) if len(m) >= 2}
+        assert got == want and sum(want.values()) > 0

@@ -98,14 +98,15 @@ def _bad_pairs(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of:
 
 
 def _stacked_bad_counts(sets: list[np.ndarray], emb: np.ndarray, cfg: GuardConfig,
-                        score_of: ScoreOf | None) -> dict[int, int]:
+                        score_of: ScoreOf | None, low_sims: dict | None = None) -> dict[int, int]:
     """`_count_bad(_bad_pairs(...))` of every set of 2..STACK_MAX members, by index into `sets`.
 
     The sets of one size are stacked: one gather of their rows, and the comparisons, the
     pass-2 look-up and the counting over the whole stack instead of a dozen small numpy
     calls per set (thousands of sets of a few members per cluster: that overhead was the
     guard's cost). The similarities stay the per-set products `x @ x.T` (same BLAS call,
-    same bits), so the counts are exactly the per-set ones."""
+    same bits), so the counts are exactly the per-set ones. `low_sims` keeps each set's
+    `x @ x.T < min_pair_sim` by its members: turn 2 mostly re-checks turn 1's sets as they are."""
     by_size: dict[int, list[int]] = {}
     for i, m in enumerate(sets):
         if 2 <= len(m) <= min(STACK_MAX, CHECK_LIMIT):
@@ -118,8 +119,17 @@ def _stacked_bad_counts(sets: list[np.ndarray], emb: np.ndarray, cfg: GuardConfi
         for c in range(0, len(idx), step):
             part = idx[c:c + step]
             stack = np.stack([sets[i] for i in part])
-            sims = np.stack([x @ x.T for x in emb[stack]])  # as _bad_pairs computes them, set by set
-            bad = sims < cfg.min_pair_sim
+            keys = [(cfg.min_pair_sim, sets[i].tobytes()) for i in part]
+            known = low_sims if low_sims is not None else {}
+            bad = np.empty((len(part), size, size), bool)
+            new = [k for k, key in enumerate(keys) if key not in known]
+            if new:  # as _bad_pairs computes them, set by set
+                bad[new] = np.stack([x @ x.T for x in emb[stack[new]]]) < cfg.min_pair_sim
+            for k, key in enumerate(keys):
+                if key in known:
+                    bad[k] = known[key]
+                elif low_sims is not None:
+                    low_sims[key] = bad[k].copy()
             if check_scores:
                 sc = score_of(stack)
                 sc[:, diag, diag] = np.inf
@@ -282,6 +292,7 @@ def guard_sets(
     cfg: GuardConfig,
     upper: float = 1.0,
     score_of: ScoreOf | None = None,
+    low_sims: dict | None = None,
 ) -> tuple[list[np.ndarray], GuardStats]:
     """Check every set (indices into `emb`, unit-norm rows) and split the offenders.
 
@@ -289,6 +300,8 @@ def guard_sets(
     the weight they were linked at; splitting raises it round by round towards `upper`.
     `score_of` gives pass-2 scores between members; with `cfg.min_pair_score` set, a
     pair scoring below it also makes a set incoherent (chaining through the scorer).
+    `low_sims` (a dict shared by the guard passes over the same `emb`) saves the similarity
+    checks of sets checked before.
     """
     stats = GuardStats()
     t0 = time.perf_counter()
@@ -296,7 +309,7 @@ def guard_sets(
         return [s for s in sets if len(s) > 1], stats
     src, dst, w, starts = _group_edges(sets, len(emb), edges)
     guard = _Guard(emb, cfg, score_of, stats)
-    counted = _stacked_bad_counts(sets, emb, cfg, score_of)
+    counted = _stacked_bad_counts(sets, emb, cfg, score_of, low_sims)
     out: list[np.ndarray] = []
     for i, members in enumerate(sets):
         if len(members) < 2:

@@ -101,11 +101,15 @@ def enumerate_sets(
     band: tuple[float, float],
     pass2_band: tuple[float, float],
     cap: int,
+    scores_are_sims: bool = False,
 ) -> tuple[dict[str, np.ndarray], int, int]:
     """`in_band_pairs` for many sets at once, with border ownership: the same pairs, without
     per-set calls. `sets`: (members as rows of `x`, their pass-2 matrix, the cluster mined in,
     set key). Returns flat arrays (`a`, `b` rows of `x`, `sim`, `score`, `set`: index into
-    `sets`), pairs that failed a band, and border pairs another cluster writes."""
+    `sets`), pairs that failed a band, and border pairs another cluster writes.
+
+    `scores_are_sims`: the pass-2 scores are these very cosines (the `siglip` scorer computes
+    them by `pair_dots` over the same rows), so they are taken as they are, not recomputed."""
     from acedata.mining.partition import owned_here
 
     if not sets:
@@ -118,7 +122,8 @@ def enumerate_sets(
     counts = np.array([len(i) for i, _ in local])
     owner = np.repeat(np.arange(len(sets)), counts)
     here = np.array([h for _, _, h, _ in sets])[owner]
-    sims = pair_dots(x, a, b)  # the per-pair products in_band_pairs computes
+    # the per-pair products in_band_pairs computes
+    sims = score.astype(np.float32) if scores_are_sims and x.dtype == np.float32 else pair_dots(x, a, b)
     ok = (sims >= band[0]) & (sims <= band[1]) & (score >= pass2_band[0]) & (score <= pass2_band[1])
     out_of_band = int(len(ok) - ok.sum())
     owned = owned_here(here, home[a], other[a], home[b], other[b])  # type: ignore[arg-type]

@@ -81,7 +81,9 @@ def mine_cluster(
                                params.max_edges_per_node)
     stats.pass1_edges += len(src)
     sets1 = components(n, src, dst, min_size=2)
-    sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard, params.tau_high)
+    low_sims: dict = {}  # turn 2's guard re-checks turn 1's sets: their similarities once
+    sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard, params.tau_high,
+                           low_sims=low_sims)
     stats.guard_pass1.add(g1)
     stats.pass1_sets += len(sets1)
     if not sets1:
@@ -124,10 +126,18 @@ def mine_cluster(
         p = pos[s]
         return flat[start[k][..., None, None] + p[..., :, None] * sizes[k][..., None, None] + p[..., None, :]]
 
-    sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high, score_of)
+    sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high, score_of,
+                           low_sims)
     stats.guard_pass2.add(g2)
     sets2.sort(key=lambda s: (int(owner[s[0]]), int(s[0])))  # by turn-1 set, then smallest member
-    out = [FinalSet(s, score_of(s)) for s in sets2]
+    by_size: dict[int, list[int]] = {}
+    for k, s in enumerate(sets2):
+        by_size.setdefault(len(s), []).append(k)
+    pass2: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(sets2)
+    for idx in by_size.values():  # the sets' pass-2 matrices, one gather per set size
+        for k, scores in zip(idx, score_of(np.stack([sets2[k] for k in idx]))):
+            pass2[k] = scores
+    out = [FinalSet(s, p) for s, p in zip(sets2, pass2)]
     stats.pass2_sets += len(out)
     return out
 
@@ -151,7 +161,7 @@ def mine_unit(ids: list[str], cid: np.ndarray, home: np.ndarray, other: np.ndarr
             sets.append((lo + fs.members, fs.pass2, here, set_key([names[k] for k in fs.members])))
     final_sets = len(sets)
     # every set's pairs at once: band checks, border ownership and the per-set cap, vectorised
-    got, out_of_band, border_dups = enumerate_sets(x, sets, home, other, band, band2, cap)
+    got, out_of_band, border_dups = enumerate_sets(x, sets, home, other, band, band2, cap, scorer.cosine_scores)
     set_ids = np.array([int(key[:15], 16) for _, _, _, key in sets], np.int64)  # = pairs.set_id(names)
     clusters = np.array([here for _, _, here, _ in sets], np.int32)
     flat = {"a": got["a"].astype(np.int64), "b": got["b"].astype(np.int64), "sim": got["sim"],

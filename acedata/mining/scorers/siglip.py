@@ -16,6 +16,7 @@ from acedata.mining.scorers.base import PairScores, Scorer, register_scorer
 class SiglipScorer(Scorer):
     name = "siglip"
     default_band = (0.0, 1.0)
+    cosine_scores = True  # score_sets computes them with pairs.pair_dots
 
     def score_set(self, emb: np.ndarray, images: list[bytes | None] | None) -> PairScores:
         i, j = upper_pairs(len(emb))
