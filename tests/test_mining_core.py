@@ -203,3 +203,18 @@ def test_stacked_guard_counts_equal_per_set_counts():
         got = _stacked_bad_counts(sets, x, cfg, sof)
         want = {i: _count_bad(_bad_pairs(m, x, cfg, sof)) for i, m in enumerate(sets) if len(m) >= 2}
         assert got == want and sum(want.values()) > 0
+
+
+def test_normalize_in_steps_is_the_whole_array_formula_bit_for_bit(monkeypatch):
+    """normalize works in row steps (and gathers `rows` itself): the bits of x / ||x|| at once."""
+    from acedata.mining import vectors
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((700, 48)) * rng.random((700, 1)) * 10).astype(np.float16)
+    x[3] = 0
+    order = rng.permutation(700)
+    xs = x[order].astype(np.float32)
+    want = xs / np.maximum(np.linalg.norm(xs, axis=1, keepdims=True), 1e-12)
+    monkeypatch.setattr(vectors, "NORM_ROWS", 64)
+    assert vectors.normalize(x, order).tobytes() == want.tobytes()
+    assert vectors.normalize(x[order]).tobytes() == want.tobytes()
