@@ -218,3 +218,18 @@ def test_normalize_in_steps_is_the_whole_array_formula_bit_for_bit(monkeypatch):
     monkeypatch.setattr(vectors, "NORM_ROWS", 64)
     assert vectors.normalize(x, order).tobytes() == want.tobytes()
     assert vectors.normalize(x[order]).tobytes() == want.tobytes()
+
+
+def test_low_sims_decide_exactly_as_the_per_set_product():
+    """The stacked similarity checks are `x @ x.T < t` of each set, even with `t` set to one of
+    the per-set products itself (there the einsum and BLAS sums may round apart by an ulp)."""
+    from acedata.mining.chaining import _low_sims
+
+    rng = np.random.default_rng(7)
+    for d, s in ((768, 8), (64, 5), (31, 13)):
+        x = rng.standard_normal((600, d)).astype(np.float32) + rng.standard_normal(d).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        rows = x[rng.permutation(600)[: 30 * s]].reshape(30, s, d)
+        exact = [r @ r.T for r in rows]
+        for t in [0.5, float(exact[3][0, 1]), float(exact[7][2, 4]), float(np.median(np.stack(exact)))]:
+            assert (_low_sims(rows, t) == np.stack([e < t for e in exact])).all()

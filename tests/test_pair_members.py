@@ -214,3 +214,24 @@ def test_pair_ids_equal_pair_id_per_pair():
     got = pair_ids("natural_edit", pa.array(src), pa.array(tgt)).to_pylist()
     assert got == [pair_id("natural_edit", s, t) for s, t in zip(src, tgt)]
     assert len(set(got)) == len(got) and pair_ids("t", pa.array([], pa.string()), pa.array([], pa.string())).to_pylist() == []
+
+
+@pytest.mark.parametrize("d,dtype", [(768, np.float32), (33, np.float32), (16, np.float64)])
+def test_set_pair_dots_equal_pair_dots_bit_for_bit(monkeypatch, d, dtype):
+    """The stacked, diagonal-by-diagonal products are the per-pair ones, bit for bit, for
+    every set size (1 and 2 included) and any step size."""
+    from acedata.mining import pairs
+    from acedata.mining.pairs import pair_dots, set_pair_dots
+
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((2000, d)).astype(dtype)
+    sizes = rng.choice([1, 2, 3, 5, 8, 8, 13, 40], 120)
+    perm = rng.permutation(2000)
+    sets = [np.sort(p) for p in np.split(perm[: sizes.sum()], np.cumsum(sizes)[:-1])]
+    a = np.concatenate([m[upper_pairs(len(m))[0]] for m in sets])
+    b = np.concatenate([m[upper_pairs(len(m))[1]] for m in sets])
+    want = pair_dots(x, a, b).tobytes()
+    assert set_pair_dots(x, sets).tobytes() == want
+    monkeypatch.setattr(pairs, "PAIR_CHUNK_BYTES", 1)
+    assert set_pair_dots(x, sets).tobytes() == want
+    assert set_pair_dots(x, []).shape == (0,)

@@ -97,6 +97,30 @@ def _bad_pairs(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of:
     return bad
 
 
+def _low_sims(rows: np.ndarray, t: float) -> np.ndarray:
+    """(G, S, S): `x @ x.T < t` for each stacked set `x = rows[g]`, decided exactly as that
+    per-set product decides it, from one einsum per diagonal of the whole stack (x_i . x_i+k
+    for every i of every set) instead of one BLAS call per set. Two summation orders of a
+    d-long product differ by at most 2 d u |x_i| |x_j| (u: unit roundoff), so only a set with
+    a product within that of `t` could be decided differently: such sets are redone by `x @ x.T`."""
+    g, s, d = rows.shape
+    eps = max(float(np.finfo(np.float32).eps), float(np.finfo(rows.dtype).eps))  # 2u
+    sq = np.einsum("gnd,gnd->gn", rows, rows)  # the diagonal: squared norms
+    margin = 2.02 * d * eps * np.abs(sq).max(axis=1, initial=0.0)  # twice the bound, with slack for sq's own error
+    t32 = float(np.asarray(t, rows.dtype))  # `sims < t` compares in the rows' float type
+    low = np.empty((g, s, s), bool)
+    near = np.zeros(g, bool)
+    i = np.arange(s)
+    for k in range(s):
+        v = sq if k == 0 else np.einsum("gnd,gnd->gn", rows[:, :s - k], rows[:, k:])
+        near |= (np.abs(v.astype(np.float64) - t32) <= margin[:, None]).any(axis=1)
+        low[:, i[:s - k], i[k:]] = low[:, i[k:], i[:s - k]] = v < t
+    for q in np.flatnonzero(near).tolist():
+        x = rows[q]
+        low[q] = x @ x.T < t
+    return low
+
+
 def _stacked_bad_counts(sets: list[np.ndarray], emb: np.ndarray, cfg: GuardConfig,
                         score_of: ScoreOf | None, low_sims: dict | None = None) -> dict[int, int]:
     """`_count_bad(_bad_pairs(...))` of every set of 2..STACK_MAX members, by index into `sets`.
@@ -104,8 +128,8 @@ def _stacked_bad_counts(sets: list[np.ndarray], emb: np.ndarray, cfg: GuardConfi
     The sets of one size are stacked: one gather of their rows, and the comparisons, the
     pass-2 look-up and the counting over the whole stack instead of a dozen small numpy
     calls per set (thousands of sets of a few members per cluster: that overhead was the
-    guard's cost). The similarities stay the per-set products `x @ x.T` (same BLAS call,
-    same bits), so the counts are exactly the per-set ones. `low_sims` keeps each set's
+    guard's cost). The similarity checks are the per-set ones exactly (`_low_sims`), so the
+    counts are exactly the per-set counts. `low_sims` keeps each set's
     `x @ x.T < min_pair_sim` by its members: turn 2 mostly re-checks turn 1's sets as they are."""
     by_size: dict[int, list[int]] = {}
     for i, m in enumerate(sets):
@@ -123,8 +147,8 @@ def _stacked_bad_counts(sets: list[np.ndarray], emb: np.ndarray, cfg: GuardConfi
             known = low_sims if low_sims is not None else {}
             bad = np.empty((len(part), size, size), bool)
             new = [k for k, key in enumerate(keys) if key not in known]
-            if new:  # as _bad_pairs computes them, set by set
-                bad[new] = np.stack([x @ x.T for x in emb[stack[new]]]) < cfg.min_pair_sim
+            if new:  # as _bad_pairs decides them, set by set
+                bad[new] = _low_sims(emb[stack[new]], cfg.min_pair_sim)
             for k, key in enumerate(keys):
                 if key in known:
                     bad[k] = known[key]

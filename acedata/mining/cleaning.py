@@ -96,11 +96,16 @@ def pairs_table(task: str, subtask: str, provenance: str, a: pa.Array, b: pa.Arr
     return pa.table({
         "pair_id": pair_ids(task, src, tgt),
         "source_id": src.cast(pa.string()), "target_id": tgt.cast(pa.string()),
-        "task": pa.array([task] * n, pa.string()), "subtask": pa.array([subtask] * n, pa.string()),
+        "task": _repeat(task, n), "subtask": _repeat(subtask, n),
         "cluster_id": pa.array(cluster_ids, pa.int32()), "set_id": pa.array(set_ids, pa.int64()),
         "sim_pass1": pa.array(np.asarray(sim, np.float32)), "score_pass2": pa.array(np.asarray(score, np.float32)),
-        "provenance": pa.array([provenance] * n, pa.string()),
+        "provenance": _repeat(provenance, n),
     })
+
+
+def _repeat(value: str, n: int) -> pa.Array:
+    """`value` n times, copied by Arrow (no list of n Python references to convert)."""
+    return pa.array([value], pa.string()).take(pa.array(np.zeros(n, np.int32)))
 
 
 def same_rows(names: pa.Array | pa.ChunkedArray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

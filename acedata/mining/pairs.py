@@ -36,6 +36,41 @@ def pair_dots(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=256)
+def _diagonals(n: int) -> tuple[np.ndarray, ...]:
+    """For each offset k = 1..n-1, where the pairs (i, i + k) sit in `upper_pairs(n)`'s row-major order."""
+    out = []
+    for k in range(1, n):
+        i = np.arange(n - k)
+        out.append(i * n - i * (i + 1) // 2 + k - 1)
+    return tuple(out)
+
+
+def set_pair_dots(x: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:
+    """`pair_dots` over every set's `upper_pairs` (rows of `x`; sets in order, pairs row-major),
+    bit for bit, without gathering two rows per pair: the sets of one size are gathered once as
+    a (G, S, d) stack, and the pairs (i, i + k) of all of them are one einsum over the stack's
+    slices [:, :S-k] and [:, k:] (the same per-pair product over d as `pair_dots`)."""
+    sizes = np.array([len(m) for m in sets], np.int64)
+    start = np.concatenate([[0], np.cumsum(sizes * (sizes - 1) // 2)])
+    out = np.empty(int(start[-1]), np.float32)
+    by_size: dict[int, list[int]] = {}
+    for k, n in enumerate(sizes.tolist()):
+        if n >= 2:
+            by_size.setdefault(n, []).append(k)
+    for n, idx in by_size.items():
+        diagonals = _diagonals(n)
+        step = max(1, PAIR_CHUNK_BYTES // max(1, n * x.shape[1] * x.dtype.itemsize))
+        for c in range(0, len(idx), step):
+            part = idx[c:c + step]
+            rows = x[np.stack([sets[k] for k in part])]
+            got = np.empty((len(part), n * (n - 1) // 2), np.float32)
+            for k, where in enumerate(diagonals, start=1):
+                got[:, where] = np.einsum("gnd,gnd->gn", rows[:, :n - k], rows[:, k:])
+            out[start[part][:, None] + np.arange(got.shape[1])] = got
+    return out
+
+
 def set_key(ids: list[str]) -> str:
     """A stable identity for a set of image ids (order-free)."""
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
@@ -123,7 +158,8 @@ def enumerate_sets(
     owner = np.repeat(np.arange(len(sets)), counts)
     here = np.array([h for _, _, h, _ in sets])[owner]
     # the per-pair products in_band_pairs computes
-    sims = score.astype(np.float32) if scores_are_sims and x.dtype == np.float32 else pair_dots(x, a, b)
+    sims = score.astype(np.float32) if scores_are_sims and x.dtype == np.float32 else \
+        set_pair_dots(x, [m for m, _, _, _ in sets])
     ok = (sims >= band[0]) & (sims <= band[1]) & (score >= pass2_band[0]) & (score <= pass2_band[1])
     out_of_band = int(len(ok) - ok.sum())
     owned = owned_here(here, home[a], other[a], home[b], other[b])  # type: ignore[arg-type]

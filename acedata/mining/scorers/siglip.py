@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from acedata.mining.pairs import pair_dots, upper_pairs
+from acedata.mining.pairs import set_pair_dots, upper_pairs
 from acedata.mining.scorers.base import PairScores, Scorer, register_scorer
 
 
@@ -16,7 +16,7 @@ from acedata.mining.scorers.base import PairScores, Scorer, register_scorer
 class SiglipScorer(Scorer):
     name = "siglip"
     default_band = (0.0, 1.0)
-    cosine_scores = True  # score_sets computes them with pairs.pair_dots
+    cosine_scores = True  # score_sets computes them with pairs.set_pair_dots (= pair_dots)
 
     def score_set(self, emb: np.ndarray, images: list[bytes | None] | None) -> PairScores:
         i, j = upper_pairs(len(emb))
@@ -27,8 +27,6 @@ class SiglipScorer(Scorer):
         """All sets' member pairs in a few large einsums (the same per-pair products as `score_set`)."""
         x = np.asarray(emb, dtype=np.float32)
         local = [upper_pairs(len(m)) for m in sets]
-        a = np.concatenate([m[i] for m, (i, _) in zip(sets, local)])
-        b = np.concatenate([m[j] for m, (_, j) in zip(sets, local)])
-        score = pair_dots(x, a, b)
+        score = set_pair_dots(x, sets)
         bounds = np.cumsum([len(i) for i, _ in local])[:-1]
         return [PairScores(i, j, sc) for (i, j), sc in zip(local, np.split(score, bounds))]
