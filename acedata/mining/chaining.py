@@ -100,10 +100,13 @@ def _bad_pairs(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of:
 def _low_sims(rows: np.ndarray, t: float) -> np.ndarray:
     """(G, S, S): `x @ x.T < t` for each stacked set `x = rows[g]`, decided exactly as that
     per-set product decides it, from one einsum per diagonal of the whole stack (x_i . x_i+k
-    for every i of every set) instead of one BLAS call per set. Two summation orders of a
+    for every i of every set) instead of one BLAS call per set (when the sets outnumber the
+    diagonals). Two summation orders of a
     d-long product differ by at most 2 d u |x_i| |x_j| (u: unit roundoff), so only a set with
     a product within that of `t` could be decided differently: such sets are redone by `x @ x.T`."""
     g, s, d = rows.shape
+    if g < s:  # fewer sets than diagonals: one product per set is fewer calls
+        return np.stack([x @ x.T for x in rows]) < t
     eps = max(float(np.finfo(np.float32).eps), float(np.finfo(rows.dtype).eps))  # 2u
     sq = np.einsum("gnd,gnd->gn", rows, rows)  # the diagonal: squared norms
     margin = 2.02 * d * eps * np.abs(sq).max(axis=1, initial=0.0)  # twice the bound, with slack for sq's own error

@@ -50,7 +50,8 @@ def set_pair_dots(x: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:
     """`pair_dots` over every set's `upper_pairs` (rows of `x`; sets in order, pairs row-major),
     bit for bit, without gathering two rows per pair: the sets of one size are gathered once as
     a (G, S, d) stack, and the pairs (i, i + k) of all of them are one einsum over the stack's
-    slices [:, :S-k] and [:, k:] (the same per-pair product over d as `pair_dots`)."""
+    slices [:, :S-k] and [:, k:] (the same per-pair product over d as `pair_dots`). Sizes with
+    fewer sets than diagonals go through `pair_dots` together (fewer calls that way)."""
     sizes = np.array([len(m) for m in sets], np.int64)
     start = np.concatenate([[0], np.cumsum(sizes * (sizes - 1) // 2)])
     out = np.empty(int(start[-1]), np.float32)
@@ -58,7 +59,16 @@ def set_pair_dots(x: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:
     for k, n in enumerate(sizes.tolist()):
         if n >= 2:
             by_size.setdefault(n, []).append(k)
+    # sizes with fewer sets than diagonals: their pairs gathered and multiplied at once (pair_dots)
+    few = sorted(k for n, idx in by_size.items() if len(idx) < n - 1 for k in idx)
+    if few:
+        local = [upper_pairs(int(sizes[k])) for k in few]
+        got = pair_dots(x, np.concatenate([sets[k][i] for k, (i, _) in zip(few, local)]),
+                        np.concatenate([sets[k][j] for k, (_, j) in zip(few, local)]))
+        out[np.concatenate([np.arange(start[k], start[k + 1]) for k in few])] = got
     for n, idx in by_size.items():
+        if len(idx) < n - 1:
+            continue
         diagonals = _diagonals(n)
         step = max(1, PAIR_CHUNK_BYTES // max(1, n * x.shape[1] * x.dtype.itemsize))
         for c in range(0, len(idx), step):
