@@ -179,3 +179,57 @@ def test_face_scorer_without_weights_names_the_model(tmp_path):
     with pytest.raises(ModelNotFound, match="insightface/buffalo_l") as e:
         s.setup()
     assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_stacked_guard_counts_equal_per_set_counts():
+    """The guard's stacked check counts exactly the incoherent pairs the per-set check counts,
+    with and without pass-2 scores (NaN: unscored counts as incoherent)."""
+    from acedata.mining.chaining import _bad_pairs, _count_bad, _stacked_bad_counts
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((400, 32)).astype(np.float32) + 1.5 * rng.standard_normal(32).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    perm = rng.permutation(400)
+    sizes = rng.integers(1, 40, 60)
+    sets = [np.sort(p) for p in np.split(perm, np.cumsum(sizes))[:-1] if len(p)]
+    scores = rng.random((400, 400)).astype(np.float32)
+    scores[rng.random((400, 400)) < 0.02] = np.nan
+    scores = np.fmin(scores, scores.T)
+
+    def score_of(m: np.ndarray) -> np.ndarray:
+        return scores[m[..., :, None], m[..., None, :]]
+
+    for cfg, sof in ((GuardConfig(min_pair_sim=0.6), None), (GuardConfig(min_pair_sim=0.6, min_pair_score=0.3), score_of)):
+        got = _stacked_bad_counts(sets, x, cfg, sof)
+        want = {i: _count_bad(_bad_pairs(m, x, cfg, sof)) for i, m in enumerate(sets) if len(m) >= 2}
+        assert got == want and sum(want.values()) > 0
+
+
+def test_normalize_in_steps_is_the_whole_array_formula_bit_for_bit(monkeypatch):
+    """normalize works in row steps (and gathers `rows` itself): the bits of x / ||x|| at once."""
+    from acedata.mining import vectors
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((700, 48)) * rng.random((700, 1)) * 10).astype(np.float16)
+    x[3] = 0
+    order = rng.permutation(700)
+    xs = x[order].astype(np.float32)
+    want = xs / np.maximum(np.linalg.norm(xs, axis=1, keepdims=True), 1e-12)
+    monkeypatch.setattr(vectors, "NORM_ROWS", 64)
+    assert vectors.normalize(x, order).tobytes() == want.tobytes()
+    assert vectors.normalize(x[order]).tobytes() == want.tobytes()
+
+
+def test_low_sims_decide_exactly_as_the_per_set_product():
+    """The stacked similarity checks are `x @ x.T < t` of each set, even with `t` set to one of
+    the per-set products itself (there the einsum and BLAS sums may round apart by an ulp)."""
+    from acedata.mining.chaining import _low_sims
+
+    rng = np.random.default_rng(7)
+    for d, s in ((768, 8), (64, 5), (31, 13)):
+        x = rng.standard_normal((600, d)).astype(np.float32) + rng.standard_normal(d).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        rows = x[rng.permutation(600)[: 30 * s]].reshape(30, s, d)
+        exact = [r @ r.T for r in rows]
+        for t in [0.5, float(exact[3][0, 1]), float(exact[7][2, 4]), float(np.median(np.stack(exact)))]:
+            assert (_low_sims(rows, t) == np.stack([e < t for e in exact])).all()

@@ -175,3 +175,63 @@ def test_enumerate_sets_equals_in_band_pairs_per_set():
     got, _, _ = enumerate_sets(x, sets, home, other, (0.2, 0.9), (0.1, 0.95), 7)
     assert [(int(k), int(a), int(b), float(v)) for k, a, b, v in zip(got["set"], got["a"], got["b"], got["sim"])] == want
     assert len(want) > 100
+
+
+def test_siglip_scores_reused_as_sims_bit_for_bit(monkeypatch):
+    """Pair enumeration takes siglip's pass-2 scores as the pairs' cosines instead of computing
+    them again: the result must be the recomputed one exactly, whatever the products' step size."""
+    from acedata.mining import pairs
+    from acedata.mining.pairs import enumerate_sets, pair_dots
+
+    g = generate(n_coarse=4, fine_per_coarse=5, group_size=7, d=64, near_dups=8, bridges=8, singletons=10,
+                 loose_fraction=0.3, seed=5)
+    x = normalize(g.x)
+    scorer = make_scorer("siglip")
+    params = mining_params(PairConfig(name="pair", tau_low=0.5, tau_high=0.97, device="cpu"), scorer)
+    final = mine_cluster(x, scorer, params)
+    assert len(final) > 5
+    sets = [(fs.members, fs.pass2, 0, set_key([str(v) for v in fs.members])) for fs in final]
+    home, other = np.zeros(len(x), np.int64), np.full(len(x), -1, np.int64)
+    monkeypatch.setattr(pairs, "PAIR_CHUNK_BYTES", 1000)  # steps of a few pairs: the same bits as one big step
+    a = np.concatenate([fs.members[upper_pairs(len(fs.members))[0]] for fs in final])
+    b = np.concatenate([fs.members[upper_pairs(len(fs.members))[1]] for fs in final])
+    small = pair_dots(x, a, b)
+    monkeypatch.setattr(pairs, "PAIR_CHUNK_BYTES", 1 << 30)
+    assert small.tobytes() == pair_dots(x, a, b).tobytes()
+    got, oob, vetoed = enumerate_sets(x, sets, home, other, (0.5, 0.97), (0.5, 0.97), 5, scores_are_sims=True)
+    want, oob2, vetoed2 = enumerate_sets(x, sets, home, other, (0.5, 0.97), (0.5, 0.97), 5)
+    assert (oob, vetoed) == (oob2, vetoed2) and len(want["a"]) > 20
+    for k in want:
+        assert got[k].tobytes() == want[k].tobytes(), k
+
+
+def test_pair_ids_equal_pair_id_per_pair():
+    """The batched pair ids are `pair_id` of each pair, non-ASCII ids included."""
+    from acedata.mining.cleaning import pair_id, pair_ids
+
+    src = ["a", "img_0001", "é/ü:1", "x" * 300, "b"]
+    tgt = ["b", "img_0002", "名前", "y", "a"]
+    got = pair_ids("natural_edit", pa.array(src), pa.array(tgt)).to_pylist()
+    assert got == [pair_id("natural_edit", s, t) for s, t in zip(src, tgt)]
+    assert len(set(got)) == len(got) and pair_ids("t", pa.array([], pa.string()), pa.array([], pa.string())).to_pylist() == []
+
+
+@pytest.mark.parametrize("d,dtype", [(768, np.float32), (33, np.float32), (16, np.float64)])
+def test_set_pair_dots_equal_pair_dots_bit_for_bit(monkeypatch, d, dtype):
+    """The stacked, diagonal-by-diagonal products are the per-pair ones, bit for bit, for
+    every set size (1 and 2 included) and any step size."""
+    from acedata.mining import pairs
+    from acedata.mining.pairs import pair_dots, set_pair_dots
+
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((2000, d)).astype(dtype)
+    sizes = rng.choice([1, 2, 3, 5, 8, 8, 13, 40], 120)
+    perm = rng.permutation(2000)
+    sets = [np.sort(p) for p in np.split(perm[: sizes.sum()], np.cumsum(sizes)[:-1])]
+    a = np.concatenate([m[upper_pairs(len(m))[0]] for m in sets])
+    b = np.concatenate([m[upper_pairs(len(m))[1]] for m in sets])
+    want = pair_dots(x, a, b).tobytes()
+    assert set_pair_dots(x, sets).tobytes() == want
+    monkeypatch.setattr(pairs, "PAIR_CHUNK_BYTES", 1)
+    assert set_pair_dots(x, sets).tobytes() == want
+    assert set_pair_dots(x, []).shape == (0,)

@@ -38,6 +38,8 @@ from acedata.unionfind import component_labels, label_sets
 
 BISECT_FACTOR = 4  # parts above this many times max_set_size are bisected before peeling
 CHECK_LIMIT = 2048  # coherence of larger sets is checked on an evenly spaced sample of this many
+STACK_MAX = 64  # sets up to this size are first checked in stacks of one size (see `_stacked_bad_counts`)
+STACK_BYTES = 8 << 20  # gathered member rows per stack
 
 
 @dataclass
@@ -80,7 +82,8 @@ def _components(members: np.ndarray, src: np.ndarray, dst: np.ndarray, w: np.nda
     return [members[g] for g in label_sets(component_labels(len(members), a, b))]
 
 
-ScoreOf = Callable[[np.ndarray], np.ndarray]  # member indices -> S x S pass-2 scores (NaN: unscored)
+# member indices (S,) -> S x S pass-2 scores (NaN: unscored); a (G, S) stack of sets -> (G, S, S)
+ScoreOf = Callable[[np.ndarray], np.ndarray]
 
 
 def _bad_pairs(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of: ScoreOf | None) -> np.ndarray:
@@ -92,6 +95,75 @@ def _bad_pairs(members: np.ndarray, emb: np.ndarray, cfg: GuardConfig, score_of:
         np.fill_diagonal(sc, np.inf)
         bad |= ~(sc >= cfg.min_pair_score)  # NaN counts as incoherent
     return bad
+
+
+def _low_sims(rows: np.ndarray, t: float) -> np.ndarray:
+    """(G, S, S): `x @ x.T < t` for each stacked set `x = rows[g]`, decided exactly as that
+    per-set product decides it, from one einsum per diagonal of the whole stack (x_i . x_i+k
+    for every i of every set) instead of one BLAS call per set (when the sets outnumber the
+    diagonals). Two summation orders of a
+    d-long product differ by at most 2 d u |x_i| |x_j| (u: unit roundoff), so only a set with
+    a product within that of `t` could be decided differently: such sets are redone by `x @ x.T`."""
+    g, s, d = rows.shape
+    if g < s:  # fewer sets than diagonals: one product per set is fewer calls
+        return np.stack([x @ x.T for x in rows]) < t
+    eps = max(float(np.finfo(np.float32).eps), float(np.finfo(rows.dtype).eps))  # 2u
+    sq = np.einsum("gnd,gnd->gn", rows, rows)  # the diagonal: squared norms
+    margin = 2.02 * d * eps * np.abs(sq).max(axis=1, initial=0.0)  # twice the bound, with slack for sq's own error
+    t32 = float(np.asarray(t, rows.dtype))  # `sims < t` compares in the rows' float type
+    low = np.empty((g, s, s), bool)
+    near = np.zeros(g, bool)
+    i = np.arange(s)
+    for k in range(s):
+        v = sq if k == 0 else np.einsum("gnd,gnd->gn", rows[:, :s - k], rows[:, k:])
+        near |= (np.abs(v.astype(np.float64) - t32) <= margin[:, None]).any(axis=1)
+        low[:, i[:s - k], i[k:]] = low[:, i[k:], i[:s - k]] = v < t
+    for q in np.flatnonzero(near).tolist():
+        x = rows[q]
+        low[q] = x @ x.T < t
+    return low
+
+
+def _stacked_bad_counts(sets: list[np.ndarray], emb: np.ndarray, cfg: GuardConfig,
+                        score_of: ScoreOf | None, low_sims: dict | None = None) -> dict[int, int]:
+    """`_count_bad(_bad_pairs(...))` of every set of 2..STACK_MAX members, by index into `sets`.
+
+    The sets of one size are stacked: one gather of their rows, and the comparisons, the
+    pass-2 look-up and the counting over the whole stack instead of a dozen small numpy
+    calls per set (thousands of sets of a few members per cluster: that overhead was the
+    guard's cost). The similarity checks are the per-set ones exactly (`_low_sims`), so the
+    counts are exactly the per-set counts. `low_sims` keeps each set's
+    `x @ x.T < min_pair_sim` by its members: turn 2 mostly re-checks turn 1's sets as they are."""
+    by_size: dict[int, list[int]] = {}
+    for i, m in enumerate(sets):
+        if 2 <= len(m) <= min(STACK_MAX, CHECK_LIMIT):
+            by_size.setdefault(len(m), []).append(i)
+    out: dict[int, int] = {}
+    check_scores = score_of is not None and cfg.min_pair_score is not None
+    for size, idx in sorted(by_size.items()):
+        step = max(1, STACK_BYTES // (size * emb.shape[1] * emb.dtype.itemsize))
+        diag = np.arange(size)
+        for c in range(0, len(idx), step):
+            part = idx[c:c + step]
+            stack = np.stack([sets[i] for i in part])
+            keys = [(cfg.min_pair_sim, sets[i].tobytes()) for i in part]
+            known = low_sims if low_sims is not None else {}
+            bad = np.empty((len(part), size, size), bool)
+            new = [k for k, key in enumerate(keys) if key not in known]
+            if new:  # as _bad_pairs decides them, set by set
+                bad[new] = _low_sims(emb[stack[new]], cfg.min_pair_sim)
+            for k, key in enumerate(keys):
+                if key in known:
+                    bad[k] = known[key]
+                elif low_sims is not None:
+                    low_sims[key] = bad[k].copy()
+            if check_scores:
+                sc = score_of(stack)
+                sc[:, diag, diag] = np.inf
+                bad |= ~(sc >= cfg.min_pair_score)  # NaN counts as incoherent
+            counts = (bad.sum(axis=(1, 2)) - bad[:, diag, diag].sum(axis=1)) // 2
+            out.update(zip(part, counts.tolist()))
+    return out
 
 
 def _bisect(members: np.ndarray, emb: np.ndarray, limit: int) -> list[np.ndarray]:
@@ -185,9 +257,10 @@ class _Guard:
             members = members[np.linspace(0, len(members) - 1, CHECK_LIMIT).astype(np.int64)]
         return _count_bad(_bad_pairs(members, self.emb, self.cfg, self.score_of))
 
-    def verdict(self, members: np.ndarray, count_before: bool) -> str:
-        """"ok", "big" (oversize but pairwise coherent: nothing chained, just dense) or "chained"."""
-        bad = self.bad_count(members)
+    def verdict(self, members: np.ndarray, count_before: bool, bad: int | None = None) -> str:
+        """"ok", "big" (oversize but pairwise coherent: nothing chained, just dense) or "chained"
+        (`bad`: the set's incoherent pairs when already counted)."""
+        bad = self.bad_count(members) if bad is None else bad
         if count_before:
             self.stats.incoherent_pairs_before += bad
             self.stats.sets_oversize += len(members) > self.cfg.max_set_size
@@ -246,6 +319,7 @@ def guard_sets(
     cfg: GuardConfig,
     upper: float = 1.0,
     score_of: ScoreOf | None = None,
+    low_sims: dict | None = None,
 ) -> tuple[list[np.ndarray], GuardStats]:
     """Check every set (indices into `emb`, unit-norm rows) and split the offenders.
 
@@ -253,6 +327,8 @@ def guard_sets(
     the weight they were linked at; splitting raises it round by round towards `upper`.
     `score_of` gives pass-2 scores between members; with `cfg.min_pair_score` set, a
     pair scoring below it also makes a set incoherent (chaining through the scorer).
+    `low_sims` (a dict shared by the guard passes over the same `emb`) saves the similarity
+    checks of sets checked before.
     """
     stats = GuardStats()
     t0 = time.perf_counter()
@@ -260,12 +336,13 @@ def guard_sets(
         return [s for s in sets if len(s) > 1], stats
     src, dst, w, starts = _group_edges(sets, len(emb), edges)
     guard = _Guard(emb, cfg, score_of, stats)
+    counted = _stacked_bad_counts(sets, emb, cfg, score_of, low_sims)
     out: list[np.ndarray] = []
     for i, members in enumerate(sets):
         if len(members) < 2:
             continue
         stats.sets_checked += 1
-        v = guard.verdict(members, True)
+        v = guard.verdict(members, True, counted.get(i))
         if v == "ok":
             out.append(members)
             continue

@@ -4,6 +4,7 @@ image sizes looked up per unit, and the `pairs` rows."""
 from __future__ import annotations
 
 import hashlib
+import operator
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,24 @@ import pyarrow.compute as pc
 
 def pair_id(task: str, source: str, target: str) -> str:
     return hashlib.sha256(f"{task}:{source}:{target}".encode()).hexdigest()[:32]
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+_DIGEST = operator.methodcaller("digest")
+
+
+def pair_ids(task: str, src: pa.Array, tgt: pa.Array) -> pa.Array:
+    """`pair_id(task, s, t)` of every pair, as a string array: the keys joined by Arrow, the
+    hashes by `map` (no Python frame per pair), the hex digits by numpy."""
+    if not len(src):
+        return pa.array([], pa.string())
+    keys = pc.binary_join_element_wise(pa.scalar(task, pa.string()), src.cast(pa.string()), tgt.cast(pa.string()), ":")
+    raw = np.frombuffer(b"".join(map(_DIGEST, map(hashlib.sha256, keys.cast(pa.binary()).to_pylist()))), np.uint8)
+    head = raw.reshape(-1, 32)[:, :16]  # hexdigest()[:32]: the first 16 bytes
+    text = np.empty((len(head), 32), np.uint8)
+    text[:, 0::2], text[:, 1::2] = _HEX[head >> 4], _HEX[head & 15]
+    offsets = np.arange(0, 32 * (len(head) + 1), 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(head), pa.py_buffer(offsets), pa.py_buffer(text))
 
 
 def reject_reasons(f: Any, sim: np.ndarray, wa: np.ndarray, ha: np.ndarray, wb: np.ndarray,
@@ -73,18 +92,19 @@ def pairs_table(task: str, subtask: str, provenance: str, a: pa.Array, b: pa.Arr
         sim, score = np.concatenate([sim, sim]), np.concatenate([score, score])
         set_ids, cluster_ids = np.concatenate([set_ids, set_ids]), np.concatenate([cluster_ids, cluster_ids])
     n = len(src)
-    sha = hashlib.sha256
-    prefix = f"{task}:"
-    ids = [sha(f"{prefix}{s}:{t}".encode()).hexdigest()[:32]  # = pair_id(task, s, t), inlined: one per pair
-           for s, t in zip(src.to_pylist(), tgt.to_pylist())]
     return pa.table({
-        "pair_id": pa.array(ids, pa.string()),
+        "pair_id": pair_ids(task, src, tgt),
         "source_id": src.cast(pa.string()), "target_id": tgt.cast(pa.string()),
-        "task": pa.array([task] * n, pa.string()), "subtask": pa.array([subtask] * n, pa.string()),
+        "task": _repeat(task, n), "subtask": _repeat(subtask, n),
         "cluster_id": pa.array(cluster_ids, pa.int32()), "set_id": pa.array(set_ids, pa.int64()),
         "sim_pass1": pa.array(np.asarray(sim, np.float32)), "score_pass2": pa.array(np.asarray(score, np.float32)),
-        "provenance": pa.array([provenance] * n, pa.string()),
+        "provenance": _repeat(provenance, n),
     })
+
+
+def _repeat(value: str, n: int) -> pa.Array:
+    """`value` n times, copied by Arrow (no list of n Python references to convert)."""
+    return pa.array([value], pa.string()).take(pa.array(np.zeros(n, np.int32)))
 
 
 def same_rows(names: pa.Array | pa.ChunkedArray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

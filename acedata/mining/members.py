@@ -168,5 +168,5 @@ def read_clusters(table: str, lo: int, hi: int) -> tuple[pa.Table, np.ndarray]:
     t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     order = pc.sort_indices(t.select(["cluster_id", "image_id"]),
                             sort_keys=[("cluster_id", "ascending"), ("image_id", "ascending")])
-    x = normalize(from_bytes(t.column("embedding"), schema)[order.to_numpy()])  # rows moved as numpy, not Arrow
+    x = normalize(from_bytes(t.column("embedding"), schema), order.to_numpy())  # rows moved as numpy, not Arrow
     return t.drop_columns(["embedding"]).take(order), x

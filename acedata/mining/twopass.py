@@ -81,7 +81,9 @@ def mine_cluster(
                                params.max_edges_per_node)
     stats.pass1_edges += len(src)
     sets1 = components(n, src, dst, min_size=2)
-    sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard, params.tau_high)
+    low_sims: dict = {}  # turn 2's guard re-checks turn 1's sets: their similarities once
+    sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard, params.tau_high,
+                           low_sims=low_sims)
     stats.guard_pass1.add(g1)
     stats.pass1_sets += len(sets1)
     if not sets1:
@@ -94,32 +96,48 @@ def mine_cluster(
         images = dict(zip(linked.tolist(), images_for(linked)))
         images_of = lambda m: [images[k] for k in m.tolist()]
     scored = scorer.score_sets(emb, sets1, images_of)
+    rows1 = np.concatenate(sets1)  # the linked points, set after set
+    sizes = np.array([len(m) for m in sets1], np.int64)
     owner = np.full(n, -1, np.int64)  # the turn-1 set of each linked point
-    owner[np.concatenate(sets1)] = np.repeat(np.arange(len(sets1)), [len(m) for m in sets1])
-    fulls, ends_a, ends_b, scores = [], [], [], []
-    for members, ps in zip(sets1, scored):
-        full = np.full((len(members), len(members)), np.nan, dtype=np.float32)
-        full[ps.src, ps.dst] = ps.score
-        full[ps.dst, ps.src] = ps.score
-        fulls.append(full)
-        ends_a.append(members[ps.src])  # members is sorted, so a < b
-        ends_b.append(members[ps.dst])
-        scores.append(np.asarray(ps.score, np.float32))
-    a, b, score = np.concatenate(ends_a), np.concatenate(ends_b), np.concatenate(scores)
+    owner[rows1] = np.repeat(np.arange(len(sets1)), sizes)
+    # every turn-1 set's S x S pass-2 matrix (NaN: unscored), laid end to end in one flat array,
+    # so the scores between any members are one gather, for one set or a stack of them
+    start = np.concatenate([[0], np.cumsum(sizes * sizes)])
+    pos = np.zeros(n, np.int64)  # each linked point's place in its (sorted) turn-1 set
+    pos[rows1] = np.arange(len(rows1)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    ps_n = [len(ps.src) for ps in scored]
+    t = np.repeat(np.arange(len(sets1)), ps_n)
+    src = np.concatenate([ps.src for ps in scored]).astype(np.int64)
+    dst = np.concatenate([ps.dst for ps in scored]).astype(np.int64)
+    score = np.concatenate([np.asarray(ps.score, np.float32) for ps in scored])
+    flat = np.full(int(start[-1]), np.nan, dtype=np.float32)
+    flat[start[t] + src * sizes[t] + dst] = score
+    flat[start[t] + dst * sizes[t] + src] = score
+    first = np.repeat(np.cumsum(sizes) - sizes, ps_n)  # where each pair's set starts among the linked rows
+    a, b = rows1[first + src], rows1[first + dst]  # members are sorted, so a < b
     linked = (score >= params.pass2_low) & (score <= params.pass2_high)  # nan never links
     stats.pass2_edges += int(linked.sum())
     edges2 = (a[linked], b[linked], score[linked])
     sets2 = components(n, edges2[0], edges2[1], min_size=2)  # edges stay inside a turn-1 set
 
     def score_of(s: np.ndarray) -> np.ndarray:
-        t = int(owner[s[0]])
-        pos = np.searchsorted(sets1[t], s)
-        return fulls[t][np.ix_(pos, pos)]
+        """Pass-2 scores between the members of one set (S,) -> (S, S), or of a stack (G, S) -> (G, S, S)."""
+        k = owner[s[..., 0]]
+        p = pos[s]
+        return flat[start[k][..., None, None] + p[..., :, None] * sizes[k][..., None, None] + p[..., None, :]]
 
-    sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high, score_of)
+    sets2, g2 = guard_sets(sets2, emb, edges2, params.pass2_low, params.guard, params.pass2_high, score_of,
+                           low_sims)
     stats.guard_pass2.add(g2)
     sets2.sort(key=lambda s: (int(owner[s[0]]), int(s[0])))  # by turn-1 set, then smallest member
-    out = [FinalSet(s, score_of(s)) for s in sets2]
+    by_size: dict[int, list[int]] = {}
+    for k, s in enumerate(sets2):
+        by_size.setdefault(len(s), []).append(k)
+    pass2: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(sets2)
+    for idx in by_size.values():  # the sets' pass-2 matrices, one gather per set size
+        for k, scores in zip(idx, score_of(np.stack([sets2[k] for k in idx]))):
+            pass2[k] = scores
+    out = [FinalSet(s, p) for s, p in zip(sets2, pass2)]
     stats.pass2_sets += len(out)
     return out
 
@@ -143,7 +161,7 @@ def mine_unit(ids: list[str], cid: np.ndarray, home: np.ndarray, other: np.ndarr
             sets.append((lo + fs.members, fs.pass2, here, set_key([names[k] for k in fs.members])))
     final_sets = len(sets)
     # every set's pairs at once: band checks, border ownership and the per-set cap, vectorised
-    got, out_of_band, border_dups = enumerate_sets(x, sets, home, other, band, band2, cap)
+    got, out_of_band, border_dups = enumerate_sets(x, sets, home, other, band, band2, cap, scorer.cosine_scores)
     set_ids = np.array([int(key[:15], 16) for _, _, _, key in sets], np.int64)  # = pairs.set_id(names)
     clusters = np.array([here for _, _, here, _ in sets], np.int32)
     flat = {"a": got["a"].astype(np.int64), "b": got["b"].astype(np.int64), "sim": got["sim"],

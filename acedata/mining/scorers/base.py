@@ -37,6 +37,9 @@ class Scorer:
     needs_images: ClassVar[bool] = False
     loads_model: ClassVar[bool] = False  # True: setup() loads weights, so the pair stage runs as an actor pool
     default_band: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    # True: a pair's score is its embedding cosine as `pairs.pair_dots` computes it (bit for bit, float32 rows),
+    # so pair enumeration reuses the scores instead of computing every product again
+    cosine_scores: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from acedata.mining.pairs import upper_pairs
+from acedata.mining.pairs import set_pair_dots, upper_pairs
 from acedata.mining.scorers.base import PairScores, Scorer, register_scorer
 
 
@@ -16,6 +16,7 @@ from acedata.mining.scorers.base import PairScores, Scorer, register_scorer
 class SiglipScorer(Scorer):
     name = "siglip"
     default_band = (0.0, 1.0)
+    cosine_scores = True  # score_sets computes them with pairs.set_pair_dots (= pair_dots)
 
     def score_set(self, emb: np.ndarray, images: list[bytes | None] | None) -> PairScores:
         i, j = upper_pairs(len(emb))
@@ -26,11 +27,6 @@ class SiglipScorer(Scorer):
         """All sets' member pairs in a few large einsums (the same per-pair products as `score_set`)."""
         x = np.asarray(emb, dtype=np.float32)
         local = [upper_pairs(len(m)) for m in sets]
-        a = np.concatenate([m[i] for m, (i, _) in zip(sets, local)])
-        b = np.concatenate([m[j] for m, (_, j) in zip(sets, local)])
-        score = np.empty(len(a), np.float32)
-        step = max(1, (32 << 20) // (8 * x.shape[1]))  # ~32 MB of gathered rows per chunk
-        for s in range(0, len(a), step):
-            score[s:s + step] = np.einsum("nd,nd->n", x[a[s:s + step]], x[b[s:s + step]])
+        score = set_pair_dots(x, sets)
         bounds = np.cumsum([len(i) for i, _ in local])[:-1]
         return [PairScores(i, j, sc) for (i, j), sc in zip(local, np.split(score, bounds))]
