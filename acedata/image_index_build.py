@@ -190,7 +190,7 @@ def ensure_index(table_dir: str, executor: str = "local", concurrency: int = 2) 
     if not shards.exists(fs, posixpath.join(out, PARTS_META)):
         n = partition_count(manifest["rows"])
         if manifest["rows"] <= INLINE_MAX_ROWS and len(manifest["shards"]) <= INLINE_MAX_SHARDS:
-            written += write_index(table_dir, manifest["shards"])  # fill gaps: units that died early
+            written += write_index(table_dir, manifest["shards"], whole_table=True)  # fill gaps: units that died early
             part_rows = build_inline(table_dir, manifest, posixpath.join(table_dir, INDEX_DIR, name), n)
         else:
             part_rows = build_distributed(table_dir, name, n, executor, concurrency)

@@ -31,13 +31,16 @@ def _write_index_file(fs: pafs.FileSystem, path: str, table: pa.Table, sha256: s
     shards.write_bytes_atomic(fs, path, buf.getvalue())
 
 
-def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]]) -> int:
-    """Write the index file of each listed shard ({file, sha256}) that has none; returns how many."""
+def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]], whole_table: bool | None = None) -> int:
+    """Write the index file of each listed shard ({file, sha256}) that has none; returns how many.
+
+    `whole_table`: the shards are the table's (one listing of the index folder), not one unit's
+    (their names only: a listing would cost every unit O(all shards)); None: by their number."""
     fs, d = shards.resolve(table_dir)
     idx_dir = posixpath.join(d, INDEX_DIR)
     shard_infos = list(shard_infos)
     names = [index_name(s["file"], s["sha256"]) for s in shard_infos]
-    if len(names) > 16:  # the driver's pass over a whole table: one listing
+    if whole_table if whole_table is not None else len(names) > 16:  # the driver's pass: one listing
         have = _index_files(fs, idx_dir)
         present = [n in have for n in names]
     else:  # a unit's own shards: these names only (a listing cost every unit O(all shards))

@@ -60,11 +60,13 @@ def execute_unit(stage: Stage, unit: WorkUnit) -> dict[str, int]:
         writer.write(conform(rows, schema))
         written = writer.commit()
         if image_index.is_image_table(schema):  # each shard's image index, built by the worker
-            image_index.write_index(stage.ctx.out(table), [s.__dict__ for s in written])
+            image_index.write_index(stage.ctx.out(table), [s.__dict__ for s in written], whole_table=False)
         counts.setdefault(table, rows.num_rows)
     fs, d = shards.resolve(stage.ctx.stage_dir)
     fs.create_dir(posixpath.join(d, DONE_DIR), recursive=True)
     shards.write_bytes_atomic(fs, posixpath.join(d, DONE_DIR, f"{unit.id}.json"), json.dumps(counts).encode())
+    for table in result.tables:  # done: its attempts need no clearing again
+        shards.drop_markers(stage.ctx.out(table), unit.id)
     return counts
 
 
@@ -183,6 +185,9 @@ def run_stage(
     t0 = time.time()
     tally = _Tally(progress)
     units, wave, all_ids = stage.plan(), 0, []
+    if units:  # tables written before attempt markers: their unfinished units' files get markers, once
+        for table in stage.outputs:
+            shards.adopt_attempts(stage.ctx.out(table), lambda: set(done_units(stage.ctx.stage_dir)))
     while units:
         ids = [u.id for u in units]
         if len(set(ids)) != len(ids) or set(ids) & set(all_ids):

@@ -5,6 +5,7 @@ Layout of a table directory::
     TABLE/
       <unit>-<attempt>-00000.parquet   shards; <attempt> is unique to one write attempt
       _units/<unit>.json               one fragment per committed unit (its shards, rows, sha256)
+      _attempts/<unit>/<attempt>       a marker per attempt not yet forgotten (see clear_attempts)
       _manifest.json                   the merged manifest: every shard, rows, bytes, sha256, schema
 
 Commit protocol, the same on a local disk and on object stores (which have no rename):
@@ -19,7 +20,10 @@ Commit protocol, the same on a local disk and on object stores (which have no re
   committed exactly when its fragment exists.
 * Readers trust only what a fragment (via the manifest) lists. A writer killed before
   its fragment leaves only files that nothing lists; a rerun of the unit deletes them
-  and writes a new attempt; `validate` reports any that remain as unlisted.
+  and writes a new attempt; `validate` reports any that remain as unlisted. Each attempt
+  writes a marker `_attempts/<unit>/<attempt>` before its first shard, so the rerun finds
+  them from the unit's own markers and the names (never by listing the table, whose size
+  grows with the number of units); the marker folder goes once the unit is done.
 * The stage's `_done/<unit>.json` marker and the table's `_manifest.json` are likewise
   single whole-object writes, made after the fragments they summarise.
 
@@ -32,7 +36,7 @@ import hashlib
 import json
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,16 +137,93 @@ def shard_place(name: str) -> tuple[str, int] | None:
     return (m.group("unit"), int(m.group("part"))) if m else None
 
 
+ATTEMPTS_DIR = "_attempts"  # TABLE/_attempts/<unit>/<attempt>: one marker per write attempt
+MARKED = ".marked"  # TABLE/_attempts/.marked: every attempt at the table since has a marker
+_TMP_SHARD = re.compile(r"^\.tmp-(?P<attempt>[0-9a-f]{12})-(?P<name>.+)$")
+
+
+def _attempt_of(name: str) -> tuple[str, str] | None:
+    """(unit, attempt) of a shard file name, final or a local temporary one (None otherwise)."""
+    tmp = _TMP_SHARD.match(name)
+    m = SHARD_NAME.match(tmp.group("name") if tmp else name)
+    return (m.group("unit"), m.group("attempt")) if m else None
+
+
+def _markers(d: str, unit_id: str) -> str:
+    return posixpath.join(d, ATTEMPTS_DIR, unit_id)
+
+
+def mark_attempt(fs: pafs.FileSystem, d: str, unit_id: str, attempt: str) -> None:
+    """Record an attempt at a unit before it writes anything: `clear_attempts` finds its files from
+    this marker alone. Its content does not matter, so it is written directly (no rename)."""
+    folder = _markers(d, unit_id)
+    fs.create_dir(folder, recursive=True)
+    with fs.open_output_stream(posixpath.join(folder, attempt)):
+        pass
+
+
+def _attempt_files(fs: pafs.FileSystem, d: str, unit_id: str, attempt: str) -> list[str]:
+    """The files one attempt left, by their names (no listing). Parts are written one after
+    another (locally each renamed from its temporary name before the next opens), so the first
+    part with neither name ends them."""
+    local = storage.is_local(fs)
+    found: list[str] = []
+    part = 0
+    while True:
+        name = f"{unit_id}-{attempt}-{part:05d}.parquet"
+        names = [name, f".tmp-{attempt}-{name}"] if local else [name]
+        there = [i.path for i in fs.get_file_info([posixpath.join(d, n) for n in names])
+                 if i.type != pafs.FileType.NotFound]
+        if not there:
+            return found
+        found += there
+        part += 1
+
+
 def clear_attempts(table_dir: str, unit_id: str) -> None:
     """Delete the shards of earlier, uncommitted attempts at a unit (nothing lists them).
 
-    Call before writing a unit again; never for a committed unit."""
+    Call before writing a unit again; never for a committed unit. Lists only the unit's own
+    markers (`_attempts/<unit>/`), never the table: the cost is the unit's, whatever the table
+    holds. Files are deleted last part first, so a crash here leaves a prefix of the parts,
+    still found from the marker, which goes last."""
     fs, d = resolve(table_dir)
-    if not exists(fs, d):
-        return
-    for info in fs.get_file_info(pafs.FileSelector(d)):
-        if shard_unit(posixpath.basename(info.path)) == unit_id:
-            fs.delete_file(info.path)
+    folder = _markers(d, unit_id)
+    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        attempt = posixpath.basename(info.path)
+        if info.type == pafs.FileType.File and not attempt.startswith("."):
+            for path in reversed(_attempt_files(fs, d, unit_id, attempt)):
+                fs.delete_file(path)
+        fs.delete_file(info.path)
+
+
+def drop_markers(table_dir: str, unit_id: str) -> None:
+    """Forget a unit's attempts once it is committed for good (its stage's done-marker written)."""
+    fs, d = resolve(table_dir)
+    folder = _markers(d, unit_id)
+    if fs.get_file_info(folder).type == pafs.FileType.Directory:
+        fs.delete_dir(folder)
+
+
+def adopt_attempts(table_dir: str, settled: Callable[[], Collection[str]]) -> int:
+    """Once per table, on the driver before units run: give a marker to each attempt that left
+    files in a table written before markers existed (its units not in `settled()`, the stage's done
+    units), so their reruns clear them as any other. One listing of the table, then never again
+    (`_attempts/.marked`). Returns the attempts marked."""
+    fs, d = resolve(table_dir)
+    stamp = posixpath.join(d, ATTEMPTS_DIR, MARKED)
+    if exists(fs, stamp):
+        return 0
+    seen: set[tuple[str, str]] = set()
+    if exists(fs, d):
+        done = set(settled())
+        for info in fs.get_file_info(pafs.FileSelector(d)):
+            found = _attempt_of(posixpath.basename(info.path))
+            if found and found[0] not in done and found not in seen:
+                seen.add(found)
+                mark_attempt(fs, d, *found)
+    write_bytes_atomic(fs, stamp, b"{}")
+    return len(seen)
 
 
 _CODECS: dict[str, str | dict[str, str]] = {}
@@ -194,6 +275,7 @@ class ShardWriter:
         self._fs.create_dir(self._dir, recursive=True)
         self._local = storage.is_local(self._fs)
         self._attempt = storage.attempt_id()
+        mark_attempt(self._fs, self._dir, self.unit, self._attempt)  # before any file of the attempt
         self._writer: pq.ParquetWriter | None = None
         self._tmp = ""
         self._rows = 0
@@ -275,6 +357,7 @@ def write_table(
     w = ShardWriter(table_dir, schema, unit=unit, **kw)
     w.write(rows)
     w.commit()
+    drop_markers(table_dir, unit)  # committed: the fragment is the unit's only record
     return finalize_manifest(table_dir, schema, table=table)
 
 
