@@ -82,13 +82,14 @@ def test_fine_counts_sum_to_k():
 
 
 def test_unit_sizes_and_ray_give_the_same_output(tmp_path, blobs, ray_local):
-    # a coarser candidate threshold than needed is not required: shrink max_points to get short cells too
-    kw = {"k": 300, "max_points_per_centroid": 16, "min_points_per_centroid": 4, "border_margin": 0.05}
+    # few points per centroid: the route units keep ~40% of the rows as fine-sample candidates
+    kw = {"k": 300, "max_points_per_centroid": 4, "min_points_per_centroid": 2, "border_margin": 0.05}
     runs = [("a", 1000, "local"), ("b", 3000, "local"), ("c", 500, "ray")]
     out = {}
     for name, rpu, ex in runs:
         out[name] = run_stages([_cfg(blobs, rpu, **kw)], str(tmp_path / name), executor=ex)["stages"][0]
-    assert out["a"]["kmeans"]["k"] == 300
+    assert out["a"]["kmeans"]["k"] == 300 and "two_level" in out["a"]["kmeans"]
+    assert twolevel.candidate_threshold(BLOBS * PER, 300, 4) is not None
     ref = _clusters(str(tmp_path / "a"))
     assert ref.column("cluster_id2").null_count < ref.num_rows  # some border points
     for name in ("b", "c"):
