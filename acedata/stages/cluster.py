@@ -192,7 +192,9 @@ class Cluster(Stage):
         route = twolevel.route_dir(self.ctx.stage_dir)
         rows = twolevel.cell_rows([posixpath.join(route, "_counts", f"{u}.npy") for u in self._route_ids])
         k2 = twolevel.fine_counts(rows, self._coarse["k"])
-        units = twolevel.fine_units(k2, c, c.rows_per_unit)
+        # a fine unit reads ~2x its sample points as candidates (float32 once normalized): a quarter of
+        # an assign unit's rows keeps its memory below an assign unit's
+        units = twolevel.fine_units(k2, c, max(1, c.rows_per_unit // 4))
         self._phase, self._k2, self._fine = "fine", k2, [(u.id, u.payload["fine"]["lo"], u.payload["fine"]["hi"])
                                                          for u in units]
         return units
