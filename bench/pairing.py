@@ -155,7 +155,7 @@ def _write_emb(path: str, x: np.ndarray, ids: list[str]) -> None:
                    os.path.join(path, "part-0.parquet"))
 
 
-def bench_quality(tmp: str, ks: list[int | None]) -> None:
+def bench_quality(tmp: str, ks: list[int | None], two_level: bool = False) -> None:
     from acedata import shards
     from acedata.mining.synthetic import generate
     from acedata.pipeline import run_stages
@@ -170,9 +170,10 @@ def bench_quality(tmp: str, ks: list[int | None]) -> None:
     lo, hi = 0.7, 0.97
     print(f"(d) quality: {len(g.ids)} vectors (30 coarse x 6 fine x 8, 20% loose, 60 near-dups, 60 bridges, "
           f"100 singletons), band [{lo}, {hi}], {len(truth)} true pairs")
-    for k in ks:
-        out = os.path.join(tmp, f"q-{k}")
-        cluster = {"k": k} if k else {}
+    runs = [(k, lvl) for k in ks for lvl in ((None, 1) if two_level else (1024,))]
+    for k, lvl in runs:  # two_level: each k flat (None), then two-level (threshold 1)
+        out = os.path.join(tmp, f"q-{k}-{lvl}")
+        cluster = {"k": k, "two_level_min_k": lvl} if k else {"two_level_min_k": lvl}
         t = time.perf_counter()
         run = run_stages([ClusterConfig(name="cluster", nredo=3, inputs={"embeddings": emb}, **cluster),
                           PairConfig(name="pair", tau_low=lo, tau_high=hi, guard={"min_pair_sim": lo},
@@ -184,7 +185,8 @@ def bench_quality(tmp: str, ks: list[int | None]) -> None:
         oob = int(((sim < lo - 1e-6) | (sim > hi + 1e-6)).sum())
         tp = len(got & truth)
         kk = run["stages"][0]["kmeans"]["k"]
-        print(f"    k={'derived ' + str(kk) if not k else k:>10}  pairs {len(got):6d}  precision "
+        how = ("  two-level" if "two_level" in run["stages"][0]["kmeans"] else "  flat     ") if two_level else ""
+        print(f"    k={'derived ' + str(kk) if not k else k:>10}{how}  pairs {len(got):6d}  precision "
               f"{tp / max(1, len(got)):.3f}  recall {tp / len(truth):.3f}  out-of-band {oob:5d}  {secs:5.1f} s")
 
 
@@ -236,6 +238,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["a", "b", "c", "d", "e"], action="append", help="run only these parts")
     ap.add_argument("--ks", default="15,30,60,120,0", help="(d) k values; 0: derived from N")
+    ap.add_argument("--two-level", action="store_true", help="(d) each k flat and two-level k-means")
     ap.add_argument("--dense", default="65,300,1000,4000", help="(e) dense set sizes")
     ap.add_argument("--dense-d", type=int, default=768, help="(e) dimension")
     ap.add_argument("--full", action="store_true", help="(c) at 1M x 768")
@@ -266,7 +269,7 @@ def main() -> int:
             bench_pairs(tmp, [int(n) for n in str(args.n).split(",")], args.d, args.per_cluster, tau_low=0.7,
                         tau_high=0.97)
         if "d" in parts:
-            bench_quality(tmp, [int(k) or None for k in args.ks.split(",")])
+            bench_quality(tmp, [int(k) or None for k in args.ks.split(",")], args.two_level)
         if "e" in parts:
             bench_dense(tmp, [int(n) for n in args.dense.split(",")], args.dense_d)
     finally:

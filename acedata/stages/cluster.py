@@ -13,6 +13,8 @@ Units also write the pair stage's partitions, `members` (`acedata.mining.members
 with their vectors grouped by cluster) and their per-cluster counts; `finish` sums those
 into k sizes, so `pair` plans without reading a row.
 faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cpu.
+Above `two_level_min_k` clusters the centroids are trained in two levels instead
+(`acedata.mining.twolevel`): coarse cells on the driver, fine centroids per cell in waves.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pydantic import Field
 from acedata import shards, storage
 from acedata.config import StageConfig
 from acedata.errors import UserError
-from acedata.mining import sample
+from acedata.mining import sample, twolevel
 from acedata.mining.kmeans import (
     assign_top2,
     border_second,
@@ -66,6 +68,10 @@ class ClusterConfig(StageConfig):
     seed: int = 0
     gpu: Literal["auto", True, False] = "auto"
     rows_per_unit: int = Field(200_000, ge=1)
+    # k above this: two-level k-means (flat training costs ~k^2 * dim on the driver); None: always flat
+    two_level_min_k: int | None = Field(1024, ge=1)
+    max_coarse_k: int = Field(4096, ge=1)  # two-level: coarse cells, about sqrt(k) and at most this
+    search_cells: int = Field(3, ge=1)  # two-level: a row looks for its fine centroids in this many cells
 
 
 def shard_rows(tables: list[str]) -> list[tuple[str, int]]:
@@ -96,8 +102,12 @@ class Cluster(Stage):
         return self._members_schema
 
     def _trained(self) -> bool:
-        # both files: a crash may fall between them (info is written first, centroids last)
-        return all(storage.exists_uri(self._path(n)) for n in (CENTROIDS, TRAIN_INFO))
+        # both files: a crash may fall between them (info is written first, centroids / plan last)
+        return storage.exists_uri(self._path(TRAIN_INFO)) and any(
+            storage.exists_uri(self._path(n)) for n in (CENTROIDS, twolevel.PLAN))
+
+    def _two_level(self) -> bool:
+        return storage.exists_uri(self._path(twolevel.PLAN))
 
     def plan(self) -> list[WorkUnit]:
         """Resumed with centroids: the assign units. Else the sample wave (`acedata.mining.sample`):
@@ -110,8 +120,14 @@ class Cluster(Stage):
         if n == 0:
             raise UserError(f"cluster: the embeddings tables {tables} are empty")
         k = c.k or derive_k(n, c.target_cluster_size)
-        self._sampling = {"n": n, "k": k, "want": sample_size(k, c.max_points_per_centroid,
-                                                              c.min_points_per_centroid, c.max_train_points),
+        two = c.two_level_min_k is not None and k > c.two_level_min_k
+        if two and storage.exists_uri(self._path(twolevel.COARSE)):  # resumed: the coarse cells are trained
+            self._coarse = storage.read_json(self._path(twolevel.COARSE_INFO))
+            return self._route_wave()
+        k_train = twolevel.coarse_k(k, c.max_coarse_k) if two else k
+        self._sampling = {"n": n, "k": k_train, "k_total": k, "two": two,
+                          "want": sample_size(k_train, c.max_points_per_centroid,
+                                              c.min_points_per_centroid, c.max_train_points),
                           "factor": sample.FIRST_FACTOR}
         return self._sample_wave(0)
 
@@ -124,6 +140,11 @@ class Cluster(Stage):
         return units
 
     def next_wave(self, wave: int, counts: dict[str, int]) -> list[WorkUnit]:
+        phase = getattr(self, "_phase", None)
+        if phase == "route":
+            return self._fine_wave()
+        if phase == "fine":
+            return self._fine_done()
         s = getattr(self, "_sampling", None)
         if s is None or "done" in s:  # the assign wave finished (or centroids came from a resumed run)
             return []
@@ -134,6 +155,15 @@ class Cluster(Stage):
         x, models = got
         c: ClusterConfig = self.config
         km = train_spherical(x, s["k"], c.niter, c.seed, c.gpu, c.max_points_per_centroid, c.nredo)
+        if s["two"]:
+            s["done"] = True
+            self._coarse = {"n": s["n"], "k": s["k_total"], "k1": len(km.centroids), "train_points": km.train_points,
+                            "objective": km.objective, "gpu": km.gpu, "dim": int(km.centroids.shape[1]),
+                            "embedding_models": sorted(models)}
+            storage.write_json(self._path(twolevel.COARSE_INFO), self._coarse)  # info first, centroids last
+            storage.save_npy(self._path(twolevel.COARSE), km.centroids)
+            sample.cleanup(self.ctx.stage_dir)
+            return self._route_wave()
         info = {"k": len(km.centroids), "k_requested": c.k, "k_derived": c.k is None, "vectors": s["n"],
                 "train_points": km.train_points,
                 "objective": km.objective, "gpu": km.gpu, "dim": int(km.centroids.shape[1]),
@@ -145,6 +175,45 @@ class Cluster(Stage):
         s["done"] = True
         return self._assign_units()
 
+    # --- two-level: route rows to coarse cells, train fine centroids per cell -------------------
+
+    def _route_wave(self) -> list[WorkUnit]:
+        c: ClusterConfig = self.config
+        co = self._coarse
+        below = twolevel.candidate_threshold(co["n"], co["k"], c.max_points_per_centroid)
+        pay = {"below": None if below is None else str(below), "seed": c.seed}
+        units = [WorkUnit(uid, {"route": pay, **p}) for uid, p in
+                 row_group_units(self.ctx.input("embeddings"), c.rows_per_unit, prefix="route-")]
+        self._phase, self._route_ids = "route", [u.id for u in units]
+        return units
+
+    def _fine_wave(self) -> list[WorkUnit]:
+        c: ClusterConfig = self.config
+        route = twolevel.route_dir(self.ctx.stage_dir)
+        rows = twolevel.cell_rows([posixpath.join(route, "_counts", f"{u}.npy") for u in self._route_ids])
+        k2 = twolevel.fine_counts(rows, self._coarse["k"])
+        # a fine unit reads ~2x its sample points as candidates (float32 once normalized): a quarter of
+        # an assign unit's rows keeps its memory below an assign unit's
+        units = twolevel.fine_units(k2, c, max(1, c.rows_per_unit // 4))
+        self._phase, self._k2, self._fine = "fine", k2, [(u.id, u.payload["fine"]["lo"], u.payload["fine"]["hi"])
+                                                         for u in units]
+        return units
+
+    def _fine_done(self) -> list[WorkUnit]:
+        co = self._coarse
+        info = {"k": int(self._k2.sum()), "k_requested": self.config.k, "k_derived": self.config.k is None,
+                "vectors": co["n"], "train_points": co["train_points"], "objective": co["objective"],
+                "gpu": co["gpu"], "dim": co["dim"], "embedding_models": co["embedding_models"],
+                "two_level": {"coarse_k": co["k1"], "nonempty_cells": int((self._k2 > 0).sum()),
+                              "max_fine_k": int(self._k2.max()), "fine_units": len(self._fine)}}
+        storage.write_json(self._path(TRAIN_INFO), info)
+        # the plan last: its presence means the fine centroids and the info are all there
+        storage.write_json(self._path(twolevel.PLAN), {"k2": self._k2.tolist(), "units": self._fine,
+                                                       "search_cells": self.config.search_cells})
+        storage.delete_dir(twolevel.route_dir(self.ctx.stage_dir))
+        self._phase = "assign"
+        return self._assign_units()
+
     def _assign_units(self) -> list[WorkUnit]:
         units = [WorkUnit(uid, p) for uid, p in row_group_units(self.ctx.input("embeddings"), self.config.rows_per_unit)]
         self._unit_ids = [u.id for u in units]
@@ -152,22 +221,44 @@ class Cluster(Stage):
 
     def setup(self) -> None:
         # the sample wave runs before any centroids exist: an assign unit loads them in `process`
-        self.centroids = storage.load_npy(self._path(CENTROIDS)) if self._trained() else None
+        self.centroids = self.fine = self.coarse = None
+        if self._trained():
+            self._load_centroids()
         self.gpu = use_gpu(self.config.gpu)
+
+    def _load_centroids(self) -> None:
+        if self._two_level():  # coarse cells and the fine plan; fine centroids one cell range at a time
+            self.fine = twolevel.Fine(self.ctx.stage_dir)
+            self.centroids = self.fine.coarse
+        else:
+            self.centroids = storage.load_npy(self._path(CENTROIDS))
 
     def process(self, unit: WorkUnit) -> UnitResult:
         if sample.is_sample_unit(unit):  # scratch only: no table rows, no counts (the summary stays as before)
             sample.write_candidates(unit, self.ctx.stage_dir)
             return UnitResult({})
+        if "fine" in unit.payload:  # two-level: one cell range's fine centroids (scratch + .npy only)
+            if self.coarse is None:
+                self.coarse = storage.load_npy(self._path(twolevel.COARSE))
+            twolevel.train_cells(unit, self.ctx.stage_dir, self.coarse, self.gpu)
+            return UnitResult({})
+        if "route" in unit.payload:  # two-level: cell counts and fine-sample candidates (scratch only)
+            if self.coarse is None:
+                self.coarse = storage.load_npy(self._path(twolevel.COARSE))
+            t = read_unit(unit.payload, ["image_id", "embedding"])
+            twolevel.write_route(unit, self.ctx.stage_dir, t.column("image_id").combine_chunks(),
+                                 to_matrix(t.column("embedding"), vector_dtype(self.ctx.input("embeddings"))),
+                                 self.coarse)
+            return UnitResult({})
         if self.centroids is None:
-            self.centroids = storage.load_npy(self._path(CENTROIDS))
+            self._load_centroids()
         t = read_unit(unit.payload, ["image_id", "embedding"])
         schema = self.output_schema("members")
         stored = to_matrix(t.column("embedding"), schema.metadata[VECTOR_KEY].decode().split(",")[0])
         x = normalize(stored)
         if x.shape[1] != self.centroids.shape[1]:
             raise UserError(f"cluster: {unit.payload['shard']} has dim {x.shape[1]}, centroids {self.centroids.shape[1]}")
-        ids, sims = assign_top2(x, self.centroids, self.gpu)
+        ids, sims = self.fine.top2(x) if self.fine is not None else assign_top2(x, self.centroids, self.gpu)
         second = border_second(ids, sims, self.config.border_margin)
         image_ids = t.column("image_id").combine_chunks()
         out = pa.table({"image_id": image_ids, "cluster_id": pa.array(ids[:, 0], pa.int32()),
@@ -180,6 +271,7 @@ class Cluster(Stage):
 
     def finish(self, counts: dict[str, int]) -> dict[str, Any]:
         sample.cleanup(self.ctx.stage_dir)  # a run that crashed after training left it
+        storage.delete_dir(twolevel.route_dir(self.ctx.stage_dir))
         info = storage.read_json(self._path(TRAIN_INFO))
         files = [self._path(f"{COUNTS_DIR}/{u}.npy") for u in self._unit_ids]
         homes, guests = total_counts(files, info["k"])  # memory O(k), no row read
