@@ -69,7 +69,7 @@ class ClusterConfig(StageConfig):
     gpu: Literal["auto", True, False] = "auto"
     rows_per_unit: int = Field(200_000, ge=1)
     # k above this: two-level k-means (flat training costs ~k^2 * dim on the driver); None: always flat
-    two_level_min_k: int | None = Field(1024, ge=1)
+    two_level_min_k: int | None = Field(256, ge=1)
     max_coarse_k: int = Field(4096, ge=1)  # two-level: coarse cells, about sqrt(k) and at most this
     search_cells: int = Field(3, ge=1)  # two-level: a row looks for its fine centroids in this many cells
 
