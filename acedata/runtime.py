@@ -65,8 +65,9 @@ def execute_unit(stage: Stage, unit: WorkUnit) -> dict[str, int]:
     fs, d = shards.resolve(stage.ctx.stage_dir)
     fs.create_dir(posixpath.join(d, DONE_DIR), recursive=True)
     shards.write_bytes_atomic(fs, posixpath.join(d, DONE_DIR, f"{unit.id}.json"), json.dumps(counts).encode())
-    for table in result.tables:  # done: its attempts need no clearing again
-        shards.drop_markers(stage.ctx.out(table), unit.id)
+    # The attempt markers stay: a unit run again without its done-marker (lost with a Ray node
+    # whose task output Ray re-executes, or removed by hand) must clear every earlier attempt,
+    # the committed one included, as a table listing did.
     return counts
 
 

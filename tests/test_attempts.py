@@ -148,8 +148,10 @@ def test_crashed_attempts_are_cleared_and_markers_are_hidden(tmp_path):
     shards.clear_attempts(table, "u0003")
     assert sorted(os.listdir(table)) == committed
     assert os.listdir(os.path.join(table, shards.ATTEMPTS_DIR, "u0003")) == []
-    # a finished stage forgets its units' markers; the table's stamp stays
-    assert sorted(os.listdir(os.path.join(table, shards.ATTEMPTS_DIR))) == [shards.MARKED, "u0003"]
+    # committed units keep their markers (a unit run again without its done-marker clears its
+    # committed attempt too); the cleared unit's folder is empty
+    assert sorted(os.listdir(os.path.join(table, shards.ATTEMPTS_DIR))) == [
+        shards.MARKED, "u0000", "u0001", "u0002", "u0003"]
     assert shards.validate(table) == []
 
 
