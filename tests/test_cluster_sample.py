@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from driver_reads import DriverReads
 
 from acedata import shards
 from acedata.mining import sample
@@ -97,66 +98,20 @@ def test_short_wave_is_followed_by_a_wider_one(tmp_path, emb, monkeypatch):
 def test_driver_reads_only_candidates(tmp_path, emb, monkeypatch):
     """While plan / next_wave run, a Parquet row read outside the sample scratch raises (footers
     stay readable); the rows the driver reads are the candidates, about 2 * want of N."""
-    state = {"driver": 0, "rows": 0}
-    opened = shards.open_parquet
-
-    def tag(uri):
-        pf = opened(uri)
-        pf._acedata_uri = uri
-        return pf
-
-    def guarded(name, fn):
-        def wrapper(self, *a, **kw):
-            if state["driver"]:
-                uri = getattr(self, "_acedata_uri", "")
-                if f"/{sample.SCRATCH}/" not in uri:
-                    raise AssertionError(f"the driver read rows of {uri or 'an untracked file'} ({name})")
-                got = fn(self, *a, **kw)
-                state["rows"] += got.num_rows
-                return got
-            return fn(self, *a, **kw)
-        return wrapper
-
-    monkeypatch.setattr(shards, "open_parquet", tag)
-    for name in ("read", "read_row_group", "read_row_groups"):
-        monkeypatch.setattr(pq.ParquetFile, name, guarded(name, getattr(pq.ParquetFile, name)))
+    reads = DriverReads(monkeypatch)
+    table_read = pq.read_table
 
     def no_rows(*a, **kw):
-        if state["driver"]:
+        if reads.driver:
             raise AssertionError("the driver read rows (read_table)")
         return table_read(*a, **kw)
 
-    table_read = pq.read_table
     monkeypatch.setattr(pq, "read_table", no_rows)
-    iter_batches = pq.ParquetFile.iter_batches
-
-    def batches(self, *a, **kw):
-        if state["driver"] and f"/{sample.SCRATCH}/" not in getattr(self, "_acedata_uri", ""):
-            raise AssertionError(f"the driver read rows of {getattr(self, '_acedata_uri', 'an untracked file')}")
-        for b in iter_batches(self, *a, **kw):
-            state["rows"] += b.num_rows if state["driver"] else 0
-            yield b
-
-    monkeypatch.setattr(pq.ParquetFile, "iter_batches", batches)
-
-    def driver(name):
-        fn = getattr(cluster.Cluster, name)
-
-        def wrapper(self, *a, **kw):
-            state["driver"] += 1
-            try:
-                return fn(self, *a, **kw)
-            finally:
-                state["driver"] -= 1
-        monkeypatch.setattr(cluster.Cluster, name, wrapper)
-
-    for name in ("plan", "next_wave", "finish"):
-        driver(name)
     seen = _trained_on(monkeypatch)
     run_stages([_cfg(emb, 1000, 3000)], str(tmp_path / "run"), executor="local")
     assert np.array_equal(seen[0], sample.sample_rows([emb], 1000, 0))
     # candidate columns once, then the vectors of the candidate files: ~2 * want twice, far below N
-    assert 1000 < state["rows"] < 6000
+    assert 1000 < reads.rows < 6000
 
 
 def test_rerun_after_a_crash_in_the_sample_wave(tmp_path, emb, monkeypatch):

@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from driver_reads import DriverReads
 
 from acedata import shards
 from acedata.mining import sample, twolevel
 from acedata.pipeline import run_stages
-from acedata.stages import cluster
 from acedata.stages.cluster import ClusterConfig
 
 BLOBS, PER, DIM = 40, 150, 32
@@ -131,45 +131,14 @@ def test_rerun_after_a_crash_in_the_fine_wave(tmp_path, blobs, monkeypatch):
 def test_driver_reads_no_embedding_rows(tmp_path, blobs, monkeypatch):
     """While plan / next_wave / finish run, a Parquet row read outside the coarse sample's scratch
     raises: route candidates and fine centroids stay on workers."""
-    state = {"driver": 0}
-    opened = shards.open_parquet
-
-    def tag(uri):
-        pf = opened(uri)
-        pf._acedata_uri = uri
-        return pf
-
-    def guarded(fn):
-        def wrapper(self, *a, **kw):
-            if state["driver"] and f"/{sample.SCRATCH}/" not in getattr(self, "_acedata_uri", ""):
-                raise AssertionError(f"the driver read rows of {getattr(self, '_acedata_uri', '?')}")
-            return fn(self, *a, **kw)
-        return wrapper
-
-    monkeypatch.setattr(shards, "open_parquet", tag)
-    for name in ("read", "read_row_group", "read_row_groups", "iter_batches"):
-        monkeypatch.setattr(pq.ParquetFile, name, guarded(getattr(pq.ParquetFile, name)))
+    reads = DriverReads(monkeypatch)
     fine_loads = []
     fine_init = twolevel.Fine.__init__
 
     def spy(self, *a, **kw):
-        fine_loads.append(state["driver"])
+        fine_loads.append(reads.depth)
         return fine_init(self, *a, **kw)
 
     monkeypatch.setattr(twolevel.Fine, "__init__", spy)
-
-    def driver(name):
-        fn = getattr(cluster.Cluster, name)
-
-        def wrapper(self, *a, **kw):
-            state["driver"] += 1
-            try:
-                return fn(self, *a, **kw)
-            finally:
-                state["driver"] -= 1
-        monkeypatch.setattr(cluster.Cluster, name, wrapper)
-
-    for name in ("plan", "next_wave", "finish"):
-        driver(name)
     out = run_stages([_cfg(blobs)], str(tmp_path / "run"), executor="local")["stages"][0]
     assert out["kmeans"]["k"] == BLOBS and fine_loads and not any(fine_loads)  # fine centroids: workers only
