@@ -10,6 +10,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from image_worlds import tree_bytes
 
 from acedata import image_index, shards
 from acedata.errors import UserError
@@ -145,29 +146,19 @@ def test_index_written_by_ingest_and_synthesize(demo_corpus, tmp_path):
     assert reader.image_bytes(ids) == want
 
 
-def _files(root: str) -> dict[str, bytes]:
-    """Every file under `root` (relative name -> bytes)."""
-    out = {}
-    for d, _, names in os.walk(root):
-        for n in names:
-            with open(os.path.join(d, n), "rb") as f:
-                out[os.path.relpath(os.path.join(d, n), root)] = f.read()
-    return out
-
-
 def test_index_is_deterministic_and_write_once(tmp_path):
     a = str(tmp_path / "a")
     shards.write_table(a, _images(200), IMAGES, unit="u", row_group_bytes=2000, table="images")
     assert image_index.ensure_index(a) == {"written": 2, "removed": 0}  # the shard's and the partitioned one
     idx = os.path.join(a, INDEX_DIR)
-    first = _files(idx)
+    first = tree_bytes(idx)
     assert len(first) == 3  # the shard's index, one partition, _index.json
     before = {n: os.stat(os.path.join(idx, n)).st_mtime_ns for n in first}
     assert image_index.ensure_index(a) == {"written": 0, "removed": 0}  # never rewritten
     assert {n: os.stat(os.path.join(idx, n)).st_mtime_ns for n in first} == before
     shutil.rmtree(idx)  # built again from the same shards: the same names and bytes
     assert image_index.ensure_index(a) == {"written": 2, "removed": 0}
-    assert _files(idx) == first
+    assert tree_bytes(idx) == first
 
 
 def test_reader_matches_full_read_for_random_subsets(tmp_path):

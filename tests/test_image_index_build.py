@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from image_worlds import tree_bytes
 
 from acedata import image_index, image_index_build, image_index_files, shards
 from acedata.image_index import PARTS_META, ImageReader, PartIndex, parts_dir
@@ -59,15 +60,6 @@ def _world(path: str, n: int = 900, units: int = 4) -> dict[str, str]:
     return serve
 
 
-def _files(root: str) -> dict[str, bytes]:
-    out = {}
-    for d, _, names in os.walk(root):
-        for n in names:
-            with open(os.path.join(d, n), "rb") as f:
-                out[os.path.relpath(os.path.join(d, n), root)] = f.read()
-    return out
-
-
 def _check_served(table: str, serve: dict[str, str]) -> None:
     reader = ImageReader([table])
     assert reader.scanned_shards == 0 and isinstance(reader._indexes[0], PartIndex)
@@ -98,8 +90,8 @@ def test_distributed_build_writes_what_the_inline_build_writes(tmp_path, monkeyp
     for s in shards.read_manifest(dist)["shards"][::2]:  # units that died before indexing their shards
         os.remove(os.path.join(dist, image_index.INDEX_DIR, image_index.index_name(s["file"], s["sha256"])))
     assert image_index.ensure_index(dist, executor="local") == {"written": 1, "removed": 1}  # removed: the scratch
-    want = _files(parts_dir(inline))
-    assert _files(parts_dir(dist)) == want
+    want = tree_bytes(parts_dir(inline))
+    assert tree_bytes(parts_dir(dist)) == want
     assert sorted(os.listdir(os.path.join(dist, image_index.INDEX_DIR))) == sorted(
         os.listdir(os.path.join(inline, image_index.INDEX_DIR)))  # the missing shard indexes written, no scratch
     assert len(want) - 1 == image_index_files.partition_count(shards.read_manifest(inline)["rows"])
@@ -114,7 +106,7 @@ def test_distributed_build_on_ray(ray_local, tmp_path, monkeypatch):
     monkeypatch.setattr(image_index_build, "INLINE_MAX_ROWS", 0)
     monkeypatch.setattr(image_index_build, "MAP_ROWS", 300)
     assert image_index.ensure_index(dist, executor="ray", concurrency=2)["written"] == 1
-    assert _files(parts_dir(dist)) == _files(parts_dir(inline))
+    assert tree_bytes(parts_dir(dist)) == tree_bytes(parts_dir(inline))
     _check_served(dist, serve)
 
 
@@ -152,7 +144,7 @@ def test_build_resumes_after_a_crash(tmp_path, monkeypatch):
     assert image_index.ensure_index(dist)["written"] == 1
     assert ran and all(u.startswith("reduce-") for u in ran)  # the map wave and partitions 0-2 are not redone
     assert ran[0] == "reduce-00003"
-    assert _files(parts_dir(dist)) == _files(parts_dir(inline))
+    assert tree_bytes(parts_dir(dist)) == tree_bytes(parts_dir(inline))
     _check_served(dist, serve)
     assert not [n for n in os.listdir(os.path.join(dist, image_index.INDEX_DIR)) if n.startswith("_build-")]
 

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_image_index_build import _files
-from test_kept_places import _jpeg, _tar_source
+from image_worlds import ingest_copied, tar_source, tree_bytes
 
 from acedata import copies, image_index, image_index_build, image_index_files, shards
 from acedata.image_index import ImageReader, MemIndex, PartIndex, parts_dir
@@ -72,7 +70,7 @@ def _dropped_places(images: str) -> set[tuple[str, int, int]]:
 
 def _ingest_twice(tmp_path) -> str:
     """The tar alone and inside its folder: two stored copies of each member, one source_uri."""
-    src = _tar_source(tmp_path)
+    src = tar_source(tmp_path)
     out = str(tmp_path / "run")
     run_stages([IngestConfig(name="ingest", sources=[os.path.join(src, "00000.tar"), src])], out, executor="local")
     return f"{out}/ingest/images"
@@ -97,26 +95,10 @@ def test_same_file_twice_under_one_uri_is_served_once(tmp_path):
         assert sorted(reader.sizes()) == ids
 
 
-def _copied(tmp_path) -> str:
-    """12 images, again in a second folder and (every other one) in a tar, units of 2 files."""
-    a = tmp_path / "a"
-    a.mkdir()
-    for i in range(12):
-        (a / f"im{i:02d}.jpg").write_bytes(_jpeg((20 * i, 255 - 20 * i, 7 * i)))
-    shutil.copytree(a, tmp_path / "b")
-    with tarfile.open(tmp_path / "c.tar", "w") as tar:
-        for i in range(0, 12, 2):
-            tar.add(a / f"im{i:02d}.jpg", f"{i:04d}.jpg")
-    out = str(tmp_path / "run")
-    run_stages([IngestConfig(name="ingest", sources=[str(a), str(tmp_path / "b"), str(tmp_path / "c.tar")],
-                             files_per_unit=2)], out, executor="local")
-    return f"{out}/ingest/images"
-
-
 @pytest.mark.parametrize("world", ["twice", "copied"])
 def test_unit_built_index_drops_the_listed_places(tmp_path, monkeypatch, world):
     monkeypatch.setattr(copies, "ROWS_PER_BUCKET", 4)  # the listing in several buckets
-    images = _ingest_twice(tmp_path) if world == "twice" else _copied(tmp_path)
+    images = _ingest_twice(tmp_path) if world == "twice" else f"{ingest_copied(tmp_path)}/ingest/images"
     run = os.path.dirname(os.path.dirname(images))
     inline, dist = (os.path.join(str(tmp_path), c, "ingest", "images") for c in ("inline", "dist"))
     for c in (inline, dist):
@@ -129,7 +111,7 @@ def test_unit_built_index_drops_the_listed_places(tmp_path, monkeypatch, world):
     monkeypatch.setattr(image_index_build, "MAP_ROWS", 4)
     monkeypatch.setattr(image_index_build, "MAP_SHARDS", 2)
     assert image_index.ensure_index(dist, executor="local")["written"] == 1
-    assert _files(parts_dir(dist)) == _files(parts_dir(inline))  # the same bytes either way
+    assert tree_bytes(parts_dir(dist)) == tree_bytes(parts_dir(inline))  # the same bytes either way
     assert len(os.listdir(parts_dir(dist))) > 2  # partitions and _index.json
     listed = _listed_places(dist)
     assert listed and _dropped_places(dist) == listed  # exactly the listed places, nothing more

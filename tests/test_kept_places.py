@@ -4,18 +4,14 @@ keeps one copy (a listing by (source_uri, image_id) named both copies, and reade
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
-import tarfile
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
+from image_worlds import ingest_copied, tar_source
 
 from acedata import copies, kept, shards
-from acedata.images import encode
 from acedata.kept import Kept, read_kept
 from acedata.pipeline import run_stages
 from acedata.stages.embed import EmbedConfig
@@ -24,26 +20,8 @@ from acedata.stages.ingest import IngestConfig
 TINY = {"name": "acedata-tiny-siglip", "random_init": True}
 
 
-def _jpeg(color) -> bytes:
-    return encode(Image.new("RGB", (64, 48), color), "JPEG")
-
-
-def _tar_source(d) -> str:
-    """A folder holding one tar of two images: given alone and as its folder, the tar's members
-    have one source_uri (`.../00000.tar#0001`) in both sources."""
-    src = os.path.join(str(d), "src")
-    os.makedirs(src)
-    with tarfile.open(os.path.join(src, "00000.tar"), "w") as tar:
-        for key, color in (("0001", (200, 0, 0)), ("0002", (0, 200, 0))):
-            data = _jpeg(color)
-            info = tarfile.TarInfo(f"{key}.jpg")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return src
-
-
 def test_same_file_twice_under_one_uri_keeps_one_copy(tmp_path):
-    src = _tar_source(tmp_path)
+    src = tar_source(tmp_path)
     out = str(tmp_path / "run")
     cfgs = [IngestConfig(name="ingest", sources=[os.path.join(src, "00000.tar"), src]),
             EmbedConfig(name="embed", model=TINY, images_per_unit=1)]
@@ -63,18 +41,7 @@ def copied(tmp_path, monkeypatch) -> str:
     """12 images, copied into two more sources (one of them a tar of the same files), ingested in
     units of 2 files; the listing split into many buckets."""
     monkeypatch.setattr(copies, "ROWS_PER_BUCKET", 4)
-    a = tmp_path / "a"
-    a.mkdir()
-    for i in range(12):
-        (a / f"im{i:02d}.jpg").write_bytes(_jpeg((20 * i, 255 - 20 * i, 7 * i)))
-    shutil.copytree(a, tmp_path / "b")
-    with tarfile.open(tmp_path / "c.tar", "w") as tar:
-        for i in range(0, 12, 2):
-            tar.add(a / f"im{i:02d}.jpg", f"{i:04d}.jpg")
-    out = str(tmp_path / "run")
-    run_stages([IngestConfig(name="ingest", sources=[str(a), str(tmp_path / "b"), str(tmp_path / "c.tar")],
-                             files_per_unit=2)], out, executor="local")
-    return out
+    return ingest_copied(tmp_path)
 
 
 def test_a_shard_reads_one_bucket_of_the_listing(copied, monkeypatch):
