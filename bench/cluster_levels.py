@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,14 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from _scale.proc import embeddings, peak_rss_mib, sizes
 
 
 def child(emb: str, out: str, variant: str, executor: str) -> None:
@@ -49,7 +41,8 @@ def child(emb: str, out: str, variant: str, executor: str) -> None:
     print(json.dumps({"variant": variant, "n": n, "k": s["kmeans"]["k"],
                       "coarse_k": s["kmeans"].get("two_level", {}).get("coarse_k"),
                       "cpu_ms_per_item": round(1000 * cpu / n, 4), "wall_s": round(wall, 1),
-                      "executor": executor, "peak_rss_mib": round(_rss_mib()), "cluster_sizes": s["cluster_sizes"]}))
+                      "executor": executor, "peak_rss_mib": round(peak_rss_mib()),
+                      "cluster_sizes": s["cluster_sizes"]}))
 
 
 def main() -> int:
@@ -64,12 +57,8 @@ def main() -> int:
     if a.child:
         child(*a.child, a.executor)
         return 0
-    from _scale import data
-
-    for n in (int(float(s)) for s in a.sizes.split(",")):
-        emb = os.path.join(a.work, f"emb-{n}")
-        if not os.path.exists(emb):
-            data.embeddings(emb, n, d=a.dim)
+    for n in sizes(a.sizes):
+        emb = embeddings(a.work, n, a.dim)
         for v in a.variants.split(","):
             out = os.path.join(a.work, f"run-{n}-{v}")
             shutil.rmtree(out, ignore_errors=True)

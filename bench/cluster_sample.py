@@ -12,7 +12,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,15 +22,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-
-
-def _rss_mib() -> float:
-    """This process's peak RSS (VmHWM: ru_maxrss would carry the parent's peak across fork + exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from _scale.proc import embeddings, peak_rss_mib, sizes
 
 
 def _unit(args):
@@ -45,7 +36,7 @@ def child(variant: str, emb: str, want: int, out: str, rows_per_unit: int) -> No
     from acedata.mining import sample
     from acedata.stages.cluster import shard_rows
 
-    base = _rss_mib()
+    base = peak_rss_mib()
     t0 = time.time()
     worker_s = 0.0
     if variant == "old":
@@ -65,7 +56,7 @@ def child(variant: str, emb: str, want: int, out: str, rows_per_unit: int) -> No
         driver_s = planned + time.time() - t2
     np.save(os.path.join(out, f"{variant}.npy"), x)
     print(json.dumps({"variant": variant, "driver_s": round(driver_s, 2), "workers_wall_s": round(worker_s, 2),
-                      "driver_peak_rss_mib": round(_rss_mib()), "rss_after_imports_mib": round(base)}))
+                      "driver_peak_rss_mib": round(peak_rss_mib()), "rss_after_imports_mib": round(base)}))
 
 
 def main() -> int:
@@ -80,18 +71,14 @@ def main() -> int:
     if a.child:
         child(a.child[0], a.child[1], a.want, a.child[2], a.rows_per_unit)
         return 0
-    from _scale import data
-
     from acedata.mining.kmeans import derive_k, sample_size
     from acedata.stages.cluster import ClusterConfig
 
     c = ClusterConfig(name="cluster")
-    for n in (int(float(s)) for s in a.sizes.split(",")):
+    for n in sizes(a.sizes):
         want = a.want or sample_size(derive_k(n, c.target_cluster_size), c.max_points_per_centroid,
                                      c.min_points_per_centroid, c.max_train_points)
-        emb = os.path.join(a.work, f"emb-{n}")
-        if not os.path.exists(emb):
-            data.embeddings(emb, n, d=a.dim)
+        emb = embeddings(a.work, n, a.dim)
         out = os.path.join(a.work, f"out-{n}")
         shutil.rmtree(out, ignore_errors=True)
         os.makedirs(out)

@@ -1,1 +1,2 @@
-"""Helpers of bench/scale.py (a folder, so `make bench` does not run them as benchmarks)."""
+"""Helpers of bench/scale.py and the one-stage benchmarks (a folder, so `make bench` does not run
+them as benchmarks)."""
