@@ -1,5 +1,7 @@
 """A local filesystem that crashes on its k-th write step and watches committed files.
 
+`LocalFS` is the pass-through local disk the test filesystems build on (a hook before each write
+step); `FaultFS` numbers those steps.
 Test helper: `install(monkeypatch, fs)` makes every `acedata.shards.resolve` of a local
 path return this filesystem, so every directory creation, output stream, rename and
 delete any stage, the runtime or the pipeline makes through pyarrow is one numbered step.
@@ -25,13 +27,86 @@ class Crash(Exception):
     pass
 
 
-class FaultFS(pafs.FileSystemHandler):
-    def __init__(self, crash_at: int | None = None) -> None:
+class LocalFS(pafs.FileSystemHandler):
+    """The local disk through pyarrow's Python filesystem: every call goes to `LocalFileSystem`;
+    `_step(op, *paths)` runs before each write step (nothing here; subclasses count or crash)."""
+
+    def __init__(self) -> None:
         self.fs = pafs.LocalFileSystem()
+
+    def _step(self, op: str, *paths: str) -> None:
+        pass
+
+    def get_type_name(self) -> str:
+        return "localfs"
+
+    def equals(self, other) -> bool:
+        return self is other
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def get_file_info(self, paths):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self._step("create_dir", path)
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self._step("delete_dir", path)
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self._step("delete_dir_contents", path)
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise OSError("refusing to delete the root")
+
+    def delete_file(self, path):
+        self._step("delete_file", path)
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):
+        self._step("move", src, dest)
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self._step("copy_file", src, dest)
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):
+        self._step("open_output_stream", path)
+        return self.fs.open_output_stream(path)
+
+    def open_append_stream(self, path, metadata):
+        self._step("open_append_stream", path)
+        return self.fs.open_append_stream(path)
+
+
+class FaultFS(LocalFS):
+    def __init__(self, crash_at: int | None = None) -> None:
+        super().__init__()
         self.crash_at = crash_at
         self.steps = 0
         self.log: list[tuple[str, str]] = []
         self.violations: list[str] = []
+
+    def get_type_name(self) -> str:
+        return "faultfs"
+
+    def delete_root_dir_contents(self):
+        raise Crash("refusing to delete the root")
 
     # --- bookkeeping -------------------------------------------------------------------
 
@@ -66,66 +141,9 @@ class FaultFS(pafs.FileSystemHandler):
             if self._committed(target):
                 self.violations.append(f"{op} {target}")
 
-    # --- FileSystemHandler -------------------------------------------------------------
 
-    def get_type_name(self) -> str:
-        return "faultfs"
-
-    def equals(self, other) -> bool:
-        return self is other
-
-    def normalize_path(self, path: str) -> str:
-        return path
-
-    def get_file_info(self, paths):
-        return self.fs.get_file_info(paths)
-
-    def get_file_info_selector(self, selector):
-        return self.fs.get_file_info(selector)
-
-    def create_dir(self, path, recursive):
-        self._step("create_dir", path)
-        self.fs.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path):
-        self._step("delete_dir", path)
-        self.fs.delete_dir(path)
-
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self._step("delete_dir_contents", path)
-        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self):
-        raise Crash("refusing to delete the root")
-
-    def delete_file(self, path):
-        self._step("delete_file", path)
-        self.fs.delete_file(path)
-
-    def move(self, src, dest):
-        self._step("move", src, dest)
-        self.fs.move(src, dest)
-
-    def copy_file(self, src, dest):
-        self._step("copy_file", src, dest)
-        self.fs.copy_file(src, dest)
-
-    def open_input_stream(self, path):
-        return self.fs.open_input_stream(path)
-
-    def open_input_file(self, path):
-        return self.fs.open_input_file(path)
-
-    def open_output_stream(self, path, metadata):
-        self._step("open_output_stream", path)
-        return self.fs.open_output_stream(path)
-
-    def open_append_stream(self, path, metadata):
-        self._step("open_append_stream", path)
-        return self.fs.open_append_stream(path)
-
-
-def install(monkeypatch, handler: FaultFS) -> None:
+def install(monkeypatch, handler: pafs.FileSystemHandler) -> None:
+    """Every `shards.resolve` of a local path returns `handler`'s filesystem (URIs stay as they were)."""
     real = shards.resolve
     wrapped = pafs.PyFileSystem(handler)
 

@@ -13,8 +13,8 @@ import shutil
 from typing import ClassVar
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pytest
+from faultfs import LocalFS, install
 
 from acedata import runtime, shards
 from acedata.config import StageConfig
@@ -24,64 +24,22 @@ from acedata.stage import RunContext, Stage, UnitResult, WorkUnit
 ROWS = pa.schema([("key", pa.string()), ("value", pa.int64())])
 
 
-class CountingFS(pafs.FileSystemHandler):
+class CountingFS(LocalFS):
     """The local disk, counting directory listings and the entries they return."""
 
     def __init__(self) -> None:
-        self.fs = pafs.LocalFileSystem()
+        super().__init__()
         self.listings = 0
         self.entries = 0
 
     def get_type_name(self) -> str:
         return "counting"
 
-    def equals(self, other) -> bool:
-        return self is other
-
-    def normalize_path(self, path):
-        return path
-
-    def get_file_info(self, paths):
-        return self.fs.get_file_info(paths)
-
     def get_file_info_selector(self, selector):
         infos = self.fs.get_file_info(selector)
         self.listings += 1
         self.entries += len(infos)
         return infos
-
-    def create_dir(self, path, recursive):
-        self.fs.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path):
-        self.fs.delete_dir(path)
-
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self):
-        raise OSError("no")
-
-    def delete_file(self, path):
-        self.fs.delete_file(path)
-
-    def move(self, src, dest):
-        self.fs.move(src, dest)
-
-    def copy_file(self, src, dest):
-        self.fs.copy_file(src, dest)
-
-    def open_input_stream(self, path):
-        return self.fs.open_input_stream(path)
-
-    def open_input_file(self, path):
-        return self.fs.open_input_file(path)
-
-    def open_output_stream(self, path, metadata):
-        return self.fs.open_output_stream(path)
-
-    def open_append_stream(self, path, metadata):
-        return self.fs.open_append_stream(path)
 
 
 class Rows(Stage):
@@ -106,18 +64,13 @@ def _stage(out: str, n: int) -> Rows:
     return stage
 
 
-def _install(monkeypatch, handler: pafs.FileSystemHandler) -> None:
-    wrapped = pafs.PyFileSystem(handler)
-    monkeypatch.setattr(shards, "resolve", lambda uri: (wrapped, os.path.abspath(uri)))
-
-
 @pytest.mark.parametrize("committed", [5, 50])
 def test_listings_per_unit_do_not_grow_with_committed_units(tmp_path, monkeypatch, committed):
     out = str(tmp_path / "run")
     stage = _stage(out, committed)
     runtime.run_stage(stage, executor="local")
     counting = CountingFS()
-    _install(monkeypatch, counting)
+    install(monkeypatch, counting)
     unit = WorkUnit("zz-new", {"i": 1000})
     runtime.execute_unit(stage, unit)
     # one listing (the unit's own, empty marker folder) of no entries, whatever the table holds
