@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -437,6 +438,23 @@ def list_shards(path: str) -> list[str]:
 def open_parquet(uri: str) -> pq.ParquetFile:
     fs, p = resolve(uri)
     return pq.ParquetFile(fs.open_input_file(p))
+
+
+def read_between(pf: pq.ParquetFile, column: str, lo: int, hi: int) -> pa.Table | None:
+    """The rows of `pf` whose integer `column` lies in [lo, hi], reading only the row groups whose
+    min/max statistics meet that range (a group without them is read); None when no group is read."""
+    md = pf.metadata
+    leaf = next(i for i in range(md.num_columns) if md.schema.column(i).path == column)
+    groups = []
+    for g in range(md.num_row_groups):
+        st = md.row_group(g).column(leaf).statistics
+        if st is None or not st.has_min_max or (st.min <= hi and st.max >= lo):
+            groups.append(g)
+    if not groups:
+        return None
+    t = pf.read_row_groups(groups)
+    c = t.column(column)
+    return t.filter(pc.and_(pc.greater_equal(c, lo), pc.less_equal(c, hi)))
 
 
 def iter_batches(path: str, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[pa.RecordBatch]:

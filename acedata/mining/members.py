@@ -152,17 +152,9 @@ def read_clusters(table: str, lo: int, hi: int) -> tuple[pa.Table, np.ndarray]:
     for s in shards.list_shards(table):
         pf = shards.open_parquet(s)
         schema = pf.schema_arrow
-        md = pf.metadata
-        leaf = next(i for i in range(md.num_columns) if md.schema.column(i).path == "cluster_id")
-        groups = []
-        for g in range(md.num_row_groups):
-            st = md.row_group(g).column(leaf).statistics
-            if st is None or not st.has_min_max or (st.min <= hi and st.max >= lo):
-                groups.append(g)
-        if groups:
-            t = pf.read_row_groups(groups)
-            c = t.column("cluster_id")
-            parts.append(t.filter(pc.and_(pc.greater_equal(c, lo), pc.less_equal(c, hi))))
+        t = shards.read_between(pf, "cluster_id", lo, hi)
+        if t is not None:
+            parts.append(t)
     if not parts:
         raise UserError(f"pair: no rows for clusters {lo}..{hi} in {posixpath.basename(table)} (table changed?)")
     t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]

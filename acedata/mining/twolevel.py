@@ -27,7 +27,6 @@ import posixpath
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from acedata import shards, storage
 from acedata.mining import sample
@@ -147,16 +146,9 @@ def read_cells(route: str, lo: int, hi: int) -> tuple[pa.Table, np.ndarray]:
     for f in files:
         pf = shards.open_parquet(f)
         dtype = pf.schema_arrow.metadata[b"dtype"].decode()
-        md = pf.metadata
-        groups = []
-        for g in range(md.num_row_groups):
-            st = md.row_group(g).column(0).statistics
-            if st is None or not st.has_min_max or (st.min <= hi and st.max >= lo):
-                groups.append(g)
-        if groups:
-            t = pf.read_row_groups(groups)
-            c = t.column("cell")
-            parts.append(t.filter(pc.and_(pc.greater_equal(c, lo), pc.less_equal(c, hi))))
+        t = shards.read_between(pf, "cell", lo, hi)
+        if t is not None:
+            parts.append(t)
     if not parts:
         return pa.table({"cell": pa.array([], pa.int32()), "key": pa.array([], pa.uint64()),
                          "image_id": pa.array([], pa.string())}), np.zeros((0, 0), np.float32)
