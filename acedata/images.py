@@ -57,8 +57,33 @@ def pixel_id(rgb: Image.Image, pixels: np.ndarray | None = None) -> str:
     `pixels`, when given, is the image's own pixel array in its mode (C-contiguous): hashed
     in place of a `tobytes()` copy, with the same result."""
     h = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
-    h.update(pixels.data if pixels is not None and pixels.flags.c_contiguous else rgb.tobytes())
+    if pixels is not None and pixels.flags.c_contiguous:
+        h.update(pixels.data)
+    else:
+        _hash_packed(h, rgb)
     return h.hexdigest()
+
+
+def _hash_packed(h, im: Image.Image) -> None:
+    """Feed `h` the bytes `im.tobytes()` would give, block by block as Pillow packs them: no
+    whole-image copy and join, and each block is hashed while it is still in cache (at 768 px
+    hashing was a third of ingest's time, the copy a fifth of that)."""
+    im.load()
+    if im.width == 0 or im.height == 0:
+        return
+    enc = Image._getencoder(im.mode, "raw", im.mode)
+    try:
+        enc.setimage(im.im, (0, 0, *im.size))
+        bufsize = max(ImageFile.MAXBLOCK, im.width * 4)  # what tobytes asks for (see RawEncode.c)
+        while True:
+            _, err, block = enc.encode(bufsize)
+            h.update(block)
+            if err:
+                break
+        if err < 0:
+            raise RuntimeError(f"encoder error {err} while hashing pixels")
+    finally:
+        enc.cleanup()
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

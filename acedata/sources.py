@@ -64,7 +64,11 @@ def _sidecar_meta(path: str, names: set[str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if names is not None and not any(base + ext in names for ext in (".json", *TEXT_META)):
         return meta
-    if _plain_file(stem + ".json"):
+
+    def there(ext: str) -> bool:  # a name the listing lacks needs no lstat
+        return (names is None or base + ext in names) and _plain_file(stem + ext)
+
+    if there(".json"):
         try:
             with open(stem + ".json", encoding="utf-8") as f:
                 loaded = json.load(f)
@@ -73,7 +77,7 @@ def _sidecar_meta(path: str, names: set[str] | None = None) -> dict[str, Any]:
         except (OSError, ValueError):
             pass
     for ext in TEXT_META:
-        if _plain_file(stem + ext):
+        if there(ext):
             with open(stem + ext, encoding="utf-8", errors="replace") as f:
                 meta.setdefault("caption", f.read().strip())
     return meta
