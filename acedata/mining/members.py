@@ -40,7 +40,8 @@ def members_schema(dtype: str, dim: int) -> pa.Schema:
         pa.field("home", pa.int32(), False),
         pa.field("other", pa.int32(), False),
         pa.field("embedding", pa.binary(width), False),
-    ], metadata={shards.ROW_GROUPS_KEY: b"chunks", VECTOR_KEY: f"{np.dtype(dtype).name},{dim}".encode()})
+    ], metadata={shards.ROW_GROUPS_KEY: b"chunks", VECTOR_KEY: f"{np.dtype(dtype).name},{dim}".encode(),
+                 shards.RAW_COLUMNS_KEY: b"embedding"})  # float bytes: zstd saves ~8% for 3x the read CPU
 
 
 def vector_dtype(tables: list[str]) -> str:
