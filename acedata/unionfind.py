@@ -96,9 +96,11 @@ def label_sets(labels: np.ndarray, min_size: int = 1) -> list[np.ndarray]:
     """Members of each label (sorted), sets ordered by their smallest member."""
     order = np.argsort(labels, kind="stable")  # stable: members stay sorted inside a label
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    groups = [g for g in np.split(order, bounds) if len(g) >= min_size]
-    groups.sort(key=lambda g: int(g[0]))
-    return groups
+    starts, ends = np.r_[0, bounds], np.r_[bounds, len(order)]
+    keep = np.flatnonzero(ends - starts >= min_size) if len(order) else np.zeros(0, np.int64)
+    keep = keep[np.argsort(order[starts[keep]], kind="stable")]  # by smallest member (distinct per set)
+    # slices of `order` (views, as np.split gives), only for the sets kept: most labels are singletons
+    return [order[a:b] for a, b in zip(starts[keep].tolist(), ends[keep].tolist())]
 
 
 def components(n: int, src: np.ndarray, dst: np.ndarray, min_size: int = 1) -> list[np.ndarray]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import numpy as np
 
@@ -111,17 +112,29 @@ def _low_sims(rows: np.ndarray, t: float) -> np.ndarray:
     sq = np.einsum("gnd,gnd->gn", rows, rows)  # the diagonal: squared norms
     margin = 2.02 * d * eps * np.abs(sq).max(axis=1, initial=0.0)  # twice the bound, with slack for sq's own error
     t32 = float(np.asarray(t, rows.dtype))  # `sims < t` compares in the rows' float type
+    # every diagonal's products side by side, then one test and one scatter for all of them
+    # (not three small numpy calls per diagonal)
+    v = np.empty((g, s * (s + 1) // 2), sq.dtype)
+    v[:, :s] = sq
+    at = s
+    for k in range(1, s):
+        np.einsum("gnd,gnd->gn", rows[:, :s - k], rows[:, k:], out=v[:, at:at + s - k])
+        at += s - k
+    near = (np.abs(v.astype(np.float64) - t32) <= margin[:, None]).any(axis=1)
+    a, b = _diagonal_index(s)
     low = np.empty((g, s, s), bool)
-    near = np.zeros(g, bool)
-    i = np.arange(s)
-    for k in range(s):
-        v = sq if k == 0 else np.einsum("gnd,gnd->gn", rows[:, :s - k], rows[:, k:])
-        near |= (np.abs(v.astype(np.float64) - t32) <= margin[:, None]).any(axis=1)
-        low[:, i[:s - k], i[k:]] = low[:, i[k:], i[:s - k]] = v < t
+    low[:, a, b] = low[:, b, a] = v < t
     for q in np.flatnonzero(near).tolist():
         x = rows[q]
         low[q] = x @ x.T < t
     return low
+
+
+@lru_cache(maxsize=128)
+def _diagonal_index(s: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, i + k) for k = 0..s-1, diagonal after diagonal: the layout `_low_sims` fills."""
+    i = np.arange(s)
+    return np.concatenate([i[:s - k] for k in range(s)]), np.concatenate([i[k:] for k in range(s)])
 
 
 def _stacked_bad_counts(sets: list[np.ndarray], emb: np.ndarray, cfg: GuardConfig,

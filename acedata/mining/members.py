@@ -40,7 +40,8 @@ def members_schema(dtype: str, dim: int) -> pa.Schema:
         pa.field("home", pa.int32(), False),
         pa.field("other", pa.int32(), False),
         pa.field("embedding", pa.binary(width), False),
-    ], metadata={shards.ROW_GROUPS_KEY: b"chunks", VECTOR_KEY: f"{np.dtype(dtype).name},{dim}".encode()})
+    ], metadata={shards.ROW_GROUPS_KEY: b"chunks", VECTOR_KEY: f"{np.dtype(dtype).name},{dim}".encode(),
+                 shards.RAW_COLUMNS_KEY: b"embedding"})  # float bytes: zstd saves ~8% for 3x the read CPU
 
 
 def vector_dtype(tables: list[str]) -> str:
@@ -147,18 +148,46 @@ def plan_ranges(sizes: np.ndarray, points_per_unit: int) -> list[tuple[str, int,
 
 def read_clusters(table: str, lo: int, hi: int) -> tuple[pa.Table, np.ndarray]:
     """Rows of clusters lo..hi from every shard, sorted by (cluster_id, image_id), and their
-    unit-norm float32 vectors. Only row groups whose cluster_id range meets [lo, hi] are read."""
-    parts, schema = [], None
+    unit-norm float32 vectors. Only row groups whose cluster_id range meets [lo, hi] are read.
+
+    The vectors never go through Arrow's filter, concat or take (each a copy of every stored
+    vector, over-read ones included): the wanted rows are picked from the row groups' own
+    buffers straight into their sorted places, once."""
+    parts, vecs, schema = [], [], None
     for s in shards.list_shards(table):
         pf = shards.open_parquet(s)
         schema = pf.schema_arrow
-        t = shards.read_between(pf, "cluster_id", lo, hi)
-        if t is not None:
-            parts.append(t)
+        groups = shards.row_groups_between(pf, "cluster_id", lo, hi)
+        if groups:
+            t = pf.read_row_groups(groups)
+            c = t.column("cluster_id")
+            keep = pc.indices_nonzero(pc.and_(pc.greater_equal(c, lo), pc.less_equal(c, hi))).to_numpy()
+            parts.append(t.drop_columns(["embedding"]).take(keep))
+            vecs.append((t.column("embedding").chunks, keep))
     if not parts:
         raise UserError(f"pair: no rows for clusters {lo}..{hi} in {posixpath.basename(table)} (table changed?)")
     t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     order = pc.sort_indices(t.select(["cluster_id", "image_id"]),
-                            sort_keys=[("cluster_id", "ascending"), ("image_id", "ascending")])
-    x = normalize(from_bytes(t.column("embedding"), schema), order.to_numpy())  # rows moved as numpy, not Arrow
-    return t.drop_columns(["embedding"]).take(order), x
+                            sort_keys=[("cluster_id", "ascending"), ("image_id", "ascending")]).to_numpy()
+    return t.take(order), normalize(_gather_sorted(vecs, order, schema))
+
+
+def _gather_sorted(vecs: list[tuple[list[pa.Array], np.ndarray]], order: np.ndarray, schema: pa.Schema) -> np.ndarray:
+    """The stored vectors of the kept rows in sorted order: `vecs` holds, per shard read, the
+    embedding column's chunks and the kept row numbers among them (in concat order); output row k
+    is kept row `order[k]`. One copy per vector, chunk by chunk, from the read buffers."""
+    dtype, dim = schema.metadata[VECTOR_KEY].decode().split(",")
+    out = np.empty((len(order), int(dim)), dtype)
+    where = np.empty(len(order), np.int64)
+    where[order] = np.arange(len(order))  # each kept row's place in the output
+    at = 0  # kept rows of earlier shards
+    for chunks, keep in vecs:
+        base = 0  # rows of earlier chunks of this shard
+        for ch in chunks:
+            lo_k, hi_k = np.searchsorted(keep, [base, base + len(ch)])
+            if hi_k > lo_k:
+                x = from_bytes(ch, schema)
+                out[where[at + lo_k:at + hi_k]] = x[keep[lo_k:hi_k] - base]
+            base += len(ch)
+        at += len(keep)
+    return out

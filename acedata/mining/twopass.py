@@ -95,7 +95,7 @@ def mine_cluster(
         linked = np.concatenate(sets1)
         images = dict(zip(linked.tolist(), images_for(linked)))
         images_of = lambda m: [images[k] for k in m.tolist()]
-    scored = scorer.score_sets(emb, sets1, images_of)
+    src, dst, score, pairs_per_set = scorer.score_sets_flat(emb, sets1, images_of)
     rows1 = np.concatenate(sets1)  # the linked points, set after set
     sizes = np.array([len(m) for m in sets1], np.int64)
     owner = np.full(n, -1, np.int64)  # the turn-1 set of each linked point
@@ -105,15 +105,11 @@ def mine_cluster(
     start = np.concatenate([[0], np.cumsum(sizes * sizes)])
     pos = np.zeros(n, np.int64)  # each linked point's place in its (sorted) turn-1 set
     pos[rows1] = np.arange(len(rows1)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    ps_n = [len(ps.src) for ps in scored]
-    t = np.repeat(np.arange(len(sets1)), ps_n)
-    src = np.concatenate([ps.src for ps in scored]).astype(np.int64)
-    dst = np.concatenate([ps.dst for ps in scored]).astype(np.int64)
-    score = np.concatenate([np.asarray(ps.score, np.float32) for ps in scored])
+    t = np.repeat(np.arange(len(sets1)), pairs_per_set)
     flat = np.full(int(start[-1]), np.nan, dtype=np.float32)
     flat[start[t] + src * sizes[t] + dst] = score
     flat[start[t] + dst * sizes[t] + src] = score
-    first = np.repeat(np.cumsum(sizes) - sizes, ps_n)  # where each pair's set starts among the linked rows
+    first = np.repeat(np.cumsum(sizes) - sizes, pairs_per_set)  # where each pair's set starts among the linked rows
     a, b = rows1[first + src], rows1[first + dst]  # members are sorted, so a < b
     linked = (score >= params.pass2_low) & (score <= params.pass2_high)  # nan never links
     stats.pass2_edges += int(linked.sum())

@@ -55,6 +55,19 @@ class Scorer:
         """`score_set` for each set (rows of `emb`); a scorer that can batch the sets overrides this."""
         return [self.score_set(emb[m], images_of(m) if images_of is not None else None) for m in sets]
 
+    def score_sets_flat(self, emb: np.ndarray, sets: list[np.ndarray],
+                        images_of: Callable[[np.ndarray], list[bytes | None]] | None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`score_sets` laid end to end: (src, dst as int64, score as float32, pairs per set)."""
+        scored = self.score_sets(emb, sets, images_of)
+        n = np.array([len(ps.src) for ps in scored], np.int64)
+        if not scored:
+            z = np.zeros(0, np.int64)
+            return z, z, np.zeros(0, np.float32), n
+        return (np.concatenate([ps.src for ps in scored]).astype(np.int64),
+                np.concatenate([ps.dst for ps in scored]).astype(np.int64),
+                np.concatenate([np.asarray(ps.score, np.float32) for ps in scored]), n)
+
     @property
     def model_id(self) -> str:
         return self.name

@@ -30,3 +30,14 @@ class SiglipScorer(Scorer):
         score = set_pair_dots(x, sets)
         bounds = np.cumsum([len(i) for i, _ in local])[:-1]
         return [PairScores(i, j, sc) for (i, j), sc in zip(local, np.split(score, bounds))]
+
+    def score_sets_flat(self, emb: np.ndarray, sets: list[np.ndarray], images_of=None):
+        """`score_sets` laid end to end, never split into per-set arrays (the caller joins them again)."""
+        x = np.asarray(emb, dtype=np.float32)
+        local = [upper_pairs(len(m)) for m in sets]
+        n = np.array([len(i) for i, _ in local], np.int64)
+        if not local:
+            z = np.zeros(0, np.int64)
+            return z, z, np.zeros(0, np.float32), n
+        return (np.concatenate([i for i, _ in local]).astype(np.int64, copy=False),
+                np.concatenate([j for _, j in local]).astype(np.int64, copy=False), set_pair_dots(x, sets), n)
