@@ -76,13 +76,16 @@ def star_step(key: pa.ChunkedArray, nbr: pa.ChunkedArray, large: bool) -> tuple[
     ranked in sorted order: per-node Python sets made every round cost ~15 us per edge, and the
     number of rounds grows with the graph.
     """
-    names = pa.concat_arrays([*key.chunks, *nbr.chunks]).unique() if key.num_chunks or nbr.num_chunks \
-        else pa.array([], pa.string())
-    names = names.take(pc.sort_indices(names))  # UTF-8 byte order = code point order = str order
+    both = pa.chunked_array([*key.chunks, *nbr.chunks], pa.string()).combine_chunks().dictionary_encode()
+    order = pc.sort_indices(both.dictionary).to_numpy()  # UTF-8 byte order = code point order = str order
+    names = both.dictionary.take(pa.array(order))
     n = max(1, len(names))
-    u = pc.index_in(key, value_set=names).to_numpy(zero_copy_only=False).astype(np.int64)
-    v = pc.index_in(nbr, value_set=names).to_numpy(zero_copy_only=False).astype(np.int64)
-    code = np.unique(u[u != v] * n + v[u != v])  # distinct (u, v), sorted by u then v
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    ranked = rank[both.indices.to_numpy(zero_copy_only=False)]
+    u, v = ranked[:len(key)], ranked[len(key):]
+    code = np.sort(u[u != v] * n + v[u != v])
+    code = code[np.r_[True, code[1:] != code[:-1]]] if len(code) else code  # distinct (u, v), by u then v
     uu, vv = code // n, code % n
     first = np.flatnonzero(np.r_[True, uu[1:] != uu[:-1]]) if len(uu) else np.zeros(0, np.int64)
     nodes = uu[first]
