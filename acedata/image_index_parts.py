@@ -211,16 +211,39 @@ class MemIndex:
         rows = pa.concat_tables(parts) if parts else MAP_SCHEMA.empty_table()
         dup = read_duplicates(table) if with_dropped and duplicate_shards(table) else DUP_SCHEMA.empty_table()
         self.table = finish_partition(rows, dup)
-        self._ids = self.table.column("image_id").to_numpy(zero_copy_only=False)
+        self._ids = _search_keys(self.table.column("image_id"))
 
     def find(self, ids: Sequence[str]) -> pa.Table:
-        x = np.array(list(ids), dtype=object)
+        ids = list(ids)
+        nul = None
+        if self._ids.dtype == object:
+            x = np.array(ids, dtype=object)
+        else:  # bytes keys: a query holding NUL is no stored id (such tables keep str keys)
+            nul = np.array(["\0" in i for i in ids], bool)
+            x = np.array([b"" if z else i.encode() for i, z in zip(ids, nul)], dtype="S")
         lo = np.searchsorted(self._ids, x, "left")
         hi = np.searchsorted(self._ids, x, "right")
+        if nul is not None and nul.any():
+            hi = np.where(nul, lo, hi)
         return self.table.take(pa.array(_ranges(lo, hi - lo)))
 
     def stream(self) -> Iterator[pa.Table]:
         yield self.table
+
+
+MAX_KEY_BYTES = 256
+
+
+def _search_keys(ids: pa.ChunkedArray) -> np.ndarray:
+    """Sorted ids to binary-search: fixed-width UTF-8 bytes (compared in C; Python str objects made
+    a unit's 15,000 lookups grow from 20 ms at 10^5 rows to 90 ms at 10^6, cache misses on every
+    compare). Byte order is the table's sort order. Ids holding NUL (numpy drops trailing NULs) or
+    longer than MAX_KEY_BYTES stay Python strings."""
+    n = len(ids)
+    width = pc.max(pc.binary_length(ids)).as_py() if n else 0
+    if not n or width > MAX_KEY_BYTES or pc.any(pc.match_substring(ids, "\0")).as_py():
+        return ids.to_numpy(zero_copy_only=False)
+    return np.array(ids.cast(pa.binary()).to_pylist(), dtype=f"S{max(1, width)}")
 
 
 def open_index(table: str, with_dropped: bool = True, cache_groups: int = 32) -> PartIndex | MemIndex:

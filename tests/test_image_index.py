@@ -288,3 +288,19 @@ def test_shared_reader_is_opened_once_per_process(tmp_path):
     shards.write_table(t, _images(5, 900), IMAGES, unit="u7", table="images")  # the table changed
     r2 = shared_reader([t])
     assert r2 is not r1 and f"{900:064x}" in r2
+
+
+@pytest.mark.parametrize("extra", [[], ["a\0", "\0"], ["x" * 300]])
+def test_fallback_index_finds_awkward_ids(tmp_path, extra):
+    """The in-memory index (no manifest) finds every id exactly: prefixes of other ids, non-ASCII,
+    the empty id, ids with NUL and over-long ids (those two keep str keys), and nothing for unknown
+    ids (a NUL-suffixed query never matches its prefix)."""
+    ids = ["a", "ab", "abc", "b", "", "é", "Ω", "\U0001f600", "a b", *extra]
+    rows = [{"image_id": i, "source_uri": f"mem://{k}", "width": k + 1, "height": 2, "format": "PNG",
+             "image": {"bytes": bytes([k]), "path": None}, "kind": "image"} for k, i in enumerate(ids)]
+    single = str(tmp_path / "plain.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, IMAGES), single, row_group_size=3)
+    reader = ImageReader([single])
+    want = {i: bytes([k]) for k, i in enumerate(ids)}
+    assert reader.image_bytes(ids) == want
+    assert reader.present([*ids, "a\0", "ab\0", "zz", "abcd", "x" * 299]) == set(ids)
