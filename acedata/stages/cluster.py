@@ -33,6 +33,7 @@ from acedata.mining.kmeans import (
     assign_top2,
     border_second,
     derive_k,
+    faiss_threads,
     sample_size,
     size_stats,
     train_spherical,
@@ -234,6 +235,10 @@ class Cluster(Stage):
             self.centroids = storage.load_npy(self._path(CENTROIDS))
 
     def process(self, unit: WorkUnit) -> UnitResult:
+        with faiss_threads(self.config.resources.num_cpus):  # the local executor as a Ray worker
+            return self._process(unit)
+
+    def _process(self, unit: WorkUnit) -> UnitResult:
         if sample.is_sample_unit(unit):  # scratch only: no table rows, no counts (the summary stays as before)
             sample.write_candidates(unit, self.ctx.stage_dir)
             return UnitResult({})
