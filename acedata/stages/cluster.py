@@ -12,7 +12,8 @@ A border point (second centroid within `border_margin` cosine of the first) also
 Units also write the pair stage's partitions, `members` (`acedata.mining.members`: rows
 with their vectors grouped by cluster) and their per-cluster counts; `finish` sums those
 into k sizes, so `pair` plans without reading a row.
-faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cpu.
+faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cpu; units run
+FAISS at `resources.num_cpus` threads, with either executor (a Ray worker's OMP_NUM_THREADS).
 Above `two_level_min_k` clusters the centroids are trained in two levels instead
 (`acedata.mining.twolevel`): coarse cells on the driver, fine centroids per cell in waves.
 """
