@@ -9,7 +9,7 @@ import pytest
 
 from acedata.errors import UserError
 from acedata.mining.chaining import GuardConfig, guard_sets
-from acedata.mining.kmeans import assign, size_stats, train_spherical
+from acedata.mining.kmeans import assign, faiss_threads, size_stats, train_spherical
 from acedata.mining.pairs import sample_pairs
 from acedata.mining.scorers import make_scorer
 from acedata.mining.scorers.siglip import SiglipScorer
@@ -103,6 +103,25 @@ def test_spherical_kmeans_finds_coarse_clusters():
     s = size_stats(np.bincount(cid, minlength=6), 6)
     assert s["nonempty"] <= 6 and s["max"] >= s["median"] >= s["min"] >= 1
     assert train_spherical(g.x[:3], 10, gpu=False).centroids.shape[0] == 3  # k capped at n
+
+
+def test_faiss_thread_count_changes_no_result():
+    # cluster units run FAISS at resources.num_cpus threads: centroids and searches must not depend on it
+    import faiss
+
+    from acedata.mining.twolevel import nearest
+
+    x = generate(n_coarse=6, fine_per_coarse=3, group_size=12, seed=5).x
+    before = faiss.omp_get_max_threads()
+    got = []
+    for n in (1, 3):
+        with faiss_threads(n):
+            assert faiss.omp_get_max_threads() == n
+            km = train_spherical(x[:300], 5, niter=10, seed=1, gpu=False)
+            got.append((km.centroids, *nearest(x, km.centroids, 3)))
+    assert faiss.omp_get_max_threads() == before
+    for a, b in zip(*got):
+        assert np.array_equal(a, b)
 
 
 def test_sample_pairs_deterministic_and_capped():

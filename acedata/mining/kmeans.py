@@ -7,6 +7,8 @@ but we draw the sample ourselves (seeded) so the driver never loads more than th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +31,23 @@ def use_gpu(gpu: str | bool) -> bool:
     if gpu in (True, "true", "yes") and faiss_gpus() == 0:
         raise UserError("cluster: gpu: true but faiss sees no GPU (install faiss-gpu or set gpu: auto)")
     return bool(gpu in (True, "true", "yes"))
+
+
+@contextmanager
+def faiss_threads(n: float) -> Iterator[None]:
+    """FAISS (and the OpenMP BLAS it calls) at `n` threads (at least one) inside the block, the
+    caller's count after it. A unit takes the CPUs its resources ask for, as in a Ray worker (Ray
+    sets OMP_NUM_THREADS to num_cpus): on a busy machine idle OpenMP threads spin, several times
+    the CPU of one thread. Results do not depend on the thread count (FAISS splits rows or
+    centroids, never one sum)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 @dataclass

@@ -12,7 +12,8 @@ A border point (second centroid within `border_margin` cosine of the first) also
 Units also write the pair stage's partitions, `members` (`acedata.mining.members`: rows
 with their vectors grouped by cluster) and their per-cluster counts; `finish` sums those
 into k sizes, so `pair` plans without reading a row.
-faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cpu.
+faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cpu; units run
+FAISS at `resources.num_cpus` threads, with either executor (a Ray worker's OMP_NUM_THREADS).
 Above `two_level_min_k` clusters the centroids are trained in two levels instead
 (`acedata.mining.twolevel`): coarse cells on the driver, fine centroids per cell in waves.
 """
@@ -33,6 +34,7 @@ from acedata.mining.kmeans import (
     assign_top2,
     border_second,
     derive_k,
+    faiss_threads,
     sample_size,
     size_stats,
     train_spherical,
@@ -234,6 +236,10 @@ class Cluster(Stage):
             self.centroids = storage.load_npy(self._path(CENTROIDS))
 
     def process(self, unit: WorkUnit) -> UnitResult:
+        with faiss_threads(self.config.resources.num_cpus):  # the local executor as a Ray worker
+            return self._process(unit)
+
+    def _process(self, unit: WorkUnit) -> UnitResult:
         if sample.is_sample_unit(unit):  # scratch only: no table rows, no counts (the summary stays as before)
             sample.write_candidates(unit, self.ctx.stage_dir)
             return UnitResult({})
