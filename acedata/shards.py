@@ -244,12 +244,17 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
     return _LEAVES[key]
 
 
+def raw_columns(schema: pa.Schema) -> set[str]:
+    """The leaf paths the schema lists under RAW_COLUMNS_KEY: stored uncompressed, no dictionary."""
+    return {c for c in (schema.metadata or {}).get(RAW_COLUMNS_KEY, b"").decode().split(",") if c}
+
+
 def codecs_of(schema: pa.Schema) -> str | dict[str, str]:
     """Parquet compression per column: zstd, except the bytes of IMAGE columns. Those hold JPEG,
     WebP or PNG already; zstd saved under 1% of them for about half the CPU time of writing
     an images shard (the rows of a unit are written once, read many times). Columns the schema
     lists under RAW_COLUMNS_KEY (leaf paths) are stored uncompressed too."""
-    plain = {c for c in (schema.metadata or {}).get(RAW_COLUMNS_KEY, b"").decode().split(",") if c}
+    plain = raw_columns(schema)
     raw = {f"{f.name}.bytes" for f in schema if f.type == IMAGE} | plain
     if not raw:
         return "zstd"
@@ -270,7 +275,7 @@ def dictionary_of(schema: pa.Schema) -> bool | list[str]:
     - the RAW_COLUMNS_KEY columns (vectors as fixed-width bytes: all distinct).
     Values read back the same either way."""
     plain = {f"{f.name}." for f in schema if _is_vector(f.type)}
-    plain |= {c for c in (schema.metadata or {}).get(RAW_COLUMNS_KEY, b"").decode().split(",") if c}
+    plain |= raw_columns(schema)
     if "image_id" in schema.names and "image" in schema.names and schema.field("image").type == IMAGE:
         plain.add("image.bytes")
     if not plain:

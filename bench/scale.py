@@ -243,6 +243,8 @@ def merge_files(paths: list[str], out: str) -> dict[str, Any]:
         body["incomplete"] = [r for r in body["incomplete"] if (r["kind"], r["n"]) not in done]
         body["machines"] += part.get("machines", [])
         body["host"] = part.get("host", body.get("host"))
+        if part.get("note"):  # provenance written by hand: kept, later files' appended
+            body["note"] = " ".join(x for x in (body.get("note"), part["note"]) if x)
     with open(out, "w", encoding="utf-8") as f:
         json.dump(body, f, indent=1)
     return body
