@@ -12,7 +12,7 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -156,6 +156,37 @@ def _run_local(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = N
         counts = execute_unit(stage, unit)
         if on_unit is not None:
             on_unit(unit.id, counts)
+
+
+# --- read-only maps (no outputs, no markers) --------------------------------------------
+
+
+def map_payloads(fn: Callable[[dict[str, Any]], bytes], payloads: list[dict[str, Any]], executor: str = "local",
+                 num_cpus: float = 1, max_retries: int = 3) -> Iterator[bytes]:
+    """`fn` over JSON payloads, results yielded as they finish (in any order): in-process, or one
+    Ray Data task per payload as `_run_on_ray` runs a stage's units. For work that writes nothing
+    (e.g. `acedata stats` partials), so a retried task simply computes its result again."""
+    if executor != "ray":
+        for p in payloads:
+            yield fn(p)
+        return
+    if not payloads:
+        return
+    import warnings
+
+    import ray.data
+
+    def run(batch: dict[str, Any]) -> dict[str, list[bytes]]:
+        return {"result": [fn(json.loads(p)) for p in batch["payload"]]}
+
+    ds = ray.data.from_items([{"payload": json.dumps(p)} for p in payloads],
+                             override_num_blocks=min(len(payloads), 200))
+    with warnings.catch_warnings():  # as in `_run_on_ray`: retries travel as remote args
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        out = ds.map_batches(run, batch_size=1, compute=ray.data.TaskPoolStrategy(), num_cpus=num_cpus,
+                             max_retries=max_retries)
+    for row in out.iter_rows():
+        yield row["result"]
 
 
 # --- stage execution (driver) ------------------------------------------------------

@@ -1,19 +1,31 @@
-"""Dataset statistics from columns alone: polars lazy scans with projection pushdown.
+"""Dataset statistics from columns alone, as partial aggregates merged on the driver.
 
-No query here reads an image column, so the cost scales with metadata (task, sizes,
-instruction text, scores), not with image bytes. `compute()` answers the questions of
-`acedata stats`; `run_tables.funnel()` follows a run from inputs to LCU rows through its tables,
-`stats_render.render()` prints the answer.
+No query here reads an image column, so the cost scales with metadata (task, sizes, instruction
+text, scores), not with image bytes. Each group of LCU shards becomes a partial aggregate
+(`acedata.stats_partial`: counts keyed by small-domain values and mergeable sketches), computed
+in-process one shard at a time (`executor="local"`) or by one Ray task per group of shards
+(`executor="ray"`, through `runtime.map_payloads`); the driver merges them and reads every answer
+off the merged counts. Its memory grows with the number of shards and distinct small-domain
+values (sizes, lengths, groups), never with rows; the answer is the same for any grouping.
+
+Exact: counts and shares, min/max/mean, the quantiles of width, height, aspect, megapixels and
+instruction length (polars' `interpolation="nearest"`), their histograms, score counts, min, max
+and mean. Approximate, and then named under `approximate` in the answer: score quantiles and
+histograms for a score with more than `EXACT_SCORE_VALUES` distinct values (log buckets,
+within `sketches.RELATIVE_ERROR` relative), and the distinct-instruction count above
+`EXACT_DISTINCT_MAX` texts (HyperLogLog, `sketches.HLL_STD_ERROR` standard error).
+`compute()` answers the questions of `acedata stats`; `run_tables.funnel()` follows a run from
+inputs to LCU rows through its tables, `stats_render.render()` prints the answer.
 """
 
 from __future__ import annotations
 
-import re
+import math
+import os
+import pickle
 from typing import Any
 
-import polars as pl
-
-from acedata import storage
+from acedata import runtime, shards, sketches, stats_partial, storage
 from acedata.errors import UserError
 from acedata.run_tables import (  # noqa: F401 - re-exported: the run's tables and funnel
     LCU_TABLES,
@@ -23,81 +35,19 @@ from acedata.run_tables import (  # noqa: F401 - re-exported: the run's tables a
     run_tables,
     stage_summaries,
 )
+from acedata.stats_partial import EXACT_DISTINCT_MAX, EXACT_SCORE_VALUES, parse_where  # noqa: F401
 from acedata.stats_render import render, table  # noqa: F401 - re-exported
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+SCORE_QUANTILES = (0.05, 0.5, 0.95)
 # Aspect ratio (width / height) bins, portrait to landscape.
 ASPECT_EDGES = [0.0, 0.5, 0.67, 0.8, 0.95, 1.05, 1.25, 1.5, 2.0, float("inf")]
 ASPECT_LABELS = ["<1:2", "1:2-2:3", "2:3-4:5", "4:5-1:1", "~1:1", "1:1-5:4", "5:4-3:2", "3:2-2:1", ">2:1"]
 HIST_BINS = 20
-
-
-# --- filters ---------------------------------------------------------------------------
-
-_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
-
-
-def parse_where(clauses: list[str], schema: pl.Schema) -> pl.Expr | None:
-    """`col=v`, `col=v1,v2` (any of), `col!=v`, `col>=n` ... ANDed; values cast to the column type."""
-    expr: pl.Expr | None = None
-    for clause in clauses:
-        m = _WHERE.match(clause)
-        if not m:
-            raise UserError(f"--where {clause!r}: expected COLUMN=VALUE (or !=, >=, <=, >, <)")
-        col, op, raw = m.groups()
-        if col not in schema:
-            flat = [n for n, t in schema.items() if not isinstance(t, pl.List | pl.Struct)]
-            raise UserError(f"--where {clause!r}: no column {col!r}; columns: {', '.join(flat)}")
-        dtype = schema[col]
-
-        def cast(v: str, clause: str = clause, col: str = col, dtype: pl.DataType = dtype) -> Any:
-            try:
-                if dtype.is_integer():
-                    return int(v)
-                if dtype.is_float():
-                    return float(v)
-            except ValueError:
-                raise UserError(f"--where {clause!r}: {v!r} is not a number ({col} is {dtype})") from None
-            return v
-
-        c = pl.col(col)
-        if op in ("=", "=="):
-            values = [cast(v) for v in raw.split(",")]
-            e = c.is_in(values) if len(values) > 1 else c == values[0]
-        elif op == "!=":
-            e = ~c.is_in([cast(v) for v in raw.split(",")])
-        else:
-            v = cast(raw)
-            e = {">": c > v, "<": c < v, ">=": c >= v, "<=": c <= v}[op]
-        expr = e if expr is None else expr & e
-    return expr
-
-
-# --- the statistics --------------------------------------------------------------------
-
-
-def _quantiles(col: str, expr: pl.Expr | None = None) -> list[pl.Expr]:
-    e = pl.col(col) if expr is None else expr
-    return [
-        e.min().cast(pl.Float64).alias(f"{col}.min"),
-        e.mean().cast(pl.Float64).alias(f"{col}.mean"),
-        *[e.quantile(q, interpolation="nearest").cast(pl.Float64).alias(f"{col}.p{round(q * 100)}") for q in QUANTILES],
-        e.max().cast(pl.Float64).alias(f"{col}.max"),
-    ]
-
-
-def _split_stats(row: dict[str, Any], col: str) -> dict[str, float | None]:
-    return {k[len(col) + 1 :]: row[k] for k in row if k.startswith(col + ".")}
-
-
-def _hist(lf: pl.LazyFrame, expr: pl.Expr, lo: float, hi: float, bins: int = HIST_BINS) -> list[dict[str, Any]]:
-    """Equal-width histogram of `expr` over [lo, hi] (the top edge is inclusive)."""
-    if lo is None or hi is None:
-        return []
-    width = (hi - lo) / bins if hi > lo else 1.0
-    b = ((expr - lo) / width).floor().clip(0, bins - 1).cast(pl.Int32).alias("bin")
-    got = dict(lf.select(b).group_by("bin").len().collect().iter_rows())
-    return [{"lo": lo + i * width, "hi": lo + (i + 1) * width, "count": int(got.get(i, 0))} for i in range(bins)]
+# executor="auto": Ray above this many rows (or when an address is given), else in-process.
+AUTO_RAY_ROWS = 20_000_000
+# On Ray, shards are grouped into about this many partials (one task each).
+RAY_PARTIALS = 256
 
 
 def compute(
@@ -106,21 +56,28 @@ def compute(
     by: list[str] | None = None,
     with_funnel: bool = True,
     histograms: bool = True,
+    executor: str = "local",
+    address: str | None = None,
+    files_per_partial: int | None = None,
 ) -> dict[str, Any]:
-    """Every statistic `acedata stats` prints, as a JSON-ready dict."""
+    """Every statistic `acedata stats` prints, as a JSON-ready dict.
+
+    `executor`: "local" (in-process, one shard per partial), "ray" (one task per group of
+    `files_per_partial` shards) or "auto" (Ray above `AUTO_RAY_ROWS` rows or with an address).
+    """
     ds = resolve_dataset(path)
     by = by or ["task", "subtask"]
     result: dict[str, Any] = {"dataset": path, "tables": ds.tables, "where": where or [], "by": by}
     if ds.files:
-        lf = storage.scan_parquet(ds.files)
-        schema = lf.collect_schema()
+        schema = storage.scan_parquet(ds.files[:1]).collect_schema()  # a footer, no rows
         for col in by:
             if col not in schema:
                 raise UserError(f"--by {col!r}: no such column; try task, subtask, num_turns, instruction_method")
-        cond = parse_where(where or [], schema)
-        if cond is not None:
-            lf = lf.filter(cond)
-        result.update(_lcu_stats(lf, by, histograms))
+        parse_where(where or [], schema)  # user errors here, before any partial runs
+        if executor == "auto":
+            executor = _auto_executor(ds, address)
+        merged = run_partials(ds.files, by, where or [], executor, address, files_per_partial)
+        result.update(summarise(merged, by, histograms))
     else:
         result["rows"] = 0
     if with_funnel and ds.run_dir is not None:
@@ -128,94 +85,188 @@ def compute(
     return result
 
 
-def _lcu_queries(lf: pl.LazyFrame, by: list[str], chars: pl.Expr, aspect: pl.Expr, mp: pl.Expr,
-                 scores: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
-    """The lazy queries behind `acedata stats`, collected together (one pass over the scan each)."""
-    return {
-        "groups": lf.group_by(by).len("count").sort(["count", *by], descending=[True, *[False] * len(by)]),
-        "turns": lf.group_by("num_turns").len("count").sort("num_turns"),
-        # derived columns computed once, then summarised (an expression repeated per quantile is recomputed)
-        "summary": lf.select(
-            "instruction", "width", "height", aspect.alias("aspect"), mp.alias("megapixels"), chars.alias("chars"),
-        ).select(
-            pl.len().alias("rows"),
-            pl.col("instruction").n_unique().alias("distinct_instructions"),
-            *(q for col in ("width", "height", "aspect", "megapixels", "chars") for q in _quantiles(col)),
-        ),
-        "sizes": lf.group_by("width", "height").len("count").sort(["count", "width", "height"], descending=[True, False, False])
-        .head(10),
-        "aspect_bins": lf.select(_aspect_bin(aspect)).group_by("bin").len("count"),
-        "methods": lf.group_by("instruction_method").len("count").sort("count", descending=True),
-        "scores": scores.group_by("name").agg(
-            pl.len().alias("count"),
-            pl.col("value").cast(pl.Float64).mean().alias("mean"),
-            pl.col("value").cast(pl.Float64).min().alias("min"),
-            *[pl.col("value").cast(pl.Float64).quantile(q, interpolation="nearest").alias(f"p{round(q * 100)}")
-              for q in (0.05, 0.5, 0.95)],
-            pl.col("value").cast(pl.Float64).max().alias("max"),
-        ).sort("name"),
-    }
+def _auto_executor(ds: Dataset, address: str | None) -> str:
+    if address or os.environ.get("RAY_ADDRESS"):
+        return "ray"
+    rows = sum(shards.count_rows(t) for t in ds.tables)  # manifests (footers for a plain folder)
+    return "ray" if rows > AUTO_RAY_ROWS else "local"
 
 
-def _lcu_stats(lf: pl.LazyFrame, by: list[str], histograms: bool) -> dict[str, Any]:
-    chars = pl.col("instruction").str.len_chars()  # (a regex word count costs 5x the whole scan)
-    aspect = pl.col("width").cast(pl.Float64) / pl.col("height").cast(pl.Float64)
-    mp = (pl.col("width").cast(pl.Float64) * pl.col("height").cast(pl.Float64)) / 1e6
-    scores = lf.select(pl.col("scores")).explode("scores").select(pl.col("scores").struct.unnest()).drop_nulls("name")
-    queries = _lcu_queries(lf, by, chars, aspect, mp, scores)
-    got = dict(zip(queries, pl.collect_all(list(queries.values()))))
-    summary = got["summary"].row(0, named=True)
-    n = int(summary["rows"])
+# --- partials -------------------------------------------------------------------------------
+
+
+def _partial_task(payload: dict[str, Any]) -> bytes:
+    """A unit of work (on a worker): one group of shards -> its pickled partial aggregate."""
+    return pickle.dumps(stats_partial.partial_of(payload["files"], payload["by"], payload["where"]))
+
+
+def run_partials(files: list[str], by: list[str], where: list[str], executor: str = "local",
+                 address: str | None = None, files_per_partial: int | None = None) -> dict[str, Any]:
+    """The merged partial aggregate of `files`; partials are folded in as they arrive (any order)."""
+    per = files_per_partial or (1 if executor == "local" else max(1, math.ceil(len(files) / RAY_PARTIALS)))
+    payloads = [{"files": files[i:i + per], "by": by, "where": where} for i in range(0, len(files), per)]
+    if executor == "ray":
+        runtime.init_ray(address)
+    merged = stats_partial.empty()
+    for blob in runtime.map_payloads(_partial_task, payloads, executor):
+        merged = stats_partial.merge(merged, pickle.loads(blob))
+    return merged
+
+
+# --- answers off the merged counts ------------------------------------------------------------
+
+
+def _nk(v: Any) -> tuple[bool, Any]:
+    """Sort key: nulls first, as polars sorts them."""
+    return (v is not None, v)
+
+
+def _div(a: float, b: float) -> float:
+    if b:
+        return a / b
+    return math.inf if a > 0 else -math.inf if a < 0 else math.nan
+
+
+def _qstats(items: list[tuple[Any, int]], n: int, mean: float | None, qs: tuple[float, ...] = QUANTILES) -> dict[str, float | None]:
+    """min, mean, the nearest quantiles and max of sorted (value, count) pairs holding n values."""
+    if not n:
+        return {"min": None, "mean": None, **{f"p{round(q * 100)}": None for q in qs}, "max": None}
+    pct = {f"p{round(q * 100)}": float(sketches.nearest_quantile(items, q, n)) for q in qs}
+    return {"min": float(items[0][0]), "mean": mean, **pct, "max": float(items[-1][0])}
+
+
+def _int_stats(counts: dict[Any, int]) -> tuple[list[tuple[int, int]], dict[str, float | None]]:
+    items = sorted((v, c) for v, c in counts.items() if v is not None)
+    n = sum(c for _, c in items)
+    return items, _qstats(items, n, sum(v * c for v, c in items) / n if n else None)
+
+
+def _float_stats(counts: dict[float, int]) -> tuple[list[tuple[float, int]], dict[str, float | None]]:
+    items = sorted((v, c) for v, c in counts.items() if not math.isnan(v))
+    n = sum(c for _, c in items)
+    return items, _qstats(items, n, math.fsum(v * c for v, c in items) / n if n else None)
+
+
+def _hist(items: list[tuple[float, int]], lo: float | None, hi: float | None, bins: int = HIST_BINS) -> list[dict[str, Any]]:
+    """Equal-width histogram of (value, count) pairs over [lo, hi] (the top edge is inclusive)."""
+    if lo is None or hi is None:
+        return []
+    width = (hi - lo) / bins if hi > lo else 1.0
+    got = [0] * bins
+    for v, c in items:
+        if math.isfinite(v):
+            got[min(max(math.floor((v - lo) / width), 0), bins - 1)] += c
+    return [{"lo": lo + i * width, "hi": lo + (i + 1) * width, "count": got[i]} for i in range(bins)]
+
+
+def _aspect_label(a: float | None) -> str:
+    """The ASPECT_LABELS bin of a ratio (left-closed intervals; null and NaN in the last)."""
+    if a is not None and not math.isnan(a):
+        for edge, label in zip(ASPECT_EDGES[1:], ASPECT_LABELS):
+            if a < edge:
+                return label
+    return ASPECT_LABELS[-1]
+
+
+def _score_items(s: dict[str, Any]) -> list[tuple[float, int]]:
+    """A score's sorted (value, count) pairs: exact values, or each bucket's value kept inside [min, max]."""
+    if s["exact"] is not None:
+        mid = sorted(s["exact"].items())
+    else:
+        lo, hi = s["min"], s["max"]
+        mid = [(min(max(sketches.bucket_value(k), lo), hi), c) for k, c in sorted(s["buckets"].items())]
+    return [(-math.inf, s["ninf"])] * bool(s["ninf"]) + mid + [(math.inf, s["pinf"])] * bool(s["pinf"]) \
+        + [(math.nan, s["nan"])] * bool(s["nan"])
+
+
+def _score_mean(s: dict[str, Any]) -> float | None:
+    if not s["n"]:
+        return None
+    if s["nan"] or (s["pinf"] and s["ninf"]):
+        return math.nan
+    if s["pinf"] or s["ninf"]:
+        return math.inf if s["pinf"] else -math.inf
+    finite = s["n"] - s["nan"] - s["pinf"] - s["ninf"]
+    return float(sketches.parts_total(s["sum"]) / finite)
+
+
+def summarise(p: dict[str, Any], by: list[str], histograms: bool) -> dict[str, Any]:
+    """The `acedata stats` answer read off a merged partial."""
+    n = p["rows"]
     share = (lambda c: round(c / n, 6)) if n else (lambda c: 0.0)
+    groups = sorted(p["groups"].items(), key=lambda kv: (-kv[1], *(_nk(v) for v in kv[0])))
+    sizes = p["sizes"]
+    width: dict[Any, int] = {}
+    height: dict[Any, int] = {}
+    aspect: dict[float, int] = {}
+    mp: dict[float, int] = {}
+    bins = dict.fromkeys(ASPECT_LABELS, 0)
+    for (w, h), c in sizes.items():
+        width[w] = width.get(w, 0) + c
+        height[h] = height.get(h, 0) + c
+        a = None
+        if w is not None and h is not None:
+            a = _div(float(w), float(h))
+            aspect[a] = aspect.get(a, 0) + c
+            m = float(w) * float(h) / 1e6
+            mp[m] = mp.get(m, 0) + c
+        bins[_aspect_label(a)] += c
+    _, width_stats = _int_stats(width)
+    _, height_stats = _int_stats(height)
+    _, aspect_stats = _float_stats(aspect)
+    mp_items, mp_stats = _float_stats(mp)
+    chars_items, chars_stats = _int_stats(p["chars"])
+    distinct, approximate = _distinct(p["distinct"])
+    scores, score_items = [], {}
+    for name in sorted(p["scores"], key=_nk):
+        s = p["scores"][name]
+        score_items[name] = items = _score_items(s)
+        q = _qstats(items, s["n"], _score_mean(s), SCORE_QUANTILES)
+        scores.append({"name": name, "count": s["count"], "mean": q["mean"], "min": s["min"],
+                       **{k: q[k] for k in ("p5", "p50", "p95")}, "max": s["max"]})
+        if s["exact"] is None:
+            approximate[f"scores.{name}"] = {
+                "fields": ["p5", "p50", "p95", "histogram"], "method": "log buckets",
+                "relative_error": sketches.RELATIVE_ERROR,
+                "why": f"more than {EXACT_SCORE_VALUES:,} distinct values"}
     out: dict[str, Any] = {
         "rows": n,
-        "groups": [{**r, "share": share(r["count"])} for r in got["groups"].iter_rows(named=True)],
-        "turns": [{**r, "share": share(r["count"])} for r in got["turns"].iter_rows(named=True)],
+        "groups": [{**dict(zip(by, k)), "count": c, "share": share(c)} for k, c in groups],
+        "turns": [{"num_turns": k, "count": c, "share": share(c)}
+                  for k, c in sorted(p["turns"].items(), key=lambda kv: _nk(kv[0]))],
         "resolution": {
-            "width": _split_stats(summary, "width"),
-            "height": _split_stats(summary, "height"),
-            "megapixels": _split_stats(summary, "megapixels"),
-            "top_sizes": got["sizes"].to_dicts(),
+            "width": width_stats,
+            "height": height_stats,
+            "megapixels": mp_stats,
+            "top_sizes": [{"width": w, "height": h, "count": c} for (w, h), c in
+                          sorted(sizes.items(), key=lambda kv: (-kv[1], _nk(kv[0][0]), _nk(kv[0][1])))[:10]],
         },
         "aspect": {
-            "ratio": _split_stats(summary, "aspect"),
-            "bins": _ordered_bins(got["aspect_bins"]),
+            "ratio": aspect_stats,
+            "bins": [{"bin": label, "count": bins[label]} for label in ASPECT_LABELS],
         },
         "instructions": {
-            "chars": _split_stats(summary, "chars"),
-            "distinct": int(summary["distinct_instructions"]),
-            "distinct_ratio": round(summary["distinct_instructions"] / n, 6) if n else 0.0,
-            "methods": got["methods"].to_dicts(),
+            "chars": chars_stats,
+            "distinct": distinct,
+            "distinct_ratio": round(distinct / n, 6) if n else 0.0,
+            "methods": [{"instruction_method": k, "count": c} for k, c in
+                        sorted(p["methods"].items(), key=lambda kv: (-kv[1], _nk(kv[0])))],
         },
-        "scores": got["scores"].to_dicts(),
+        "scores": scores,
+        "approximate": approximate,
     }
     if histograms and n:
-        res = out["resolution"]
         out["histograms"] = {
-            "instruction_chars": _hist(lf, chars, out["instructions"]["chars"]["min"], out["instructions"]["chars"]["max"]),
-            "megapixels": _hist(lf, mp, res["megapixels"]["min"], res["megapixels"]["max"]),
-            "scores": {
-                s["name"]: _hist(scores.filter(pl.col("name") == s["name"]), pl.col("value").cast(pl.Float64),
-                                 s["min"], s["max"])
-                for s in out["scores"]
-            },
+            "instruction_chars": _hist(chars_items, chars_stats["min"], chars_stats["max"]),
+            "megapixels": _hist(mp_items, mp_stats["min"], mp_stats["max"]),
+            "scores": {s["name"]: _hist(score_items[s["name"]], s["min"], s["max"]) for s in scores},
         }
     return out
 
 
-def _aspect_bin(aspect: pl.Expr) -> pl.Expr:
-    """The ASPECT_LABELS bin of each ratio (left-closed intervals)."""
-    expr = pl.when(aspect < ASPECT_EDGES[1]).then(pl.lit(ASPECT_LABELS[0]))
-    for edge, label in zip(ASPECT_EDGES[2:], ASPECT_LABELS[1:]):
-        expr = expr.when(aspect < edge).then(pl.lit(label))
-    return expr.otherwise(pl.lit(ASPECT_LABELS[-1])).alias("bin")
-
-
-def _ordered_bins(df: pl.DataFrame) -> list[dict[str, Any]]:
-    got = {str(r["bin"]): int(r["count"]) for r in df.iter_rows(named=True) if r["bin"] is not None}
-    return [{"bin": label, "count": got.get(label, 0)} for label in ASPECT_LABELS]
-
-
-# --- the funnel of a run --------------------------------------------------------------
-
-
+def _distinct(d: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    if "hashes" in d:
+        return len(d["hashes"]), {}
+    return sketches.hll_estimate(d["hll"]), {"instructions.distinct": {
+        "fields": ["distinct", "distinct_ratio"], "method": "hyperloglog", "registers": sketches.HLL_M,
+        "std_error": sketches.HLL_STD_ERROR, "why": f"more than {EXACT_DISTINCT_MAX:,} distinct texts"}}
