@@ -177,4 +177,4 @@ def hll_estimate(reg: np.ndarray) -> int:
     zeros = int(np.count_nonzero(reg == 0))
     if est <= 2.5 * m and zeros:
         est = m * math.log(m / zeros)  # linear counting for the small range
-    return int(round(est))
+    return round(est)

@@ -25,7 +25,9 @@ import os
 import pickle
 from typing import Any
 
-from acedata import runtime, shards, sketches, stats_partial, storage
+import polars as pl
+
+from acedata import runtime, shards, sketches, stats_partial
 from acedata.errors import UserError
 from acedata.run_tables import (  # noqa: F401 - re-exported: the run's tables and funnel
     LCU_TABLES,
@@ -35,7 +37,7 @@ from acedata.run_tables import (  # noqa: F401 - re-exported: the run's tables a
     run_tables,
     stage_summaries,
 )
-from acedata.stats_partial import EXACT_DISTINCT_MAX, EXACT_SCORE_VALUES, parse_where  # noqa: F401
+from acedata.stats_partial import EXACT_DISTINCT_MAX, EXACT_SCORE_VALUES, parse_where
 from acedata.stats_render import render, table  # noqa: F401 - re-exported
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -69,7 +71,7 @@ def compute(
     by = by or ["task", "subtask"]
     result: dict[str, Any] = {"dataset": path, "tables": ds.tables, "where": where or [], "by": by}
     if ds.files:
-        schema = storage.scan_parquet(ds.files[:1]).collect_schema()  # a footer, no rows
+        schema = pl.DataFrame(shards.open_parquet(ds.files[0]).schema_arrow.empty_table()).schema  # a footer
         for col in by:
             if col not in schema:
                 raise UserError(f"--by {col!r}: no such column; try task, subtask, num_turns, instruction_method")

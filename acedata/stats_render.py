@@ -37,11 +37,21 @@ def render(res: dict[str, Any]) -> str:
                       ["", *qs])]
         out += ["  aspect bins: " + ", ".join(f"{b['bin']} {b['count']:,}" for b in res["aspect"]["bins"] if b["count"])]
         i = res["instructions"]
-        out += ["", f"instructions: {i['distinct']:,} distinct ({i['distinct_ratio'] * 100:.1f}% of rows)",
+        approx = res.get("approximate", {})
+        hll = approx.get("instructions.distinct")
+        distinct = (f"~{i['distinct']:,} distinct ({i['distinct_ratio'] * 100:.1f}% of rows; approximate: "
+                    f"HyperLogLog, {hll['std_error'] * 100:.2g}% standard error)") if hll else \
+            f"{i['distinct']:,} distinct ({i['distinct_ratio'] * 100:.1f}% of rows)"
+        out += ["", f"instructions: {distinct}",
                 table([{"": "chars", **i["chars"]}], ["", *qs]),
                 "  methods: " + ", ".join(f"{m['instruction_method']} {m['count']:,}" for m in i["methods"])]
         if res["scores"]:
             out += ["", "scores:", table(res["scores"], ["name", "count", "mean", "min", "p5", "p50", "p95", "max"])]
+            sketched = [k.split(".", 1)[1] for k in approx if k.startswith("scores.")]
+            if sketched:
+                err = approx[f"scores.{sketched[0]}"]["relative_error"]
+                out += [(f"  approximate: p5, p50, p95 of {', '.join(sketched)} (log buckets, within "
+                         f"{err * 100:.2g}% relative; count, mean, min and max are exact)")]
     f = res.get("funnel")
     if f:
         out += ["", f"funnel of run {f['run']}:", table(f["steps"], ["step", "count"])]
