@@ -218,7 +218,7 @@ def summarise(p: dict[str, Any], by: list[str], histograms: bool) -> dict[str, A
     _, aspect_stats = _float_stats(aspect)
     mp_items, mp_stats = _float_stats(mp)
     chars_items, chars_stats = _int_stats(p["chars"])
-    distinct, approximate = _distinct(p["distinct"])
+    distinct, approximate = _distinct(stats_partial.compact_distinct(p["distinct"]))
     scores, score_items = [], {}
     for name in sorted(p["scores"], key=_nk):
         s = p["scores"][name]

@@ -155,11 +155,27 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _merge_distinct(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    if "hashes" in a and "hashes" in b:
-        union = np.union1d(a["hashes"], b["hashes"])
-        return {"hashes": union} if len(union) <= EXACT_DISTINCT_MAX else {"hll": sketches.hll_registers(union)}
-    regs = [d["hll"] if "hll" in d else sketches.hll_registers(d["hashes"]) for d in (a, b)]
-    return {"hll": np.maximum(regs[0], regs[1])}
+    """Hash sets are unioned lazily: arrays wait in `pending` until they hold more than
+    EXACT_DISTINCT_MAX hashes (one union per that many, not one per partial)."""
+    if "hll" in a or "hll" in b:
+        return {"hll": np.maximum(_registers(a), _registers(b))}
+    pending = [*a.get("pending", []), b["hashes"], *b.get("pending", [])]
+    out = {"hashes": a["hashes"], "pending": pending}
+    return compact_distinct(out) if sum(len(h) for h in pending) > EXACT_DISTINCT_MAX else out
+
+
+def _registers(d: dict[str, Any]) -> np.ndarray:
+    if "hll" in d:
+        return d["hll"]
+    return sketches.hll_registers(np.concatenate([d["hashes"], *d.get("pending", [])]))  # repeats do not count
+
+
+def compact_distinct(d: dict[str, Any]) -> dict[str, Any]:
+    """{"hashes": the sorted union} while it holds at most EXACT_DISTINCT_MAX, else {"hll": registers}."""
+    if "hll" in d or not d.get("pending"):
+        return d
+    union = np.unique(np.concatenate([d["hashes"], *d["pending"]]))
+    return {"hashes": union} if len(union) <= EXACT_DISTINCT_MAX else {"hll": sketches.hll_registers(union)}
 
 
 def _merge_score(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
