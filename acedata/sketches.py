@@ -18,7 +18,6 @@ not depend on how rows were split into partials or in which order partials arriv
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
@@ -143,9 +142,10 @@ HLL_STD_ERROR = round(1.04 / math.sqrt(HLL_M), 4)
 _NULL_HASH = 0  # a null text counts as one more distinct value, as polars' n_unique counts it
 
 
-def text_hashes(texts: Iterable[str | None]) -> np.ndarray:
+def text_hashes(texts: list[str | None]) -> np.ndarray:
     """Sorted unique xxh3-64 hashes of texts (stable across processes and machines)."""
-    h = np.fromiter((_NULL_HASH if t is None else xxhash.xxh3_64_intdigest(t.encode()) for t in texts), np.uint64)
+    f = xxhash.xxh3_64_intdigest
+    h = np.fromiter((_NULL_HASH if t is None else f(t.encode()) for t in texts), np.uint64, len(texts))
     return np.unique(h)
 
 

@@ -98,7 +98,7 @@ def partial_of(files: list[str], by: list[str], where: list[str]) -> dict[str, A
             return {r[0]: int(r[1]) for r in df.iter_rows()}
         return {tuple(r[:key_cols]): int(r[key_cols]) for r in df.iter_rows()}
 
-    hashes = sketches.text_hashes(got["texts"].to_series())
+    hashes = sketches.text_hashes(got["texts"].to_series().to_list())
     distinct = ({"hashes": hashes} if len(hashes) <= EXACT_DISTINCT_MAX
                 else {"hll": sketches.hll_registers(hashes)})
     return {
