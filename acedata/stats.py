@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from acedata import runtime, shards, sketches, stats_partial
+from acedata import runtime, shards, sketches, stats_partial, storage
 from acedata.errors import UserError
 from acedata.run_tables import (  # noqa: F401 - re-exported: the run's tables and funnel
     LCU_TABLES,
@@ -48,8 +48,10 @@ ASPECT_LABELS = ["<1:2", "1:2-2:3", "2:3-4:5", "4:5-1:1", "~1:1", "1:1-5:4", "5:
 HIST_BINS = 20
 # executor="auto": Ray above this many rows (or when an address is given), else in-process.
 AUTO_RAY_ROWS = 20_000_000
-# On Ray, shards are grouped into about this many partials (one task each).
-RAY_PARTIALS = 256
+# Consecutive shards are grouped into partials of about this many rows (a shard is never split):
+# in-process a partial's columns are what the driver holds; on Ray each partial is one task.
+LOCAL_PARTIAL_ROWS = 100_000
+RAY_PARTIAL_ROWS = 1_000_000
 
 
 def compute(
@@ -64,8 +66,9 @@ def compute(
 ) -> dict[str, Any]:
     """Every statistic `acedata stats` prints, as a JSON-ready dict.
 
-    `executor`: "local" (in-process, one shard per partial), "ray" (one task per group of
-    `files_per_partial` shards) or "auto" (Ray above `AUTO_RAY_ROWS` rows or with an address).
+    `executor`: "local" (in-process), "ray" (one task per partial) or "auto" (Ray above
+    `AUTO_RAY_ROWS` rows or with an address). Partials group consecutive shards by rows
+    (`LOCAL_PARTIAL_ROWS`, `RAY_PARTIAL_ROWS`), or `files_per_partial` shards each when given.
     """
     ds = resolve_dataset(path)
     by = by or ["task", "subtask"]
@@ -78,7 +81,10 @@ def compute(
         parse_where(where or [], schema)  # user errors here, before any partial runs
         if executor == "auto":
             executor = _auto_executor(ds, address)
-        merged = run_partials(ds.files, by, where or [], executor, address, files_per_partial)
+        groups = ([ds.files[i:i + files_per_partial] for i in range(0, len(ds.files), files_per_partial)]
+                  if files_per_partial else
+                  _groups(ds, LOCAL_PARTIAL_ROWS if executor == "local" else RAY_PARTIAL_ROWS))
+        merged = run_partials(groups, by, where or [], executor, address)
         result.update(summarise(merged, by, histograms))
     else:
         result["rows"] = 0
@@ -102,11 +108,31 @@ def _partial_task(payload: dict[str, Any]) -> bytes:
     return pickle.dumps(stats_partial.partial_of(payload["files"], payload["by"], payload["where"]))
 
 
-def run_partials(files: list[str], by: list[str], where: list[str], executor: str = "local",
-                 address: str | None = None, files_per_partial: int | None = None) -> dict[str, Any]:
-    """The merged partial aggregate of `files`; partials are folded in as they arrive (any order)."""
-    per = files_per_partial or (1 if executor == "local" else max(1, math.ceil(len(files) / RAY_PARTIALS)))
-    payloads = [{"files": files[i:i + per], "by": by, "where": where} for i in range(0, len(files), per)]
+def _groups(ds: Dataset, rows: int) -> list[list[str]]:
+    """Consecutive shards, about `rows` rows a group, by the tables' manifests (a shard without a
+    manifest entry is a group of its own)."""
+    known: dict[str, int] = {}
+    for t in ds.tables:
+        manifest = shards.read_manifest(t) if not storage.is_file(t) else None
+        if manifest is not None:
+            known.update(zip(shards.list_shards(t), (int(s["rows"]) for s in manifest["shards"])))
+    out: list[list[str]] = []
+    held = rows
+    for f in ds.files:
+        n = known.get(f, rows)
+        if out and held + n <= rows:
+            out[-1].append(f)
+            held += n
+        else:
+            out.append([f])
+            held = n
+    return out
+
+
+def run_partials(groups: list[list[str]], by: list[str], where: list[str], executor: str = "local",
+                 address: str | None = None) -> dict[str, Any]:
+    """The merged partial aggregate of each group of shards; partials are folded in as they arrive."""
+    payloads = [{"files": files, "by": by, "where": where} for files in groups]
     if executor == "ray":
         runtime.init_ray(address)
     merged = stats_partial.empty()

@@ -79,6 +79,10 @@ def partial_of(files: list[str], by: list[str], where: list[str]) -> dict[str, A
     cond = parse_where(where, lf.collect_schema())
     if cond is not None:
         lf = lf.filter(cond)
+    # One decode of the columns the queries need (a partial's rows, not the table's), then the
+    # queries over memory: eight scans of the same file cost more than the rows they hold.
+    cols = list(dict.fromkeys([*by, "num_turns", "width", "height", "instruction", "instruction_method", "scores"]))
+    lf = lf.select(cols).collect().lazy()
     scores = (lf.select(pl.col("scores")).explode("scores").select(pl.col("scores").struct.unnest())
               .drop_nulls("name"))
     queries = {
@@ -131,7 +135,7 @@ def _score_partial(df: pl.DataFrame) -> dict[str, Any]:
         "exact": None, "buckets": None,
     }
     if len(fv) <= EXACT_SCORE_VALUES:
-        out["exact"] = {float(v): int(c) for v, c in zip(fv, fc)}
+        out["exact"] = dict(zip(fv.tolist(), fc.tolist()))
     else:
         out["buckets"] = sketches.counts_by_key(sketches.bucket_keys(fv), fc)
     return out
