@@ -50,7 +50,7 @@ HIST_BINS = 20
 AUTO_RAY_ROWS = 20_000_000
 # Consecutive shards are grouped into partials of about this many rows (a shard is never split):
 # in-process a partial's columns are what the driver holds; on Ray each partial is one task.
-LOCAL_PARTIAL_ROWS = 100_000
+LOCAL_PARTIAL_ROWS = 25_000
 RAY_PARTIAL_ROWS = 1_000_000
 
 
