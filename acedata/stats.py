@@ -3,10 +3,12 @@
 No query here reads an image column, so the cost scales with metadata (task, sizes, instruction
 text, scores), not with image bytes. Each group of LCU shards becomes a partial aggregate
 (`acedata.stats_partial`: counts keyed by small-domain values and mergeable sketches), computed
-in-process one shard at a time (`executor="local"`) or by one Ray task per group of shards
-(`executor="ray"`, through `runtime.map_payloads`); the driver merges them and reads every answer
-off the merged counts. Its memory grows with the number of shards and distinct small-domain
-values (sizes, lengths, groups), never with rows; the answer is the same for any grouping.
+in-process one group at a time (`executor="local"`, groups of about `LOCAL_PARTIAL_ROWS` rows) or
+by one Ray task per group (`executor="ray"`, through `runtime.map_payloads`); the driver merges
+them and reads every answer off the merged counts. Its memory grows with the number of shards
+and distinct small-domain values (sizes, lengths, groups), never with rows (in-process it also
+holds one group's columns, or one shard's when a shard is larger); the answer is the same for any
+grouping.
 
 Exact: counts and shares, min/max/mean, the quantiles of width, height, aspect, megapixels and
 instruction length (polars' `interpolation="nearest"`), their histograms, score counts, min, max

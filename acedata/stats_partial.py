@@ -121,7 +121,7 @@ def _score_partial(df: pl.DataFrame) -> dict[str, Any]:
     """One score name's (value, count) rows -> count, min/max, exact sum, value map or buckets."""
     nulls = int(df.filter(pl.col("value").is_null())["_count"].sum())
     df = df.filter(pl.col("value").is_not_null())
-    vals = df["value"].to_numpy().astype(np.float64)
+    vals = df["value"].to_numpy().astype(np.float64) + 0.0  # -0.0 -> 0.0: one key, whatever the order
     cnts = df["_count"].to_numpy().astype(np.int64)
     finite = np.isfinite(vals)
     seen = vals[~np.isnan(vals)]
