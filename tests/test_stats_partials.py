@@ -15,6 +15,7 @@ from driver_reads import DriverReads
 from test_stats import make_rows
 
 from acedata import shards, sketches, stats, stats_partial, storage
+from acedata.cli import main
 from acedata.schemas import schema_for
 
 
@@ -95,11 +96,20 @@ def _runs(d: str, ray: bool, **kw) -> list[str]:
     return [json.dumps(o, sort_keys=True) for o in outs]
 
 
-def test_same_answer_for_any_partials(lcu, ray_local):
+def stats_json_of(d: str) -> str:
+    return json.dumps(stats.compute(d, with_funnel=False, histograms=False), default=str)
+
+
+def test_same_answer_for_any_partials(lcu, ray_local, capsys):
     d, _ = lcu
     for kw in ({}, {"where": ["task=repainting,controllable", "num_turns>=2"], "by": ["task", "num_turns"]}):
         outs = _runs(d, ray=True, **kw)
         assert all(o == outs[0] for o in outs[1:]), kw
+    # the command on either executor
+    for executor in ("local", "ray"):
+        assert main(["stats", d, "--json", "--no-funnel", "--executor", executor]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert got == json.loads(stats_json_of(d)), executor
     # partials folded in another order: the same merged answer
     files = shards.list_shards(d)
     parts = [stats_partial.partial_of([f], ["task"], []) for f in files]
