@@ -83,7 +83,8 @@ def compute(
         parse_where(where or [], schema)  # user errors here, before any partial runs
         if executor == "auto":
             executor = _auto_executor(ds, address)
-        groups = ([ds.files[i:i + files_per_partial] for i in range(0, len(ds.files), files_per_partial)]
+        groups = ([[{"file": f} for f in ds.files[i:i + files_per_partial]]
+                   for i in range(0, len(ds.files), files_per_partial)]
                   if files_per_partial else
                   _groups(ds, LOCAL_PARTIAL_ROWS if executor == "local" else RAY_PARTIAL_ROWS))
         merged = run_partials(groups, by, where or [], executor, address)
@@ -106,35 +107,57 @@ def _auto_executor(ds: Dataset, address: str | None) -> str:
 
 
 def _partial_task(payload: dict[str, Any]) -> bytes:
-    """A unit of work (on a worker): one group of shards -> its pickled partial aggregate."""
-    return pickle.dumps(stats_partial.partial_of(payload["files"], payload["by"], payload["where"]))
+    """A unit of work (on a worker): one group of pieces -> its pickled partial aggregate."""
+    return pickle.dumps(stats_partial.partial_of(payload["pieces"], payload["by"], payload["where"]))
 
 
-def _groups(ds: Dataset, rows: int) -> list[list[str]]:
-    """Consecutive shards, about `rows` rows a group, by the tables' manifests (a shard without a
-    manifest entry is a group of its own)."""
+def _groups(ds: Dataset, rows: int) -> list[list[dict[str, Any]]]:
+    """Consecutive pieces of about `rows` rows a group: whole shards, and the row-group ranges of a
+    shard larger than that (its footer read here; rows from the manifests otherwise)."""
     known: dict[str, int] = {}
     for t in ds.tables:
         manifest = shards.read_manifest(t) if not storage.is_file(t) else None
         if manifest is not None:
             known.update(zip(shards.list_shards(t), (int(s["rows"]) for s in manifest["shards"])))
-    out: list[list[str]] = []
+    out: list[list[dict[str, Any]]] = []
     held = rows
     for f in ds.files:
-        n = known.get(f, rows)
-        if out and held + n <= rows:
-            out[-1].append(f)
-            held += n
+        n = known.get(f)
+        if n is not None and n <= rows:
+            pieces = [({"file": f}, n)]
         else:
-            out.append([f])
-            held = n
+            pieces = _split(f, rows)
+        for piece, k in pieces:
+            if out and held + k <= rows:
+                out[-1].append(piece)
+                held += k
+            else:
+                out.append([piece])
+                held = k
     return out
 
 
-def run_partials(groups: list[list[str]], by: list[str], where: list[str], executor: str = "local",
+def _split(file: str, rows: int) -> list[tuple[dict[str, Any], int]]:
+    """A shard as ranges of consecutive row groups of about `rows` rows (a footer read)."""
+    md = shards.open_parquet(file).metadata
+    sizes = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    if sum(sizes) <= rows:
+        return [({"file": file}, sum(sizes))]
+    out: list[tuple[dict[str, Any], int]] = []
+    first, held = 0, 0
+    for i, k in enumerate(sizes):
+        if held and held + k > rows:
+            out.append(({"file": file, "row_groups": [first, i]}, held))
+            first, held = i, 0
+        held += k
+    out.append(({"file": file, "row_groups": [first, len(sizes)]}, held))
+    return out
+
+
+def run_partials(groups: list[list[dict[str, Any]]], by: list[str], where: list[str], executor: str = "local",
                  address: str | None = None) -> dict[str, Any]:
-    """The merged partial aggregate of each group of shards; partials are folded in as they arrive."""
-    payloads = [{"files": files, "by": by, "where": where} for files in groups]
+    """The merged partial aggregate of each group of pieces; partials are folded in as they arrive."""
+    payloads = [{"pieces": pieces, "by": by, "where": where} for pieces in groups]
     if executor == "ray":
         runtime.init_ray(address)
     merged = stats_partial.empty()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from acedata import sketches, storage
+from acedata import shards, sketches, storage
 from acedata.errors import UserError
 
 EXACT_DISTINCT_MAX = 1 << 17  # instruction hashes kept exactly up to this many (1 MiB)
@@ -73,16 +73,29 @@ def empty() -> dict[str, Any]:
             "distinct": {"hashes": np.zeros(0, np.uint64)}, "scores": {}}
 
 
-def partial_of(files: list[str], by: list[str], where: list[str]) -> dict[str, Any]:
-    """The partial aggregate of the rows of `files` that pass `where`."""
-    lf = storage.scan_parquet(files)
-    cond = parse_where(where, lf.collect_schema())
+def _rows_of(pieces: list[dict[str, Any]], by: list[str], where: list[str]) -> pl.LazyFrame:
+    """The needed columns of a partial's rows that pass `where`, decoded once into memory (eight
+    scans of the same file cost more than the rows they hold). A piece is a whole shard
+    ({"file"}) or a range of its row groups ({"file", "row_groups": [first, end)}), read through
+    `storage`/`shards` either way."""
+    cols = list(dict.fromkeys([*by, "num_turns", "width", "height", "instruction", "instruction_method", "scores"]))
+    whole = [p["file"] for p in pieces if "row_groups" not in p]
+    frames = [storage.scan_parquet(whole)] if whole else []
+    parts = [(shards.open_parquet(p["file"]), p["row_groups"]) for p in pieces if "row_groups" in p]
+    schema = frames[0].collect_schema() if frames else pl.DataFrame(parts[0][0].schema_arrow.empty_table()).schema
+    cond = parse_where(where, schema)
+    needed = list(dict.fromkeys([*cols, *(cond.meta.root_names() if cond is not None else [])]))
+    frames = [f.select(needed) for f in frames]
+    frames += [pl.from_arrow(pf.read_row_groups(list(range(*rg)), columns=needed)).lazy() for pf, rg in parts]
+    lf = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
     if cond is not None:
         lf = lf.filter(cond)
-    # One decode of the columns the queries need (a partial's rows, not the table's), then the
-    # queries over memory: eight scans of the same file cost more than the rows they hold.
-    cols = list(dict.fromkeys([*by, "num_turns", "width", "height", "instruction", "instruction_method", "scores"]))
-    lf = lf.select(cols).collect().lazy()
+    return lf.select(cols).collect().lazy()
+
+
+def partial_of(pieces: list[dict[str, Any]], by: list[str], where: list[str]) -> dict[str, Any]:
+    """The partial aggregate of the rows of `pieces` (shards or row-group ranges) that pass `where`."""
+    lf = _rows_of(pieces, by, where)
     scores = (lf.select(pl.col("scores")).explode("scores").select(pl.col("scores").struct.unnest())
               .drop_nulls("name"))
     queries = {

@@ -112,11 +112,11 @@ def test_same_answer_for_any_partials(lcu, ray_local, capsys):
         assert got == json.loads(stats_json_of(d)), executor
     # partials folded in another order: the same merged answer
     files = shards.list_shards(d)
-    parts = [stats_partial.partial_of([f], ["task"], []) for f in files]
+    parts = [stats_partial.partial_of([{"file": f}], ["task"], []) for f in files]
     a, b = stats_partial.empty(), stats_partial.empty()
     for p in parts:
         a = stats_partial.merge(a, p)
-    parts = [stats_partial.partial_of([f], ["task"], []) for f in reversed(files)]
+    parts = [stats_partial.partial_of([{"file": f}], ["task"], []) for f in reversed(files)]
     for p in parts:
         b = stats_partial.merge(b, p)
     assert json.dumps(stats.summarise(a, ["task"], True)) == json.dumps(stats.summarise(b, ["task"], True))
@@ -202,3 +202,24 @@ def test_s3(lcu, s3_server):
         got = stats.compute(uri, with_funnel=False, executor="local", files_per_partial=per)
         assert {k: v for k, v in got.items() if k not in ("dataset", "tables")} == \
             {k: v for k, v in want.items() if k not in ("dataset", "tables")}, per
+
+
+def test_large_shards_split_by_row_groups(lcu, tmp_path, monkeypatch):
+    """Shards larger than a partial are read as ranges of row groups (a plain folder: footers give
+    the sizes); the answer is the one of whole shards, `--where` on a column no query reads included."""
+    d, rows = lcu
+    schema = schema_for("lcu")
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    half = len(rows) // 2
+    for k, part in enumerate((rows[:half], rows[half:])):
+        pq.write_table(pa.Table.from_pylist(part, schema), str(folder / f"part-{k}.parquet"), row_group_size=100)
+    monkeypatch.setattr(stats, "LOCAL_PARTIAL_ROWS", 250)
+    groups = stats._groups(stats.resolve_dataset(str(folder)), 250)
+    assert len(groups) == 10 and all("row_groups" in p for g in groups for p in g)  # 2 row groups each
+    for where in ([], ["sample_id!=s7,s8"]):
+        got = stats.compute(str(folder), with_funnel=False, where=where)
+        want = stats.compute(d, with_funnel=False, where=where, files_per_partial=100)
+        assert {k: v for k, v in got.items() if k not in ("dataset", "tables")} == \
+            {k: v for k, v in want.items() if k not in ("dataset", "tables")}
+    assert got["rows"] == len(rows) - 2
