@@ -145,12 +145,12 @@ def _split(file: str, rows: int) -> list[tuple[dict[str, Any], int]]:
         return [({"file": file}, sum(sizes))]
     out: list[tuple[dict[str, Any], int]] = []
     first, held = 0, 0
-    for i, k in enumerate(sizes):
+    for k in sizes:
         if held and held + k > rows:
-            out.append(({"file": file, "row_groups": [first, i]}, held))
-            first, held = i, 0
+            out.append(({"file": file, "rows": [first, held]}, held))
+            first, held = first + held, 0
         held += k
-    out.append(({"file": file, "row_groups": [first, len(sizes)]}, held))
+    out.append(({"file": file, "rows": [first, held]}, held))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from acedata import shards, sketches, storage
+from acedata import sketches, storage
 from acedata.errors import UserError
 
 EXACT_DISTINCT_MAX = 1 << 17  # instruction hashes kept exactly up to this many (1 MiB)
@@ -76,17 +76,13 @@ def empty() -> dict[str, Any]:
 def _rows_of(pieces: list[dict[str, Any]], by: list[str], where: list[str]) -> pl.LazyFrame:
     """The needed columns of a partial's rows that pass `where`, decoded once into memory (eight
     scans of the same file cost more than the rows they hold). A piece is a whole shard
-    ({"file"}) or a range of its row groups ({"file", "row_groups": [first, end)}), read through
-    `storage`/`shards` either way."""
+    ({"file"}) or the rows of a range of its row groups ({"file", "rows": [offset, length]}: the
+    slice reaches the Parquet reader, which decodes only those row groups)."""
     cols = list(dict.fromkeys([*by, "num_turns", "width", "height", "instruction", "instruction_method", "scores"]))
-    whole = [p["file"] for p in pieces if "row_groups" not in p]
+    whole = [p["file"] for p in pieces if "rows" not in p]
     frames = [storage.scan_parquet(whole)] if whole else []
-    parts = [(shards.open_parquet(p["file"]), p["row_groups"]) for p in pieces if "row_groups" in p]
-    schema = frames[0].collect_schema() if frames else pl.DataFrame(parts[0][0].schema_arrow.empty_table()).schema
-    cond = parse_where(where, schema)
-    needed = list(dict.fromkeys([*cols, *(cond.meta.root_names() if cond is not None else [])]))
-    frames = [f.select(needed) for f in frames]
-    frames += [pl.from_arrow(pf.read_row_groups(list(range(*rg)), columns=needed)).lazy() for pf, rg in parts]
+    frames += [storage.scan_parquet([p["file"]]).slice(*p["rows"]) for p in pieces if "rows" in p]
+    cond = parse_where(where, frames[0].collect_schema())
     lf = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
     if cond is not None:
         lf = lf.filter(cond)
@@ -191,7 +187,7 @@ def compact_distinct(d: dict[str, Any]) -> dict[str, Any]:
     """{"hashes": the sorted union} while it holds at most EXACT_DISTINCT_MAX, else {"hll": registers}."""
     if "hll" in d or not d.get("pending"):
         return d
-    union = np.unique(np.concatenate([d["hashes"], *d["pending"]]))
+    union = sketches.sorted_unique(np.concatenate([d["hashes"], *d["pending"]]))
     return {"hashes": union} if len(union) <= EXACT_DISTINCT_MAX else {"hll": sketches.hll_registers(union)}
 
 

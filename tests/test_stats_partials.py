@@ -216,7 +216,7 @@ def test_large_shards_split_by_row_groups(lcu, tmp_path, monkeypatch):
         pq.write_table(pa.Table.from_pylist(part, schema), str(folder / f"part-{k}.parquet"), row_group_size=100)
     monkeypatch.setattr(stats, "LOCAL_PARTIAL_ROWS", 250)
     groups = stats._groups(stats.resolve_dataset(str(folder)), 250)
-    assert len(groups) == 10 and all("row_groups" in p for g in groups for p in g)  # 2 row groups each
+    assert len(groups) == 10 and all("rows" in p for g in groups for p in g)  # 2 row groups each
     for where in ([], ["sample_id!=s7,s8"]):
         got = stats.compute(str(folder), with_funnel=False, where=where)
         want = stats.compute(d, with_funnel=False, where=where, files_per_partial=100)
