@@ -1,6 +1,7 @@
 """Where a run's tables are: the tables of a run directory (from `_run.json` and the stage
 folders), its stages' summaries, the LCU dataset behind a path, and the run's funnel from
-inputs to LCU rows. Reads manifests and markers only, never image bytes."""
+inputs to LCU rows. Reads manifests, markers and metadata columns shard by shard, never image
+bytes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-import polars as pl
-
-from acedata import shards, storage
+from acedata import funnel_counts, shards, storage
 from acedata.errors import UserError
 from acedata.storage import join
 
@@ -102,12 +101,11 @@ def _rows(paths: list[str]) -> int:
     return sum(shards.count_rows(p) for p in paths)
 
 
-def _files(paths: list[str]) -> list[str]:
-    return [f for p in paths for f in shards.list_shards(p)]
+def funnel(run_dir: str, executor: str = "local", address: str | None = None) -> dict[str, Any]:
+    """inputs -> quarantined by reason -> embedded -> clustered -> paired -> synthesized -> labelled -> LCU.
 
-
-def funnel(run_dir: str) -> dict[str, Any]:
-    """inputs -> quarantined by reason -> embedded -> clustered -> paired -> synthesized -> labelled -> LCU."""
+    Counts come from stage summaries, manifests and per-shard partials (`acedata.funnel_counts`,
+    in-process or one Ray task per shard with `executor="ray"`): the driver never holds rows."""
     tables = run_tables(run_dir)
     summaries = stage_summaries(run_dir)
     ingest = [s for s in summaries if s.get("stage") == "ingest"]
@@ -116,39 +114,21 @@ def funnel(run_dir: str) -> dict[str, Any]:
         steps.append({"step": "inputs", "count": sum(int(s["counts"].get("inputs", 0)) for s in ingest)})
         steps.append({"step": "ingested", "count": sum(int(s["counts"].get("images", 0)) for s in ingest)})
         steps.append({"step": "duplicates", "count": sum(int(s["counts"].get("duplicates", 0)) for s in ingest)})
-    quarantined: list[dict[str, Any]] = []
-    q_files = _files(tables.get("quarantine", []))
-    if q_files:
-        df = (storage.scan_parquet(q_files).group_by("stage", "reason").len("count")
-              .sort(["stage", "count"], descending=[False, True]).collect())
-        quarantined = df.to_dicts()
+    got = funnel_counts.table_counts(tables, summaries, executor, address)
+    quarantined = got["quarantined"]
     steps.append({"step": "quarantined", "count": sum(q["count"] for q in quarantined)})
     steps.append({"step": "embedded", "count": _rows(tables.get("embeddings", []))})
     steps.append({"step": "clustered", "count": _rows(tables.get("clusters", []))})
-    pair_files = _files(tables.get("pairs", []))
-    mined = synth = 0
-    if pair_files:
-        row = (storage.scan_parquet(pair_files).select(
-            (pl.col("task") == "natural_edit").sum().alias("mined"), (pl.col("task") != "natural_edit").sum().alias("synth")
-        ).collect().row(0, named=True))
-        mined, synth = int(row["mined"]), int(row["synth"])
-    steps.append({"step": "paired", "count": mined})
-    steps.append({"step": "synthesized", "count": synth})
-    instr_files = _files(tables.get("instructions", []))
-    labelled = captions = 0
-    if instr_files:
-        row = (storage.scan_parquet(instr_files).select(pl.col("pair_id")).unique().select(
-            (~pl.col("pair_id").str.starts_with("t2i:")).sum().alias("labelled"),
-            pl.col("pair_id").str.starts_with("t2i:").sum().alias("captions"),
-        ).collect().row(0, named=True))
-        labelled, captions = int(row["labelled"]), int(row["captions"])
-    steps.append({"step": "labelled", "count": labelled})
-    steps.append({"step": "captioned", "count": captions})
+    steps.append({"step": "paired", "count": got["mined"]})
+    steps.append({"step": "synthesized", "count": got["synth"]})
+    steps.append({"step": "labelled", "count": got["labelled"]})
+    steps.append({"step": "captioned", "count": got["captioned"]})
     steps.append({"step": "lcu_rows", "count": sum(_rows(tables.get(t, [])) for t in LCU_TABLES)})
     return {
         "run": run_dir,
         "steps": steps,
         "quarantined": quarantined,
+        "approximate": got["approximate"],  # step -> how it was estimated (HyperLogLog), when not exact
         "stages": [{"name": s["name"], "stage": s.get("stage"), "counts": s.get("counts", {}),
                     "seconds": s.get("seconds")} for s in summaries],
     }

@@ -92,7 +92,7 @@ def compute(
     else:
         result["rows"] = 0
     if with_funnel and ds.run_dir is not None:
-        result["funnel"] = funnel(ds.run_dir)
+        result["funnel"] = funnel(ds.run_dir, executor if executor in ("local", "ray") else "local", address)
     return result
 
 

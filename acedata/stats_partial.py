@@ -162,12 +162,12 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {
         "rows": a["rows"] + b["rows"],
         **{k: add(a[k], b[k]) for k in ("groups", "turns", "sizes", "chars", "methods")},
-        "distinct": _merge_distinct(a["distinct"], b["distinct"]),
+        "distinct": merge_distinct(a["distinct"], b["distinct"]),
         "scores": scores,
     }
 
 
-def _merge_distinct(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def merge_distinct(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Hash sets are unioned lazily: arrays wait in `pending` until they hold more than
     EXACT_DISTINCT_MAX hashes (one union per that many, not one per partial)."""
     if "hll" in a or "hll" in b:

@@ -55,6 +55,10 @@ def render(res: dict[str, Any]) -> str:
     f = res.get("funnel")
     if f:
         out += ["", f"funnel of run {f['run']}:", table(f["steps"], ["step", "count"])]
+        approx = f.get("approximate") or {}
+        if approx:
+            err = next(iter(approx.values()))["std_error"]
+            out += [f"  approximate: {', '.join(approx)} (HyperLogLog of pair ids, {err * 100:.2g}% standard error)"]
         if f["quarantined"]:
             out += ["  quarantined by reason:", table(f["quarantined"], ["stage", "reason", "count"])]
     return "\n".join(out)
