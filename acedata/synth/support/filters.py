@@ -21,7 +21,7 @@ from acedata.codecs import is_binary
 from acedata.config import Strict
 from acedata.synth.base import Draft, Img
 from acedata.synth.support.definitions import verify
-from acedata.synth.support.pixels import channel_max, mean_std
+from acedata.synth.support.pixels import count_over, mean_std, over
 
 ALIGNED_TASKS = {"low_level", "controllable", "repainting", "element_editing", "semantic_editing", "layer_editing"}
 MASKED_TASKS = {"repainting", "element_editing"}  # the mask must cover every changed pixel
@@ -218,7 +218,7 @@ def pixel_metrics(src: Img | np.ndarray, tgt: Img | np.ndarray, tol: int, cache:
     b = _features(tgt, size, cache)
     diff = cv2.absdiff(a.rgb, b.rgb)
     win = min(7, min(a.gray.shape) // 2 * 2 - 1)
-    changed = cv2.countNonZero((channel_max(diff) > tol).view(np.uint8)) / (diff.shape[0] * diff.shape[1])
+    changed = count_over(diff, tol) / (diff.shape[0] * diff.shape[1])
     return {"changed": float(changed), "l1": float(mean_std(diff)[0].mean() / 255.0),
             "ssim": _ssim(a, b, win), "edge_corr": _edge_corr(a, b)}
 
@@ -254,8 +254,9 @@ def check(draft: Draft, cfg: FilterConfig | None = None, cache: dict | None = No
             return Verdict(False, "empty_mask", "mask selects no pixel", scores)
         if draft.task in MASKED_TASKS:
             grown = cv2.dilate(m, np.ones((3, 3), np.uint8))
-            changed = channel_max(cv2.absdiff(src, tgt)) > cfg.pixel_tol
-            leak = float(np.count_nonzero(changed & (grown == 0)) / m.size)
+            changed = over(cv2.absdiff(src, tgt), cfg.pixel_tol)
+            # changed pixels where the grown mask (0/255: the mask is binary) is 0
+            leak = float(cv2.countNonZero(cv2.bitwise_and(changed, cv2.bitwise_not(grown))) / m.size)
             scores["mask_leak"] = leak
             if leak > cfg.mask_leak_max:
                 return Verdict(False, "mask_misaligned", f"{leak:.4f} of pixels changed outside the mask", scores)
