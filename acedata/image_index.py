@@ -41,6 +41,7 @@ from acedata import shards
 from acedata.errors import UserError
 from acedata.image_index_build import ensure_index, parts_dir  # noqa: F401 - re-exported
 from acedata.image_index_files import (  # noqa: F401 - re-exported: the index's public names stay here
+    INDEX_COLUMNS,
     INDEX_DIR,
     PART_SCHEMA,
     PARTS_META,
@@ -49,6 +50,7 @@ from acedata.image_index_files import (  # noqa: F401 - re-exported: the index's
     _read_index,
     build_shard_index,
     index_name,
+    index_rows,
     is_image_table,
     parts_name,
 )

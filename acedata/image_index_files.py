@@ -62,7 +62,7 @@ MAP_SCHEMA = pa.schema([*PART_SCHEMA.remove(PART_SCHEMA.get_field_index("dropped
 DUP_SCHEMA = pa.schema([pa.field("source_uri", pa.string()), pa.field("image_id", pa.string()),
                         pa.field("unit", pa.string()), pa.field("part", pa.int32()), pa.field("row", pa.int64())])
 SORT_KEYS = [("image_id", "ascending"), ("shard", "ascending"), ("row_group", "ascending"), ("row", "ascending")]
-_META_COLUMNS = ("image_id", "width", "height", "kind", "source_uri")
+INDEX_COLUMNS = _META_COLUMNS = ("image_id", "width", "height", "kind", "source_uri")
 _KEY_COLUMNS = ("source_uri", "image_id")
 
 
@@ -188,11 +188,16 @@ def build_shard_index(pf: pq.ParquetFile, shard_file: str) -> pa.Table:
     if "image_id" not in names:
         raise UserError(f"{shard_file}: no image_id column, so it is not an images table")
     cols = [c for c in _META_COLUMNS if c in names]
+    return index_rows((pf.read_row_group(g, columns=cols) for g in range(pf.metadata.num_row_groups)), shard_file)
+
+
+def index_rows(groups: Iterable[pa.Table], shard_file: str) -> pa.Table:
+    """The index rows of one shard from its row groups' metadata columns, in order: read back
+    (`build_shard_index`) or as the writer wrote them (`ShardWriter(index_columns=...)`)."""
     parts = []
-    for g in range(pf.metadata.num_row_groups):
-        t = pf.read_row_group(g, columns=cols)
+    for g, t in enumerate(groups):
         n = t.num_rows
-        part = {c: t.column(c) for c in cols}
+        part = {c: t.column(c) for c in _META_COLUMNS if c in t.column_names}
         part["shard"] = pa.array([shard_file] * n, pa.string())
         part["row_group"] = pa.array(np.full(n, g, np.int32))
         part["row"] = pa.array(np.arange(n, dtype=np.int32))

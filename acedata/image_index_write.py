@@ -31,8 +31,12 @@ def _write_index_file(fs: pafs.FileSystem, path: str, table: pa.Table, sha256: s
     shards.write_bytes_atomic(fs, path, buf.getvalue())
 
 
-def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]], whole_table: bool | None = None) -> int:
+def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]], whole_table: bool | None = None,
+                written: dict[str, pa.Table] | None = None) -> int:
     """Write the index file of each listed shard ({file, sha256}) that has none; returns how many.
+
+    `written`: index rows of shards this process has just written (`ShardWriter.index_rows`),
+    used instead of reading the shard's metadata columns back.
 
     `whole_table`: the shards are the table's (one listing of the index folder), not one unit's
     (their names only: a listing would cost every unit O(all shards)); None: by their number."""
@@ -50,8 +54,10 @@ def write_index(table_dir: str, shard_infos: Iterable[dict[str, Any]], whole_tab
     for s, name, there in zip(shard_infos, names, present):
         if there:  # content-addressed by the shard's digest: never rewritten
             continue
-        with fs.open_input_file(posixpath.join(d, s["file"])) as f:
-            t = build_shard_index(pq.ParquetFile(f), s["file"])
+        t = (written or {}).get(s["file"])
+        if t is None:
+            with fs.open_input_file(posixpath.join(d, s["file"])) as f:
+                t = build_shard_index(pq.ParquetFile(f), s["file"])
         fs.create_dir(idx_dir, recursive=True)
         _write_index_file(fs, posixpath.join(idx_dir, name), t, s["sha256"])
         made += 1

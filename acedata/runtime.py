@@ -56,11 +56,14 @@ def execute_unit(stage: Stage, unit: WorkUnit) -> dict[str, int]:
     counts = dict(result.counts)
     for table, rows in result.tables.items():
         schema = stage.output_schema(table)
-        writer = shards.ShardWriter(stage.ctx.out(table), schema, unit=unit.id)
+        indexed = image_index.is_image_table(schema)
+        writer = shards.ShardWriter(stage.ctx.out(table), schema, unit=unit.id,
+                                    keep_columns=image_index.INDEX_COLUMNS if indexed else ())
         writer.write(conform(rows, schema))
         written = writer.commit()
-        if image_index.is_image_table(schema):  # each shard's image index, built by the worker
-            image_index.write_index(stage.ctx.out(table), [s.__dict__ for s in written], whole_table=False)
+        if indexed:  # each shard's image index, built by the worker from the rows it just wrote
+            image_index.write_index(stage.ctx.out(table), [s.__dict__ for s in written], whole_table=False,
+                                    written={k: image_index.index_rows(v, k) for k, v in writer.kept.items()})
         counts.setdefault(table, rows.num_rows)
     fs, d = shards.resolve(stage.ctx.stage_dir)
     fs.create_dir(posixpath.join(d, DONE_DIR), recursive=True)

@@ -91,17 +91,37 @@ class ShardInfo:
 class _HashingSink:
     """A write-only file object that hashes and counts what passes through to `out`."""
 
+    # The Parquet writer hands over every page header and small page separately (~180 calls for
+    # a unit's three small tables); pieces below this size are gathered and passed on together.
+    GATHER = 1 << 16
+
     def __init__(self, out: pa.NativeFile) -> None:
         self.out = out
         self.sha = hashlib.sha256()
         self.size = 0
         self.closed = False
+        self._held = bytearray()
+
+    def _pass(self, data) -> None:
+        self.sha.update(data)
+        self.out.write(data)
+
+    def _release(self) -> None:
+        if self._held:
+            self._pass(self._held)
+            self._held = bytearray()
 
     def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        self.out.write(data)
-        return len(data)
+        n = len(data)
+        self.size += n
+        if n >= self.GATHER:
+            self._release()
+            self._pass(data)
+        else:
+            self._held += data
+            if len(self._held) >= self.GATHER:
+                self._release()
+        return n
 
     def tell(self) -> int:
         return self.size
@@ -115,6 +135,7 @@ class _HashingSink:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._release()
             self.out.close()
 
 
@@ -299,6 +320,10 @@ class ShardWriter:
     max_bytes: int = 256 << 20
     row_group_bytes: int = 32 << 20
     shards: list[ShardInfo] = field(default_factory=list)
+    # Columns of each row group kept in memory (shard name -> groups in order), so the unit can
+    # build the shard's image index without reading the shard back.
+    keep_columns: tuple[str, ...] = ()
+    kept: dict[str, list[pa.Table]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if b"huggingface" not in (self.schema.metadata or {}):
@@ -316,6 +341,7 @@ class ShardWriter:
         self._tmp = ""
         self._rows = 0
         self._bytes = 0
+        self._groups: list[pa.Table] = []
 
     def _name(self) -> str:
         return f"{self.unit}-{self._attempt}-{len(self.shards):05d}.parquet"
@@ -328,6 +354,7 @@ class ShardWriter:
         self._writer = pq.ParquetWriter(self._sink, self.schema, compression=codecs_of(self.schema),
                                        use_dictionary=dictionary_of(self.schema))
         self._rows = self._bytes = 0
+        self._groups = []
 
     def _close_shard(self) -> None:
         if self._writer is None:
@@ -335,6 +362,12 @@ class ShardWriter:
         self._writer.close()
         self._sink.close()
         name = self._name()
+        if self.keep_columns:
+            meta = getattr(getattr(self._writer, "writer", None), "metadata", None)  # the footer written
+            if meta is not None and ([meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+                                     == [t.num_rows for t in self._groups]):
+                self.kept[name] = self._groups
+        self._groups = []
         final = posixpath.join(self._dir, name)
         if self._tmp != final:
             self._fs.move(self._tmp, final)
@@ -366,6 +399,8 @@ class ShardWriter:
             n = min(table.num_rows - start, room_rows, max(1, room_bytes // row_bytes), group_rows)
             chunk = table.slice(start, n)
             self._writer.write_table(chunk, row_group_size=n)
+            if self.keep_columns:
+                self._groups.append(chunk.select([c for c in self.keep_columns if c in chunk.column_names]))
             self._rows += n
             self._bytes += chunk.nbytes
             start += n

@@ -304,3 +304,22 @@ def test_fallback_index_finds_awkward_ids(tmp_path, extra):
     want = {i: bytes([k]) for k, i in enumerate(ids)}
     assert reader.image_bytes(ids) == want
     assert reader.present([*ids, "a\0", "ab\0", "zz", "abcd", "x" * 299]) == set(ids)
+
+
+def test_index_from_the_written_rows_equals_the_index_read_back(tmp_path):
+    """A unit builds its shards' index from the row groups it kept while writing: the same rows,
+    types and chunks as a build from the shard's own metadata columns (several shards and groups)."""
+    path = str(tmp_path / "images")
+    w = shards.ShardWriter(path, IMAGES, unit="u", max_rows=90, row_group_bytes=1200,
+                           keep_columns=image_index.INDEX_COLUMNS)
+    w.write(_images(250))
+    infos = w.commit()
+    assert len(infos) == 3 and sorted(w.kept) == sorted(s.file for s in infos)
+    for s in infos:
+        pf = pq.ParquetFile(os.path.join(path, s.file))
+        assert pf.metadata.num_row_groups > 1
+        built, read = image_index.index_rows(w.kept[s.file], s.file), image_index.build_shard_index(pf, s.file)
+        assert built.equals(read, check_metadata=True) and built.num_rows == s.rows
+        assert [c.num_chunks for c in built.columns] == [c.num_chunks for c in read.columns]
+    written = {k: image_index.index_rows(v, k) for k, v in w.kept.items()}
+    assert image_index.write_index(path, [s.__dict__ for s in infos], whole_table=False, written=written) == 3

@@ -167,3 +167,15 @@ def test_reference_sets_from_pair_mining_else_groups_else_none(synth_run, tmp_pa
     s = run_stages([cfg], str(tmp_path / "b"), executor="local")["stages"][0]
     assert s["reference_sets"] == "none" and set(s["pairs_by_task"]) <= {"low_level/grayscale",
                                                                           "controllable/grayscale"}
+
+
+def test_photos_per_unit_follows_the_work_per_photo():
+    """8 photos at the defaults (every weight-free synthesizer, 1024 px); smaller photos or fewer
+    synthesizers per photo make units of more photos, up to 32; an explicit value wins."""
+    assert SynthesizeConfig(name="s").photos_per_unit() == 8
+    assert SynthesizeConfig(name="s", max_side=2048).photos_per_unit() == 8
+    assert SynthesizeConfig(name="s", max_side=384).photos_per_unit() == 32
+    assert SynthesizeConfig(name="s", per_image=4, max_side=1024).photos_per_unit() == 32
+    assert SynthesizeConfig(name="s", per_image=10).photos_per_unit() == 16
+    assert SynthesizeConfig(name="s", synthesizers=["grayscale"]).photos_per_unit() == 32
+    assert SynthesizeConfig(name="s", max_side=384, images_per_unit=3).photos_per_unit() == 3

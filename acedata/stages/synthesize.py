@@ -43,10 +43,15 @@ from acedata.synth.support.filters import FilterConfig, check
 log = logging.getLogger("acedata")
 
 
+UNIT_PHOTOS, UNIT_SIDE, UNIT_PHOTOS_MAX = 8, 1024, 32  # see SynthesizeConfig.photos_per_unit
+
+
 class SynthesizeConfig(StageConfig):
     synthesizers: list[str] | None = None  # names in acedata.synth; None = every weight-free one
     per_image: int | None = Field(None, ge=1)  # synthesizers per photo, rotated so all get used; None = all
-    images_per_unit: int = Field(8, ge=1)
+    # Photos per unit; None: from the spec (`photos_per_unit`), so a unit holds about the same work
+    # whatever the photo size and number of synthesizers, and its fixed commit stays a small share.
+    images_per_unit: int | None = Field(None, ge=1)
     groups_per_unit: int = Field(8, ge=1)
     # About this many photos (demo, smoke runs): a hash sample of image ids (see acedata.synth.plan)
     max_images: int | None = Field(None, ge=1)
@@ -61,6 +66,20 @@ class SynthesizeConfig(StageConfig):
     # A synthesizer that raises (a bug, CUDA out of memory) rather than rejecting its input: past
     # this limit the unit fails (and the stage, over all units), with the exception in the log.
     failures: FailureLimit = Field(default_factory=FailureLimit)
+
+    def photos_per_unit(self) -> int:
+        """`images_per_unit`, or 8 photos' worth of every weight-free synthesizer at 1024 px (the
+        encoded outputs a unit holds until it commits) in photos of this spec: 8 at the defaults,
+        more for smaller photos or fewer synthesizers per photo, at most 32 (past that the commit
+        is under ~3% of a unit, and small runs keep units to spread over workers)."""
+        if self.images_per_unit is not None:
+            return self.images_per_unit
+        names = self.synthesizers if self.synthesizers is not None else weight_free()
+        per_photo = sum(get(n).inputs == "image" for n in names)
+        if self.per_image is not None:
+            per_photo = min(per_photo, self.per_image)
+        budget = UNIT_PHOTOS * len(weight_free()) * UNIT_SIDE**2
+        return max(UNIT_PHOTOS, min(UNIT_PHOTOS_MAX, budget // (max(1, per_photo) * self.max_side**2)))
 
     @model_validator(mode="after")
     def _known_names_and_options(self) -> SynthesizeConfig:

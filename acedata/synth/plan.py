@@ -88,7 +88,7 @@ class WavePlan:
         rows = sum(shards.count_rows(t) - cross_unit_rows(t) for t in tables)
         photos = min(rows, c.max_images) if c.max_images else rows
         self.threshold = int(c.max_images / rows * 2**64) if c.max_images and c.max_images < rows else None
-        self.n = shuffle.bucket_count(photos, c.images_per_unit)
+        self.n = shuffle.bucket_count(photos, c.photos_per_unit())
         self.m = shuffle.bucket_count(photos, c.groups_per_unit * c.reference_max_set) if self.group_synths else 0
         units = []
         for t, table in enumerate(tables):

@@ -20,8 +20,8 @@ from acedata.synth.base import Draft, Img
 from acedata.synth.support.pixels import (
     as_rgb3,
     canny_map,
-    channel_max,
     composite,
+    count_over,
     fill_masked,
     gray_of,
     pixelate,
@@ -142,7 +142,7 @@ def _verify(d: Draft, check: Check, mean_tol: float, tol: int, max_mismatch: flo
     mean = float(np.mean(cv2.mean(diff)[:channels]))  # cv2.mean: exact integer sums, no int16 copy
     if mean > mean_tol:
         return "definition_mismatch", f"mean difference {mean:.2f} from the {{task}} definition > {mean_tol}"
-    off = cv2.countNonZero((channel_max(diff) > tol).view(np.uint8)) / (diff.shape[0] * diff.shape[1])
+    off = count_over(diff, tol) / (diff.shape[0] * diff.shape[1])
     if off > max_mismatch:
         return "definition_mismatch", (f"{off:.4f} of pixels differ by more than {tol} from the "
                                        f"{{task}} definition (max {max_mismatch})")

@@ -21,7 +21,7 @@ from acedata.codecs import is_binary
 from acedata.config import Strict
 from acedata.synth.base import Draft, Img
 from acedata.synth.support.definitions import verify
-from acedata.synth.support.pixels import channel_max, mean_std
+from acedata.synth.support.pixels import count_over, mean_std, over
 
 ALIGNED_TASKS = {"low_level", "controllable", "repainting", "element_editing", "semantic_editing", "layer_editing"}
 MASKED_TASKS = {"repainting", "element_editing"}  # the mask must cover every changed pixel
@@ -139,7 +139,7 @@ class _Features:
         # alignment, so the same pixels scored differently from run to run (seen as a flaky digest)
         sq = gx * gx
         sq += gy * gy
-        mag = np.sqrt(sq.astype(np.float64)).ravel()
+        mag = np.sqrt(sq, dtype=np.float64).ravel()  # each float32 widened, then the square root
         mag -= mag.mean()
         # Sums by numpy's pairwise reduction, not BLAS dot: BLAS picks its summation order by the
         # arrays' memory alignment, so the same pixels could score differently from run to run.
@@ -154,10 +154,29 @@ def _ssim(a: _Features, b: _Features, win: int) -> float:
     n = win * win
     norm = n / (n - 1)
     ux, uy = a.mean, b.mean
-    vx, vy = norm * (a.sq_mean - ux * ux), norm * (b.sq_mean - uy * uy)
-    vxy = norm * (_box(a.gray * b.gray, win) - ux * uy)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    # ((2 ux uy + c1)(2 vxy + c2)) / ((ux^2 + uy^2 + c1)(vx + vy + c2)), every float32 operation
+    # as written there (2 * (ux * uy) rounds like (2 * ux) * uy), in place: fewer temporaries.
+    uxy = ux * uy
+    vxy = _box(a.gray * b.gray, win)
+    vxy -= uxy
+    vxy *= norm
+    vxy *= 2
+    vxy += c2
+    uxy *= 2
+    uxy += c1
+    uxy *= vxy  # the numerator
+    den = ux * ux
+    den += uy * uy
+    den += c1
+    v = a.sq_mean - ux * ux
+    v *= norm
+    vy = b.sq_mean - uy * uy
+    vy *= norm
+    v += vy
+    v += c2
+    den *= v
+    s = np.divide(uxy, den, out=uxy)
     pad = (win - 1) // 2
     return float(s[pad:-pad, pad:-pad].astype(np.float64).mean()) if pad else float(s.mean())
 
@@ -199,17 +218,18 @@ def pixel_metrics(src: Img | np.ndarray, tgt: Img | np.ndarray, tol: int, cache:
     b = _features(tgt, size, cache)
     diff = cv2.absdiff(a.rgb, b.rgb)
     win = min(7, min(a.gray.shape) // 2 * 2 - 1)
-    changed = cv2.countNonZero((channel_max(diff) > tol).view(np.uint8)) / (diff.shape[0] * diff.shape[1])
+    changed = count_over(diff, tol) / (diff.shape[0] * diff.shape[1])
     return {"changed": float(changed), "l1": float(mean_std(diff)[0].mean() / 255.0),
             "ssim": _ssim(a, b, win), "edge_corr": _edge_corr(a, b)}
 
 
 def _condition_std(im: Img, cache: dict | None) -> float:
-    """Spatial spread of a condition map (one flat colour is blank); a map is measured once per unit."""
+    """Spatial spread of a condition map (one flat colour is blank); a map is measured once per unit,
+    on its pixels at the metric size (those of its features, which the pair metrics use next)."""
     key = ("condition_std", im.id)
     if cache is not None and key in cache:
         return cache[key]
-    std = float(mean_std(_small(_rgb(im)))[1].max())
+    std = float(mean_std(_features(im, None, cache).rgb)[1].max())
     if cache is not None:
         cache[key] = std
     return std
@@ -234,8 +254,9 @@ def check(draft: Draft, cfg: FilterConfig | None = None, cache: dict | None = No
             return Verdict(False, "empty_mask", "mask selects no pixel", scores)
         if draft.task in MASKED_TASKS:
             grown = cv2.dilate(m, np.ones((3, 3), np.uint8))
-            changed = channel_max(cv2.absdiff(src, tgt)) > cfg.pixel_tol
-            leak = float(np.count_nonzero(changed & (grown == 0)) / m.size)
+            changed = over(cv2.absdiff(src, tgt), cfg.pixel_tol)
+            # changed pixels where the grown mask (0/255: the mask is binary) is 0
+            leak = float(cv2.countNonZero(cv2.bitwise_and(changed, cv2.bitwise_not(grown))) / m.size)
             scores["mask_leak"] = leak
             if leak > cfg.mask_leak_max:
                 return Verdict(False, "mask_misaligned", f"{leak:.4f} of pixels changed outside the mask", scores)

@@ -22,6 +22,20 @@ def channel_max(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def over(diff: np.ndarray, tol: int) -> np.ndarray:
+    """HxW uint8, nonzero where any channel of a uint8 difference exceeds `tol` (0..255). For RGB, a
+    threshold and OpenCV's luma of the 0/255 channels (each weight is positive, so any set channel
+    gives a nonzero gray): ~2x faster than `channel_max(diff) > tol`, the same pixels."""
+    if diff.ndim == 3 and diff.shape[2] == 3 and diff.dtype == np.uint8:
+        return cv2.cvtColor(cv2.threshold(diff, tol, 255, cv2.THRESH_BINARY)[1], cv2.COLOR_RGB2GRAY)
+    return (channel_max(diff) > tol).view(np.uint8)
+
+
+def count_over(diff: np.ndarray, tol: int) -> int:
+    """Pixels of a uint8 difference with any channel above `tol`."""
+    return cv2.countNonZero(over(np.ascontiguousarray(diff), tol))
+
+
 def mean_std(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and (population) standard deviation, in one OpenCV pass."""
     mean, std = cv2.meanStdDev(a)
