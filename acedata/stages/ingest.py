@@ -138,7 +138,7 @@ class Ingest(Stage):
                     bad.append(_quarantine(rec, *rec.error))
                     continue
                 try:
-                    d = decode(rec.data, limits)
+                    d = decode(rec.data, limits, self.ctx.id_scheme)
                 except Rejected as r:
                     bad.append(_quarantine(rec, r.reason, r.detail))
                     continue

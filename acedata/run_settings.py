@@ -1,0 +1,62 @@
+"""Run-wide settings pinned when a run directory is created: `RUN/_settings.json`.
+
+Today one: the image id scheme (`acedata.ids`). It is written before any stage runs and never
+changed after, so a rerun or resume of a run computes ids as its first run did and committed
+shards never hold ids of two schemes. A run directory from before this record existed (it holds
+a run's files but no `_settings.json`) made its ids with sha256, and is pinned to it on its next run.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from acedata import ids, shards
+from acedata.errors import UserError
+
+SETTINGS = "_settings.json"
+# Files a run writes at its top level, and a stage folder's resume marker: a directory holding one
+# already held a run.
+_RUN_FILES = ("_status.json", "_run.json")
+_STAGE_FILES = ("_config_hash", "_SUCCESS.json")
+
+
+def _is_earlier_run(fs: pafs.FileSystem, out_path: str) -> bool:
+    if any(shards.exists(fs, posixpath.join(out_path, f)) for f in _RUN_FILES):
+        return True
+    for info in fs.get_file_info(pafs.FileSelector(out_path)):
+        if info.type == pafs.FileType.Directory and any(
+                shards.exists(fs, posixpath.join(info.path, f)) for f in _STAGE_FILES):
+            return True
+    return False
+
+
+def read(fs: pafs.FileSystem, out_path: str) -> dict[str, Any] | None:
+    p = posixpath.join(out_path, SETTINGS)
+    return shards.read_json(fs, p) if shards.exists(fs, p) else None
+
+
+def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None) -> dict[str, Any]:
+    """The run's settings: the recorded ones, else (a new run) `id_scheme` or the default, recorded now.
+
+    Asking for another scheme than the run's is a UserError: its committed ids would mix."""
+    if id_scheme is not None:
+        ids.check(id_scheme)
+    recorded = read(fs, out_path)
+    if recorded is not None:
+        have, why = ids.check(recorded.get("id_scheme", ids.LEGACY)), f"recorded in {SETTINGS}"
+    elif _is_earlier_run(fs, out_path):
+        have, why = ids.LEGACY, "a run from before id schemes were recorded"
+    else:
+        have, why = id_scheme or ids.DEFAULT, ""
+    if id_scheme is not None and id_scheme != have:
+        raise UserError(f"run directory {out_path} makes image ids with {have} ({why}); id_scheme "
+                        f"{id_scheme} would mix two schemes in one run: drop id_scheme from the spec, "
+                        "or write to a new --out")
+    if recorded is None:  # an earlier run's inferred sha256 is recorded too, once
+        recorded = {"id_scheme": have}
+        shards.write_bytes_atomic(fs, posixpath.join(out_path, SETTINGS), json.dumps(recorded, indent=1).encode())
+    return recorded
