@@ -1,0 +1,106 @@
+"""A run's image id scheme: xxh3-128 for a new run, pinned in RUN/_settings.json; a rerun or resume
+keeps it (asking for another is refused); a run directory from before schemes is sha256; every
+stage that makes ids (ingest, synthesize: photos, masks, conditions) makes them in the run's scheme."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import yaml
+
+from acedata import ids, shards
+from acedata.errors import UserError
+from acedata.pipeline import run_pipeline, run_stages
+from acedata.stages.ingest import IngestConfig
+from acedata.stages.synthesize import SynthesizeConfig
+
+
+def _settings(out) -> dict:
+    with open(os.path.join(out, "_settings.json")) as f:
+        return json.load(f)
+
+
+def _ids(out, table="ingest/images") -> list[str]:
+    return shards.read_table(os.path.join(out, table), columns=["image_id"]).column("image_id").to_pylist()
+
+
+def _ingest(src) -> list[IngestConfig]:
+    return [IngestConfig(name="ingest", sources=[src], files_per_unit=8)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    from acedata.demo_data import build
+
+    d = str(tmp_path_factory.mktemp("corpus"))
+    build(d, variants=2, seed=0, odd=False)
+    return d
+
+
+def test_new_run_defaults_to_xxh3_and_records_it(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    run = run_stages(_ingest(corpus), out, executor="local")
+    assert ids.DEFAULT == "xxh3-128"
+    assert _settings(out) == {"id_scheme": "xxh3-128"} and run["id_scheme"] == "xxh3-128"
+    got = _ids(out)
+    assert got and all(ids.scheme_of(i) == "xxh3-128" for i in got)
+
+
+def test_resume_keeps_the_recorded_scheme(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    run_stages(_ingest(corpus), out, executor="local", id_scheme="sha256")
+    first = sorted(_ids(out))
+    assert all(len(i) == 64 for i in first)
+    # an interrupted stage: one unit's done-marker gone, so the rerun redoes that unit only
+    done = os.path.join(out, "ingest", "_done")
+    os.remove(os.path.join(done, min(os.listdir(done))))
+    os.remove(os.path.join(out, "ingest", "_SUCCESS.json"))
+    run = run_stages(_ingest(corpus), out, executor="local")  # no scheme asked: the run's own
+    assert run["id_scheme"] == "sha256" and _settings(out) == {"id_scheme": "sha256"}
+    assert sorted(_ids(out)) == first
+    with pytest.raises(UserError, match="mix two schemes"):
+        run_stages(_ingest(corpus), out, executor="local", id_scheme="xxh3-128")
+    assert _settings(out) == {"id_scheme": "sha256"}
+
+
+def test_run_from_before_schemes_is_sha256(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    run_stages(_ingest(corpus), out, executor="local", id_scheme="sha256")
+    before = sorted(_ids(out))
+    os.remove(os.path.join(out, "_settings.json"))  # what a run made before this record looks like
+    with pytest.raises(UserError, match="before id schemes were recorded"):
+        run_stages(_ingest(corpus), out, executor="local", id_scheme="xxh3-128")
+    shutil.rmtree(os.path.join(out, "ingest"))  # even with its stage gone, _status.json says a run was here
+    run = run_stages(_ingest(corpus), out, executor="local")
+    assert run["id_scheme"] == "sha256" and _settings(out) == {"id_scheme": "sha256"}
+    assert sorted(_ids(out)) == before
+
+
+def test_spec_sets_the_scheme_of_a_new_run(corpus, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "t", "executor": "local", "id_scheme": "sha256",
+                                    "stages": [{"stage": "ingest", "sources": [corpus]}]}))
+    out = str(tmp_path / "run")
+    run_pipeline(str(spec), out)
+    assert _settings(out)["id_scheme"] == "sha256" and all(len(i) == 64 for i in _ids(out))
+    spec.write_text(yaml.safe_dump({"name": "t", "id_scheme": "md5", "stages": [{"stage": "ingest", "sources": [corpus]}]}))
+    with pytest.raises(UserError, match="id_scheme"):
+        run_pipeline(str(spec), str(tmp_path / "other"))
+
+
+@pytest.mark.parametrize("scheme", ids.SCHEMES)
+def test_synthesized_images_and_masks_use_the_run_scheme(corpus, tmp_path, scheme):
+    out = str(tmp_path / "run")
+    cfgs = [*_ingest(corpus), SynthesizeConfig(name="synthesize", max_images=4, per_image=3, max_side=96,
+                                               chain_fraction=1.0)]
+    run_stages(cfgs, out, executor="local", id_scheme=scheme)
+    made = shards.read_table(os.path.join(out, "synthesize", "images"), columns=["image_id", "kind"]).to_pylist()
+    assert made and {r["kind"] for r in made} >= {"image"}
+    assert {ids.scheme_of(r["image_id"]) for r in made} == {scheme}
+    pairs = shards.read_table(os.path.join(out, "synthesize", "pairs")).to_pylist()
+    refs = {i for p in pairs for i in (p["source_id"], p["target_id"], p["mask_id"], *(p["extra_input_ids"] or []))
+            if i}
+    assert refs and {ids.scheme_of(i) for i in refs} == {scheme}
