@@ -104,3 +104,18 @@ def test_synthesized_images_and_masks_use_the_run_scheme(corpus, tmp_path, schem
     refs = {i for p in pairs for i in (p["source_id"], p["target_id"], p["mask_id"], *(p["extra_input_ids"] or []))
             if i}
     assert refs and {ids.scheme_of(i) for i in refs} == {scheme}
+
+
+def test_source_digest_hashes_files_in_the_run_scheme(corpus, tmp_path):
+    """Ingest's resume key hashes file bytes in the run's scheme: sha256 runs keep the key they had."""
+    from acedata.source_digest import source_digest
+
+    old = source_digest(corpus)
+    assert source_digest(corpus, scheme="sha256") == old
+    new = source_digest(corpus, scheme="xxh3-128")
+    assert new != old
+    moved = tmp_path / "moved"
+    shutil.copytree(corpus, moved, symlinks=True)
+    assert source_digest(str(moved), scheme="xxh3-128") == new  # content, not location
+    (moved / "extra.txt").write_text("x")
+    assert source_digest(str(moved), scheme="xxh3-128") != new
