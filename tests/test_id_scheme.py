@@ -119,3 +119,13 @@ def test_source_digest_hashes_files_in_the_run_scheme(corpus, tmp_path):
     assert source_digest(str(moved), scheme="xxh3-128") == new  # content, not location
     (moved / "extra.txt").write_text("x")
     assert source_digest(str(moved), scheme="xxh3-128") != new
+
+
+def test_scheme_travels_to_ray_workers(corpus, tmp_path, ray_local):
+    """Workers compute ids in the run's scheme, not their process default (xxh3-128)."""
+    out = str(tmp_path / "run")
+    run_stages(_ingest(corpus), out, executor="ray", id_scheme="sha256")
+    local = str(tmp_path / "local")
+    run_stages(_ingest(corpus), local, executor="local", id_scheme="sha256")
+    got = _ids(out)
+    assert got and all(len(i) == 64 for i in got) and sorted(got) == sorted(_ids(local))
