@@ -246,7 +246,9 @@ def run_pipeline(
     address: str | None = None,
     executor: str | None = None,
     on_status: Callable[[dict[str, Any]], None] | None = None,
+    id_scheme: str | None = None,
 ) -> dict[str, Any]:
+    """Run a spec file; `id_scheme` overrides the spec's (see `run_stages`)."""
     out = storage.absolute(out)  # resolved here, before anything travels to workers
     spec, configs = load_spec(path, {"out": out})
     return run_stages(
@@ -257,7 +259,7 @@ def run_pipeline(
         num_cpus=spec.ray.num_cpus,
         name=spec.name,
         on_status=on_status,
-        id_scheme=spec.id_scheme,
+        id_scheme=id_scheme or spec.id_scheme,
     )
 
 

@@ -129,3 +129,13 @@ def test_scheme_travels_to_ray_workers(corpus, tmp_path, ray_local):
     run_stages(_ingest(corpus), local, executor="local", id_scheme="sha256")
     got = _ids(out)
     assert got and all(len(i) == 64 for i in got) and sorted(got) == sorted(_ids(local))
+
+
+def test_cli_ingest_picks_the_scheme_of_a_new_run(corpus, tmp_path, capsys):
+    from acedata.cli import main
+
+    out = str(tmp_path / "run")
+    assert main(["ingest", corpus, "--out", out, "--executor", "local", "--id-scheme", "sha256"]) == 0
+    assert _settings(out)["id_scheme"] == "sha256"
+    assert main(["ingest", corpus, "--out", out, "--executor", "local", "--id-scheme", "xxh3-128"]) == 2
+    assert "mix two schemes" in capsys.readouterr().err
