@@ -224,6 +224,8 @@ def run_stages(
             stage_dir = posixpath.join(out, cfg.name or kind)
             inputs = {k: list(v) for k, v in tables.items()}
             inputs.update({k: [storage.absolute(p)] for k, p in cfg.inputs.items()})
+            for p in cfg.inputs.values():
+                run_settings.check_input(storage.absolute(p), scheme)
             stage = cls(cfg, RunContext(out, stage_dir, inputs, scheme))
             summary = _run_one_stage(stage, cfg, stage_dir, executor, status, i)
             summaries.append({"name": cfg.name, **summary})

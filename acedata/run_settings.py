@@ -24,9 +24,11 @@ _RUN_FILES = ("_status.json", "_run.json")
 _STAGE_FILES = ("_config_hash", "_SUCCESS.json")
 
 
-def _is_earlier_run(fs: pafs.FileSystem, out_path: str) -> bool:
+def _is_earlier_run(fs: pafs.FileSystem, out_path: str, stage_folders: bool = True) -> bool:
     if any(shards.exists(fs, posixpath.join(out_path, f)) for f in _RUN_FILES):
         return True
+    if not stage_folders:
+        return False
     for info in fs.get_file_info(pafs.FileSelector(out_path)):
         if info.type == pafs.FileType.Directory and any(
                 shards.exists(fs, posixpath.join(info.path, f)) for f in _STAGE_FILES):
@@ -60,3 +62,24 @@ def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None) -> dict[str, 
         recorded = {"id_scheme": have}
         shards.write_bytes_atomic(fs, posixpath.join(out_path, SETTINGS), json.dumps(recorded, indent=1).encode())
     return recorded
+
+
+def check_input(table: str, id_scheme: str) -> None:
+    """A table from another run (a stage's `inputs:`) must hold ids of this run's scheme: its run
+    directory (the table's grandparent, RUN/<stage>/<table>) says which, when it is a run's.
+    A table outside any run is taken as it is (the grandparent's top-level files decide: no listing)."""
+    fs, path = shards.resolve(table)
+    run_dir = posixpath.dirname(posixpath.dirname(path.rstrip("/")))
+    if not run_dir or not shards.exists(fs, run_dir):
+        return
+    recorded = read(fs, run_dir)
+    if recorded is not None:
+        theirs = recorded.get("id_scheme", ids.LEGACY)
+    elif _is_earlier_run(fs, run_dir, stage_folders=False):
+        theirs = ids.LEGACY
+    else:
+        return
+    if theirs != id_scheme:
+        raise UserError(f"input table {table} comes from a run whose image ids are {theirs}, but this run "
+                        f"makes {id_scheme} ids: one run never mixes schemes; run this spec with "
+                        f"id_scheme: {theirs} in a new --out, or re-ingest")

@@ -139,3 +139,14 @@ def test_cli_ingest_picks_the_scheme_of_a_new_run(corpus, tmp_path, capsys):
     assert _settings(out)["id_scheme"] == "sha256"
     assert main(["ingest", corpus, "--out", out, "--executor", "local", "--id-scheme", "xxh3-128"]) == 2
     assert "mix two schemes" in capsys.readouterr().err
+
+
+def test_input_table_from_a_run_of_another_scheme_is_refused(corpus, tmp_path):
+    first = str(tmp_path / "first")
+    run_stages(_ingest(corpus), first, executor="local", id_scheme="sha256")
+    synth = SynthesizeConfig(name="synthesize", max_images=2, per_image=1, max_side=96, chain_fraction=0.0,
+                             inputs={"images": os.path.join(first, "ingest", "images")})
+    with pytest.raises(UserError, match="never mixes schemes"):
+        run_stages([synth], str(tmp_path / "second"), executor="local")  # a new run: xxh3-128
+    run = run_stages([synth], str(tmp_path / "third"), executor="local", id_scheme="sha256")
+    assert run["id_scheme"] == "sha256"
