@@ -202,15 +202,20 @@ def run_stages(
 ) -> dict[str, Any]:
     """Run stage configs in order under `out`, resuming from committed work.
 
-    Image ids are made in the run's pinned scheme (`acedata.run_settings`): `id_scheme` or the
-    default for a new run; an existing run keeps its own (asking for another is a UserError).
+    Image ids are made in the run's pinned scheme (`acedata.run_settings`): for a new run
+    `id_scheme`, else that of the runs its `inputs:` tables come from, else the default; an
+    existing run keeps its own (asking for another is a UserError).
     Progress goes to `out/_status.json` (and to `on_status`, when given).
     """
     load_stages()
     t0 = time.time()
     out = storage.absolute(out)
     fs, out_path = _open_run_dir(out)
-    scheme = run_settings.pin(fs, out_path, id_scheme)["id_scheme"]
+    external = [storage.absolute(p) for c in configs for p in c.inputs.values()]
+    inherited = {s for s in map(run_settings.table_scheme, external) if s is not None}
+    scheme = run_settings.pin(fs, out_path, id_scheme, inherited)["id_scheme"]
+    for p in external:  # tables from other runs: of this run's scheme, or refused
+        run_settings.check_input(p, scheme)
     if executor == "ray":
         runtime.init_ray(address, num_cpus)
     status = RunStatus(out, name, [c.name or stage_kind(c) for c in configs], on_status)
@@ -224,8 +229,6 @@ def run_stages(
             stage_dir = posixpath.join(out, cfg.name or kind)
             inputs = {k: list(v) for k, v in tables.items()}
             inputs.update({k: [storage.absolute(p)] for k, p in cfg.inputs.items()})
-            for p in cfg.inputs.values():
-                run_settings.check_input(storage.absolute(p), scheme)
             stage = cls(cfg, RunContext(out, stage_dir, inputs, scheme))
             summary = _run_one_stage(stage, cfg, stage_dir, executor, status, i)
             summaries.append({"name": cfg.name, **summary})

@@ -41,8 +41,10 @@ def read(fs: pafs.FileSystem, out_path: str) -> dict[str, Any] | None:
     return shards.read_json(fs, p) if shards.exists(fs, p) else None
 
 
-def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None) -> dict[str, Any]:
-    """The run's settings: the recorded ones, else (a new run) `id_scheme` or the default, recorded now.
+def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None, inherited: set[str] | None = None
+        ) -> dict[str, Any]:
+    """The run's settings: the recorded ones, else (a new run) `id_scheme`, else the scheme of the
+    runs its `inputs:` tables come from (`inherited`, see `table_scheme`), else the default; recorded now.
 
     Asking for another scheme than the run's is a UserError: its committed ids would mix."""
     if id_scheme is not None:
@@ -52,11 +54,18 @@ def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None) -> dict[str, 
         have, why = ids.check(recorded.get("id_scheme", ids.LEGACY)), f"recorded in {SETTINGS}"
     elif _is_earlier_run(fs, out_path):
         have, why = ids.LEGACY, "a run from before id schemes were recorded"
+    elif id_scheme is not None:
+        have, why = id_scheme, ""
+    elif inherited:
+        if len(inherited) > 1:
+            raise UserError(f"the inputs: tables come from runs of different image id schemes ({sorted(inherited)}); "
+                            "one run never mixes schemes")
+        have, why = next(iter(inherited)), ""
     else:
-        have, why = id_scheme or ids.DEFAULT, ""
+        have, why = ids.DEFAULT, ""
     if id_scheme is not None and id_scheme != have:
         raise UserError(f"run directory {out_path} makes image ids with {have} ({why}); id_scheme "
-                        f"{id_scheme} would mix two schemes in one run: drop id_scheme from the spec, "
+                        f"{id_scheme} would mix two schemes in one run: drop id_scheme (spec or --id-scheme), "
                         "or write to a new --out")
     if recorded is None:  # an earlier run's inferred sha256 is recorded too, once
         recorded = {"id_scheme": have}
@@ -64,22 +73,23 @@ def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None) -> dict[str, 
     return recorded
 
 
-def check_input(table: str, id_scheme: str) -> None:
-    """A table from another run (a stage's `inputs:`) must hold ids of this run's scheme: its run
-    directory (the table's grandparent, RUN/<stage>/<table>) says which, when it is a run's.
-    A table outside any run is taken as it is (the grandparent's top-level files decide: no listing)."""
+def table_scheme(table: str) -> str | None:
+    """The id scheme of the run a table belongs to (its grandparent, RUN/<stage>/<table>), or None
+    for a table outside any run (the grandparent's top-level files decide: no listing)."""
     fs, path = shards.resolve(table)
     run_dir = posixpath.dirname(posixpath.dirname(path.rstrip("/")))
     if not run_dir or not shards.exists(fs, run_dir):
-        return
+        return None
     recorded = read(fs, run_dir)
     if recorded is not None:
-        theirs = recorded.get("id_scheme", ids.LEGACY)
-    elif _is_earlier_run(fs, run_dir, stage_folders=False):
-        theirs = ids.LEGACY
-    else:
-        return
-    if theirs != id_scheme:
+        return recorded.get("id_scheme", ids.LEGACY)
+    return ids.LEGACY if _is_earlier_run(fs, run_dir, stage_folders=False) else None
+
+
+def check_input(table: str, id_scheme: str) -> None:
+    """A table from another run (a stage's `inputs:`) must hold ids of this run's scheme."""
+    theirs = table_scheme(table)
+    if theirs is not None and theirs != id_scheme:
         raise UserError(f"input table {table} comes from a run whose image ids are {theirs}, but this run "
-                        f"makes {id_scheme} ids: one run never mixes schemes; run this spec with "
-                        f"id_scheme: {theirs} in a new --out, or re-ingest")
+                        f"makes {id_scheme} ids: one run never mixes schemes; use a new --out (it takes the "
+                        "inputs' scheme), or re-ingest")

@@ -141,12 +141,21 @@ def test_cli_ingest_picks_the_scheme_of_a_new_run(corpus, tmp_path, capsys):
     assert "mix two schemes" in capsys.readouterr().err
 
 
-def test_input_table_from_a_run_of_another_scheme_is_refused(corpus, tmp_path):
+def test_inputs_from_another_run_set_a_new_runs_scheme_and_never_mix(corpus, tmp_path):
     first = str(tmp_path / "first")
     run_stages(_ingest(corpus), first, executor="local", id_scheme="sha256")
     synth = SynthesizeConfig(name="synthesize", max_images=2, per_image=1, max_side=96, chain_fraction=0.0,
                              inputs={"images": os.path.join(first, "ingest", "images")})
-    with pytest.raises(UserError, match="never mixes schemes"):
-        run_stages([synth], str(tmp_path / "second"), executor="local")  # a new run: xxh3-128
-    run = run_stages([synth], str(tmp_path / "third"), executor="local", id_scheme="sha256")
-    assert run["id_scheme"] == "sha256"
+    second = str(tmp_path / "second")
+    run = run_stages([synth], second, executor="local")  # a new run takes its inputs' scheme
+    assert run["id_scheme"] == "sha256" and _settings(second)["id_scheme"] == "sha256"
+    assert all(len(i) == 64 for i in _ids(second, "synthesize/images"))
+    with pytest.raises(UserError, match="never mixes schemes"):  # asked for the other: refused
+        run_stages([synth], str(tmp_path / "third"), executor="local", id_scheme="xxh3-128")
+    other = str(tmp_path / "other")
+    run_stages(_ingest(corpus), other, executor="local")
+    with pytest.raises(UserError, match="never mixes schemes"):  # an xxh3 run fed a sha256 table
+        run_stages([SynthesizeConfig(name="synthesize", max_images=2, per_image=1, max_side=96,
+                                     inputs={"images": os.path.join(first, "ingest", "images")})],
+                   other, executor="local")
+    assert _settings(other)["id_scheme"] == "xxh3-128"
