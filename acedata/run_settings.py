@@ -18,22 +18,14 @@ from acedata import ids, shards
 from acedata.errors import UserError
 
 SETTINGS = "_settings.json"
-# Files a run writes at its top level, and a stage folder's resume marker: a directory holding one
-# already held a run.
+# Files every run writes at its top level (`_status.json` when it starts, since the first runner):
+# a directory holding one already held a run. Stage folders alone do not count: a new run may be
+# given (symlinked) stage folders of other runs.
 _RUN_FILES = ("_status.json", "_run.json")
-_STAGE_FILES = ("_config_hash", "_SUCCESS.json")
 
 
-def _is_earlier_run(fs: pafs.FileSystem, out_path: str, stage_folders: bool = True) -> bool:
-    if any(shards.exists(fs, posixpath.join(out_path, f)) for f in _RUN_FILES):
-        return True
-    if not stage_folders:
-        return False
-    for info in fs.get_file_info(pafs.FileSelector(out_path)):
-        if info.type == pafs.FileType.Directory and any(
-                shards.exists(fs, posixpath.join(info.path, f)) for f in _STAGE_FILES):
-            return True
-    return False
+def _is_earlier_run(fs: pafs.FileSystem, out_path: str) -> bool:
+    return any(shards.exists(fs, posixpath.join(out_path, f)) for f in _RUN_FILES)
 
 
 def read(fs: pafs.FileSystem, out_path: str) -> dict[str, Any] | None:
@@ -75,7 +67,7 @@ def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None, inherited: se
 
 def table_scheme(table: str) -> str | None:
     """The id scheme of the run a table belongs to (its grandparent, RUN/<stage>/<table>), or None
-    for a table outside any run (the grandparent's top-level files decide: no listing)."""
+    for a table outside any run (the grandparent's top-level files decide)."""
     fs, path = shards.resolve(table)
     run_dir = posixpath.dirname(posixpath.dirname(path.rstrip("/")))
     if not run_dir or not shards.exists(fs, run_dir):
@@ -83,7 +75,7 @@ def table_scheme(table: str) -> str | None:
     recorded = read(fs, run_dir)
     if recorded is not None:
         return recorded.get("id_scheme", ids.LEGACY)
-    return ids.LEGACY if _is_earlier_run(fs, run_dir, stage_folders=False) else None
+    return ids.LEGACY if _is_earlier_run(fs, run_dir) else None
 
 
 def check_input(table: str, id_scheme: str) -> None:
