@@ -2,7 +2,7 @@
 
 Every image the platform encodes itself (synthesized photos, maps, masks, layers; ingested images
 that must be re-encoded) is stored losslessly: decoding the stored bytes gives back exactly the
-pixels whose sha256 is the row's `image_id`, and the filters' checks (a mask covers every changed
+pixels whose hash is the row's `image_id`, and the filters' checks (a mask covers every changed
 pixel, a map equals its definition) hold for what readers decode, not only for what was in memory.
 Ingested JPEGs are kept as their original bytes. The `images.format` column names the container
 (Pillow's name: PNG, WEBP, JPEG); every reader decodes through Pillow, which reads all three.

@@ -7,7 +7,6 @@ count is checked from the header before any pixel is decoded (decompression bomb
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import warnings
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from acedata import ids
 from acedata.codecs import encode_lossless
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
@@ -51,12 +51,14 @@ class Decoded:
     frames: int
 
 
-def pixel_id(rgb: Image.Image, pixels: np.ndarray | None = None) -> str:
-    """Content address: sha256 over size and RGB pixels (container-independent).
+def pixel_id(rgb: Image.Image, pixels: np.ndarray | None = None, scheme: str | None = None) -> str:
+    """Content address: a hash over size and pixels (container-independent), in `scheme`
+    (`acedata.ids`; None: the scheme current in this stage, see `ids.using`).
 
     `pixels`, when given, is the image's own pixel array in its mode (C-contiguous): hashed
     in place of a `tobytes()` copy, with the same result."""
-    h = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    h = ids.hasher(scheme or ids.current())
+    h.update(f"{rgb.width}x{rgb.height}:".encode())
     if pixels is not None and pixels.flags.c_contiguous:
         h.update(pixels.data)
     else:
@@ -121,8 +123,9 @@ def bombs_as_errors() -> Iterator[None]:
         yield
 
 
-def decode(data: bytes, limits: Limits = Limits()) -> Decoded:
-    """Decode and normalise image bytes, or raise `Rejected` with a reason code."""
+def decode(data: bytes, limits: Limits = Limits(), scheme: str | None = None) -> Decoded:
+    """Decode and normalise image bytes, or raise `Rejected` with a reason code; the id is in
+    `scheme` (None: the current one, `acedata.ids.current`)."""
     if not data:
         raise Rejected("empty", "zero bytes")
     try:
@@ -165,7 +168,7 @@ def decode(data: bytes, limits: Limits = Limits()) -> Decoded:
         out, fmt = encode(rgb, "JPEG"), "JPEG"
     else:
         out, fmt = encode_lossless(rgb)
-    return Decoded(rgb, out, fmt, pixel_id(rgb), orig_format, orig_mode, w0, h0, frames)
+    return Decoded(rgb, out, fmt, pixel_id(rgb, scheme=scheme), orig_format, orig_mode, w0, h0, frames)
 
 
 def encode(im: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:

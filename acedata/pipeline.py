@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import yaml
 from pydantic import Field
 
-from acedata import runtime, shards, storage
+from acedata import ids, run_settings, runtime, shards, storage
 from acedata.config import StageConfig, Strict, validate_model
 from acedata.errors import UserError
 from acedata.resume import stage_key
@@ -44,6 +44,8 @@ class PipelineSpec(Strict):
     executor: Literal["ray", "local"] = "ray"
     ray: RaySettings = Field(default_factory=RaySettings)
     stages: list[dict[str, Any]] = Field(min_length=1)
+    # Image ids (`acedata.ids`); None: the default for a new run, the recorded one for an existing run.
+    id_scheme: ids.IdScheme | None = None
 
 
 def load_stages() -> dict[str, type[Stage]]:
@@ -180,7 +182,8 @@ def _run_one_stage(stage: Stage, cfg: StageConfig, stage_dir: str, executor: str
     def progress(done: int, total: int, counts: dict[str, int]) -> None:
         status.stage(i, units=total, units_done=done, counts=counts)
 
-    summary = runtime.run_stage(stage, executor, progress=progress)
+    with ids.using(stage.ctx.id_scheme):  # driver-side steps too (plan, waves, finish)
+        summary = runtime.run_stage(stage, executor, progress=progress)
     _write_marker(stage_dir, digest, summary, config=cfg.model_dump(mode="json"))
     status.stage(i, state="succeeded", units=summary.get("units"), units_done=summary.get("units"),
                  counts=summary.get("counts", {}), seconds=summary.get("seconds"))
@@ -195,15 +198,24 @@ def run_stages(
     num_cpus: int | None = None,
     name: str = "run",
     on_status: Callable[[dict[str, Any]], None] | None = None,
+    id_scheme: str | None = None,
 ) -> dict[str, Any]:
     """Run stage configs in order under `out`, resuming from committed work.
 
+    Image ids are made in the run's pinned scheme (`acedata.run_settings`): for a new run
+    `id_scheme`, else that of the runs its `inputs:` tables come from, else the default; an
+    existing run keeps its own (asking for another is a UserError).
     Progress goes to `out/_status.json` (and to `on_status`, when given).
     """
     load_stages()
     t0 = time.time()
     out = storage.absolute(out)
     fs, out_path = _open_run_dir(out)
+    external = [storage.absolute(p) for c in configs for p in c.inputs.values()]
+    inherited = {s for s in map(run_settings.table_scheme, external) if s is not None}
+    scheme = run_settings.pin(fs, out_path, id_scheme, inherited)["id_scheme"]
+    for p in external:  # tables from other runs: of this run's scheme, or refused
+        run_settings.check_input(p, scheme)
     if executor == "ray":
         runtime.init_ray(address, num_cpus)
     status = RunStatus(out, name, [c.name or stage_kind(c) for c in configs], on_status)
@@ -217,7 +229,7 @@ def run_stages(
             stage_dir = posixpath.join(out, cfg.name or kind)
             inputs = {k: list(v) for k, v in tables.items()}
             inputs.update({k: [storage.absolute(p)] for k, p in cfg.inputs.items()})
-            stage = cls(cfg, RunContext(out, stage_dir, inputs))
+            stage = cls(cfg, RunContext(out, stage_dir, inputs, scheme))
             summary = _run_one_stage(stage, cfg, stage_dir, executor, status, i)
             summaries.append({"name": cfg.name, **summary})
             for table in cls.outputs:
@@ -226,7 +238,8 @@ def run_stages(
         stopped = isinstance(e, KeyboardInterrupt | SystemExit)
         status.finish("interrupted" if stopped else "failed", f"{type(e).__name__}: {str(e)[:500]}")
         raise
-    run = {"name": name, "out": out, "seconds": round(time.time() - t0, 2), "stages": summaries, "tables": tables}
+    run = {"name": name, "out": out, "id_scheme": scheme, "seconds": round(time.time() - t0, 2), "stages": summaries,
+           "tables": tables}
     shards.write_bytes_atomic(fs, posixpath.join(out_path, "_run.json"), json.dumps(run, indent=1).encode())
     status.finish("succeeded")
     return run
@@ -238,7 +251,9 @@ def run_pipeline(
     address: str | None = None,
     executor: str | None = None,
     on_status: Callable[[dict[str, Any]], None] | None = None,
+    id_scheme: str | None = None,
 ) -> dict[str, Any]:
+    """Run a spec file; `id_scheme` overrides the spec's (see `run_stages`)."""
     out = storage.absolute(out)  # resolved here, before anything travels to workers
     spec, configs = load_spec(path, {"out": out})
     return run_stages(
@@ -249,6 +264,7 @@ def run_pipeline(
         num_cpus=spec.ray.num_cpus,
         name=spec.name,
         on_status=on_status,
+        id_scheme=id_scheme or spec.id_scheme,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from acedata import image_index, shards
+from acedata import ids, image_index, shards
 from acedata.schemas import conform
 from acedata.stage import RunContext, Stage, WorkUnit
 
@@ -52,7 +52,8 @@ def execute_unit(stage: Stage, unit: WorkUnit) -> dict[str, int]:
     """Process one unit and commit its outputs; the done-marker is written last."""
     for table in stage.outputs:
         shards.clear_attempts(stage.ctx.out(table), unit.id)
-    result = stage.process(unit)
+    with ids.using(stage.ctx.id_scheme):  # every id a unit computes is in the run's scheme
+        result = stage.process(unit)
     counts = dict(result.counts)
     for table, rows in result.tables.items():
         schema = stage.output_schema(table)

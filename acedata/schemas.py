@@ -37,7 +37,7 @@ def _f(name: str, typ: pa.DataType, nullable: bool = True) -> pa.Field:
 
 IMAGES = pa.schema(
     [
-        _f("image_id", pa.string(), False),  # sha256 of size + decoded pixels (acedata.images.pixel_id)
+        _f("image_id", pa.string(), False),  # hash of size + decoded pixels in the run's id scheme (acedata.ids)
         _f("source_uri", pa.string(), False),
         _f("width", pa.int32(), False),
         _f("height", pa.int32(), False),

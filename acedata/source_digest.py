@@ -12,6 +12,9 @@ last-modified time, which S3 keeps to the second: a same-size rewrite within the
 the previous write goes unseen (pyarrow's listing carries no ETag); a filesystem that
 reports no time hashes size alone.
 
+Each file's bytes are hashed in the run's image id scheme (`acedata.ids`): xxh3-128 for new runs
+(a tenth of sha256's CPU), sha256 for runs made before, whose resume keys so stay as they were.
+
 Local special files (pipes, sockets, devices) and symlinks are never opened: only their kind
 counts. On object stores every object is a regular file, read through the root's filesystem.
 """
@@ -28,14 +31,14 @@ from typing import Literal
 
 import pyarrow.fs as pafs
 
-from acedata import storage
+from acedata import ids, storage
 from acedata.source_roots import is_remote, list_files, source_root
 
 Mode = Literal["content", "metadata"]
 
 
-def _sha(open_stream: Callable) -> str:
-    h = hashlib.sha256()
+def _sha(open_stream: Callable, scheme: str) -> str:
+    h = ids.hasher(scheme)
     with open_stream() as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
@@ -56,11 +59,13 @@ def _entries(root: str) -> list[tuple[str, os.stat_result]]:
     return sorted(out)
 
 
-def source_digest(root: str, mode: Mode = "content", threads: int = 8) -> str:
-    """A digest of what a source root holds (see the module doc); `root`'s own location is left out."""
+def source_digest(root: str, mode: Mode = "content", threads: int = 8, scheme: str = ids.SHA256) -> str:
+    """A digest of what a source root holds (see the module doc); `root`'s own location is left out.
+    `scheme` hashes each file's bytes (`content` mode)."""
     root = source_root(root)
+    ids.check(scheme)
     if is_remote(root):
-        return _remote_digest(root, mode, threads)
+        return _remote_digest(root, mode, threads, scheme)
     if not os.path.lexists(root):
         return "missing"
     entries = _entries(root)
@@ -71,7 +76,8 @@ def source_digest(root: str, mode: Mode = "content", threads: int = 8) -> str:
         # files in batches per thread task: a task per small file cost more than hashing it
         batch = max(1, min(64, len(paths) // (threads * 4)))
         with ThreadPoolExecutor(threads) as pool:
-            done = pool.map(_local_shas, [paths[i : i + batch] for i in range(0, len(paths), batch)])
+            done = pool.map(lambda part: _local_shas(part, scheme),
+                            [paths[i : i + batch] for i in range(0, len(paths), batch)])
             shas = dict(zip((rel for rel, _ in regular), (sha for part in done for sha in part)))
     h = hashlib.sha256()
     for rel, st in entries:
@@ -85,7 +91,7 @@ def source_digest(root: str, mode: Mode = "content", threads: int = 8) -> str:
     return h.hexdigest()
 
 
-def _remote_digest(root: str, mode: Mode, threads: int) -> str:
+def _remote_digest(root: str, mode: Mode, threads: int, scheme: str) -> str:
     """The same digest over an object store: one listing, bytes read through the root's filesystem."""
     fs, base = storage.resolve(root)
     info = fs.get_file_info(base)
@@ -96,7 +102,7 @@ def _remote_digest(root: str, mode: Mode, threads: int) -> str:
     h = hashlib.sha256()
     if mode == "content":
         with ThreadPoolExecutor(threads) as pool:
-            shas = list(pool.map(lambda e: _safe(lambda: _sha(lambda: fs.open_input_stream(e[1].path))), entries))
+            shas = list(pool.map(lambda e: _safe(lambda: _sha(lambda: fs.open_input_stream(e[1].path), scheme)), entries))
         for (rel, i), sha in zip(entries, shas):
             h.update(f"{rel}\0{i.size}\0{sha}\n".encode())
     else:
@@ -105,12 +111,12 @@ def _remote_digest(root: str, mode: Mode, threads: int) -> str:
     return h.hexdigest()
 
 
-def _local_sha(path: str) -> str:
-    return _safe(lambda: _sha(lambda: open(path, "rb")))
+def _local_sha(path: str, scheme: str) -> str:
+    return _safe(lambda: _sha(lambda: open(path, "rb"), scheme))
 
 
-def _local_shas(paths: list[str]) -> list[str]:
-    return [_local_sha(p) for p in paths]
+def _local_shas(paths: list[str], scheme: str) -> list[str]:
+    return [_local_sha(p, scheme) for p in paths]
 
 
 def _safe(f: Callable[[], str]) -> str:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from acedata import ids
 from acedata.config import StageConfig
 
 REGISTRY: dict[str, type[Stage]] = {}
@@ -48,6 +49,8 @@ class RunContext:
     run_dir: str
     stage_dir: str
     inputs: dict[str, list[str]]  # table name -> table paths produced by earlier stages
+    # How this run's image ids are made (`acedata.ids`): pinned per run by `acedata.pipeline`.
+    id_scheme: str = ids.DEFAULT
 
     def out(self, table: str) -> str:
         return posixpath.join(self.stage_dir, table)

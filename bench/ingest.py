@@ -12,7 +12,11 @@ embedded Ray's raylet, GCS and workers; psutil) per image against the bare loop'
 shared with other work the CPU measure moves far less with the neighbours' load; for Ray it is
 the efficiency per core actually used (idle, waiting workers cost no CPU time).
 
-    .venv/bin/python bench/ingest.py [--variants 48] [--side 768] [--skip-ray] [--profile]
+    .venv/bin/python bench/ingest.py [--variants 48] [--side 768] [--skip-ray] [--profile] [--repeat 3]
+
+`--repeat N` times each measured run N times, each between two bare loops, and prints the median
+of the N same-moment ratios: on a shared machine one pair moves by +-0.1 with the neighbours.
+`--id-scheme` picks the image id scheme of the timed runs (`acedata.ids`; default: a new run's).
 
 `--side` re-encodes the demo photos (120-384 px thumbnails) at that long side (JPEG q90), closer to
 the photos a real corpus holds; `--profile` splits the local run's time into parts (cProfile).
@@ -26,6 +30,7 @@ import glob
 import os
 import pstats
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -124,7 +129,20 @@ def profile_report(stage, tmp: str) -> None:
         print(f"  {part:<46} {sec:>7.3f} s {100 * sec / parts['= total']:>6.1f}%")
 
 
-def ray_report(stage, cpu_rates: dict[str, float], tmp: str, cpus: int, bare: float, bare_cpu: float) -> None:
+def repeated(stage, cpu_rates: dict[str, float], files: list[str], executor: str, tmp: str, n: int) -> str:
+    """`n` runs of the stage, each between two bare loops: the median CPU ratio and each one."""
+    ratios = []
+    for i in range(n):
+        b1 = bare_rates(files)[1]
+        out = os.path.join(tmp, f"{executor}-rep{i}")
+        stage(executor, out)
+        b2 = bare_rates(files)[1]
+        ratios.append(cpu_rates[out] / max(b1, b2))
+    return f"median {statistics.median(ratios):.2f} of {n} ({', '.join(f'{r:.2f}' for r in ratios)})"
+
+
+def ray_report(stage, cpu_rates: dict[str, float], tmp: str, cpus: int, bare: float, bare_cpu: float,
+               files: list[str], repeat: int) -> None:
     """Two Ray runs (cold: worker processes starting, then warm) against the bare loop."""
     from acedata.runtime import init_ray
 
@@ -138,6 +156,8 @@ def ray_report(stage, cpu_rates: dict[str, float], tmp: str, cpus: int, bare: fl
     print(f"ingest stage, Ray warm  : {warm_rate:8.1f} images/s ({cpus} cores)  "
           f"per core {warm_rate / bare / cpus:.2f}   {warm_cpu:8.1f} images per CPU s  "
           f"ratio {warm_cpu / bare_cpu:.2f}")
+    if repeat > 1:
+        print(f"ingest stage, Ray warm, CPU ratio: {repeated(stage, cpu_rates, files, 'ray', tmp, repeat)}")
 
 
 def main() -> int:
@@ -148,6 +168,8 @@ def main() -> int:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="median CPU ratio of this many runs (see above)")
+    ap.add_argument("--id-scheme", default=None, help="sha256 | xxh3-128 (default: a new run's)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -162,6 +184,7 @@ def main() -> int:
     try:
         corpus, warm, files = make_corpus(tmp, args.variants, args.side)
         extra = {"files_per_unit": args.files_per_unit} if args.files_per_unit else {}
+        scheme = {"id_scheme": args.id_scheme} if args.id_scheme else {}
         bare_decode(files[:20])  # the page cache
 
         cpu_rates: dict[str, float] = {}
@@ -171,7 +194,7 @@ def main() -> int:
             t, c = time.perf_counter(), tree_cpu()
             if prof:
                 prof.enable()
-            run = run_stages([cfg], out, executor=executor, num_cpus=args.cpus)
+            run = run_stages([cfg], out, executor=executor, num_cpus=args.cpus, **scheme)
             if prof:
                 prof.disable()
             dt, dc = time.perf_counter() - t, tree_cpu() - c
@@ -194,10 +217,12 @@ def main() -> int:
         print(f"bare Pillow decode loop : {bare:8.1f} images/s (1 core)   {bare_cpu:8.1f} images per CPU s")
         print(f"ingest stage, local     : {local:8.1f} images/s (1 core)  ratio {local / bare:.2f}   "
               f"{local_cpu:8.1f} images per CPU s  ratio {local_cpu / bare_cpu:.2f}")
+        if args.repeat > 1:
+            print(f"ingest stage, local, CPU ratio: {repeated(stage, cpu_rates, files, 'local', tmp, args.repeat)}")
         if args.profile:
             profile_report(stage, tmp)
         if not args.skip_ray:
-            ray_report(stage, cpu_rates, tmp, args.cpus, bare, bare_cpu)
+            ray_report(stage, cpu_rates, tmp, args.cpus, bare, bare_cpu, files, args.repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

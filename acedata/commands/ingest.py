@@ -15,6 +15,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", help="folders (recursive), .parquet files, .tar WebDataset shards: local paths "
                    "or URIs (s3://bucket/corpus/, gs://..., file://..., memory://...)")
     p.add_argument("--out", required=True, help="output run directory (local path or URI)")
+    p.add_argument("--id-scheme", choices=["xxh3-128", "sha256"], default=None,
+                   help="image id scheme of a new run: xxh3-128 (the default) or sha256; an existing run keeps its own")
     from acedata.commands._common import add_run_options
     from acedata.commands._common import config_option as opt
     from acedata.stages.ingest import IngestConfig as C
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     values["max_side"] = values["max_side"] or None  # 0 on the command line: never downscale
     cfg = IngestConfig(name="ingest", sources=[storage.absolute(s) for s in args.sources],  # resolved before Ray
                        **values)
-    result = run_stages([cfg], args.out, executor=args.executor, address=args.address, name="ingest")
+    result = run_stages([cfg], args.out, executor=args.executor, address=args.address, name="ingest",
+                        id_scheme=args.id_scheme)
     print_run(result, args.json)
     c = result["stages"][0]["counts"]
     print(f"inputs {c.get('inputs', 0)} = images {c.get('images', 0)} + duplicates {c.get('duplicates', 0)}"

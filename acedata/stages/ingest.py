@@ -83,7 +83,9 @@ class Ingest(Stage):
     version = 3
 
     def input_digest(self) -> dict[str, Any]:
-        return {"sources": [source_digest(r, self.config.source_digest) for r in self.config.sources]}
+        # file bytes hashed in the run's id scheme: a sha256 run's key is what it always was
+        return {"sources": [source_digest(r, self.config.source_digest, scheme=self.ctx.id_scheme)
+                            for r in self.config.sources]}
 
     def plan(self) -> list[WorkUnit]:
         units: list[WorkUnit] = []
@@ -138,7 +140,7 @@ class Ingest(Stage):
                     bad.append(_quarantine(rec, *rec.error))
                     continue
                 try:
-                    d = decode(rec.data, limits)
+                    d = decode(rec.data, limits, self.ctx.id_scheme)
                 except Rejected as r:
                     bad.append(_quarantine(rec, r.reason, r.detail))
                     continue

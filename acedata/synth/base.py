@@ -36,6 +36,7 @@ class Img:
 
     @property
     def id(self) -> str:
+        """The content address, in the scheme of the running stage's run (`acedata.ids.current`)."""
         if self.image_id is None:
             self.image_id = pixel_id(self.pil, self._arrays.get(self.pil.mode))
         return self.image_id
