@@ -119,6 +119,10 @@ def main() -> int:
     core_s = flops / (g_cpu * 1e9)
     print(f"pair on {run}: {len(units)} units, {rows} pairs, digest {digest}; torch threads {torch.get_num_threads()}, "
           f"load {os.getloadavg()[0]:.1f}")
+    kept = {k: v for k, v in sorted(counts.items()) if not k.endswith(("_us", "micros"))}
+    print(f"  counts (timings left out) digest {hashlib.sha256(repr(kept).encode()).hexdigest()[:16]}: "
+          f"pass1_sets {kept.get('pass1_sets')}, final_sets {kept.get('final_sets')}, guard1_sets_incoherent "
+          f"{kept.get('guard1_sets_incoherent')}, guard1_members_dropped {kept.get('guard1_members_dropped')}")
     print(f"  stage {cpu:.1f} CPU s ({wall:.1f} s wall): read {counts.get('read_us', 0) / 1e6:.1f} s, mine "
           f"{counts.get('mine_us', 0) / 1e6:.1f} s, kernel {counts.get('sim_matmul_us', 0) / 1e6:.1f} s (wall)")
     print(f"  bare torch.mm over the same blocks {bare:.1f} CPU s: stage/bare = {cpu / bare:.2f} "
