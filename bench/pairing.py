@@ -9,7 +9,8 @@
     peak RSS is the stages' peak memory): wall time, peak memory, and the similarity
     FLOP rate inside the pair stage vs a bare torch matmul over the same cluster shapes;
     the roofline fraction of the whole stage = (similarity FLOPs / bare-matmul rate) /
-    the pair stage's wall time;
+    the pair stage's wall time; and load-robust, the stage's CPU seconds / (similarity FLOPs
+    at the one-thread bare matmul's GFLOP per CPU second), goal <= 3x;
 (d) mining quality on generated hierarchical data (bridges, near-duplicates, singletons,
     loose fine groups) at several k: precision (a pair touching a bridge is wrong),
     recall, and written pairs outside [tau_low, tau_high];

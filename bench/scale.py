@@ -167,6 +167,7 @@ def run_meta(n: int, work: str, env: dict[str, str], d: int, per_cluster: int, p
         k = max(1, n // per_cluster)
         base["k"] = k
         base["bare_matmul_gflops"] = bare_matmul_gflops(d)
+        base["bare_matmul_cpu_gflops"] = bare_matmul_cpu_gflops(d)
         _fresh(run_dir)
         m = measure(acedata("pair", "--embeddings", emb, "--out", run_dir, "--k", str(k)), env, log,
                     os.path.join(run_dir, "_status.json"), rss_limit_mib=rss_limit,
@@ -216,6 +217,26 @@ def bare_matmul_gflops(d: int, block: int = 4096, repeat: int = 5) -> float:
         t = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t)
+    return round(2 * block * block * d / best / 1e9, 2)
+
+
+def bare_matmul_cpu_gflops(d: int, block: int = 4096, repeat: int = 5) -> float:
+    """The load-robust roofline: the same float32 block x d @ d x block on one thread, in GFLOP per
+    CPU second (time.process_time; best of `repeat`). Other processes on a shared machine slow its
+    wall clock, not (much) its CPU time, so "stage CPU s / (similarity FLOPs at this rate)" can be
+    judged on a busy machine; one thread is the GEMM's own cost, without a thread pool's waits."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((block, d), dtype=np.float32)
+    b = rng.standard_normal((d, block), dtype=np.float32)
+    best = float("inf")
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(repeat):
+            t = time.process_time()
+            a @ b
+            best = min(best, time.process_time() - t)
     return round(2 * block * block * d / best / 1e9, 2)
 
 

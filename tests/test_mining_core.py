@@ -3,6 +3,8 @@ guard and the two-turn miner on generated embeddings with a known answer."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -15,7 +17,7 @@ from acedata.mining.scorers import make_scorer
 from acedata.mining.scorers.siglip import SiglipScorer
 from acedata.mining.similarity import BandStats, band_edges
 from acedata.mining.synthetic import generate
-from acedata.mining.twopass import MiningParams, MiningStats, mine_cluster
+from acedata.mining.twopass import MiningParams, MiningStats, mine_cluster, mine_clusters
 from acedata.mining.vectors import fixed_list, to_matrix
 from acedata.unionfind import UnionFind
 
@@ -218,10 +220,16 @@ def test_stacked_guard_counts_equal_per_set_counts():
     def score_of(m: np.ndarray) -> np.ndarray:
         return scores[m[..., :, None], m[..., None, :]]
 
+    # a second pass re-checks some sets as they were and some new ones (halves of the others),
+    # the first pass's similarity checks looked up in `low`
+    again = sets[::2] + [h for m in sets[1::2] for h in np.array_split(m, 2) if len(h)]
     for cfg, sof in ((GuardConfig(min_pair_sim=0.6), None), (GuardConfig(min_pair_sim=0.6, min_pair_score=0.3), score_of)):
-        got = _stacked_bad_counts(sets, x, cfg, sof)
-        want = {i: _count_bad(_bad_pairs(m, x, cfg, sof)) for i, m in enumerate(sets) if len(m) >= 2}
-        assert got == want and sum(want.values()) > 0
+        low: dict = {}
+        for these in (sets, again):
+            got = _stacked_bad_counts(these, x, cfg, sof, low)
+            want = {i: _count_bad(_bad_pairs(m, x, cfg, sof)) for i, m in enumerate(these) if len(m) >= 2}
+            assert {i: int(c) for i, c in enumerate(got) if c >= 0} == want and sum(want.values()) > 0
+        assert low
 
 
 def test_normalize_in_steps_is_the_whole_array_formula_bit_for_bit(monkeypatch):
@@ -252,3 +260,30 @@ def test_low_sims_decide_exactly_as_the_per_set_product():
         exact = [r @ r.T for r in rows]
         for t in [0.5, float(exact[3][0, 1]), float(exact[7][2, 4]), float(np.median(np.stack(exact)))]:
             assert (_low_sims(rows, t) == np.stack([e < t for e in exact])).all()
+
+
+class _PlainCosine(SiglipScorer):
+    """siglip's scores through the per-cluster scorer path (as a model scorer is called)."""
+
+    cosine_scores = False
+
+
+@pytest.mark.parametrize("scorer", [SiglipScorer(), _PlainCosine()], ids=["one-call", "per-cluster"])
+def test_mine_clusters_equals_mine_cluster_per_cluster(scorer):
+    g = generate(n_coarse=5, fine_per_coarse=4, group_size=10, near_dups=10, bridges=12, seed=3)
+    order = np.argsort(g.coarse, kind="stable")
+    x, cid = g.x[order], g.coarse[order]
+    bounds = np.r_[0, np.flatnonzero(np.diff(cid)) + 1, len(cid)]
+    params = MiningParams(tau_low=0.7, tau_high=0.97, pass2_low=0.7, pass2_high=0.97,
+                          guard=GuardConfig(min_pair_sim=0.7, max_set_size=8))
+    one, per = MiningStats(), MiningStats()
+    got = mine_clusters(x, bounds, scorer, params, None, one)
+    want = [(lo + fs.members, fs.pass2) for lo, hi in pairwise(bounds)
+            for fs in mine_cluster(x[lo:hi], scorer, params, None, per)]
+    assert len(got) == len(want) > 10
+    for fs, (m, p2) in zip(got, want):
+        assert np.array_equal(fs.members, m)
+        assert np.array_equal(fs.pass2, p2, equal_nan=True)
+    a, b = one.flat(), per.flat()
+    a.pop("guard1_micros"), a.pop("guard2_micros"), b.pop("guard1_micros"), b.pop("guard2_micros")
+    assert a == b and a["guard1_sets_incoherent"] > 0

@@ -235,3 +235,23 @@ def test_set_pair_dots_equal_pair_dots_bit_for_bit(monkeypatch, d, dtype):
     monkeypatch.setattr(pairs, "PAIR_CHUNK_BYTES", 1)
     assert set_pair_dots(x, sets).tobytes() == want
     assert set_pair_dots(x, []).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_normalize_into_equals_normalize_bit_for_bit(monkeypatch, dtype):
+    """Scattered places (a step placed through scratch) and consecutive ones (a step converted
+    straight into the output) give the bits of normalizing a gathered copy."""
+    from acedata.mining import vectors
+    from acedata.mining.vectors import normalize_into
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((700, 48)) * 3).astype(dtype)
+    x[3] = 0  # a zero row stays zero
+    rows = np.sort(rng.choice(700, 400, replace=False))
+    monkeypatch.setattr(vectors, "NORM_ROWS", 64)
+    want = normalize(x[rows])
+    for dest in (np.arange(400) + 7, np.sort(rng.choice(1000, 400, replace=False))):
+        out = np.full((1000, 48), np.nan, np.float32)
+        normalize_into(out, dest, x, rows)
+        assert out[dest].tobytes() == want.tobytes()
+        assert np.isnan(np.delete(out, dest, axis=0)).all()

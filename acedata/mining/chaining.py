@@ -138,45 +138,69 @@ def _diagonal_index(s: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stacked_bad_counts(sets: list[np.ndarray], emb: np.ndarray, cfg: GuardConfig,
-                        score_of: ScoreOf | None, low_sims: dict | None = None) -> dict[int, int]:
-    """`_count_bad(_bad_pairs(...))` of every set of 2..STACK_MAX members, by index into `sets`.
+                        score_of: ScoreOf | None, low_sims: dict | None = None,
+                        sizes: np.ndarray | None = None) -> np.ndarray:
+    """`_count_bad(_bad_pairs(...))` of every set of 2..STACK_MAX members, by index into `sets`
+    (-1: a set not counted here).
 
     The sets of one size are stacked: one gather of their rows, and the comparisons, the
     pass-2 look-up and the counting over the whole stack instead of a dozen small numpy
     calls per set (thousands of sets of a few members per cluster: that overhead was the
     guard's cost). The similarity checks are the per-set ones exactly (`_low_sims`), so the
-    counts are exactly the per-set counts. `low_sims` keeps each set's
-    `x @ x.T < min_pair_sim` by its members: turn 2 mostly re-checks turn 1's sets as they are."""
-    by_size: dict[int, list[int]] = {}
-    for i, m in enumerate(sets):
-        if 2 <= len(m) <= min(STACK_MAX, CHECK_LIMIT):
-            by_size.setdefault(len(m), []).append(i)
-    out: dict[int, int] = {}
+    counts are exactly the per-set counts. `low_sims` keeps, per (min_pair_sim, size), the
+    sets checked and their `x @ x.T < min_pair_sim`: turn 2 mostly re-checks turn 1's sets as
+    they are, found by array look-ups over a stack (no Python step per set)."""
+    sizes = np.fromiter((len(m) for m in sets), np.int64, len(sets)) if sizes is None else sizes
+    out = np.full(len(sets), -1, np.int64)
     check_scores = score_of is not None and cfg.min_pair_score is not None
-    for size, idx in sorted(by_size.items()):
+    eligible = np.flatnonzero((sizes >= 2) & (sizes <= min(STACK_MAX, CHECK_LIMIT)))
+    order = eligible[np.argsort(sizes[eligible], kind="stable")]  # by size, then by index
+    cuts = np.flatnonzero(np.diff(sizes[order])) + 1
+    for group in np.split(order, cuts) if len(order) else []:
+        size = int(sizes[group[0]])
         step = max(1, STACK_BYTES // (size * emb.shape[1] * emb.dtype.itemsize))
         diag = np.arange(size)
-        for c in range(0, len(idx), step):
-            part = idx[c:c + step]
-            stack = np.stack([sets[i] for i in part])
-            keys = [(cfg.min_pair_sim, sets[i].tobytes()) for i in part]
-            known = low_sims if low_sims is not None else {}
+        for c in range(0, len(group), step):
+            part = group[c:c + step]
+            stack = np.stack([sets[i] for i in part.tolist()])
             bad = np.empty((len(part), size, size), bool)
-            new = [k for k, key in enumerate(keys) if key not in known]
-            if new:  # as _bad_pairs decides them, set by set
+            known = _known_rows(low_sims, (cfg.min_pair_sim, size), stack)
+            if known is not None:
+                hit, at, store = known
+                bad[hit] = store[2][at[hit]]
+                new = np.flatnonzero(~hit)
+            else:
+                new = np.arange(len(part))
+            if len(new):  # as _bad_pairs decides them, set by set
                 bad[new] = _low_sims(emb[stack[new]], cfg.min_pair_sim)
-            for k, key in enumerate(keys):
-                if key in known:
-                    bad[k] = known[key]
-                elif low_sims is not None:
-                    low_sims[key] = bad[k].copy()
+                if low_sims is not None:
+                    _remember(low_sims, (cfg.min_pair_sim, size), stack[new], bad[new])
             if check_scores:
                 sc = score_of(stack)
                 sc[:, diag, diag] = np.inf
                 bad |= ~(sc >= cfg.min_pair_score)  # NaN counts as incoherent
-            counts = (bad.sum(axis=(1, 2)) - bad[:, diag, diag].sum(axis=1)) // 2
-            out.update(zip(part, counts.tolist()))
+            out[part] = (bad.sum(axis=(1, 2)) - bad[:, diag, diag].sum(axis=1)) // 2
     return out
+
+
+def _known_rows(low_sims: dict | None, key: tuple, stack: np.ndarray):
+    """(found, where, store) for the sets of `stack` (G, S) already in `low_sims[key]`, else None.
+    A store holds its sets sorted by first member (disjoint sets: first members differ), so each
+    set is found by one search and confirmed by comparing all its members."""
+    store = low_sims.get(key) if low_sims is not None else None
+    if store is None:
+        return None
+    first, rows, _ = store
+    at = np.minimum(np.searchsorted(first, stack[:, 0]), len(first) - 1)
+    hit = (rows[at] == stack).all(axis=1)
+    return hit, at, store
+
+
+def _remember(low_sims: dict, key: tuple, stack: np.ndarray, bad: np.ndarray) -> None:
+    _, rows, low = low_sims.get(key, (np.zeros(0, np.int64), stack[:0], bad[:0]))
+    rows, low = np.concatenate([rows, stack]), np.concatenate([low, bad])
+    order = np.argsort(rows[:, 0], kind="stable")
+    low_sims[key] = (rows[order, 0], rows[order], low[order])
 
 
 def _bisect(members: np.ndarray, emb: np.ndarray, limit: int) -> list[np.ndarray]:
@@ -349,13 +373,22 @@ def guard_sets(
         return [s for s in sets if len(s) > 1], stats
     src, dst, w, starts = _group_edges(sets, len(emb), edges)
     guard = _Guard(emb, cfg, score_of, stats)
-    counted = _stacked_bad_counts(sets, emb, cfg, score_of, low_sims)
-    out: list[np.ndarray] = []
-    for i, members in enumerate(sets):
-        if len(members) < 2:
-            continue
-        stats.sets_checked += 1
-        v = guard.verdict(members, True, counted.get(i))
+    sizes = np.fromiter((len(m) for m in sets), np.int64, len(sets))
+    counted = _stacked_bad_counts(sets, emb, cfg, score_of, low_sims, sizes)
+    # the sets counted above: `verdict`'s counters and its "ok" for all of them at once
+    live, done = sizes >= 2, counted >= 0
+    stats.sets_checked += int(live.sum())
+    stats.incoherent_pairs_before += int(counted[done].sum())
+    stats.sets_oversize += int((done & (sizes > cfg.max_set_size)).sum())
+    stats.sets_incoherent += int((counted > 0).sum())
+    ok = done & (counted == 0) & (sizes <= cfg.max_set_size)
+    out: list[np.ndarray] = [sets[i] for i in np.flatnonzero(ok).tolist()]
+    for i in np.flatnonzero(live & ~ok).tolist():
+        members = sets[i]
+        if counted[i] >= 0:  # counted above: chained, or coherent but oversize
+            v = "chained" if counted[i] > 0 else "big"
+        else:
+            v = guard.verdict(members, True)
         if v == "ok":
             out.append(members)
             continue

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from acedata import shards, storage
 from acedata.errors import UserError
-from acedata.mining.vectors import normalize
+from acedata.mining.vectors import normalize_into
 
 META = "_members.json"
 GROUP_ROWS = 4096  # rows per row group at least (~6 MB of 768-d float16): few footer entries, small over-read
@@ -169,15 +169,17 @@ def read_clusters(table: str, lo: int, hi: int) -> tuple[pa.Table, np.ndarray]:
     t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     order = pc.sort_indices(t.select(["cluster_id", "image_id"]),
                             sort_keys=[("cluster_id", "ascending"), ("image_id", "ascending")]).to_numpy()
-    return t.take(order), normalize(_gather_sorted(vecs, order, schema))
+    return t.take(order), _gather_sorted(vecs, order, schema)
 
 
 def _gather_sorted(vecs: list[tuple[list[pa.Array], np.ndarray]], order: np.ndarray, schema: pa.Schema) -> np.ndarray:
-    """The stored vectors of the kept rows in sorted order: `vecs` holds, per shard read, the
-    embedding column's chunks and the kept row numbers among them (in concat order); output row k
-    is kept row `order[k]`. One copy per vector, chunk by chunk, from the read buffers."""
-    dtype, dim = schema.metadata[VECTOR_KEY].decode().split(",")
-    out = np.empty((len(order), int(dim)), dtype)
+    """The unit-norm float32 vectors of the kept rows in sorted order: `vecs` holds, per shard read,
+    the embedding column's chunks and the kept row numbers among them (in concat order); output
+    row k is kept row `order[k]`. Each stored vector is read once from the read buffers, converted
+    and normalized in cache-sized steps (`normalize_into`; the same bits as normalizing a gathered
+    copy), never copied whole in its stored type first."""
+    _, dim = schema.metadata[VECTOR_KEY].decode().split(",")
+    out = np.empty((len(order), int(dim)), np.float32)
     where = np.empty(len(order), np.int64)
     where[order] = np.arange(len(order))  # each kept row's place in the output
     at = 0  # kept rows of earlier shards
@@ -186,8 +188,7 @@ def _gather_sorted(vecs: list[tuple[list[pa.Array], np.ndarray]], order: np.ndar
         for ch in chunks:
             lo_k, hi_k = np.searchsorted(keep, [base, base + len(ch)])
             if hi_k > lo_k:
-                x = from_bytes(ch, schema)
-                out[where[at + lo_k:at + hi_k]] = x[keep[lo_k:hi_k] - base]
+                normalize_into(out, where[at + lo_k:at + hi_k], from_bytes(ch, schema), keep[lo_k:hi_k] - base)
             base += len(ch)
         at += len(keep)
     return out

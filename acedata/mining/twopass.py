@@ -72,15 +72,39 @@ def mine_cluster(
     stats: MiningStats | None = None,
 ) -> list[FinalSet]:
     """Final sets of one cluster (`emb`: unit-norm rows, float32)."""
+    return mine_clusters(emb, np.array([0, len(emb)], np.int64), scorer, params, images_for, stats)
+
+
+def mine_clusters(
+    emb: np.ndarray,
+    bounds: np.ndarray,
+    scorer: Scorer,
+    params: MiningParams,
+    images_for: ImagesFor | None = None,
+    stats: MiningStats | None = None,
+) -> list[FinalSet]:
+    """Final sets of every cluster of `emb` (cluster c: rows bounds[c]:bounds[c + 1]), cluster after
+    cluster, members as rows of `emb`: the same sets, in the same order, as `mine_cluster` on each
+    cluster's rows. Turn-1 similarities are per cluster (edges never cross a cluster, so neither
+    do sets); everything after them (components, both guard passes, turn 2's scores) runs once
+    over all the clusters' sets, not once per cluster (a unit holds ~50 clusters: the per-call
+    numpy steps per set size were much of the non-kernel cost). A scorer that scores with a
+    model is still called once per cluster, so its batches are the per-cluster ones."""
     stats = stats if stats is not None else MiningStats()
     n = len(emb)
-    stats.points += n
-    if n < 2:
+    edges1 = []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        stats.points += hi - lo
+        if hi - lo < 2:
+            continue
+        src, dst, sim = band_edges(emb[lo:hi], params.tau_low, params.tau_high, params.block, params.device,
+                                   stats.band, params.max_edges_per_node)
+        edges1.append((src + lo, dst + lo, sim))
+    if not edges1:
         return []
-    src, dst, sim = band_edges(emb, params.tau_low, params.tau_high, params.block, params.device, stats.band,
-                               params.max_edges_per_node)
+    src, dst, sim = (np.concatenate(e) for e in zip(*edges1))
     stats.pass1_edges += len(src)
-    sets1 = components(n, src, dst, min_size=2)
+    sets1 = components(n, src, dst, min_size=2)  # ordered by smallest member: cluster after cluster
     low_sims: dict = {}  # turn 2's guard re-checks turn 1's sets: their similarities once
     sets1, g1 = guard_sets(sets1, emb, (src, dst, sim), params.tau_low, params.guard, params.tau_high,
                            low_sims=low_sims)
@@ -88,14 +112,7 @@ def mine_cluster(
     stats.pass1_sets += len(sets1)
     if not sets1:
         return []
-    # Turn 2 for all sets of the cluster at once: one scorer call (batched where the scorer can),
-    # one components pass and one guard pass, not one of each per set.
-    images_of = None
-    if scorer.needs_images:  # one fetch per cluster, not per set
-        linked = np.concatenate(sets1)
-        images = dict(zip(linked.tolist(), images_for(linked)))
-        images_of = lambda m: [images[k] for k in m.tolist()]
-    src, dst, score, pairs_per_set = scorer.score_sets_flat(emb, sets1, images_of)
+    src, dst, score, pairs_per_set = _score_sets(emb, bounds, sets1, scorer, images_for)
     rows1 = np.concatenate(sets1)  # the linked points, set after set
     sizes = np.array([len(m) for m in sets1], np.int64)
     owner = np.full(n, -1, np.int64)  # the turn-1 set of each linked point
@@ -138,6 +155,31 @@ def mine_cluster(
     return out
 
 
+def _score_sets(emb: np.ndarray, bounds: np.ndarray, sets: list[np.ndarray], scorer: Scorer,
+                images_for: ImagesFor | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`scorer.score_sets_flat` over turn 1's sets (rows of `emb`, ordered by cluster): one call for
+    a scorer whose scores are the embeddings' own per-pair products (the same bits however the sets
+    are grouped), else one call per cluster, with its images fetched once per cluster."""
+    if scorer.cosine_scores and not scorer.needs_images:
+        return scorer.score_sets_flat(emb, sets, None)
+    first = np.array([int(m[0]) for m in sets], np.int64)
+    cuts = np.searchsorted(first, bounds)
+    parts = []
+    for c in range(len(bounds) - 1):
+        a, b = int(cuts[c]), int(cuts[c + 1])
+        if a == b:
+            continue
+        lo, hi = int(bounds[c]), int(bounds[c + 1])
+        local = [m - lo for m in sets[a:b]]
+        images_of = None
+        if scorer.needs_images:  # one fetch per cluster, not per set
+            linked = np.concatenate(local)
+            images = dict(zip(linked.tolist(), images_for(linked + lo)))
+            images_of = lambda m, images=images: [images[k] for k in m.tolist()]
+        parts.append(scorer.score_sets_flat(emb[lo:hi], local, images_of))
+    return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
+
+
 def mine_unit(ids: list[str], cid: np.ndarray, home: np.ndarray, other: np.ndarray, x: np.ndarray, scorer: Scorer,
               params: MiningParams, cap: int, images_for: Callable[[np.ndarray, list[str]], list[bytes | None]],
               ) -> tuple[dict[str, np.ndarray], MiningStats, dict[str, int]]:
@@ -150,11 +192,9 @@ def mine_unit(ids: list[str], cid: np.ndarray, home: np.ndarray, other: np.ndarr
     stats = MiningStats()
     band, band2 = (params.tau_low, params.tau_high), (params.pass2_low, params.pass2_high)
     sets: list[tuple[np.ndarray, np.ndarray, int, str]] = []  # every final set of the unit: rows, pass-2, cluster, key
-    bounds = np.flatnonzero(np.diff(cid)) + 1
-    for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(cid)].tolist()):
-        names, here = ids[lo:hi], int(cid[lo])
-        for fs in mine_cluster(x[lo:hi], scorer, params, lambda m, names=names: images_for(m, names), stats):
-            sets.append((lo + fs.members, fs.pass2, here, set_key([names[k] for k in fs.members])))
+    bounds = np.r_[0, np.flatnonzero(np.diff(cid)) + 1, len(cid)].astype(np.int64)
+    for fs in mine_clusters(x, bounds, scorer, params, lambda m: images_for(m, ids), stats):
+        sets.append((fs.members, fs.pass2, int(cid[fs.members[0]]), set_key([ids[k] for k in fs.members.tolist()])))
     final_sets = len(sets)
     # every set's pairs at once: band checks, border ownership and the per-set cap, vectorised
     got, out_of_band, border_dups = enumerate_sets(x, sets, home, other, band, band2, cap, scorer.cosine_scores)

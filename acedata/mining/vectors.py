@@ -92,13 +92,45 @@ def normalize(x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         else:
             np.take(x, rows[s:s + m], axis=0, out=picked[:m], mode="wrap")
             _cast(c, picked[:m])
-        q, r = sq[:m], norm[:m]
-        np.multiply(c, c, out=q)
-        np.add.reduce(q, axis=1, keepdims=True, out=r)  # np.linalg.norm's own steps
-        np.sqrt(r, out=r)
-        np.maximum(r, 1e-12, out=r)
-        np.divide(c, r, out=c)
+        _unit_rows(c, sq[:m], norm[:m])
     return out
+
+
+def _unit_rows(c: np.ndarray, q: np.ndarray, r: np.ndarray) -> None:
+    """Float32 rows `c` scaled to unit L2 norm in place (`q`, `r`: scratch of c's shape and (m, 1))."""
+    np.multiply(c, c, out=q)
+    np.add.reduce(q, axis=1, keepdims=True, out=r)  # np.linalg.norm's own steps
+    np.sqrt(r, out=r)
+    np.maximum(r, 1e-12, out=r)
+    np.divide(c, r, out=c)
+
+
+def normalize_into(out: np.ndarray, dest: np.ndarray, x: np.ndarray, rows: np.ndarray) -> None:
+    """out[dest[k]] = normalize(x)[rows[k]] for every k (`out`: float32), bit for bit, without a
+    gathered copy of the stored rows: each step of NORM_ROWS rows is gathered, converted and
+    scaled in cache-sized scratch, then placed; a step whose places are consecutive (one shard's
+    rows in a row) is converted straight into `out`."""
+    n, d = len(rows), x.shape[1]
+    step = min(n, NORM_ROWS)
+    if not n:
+        return
+    sq = np.empty((step, d), np.float32)
+    norm = np.empty((step, 1), np.float32)
+    picked = np.empty((step, d), x.dtype)
+    scratch = np.empty((step, d), np.float32)
+    for s in range(0, n, NORM_ROWS):
+        r, w = rows[s:s + NORM_ROWS], dest[s:s + NORM_ROWS]
+        m = len(r)
+        run = int(w[-1]) - int(w[0]) == m - 1 and bool((np.diff(w) == 1).all())
+        c = out[int(w[0]):int(w[0]) + m] if run else scratch[:m]
+        if x.dtype == np.float32:
+            np.take(x, r, axis=0, out=c)
+        else:
+            np.take(x, r, axis=0, out=picked[:m])
+            _cast(c, picked[:m])
+        _unit_rows(c, sq[:m], norm[:m])
+        if not run:
+            out[w] = c
 
 
 def fixed_list(x: np.ndarray, dtype=np.float16) -> pa.FixedSizeListArray:
