@@ -36,7 +36,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-CONFIG = dict(max_history=3, validation_fraction=0.1, rows_per_unit=5000, seed=0, dataset_card=False)
+CONFIG = {"max_history": 3, "validation_fraction": 0.1, "rows_per_unit": 5000, "seed": 0, "dataset_card": False}
 
 
 def _hwm_reset() -> None:

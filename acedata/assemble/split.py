@@ -23,7 +23,8 @@ When all edges fit one unit (at most 10 x `shuffle_rows` of them, known from the
 Then `label` units (one per image bucket) read the samples keyed by their first image and the
 final edges of that bucket, assign the split, and write each sample into the output bucket of
 its split by a range of its seeded shuffle hash, so output units in bucket order, each sorted
-by the hash, are the whole split in shuffled order.
+by the hash, are the whole split in shuffled order; and request the images each output bucket
+needs (fetch.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from acedata import shuffle
+from acedata.assemble import fetch
 from acedata.assemble.config import AssembleConfig
-from acedata.assemble.records import EDGES, ORDERED, SAMPLES, range_bucket, shuffle_hash, split_of
+from acedata.assemble.records import EDGES, ORDERED, SAMPLES, SPLITS, range_bucket, shuffle_hash, split_of
 from acedata.unionfind import group_roots
 
 
@@ -121,24 +123,32 @@ def components(n_img: int, scratch: str, writer: str) -> dict[str, int]:
     return {}
 
 
-def label(b: int, scratch: str, c: AssembleConfig, final_edges: int | None, n_out: dict[str, int],
+def label(b: int, scratch: str, c: AssembleConfig, final_edges: int | None, n_out: dict[str, int], n_img: int,
           writer: str) -> dict[str, int]:
     """Assign this bucket's samples to a split and to the output bucket of their shuffle hash."""
     nbrs = _neighbours(scratch, final_edges, b) if final_edges is not None else {}
     t = shuffle.read_bucket(posixpath.join(scratch, "samples"), b, schema=SAMPLES)
     rows: dict[str, dict[str, list]] = {s: {"h": [], "sample_id": [], "rec": []} for s in n_out}
+    images: dict[str, list[list[str]]] = {s: [] for s in n_out}
     counts: dict[str, int] = defaultdict(int)
-    for first, sid, kind, text in zip(*(t.column(k).to_pylist() for k in ("key", "sample_id", "kind", "rec"))):
+    for first, sid, kind, text, need in zip(*(t.column(k).to_pylist()
+                                              for k in ("key", "sample_id", "kind", "rec", "images"))):
         root = min(nbrs.get(first, ()), default=first)
         split = split_of(min(root, first), c.validation_fraction, c.seed)
         part = rows[split]
         part["h"].append(shuffle_hash(c.seed, sid))
         part["sample_id"].append(sid)
         part["rec"].append(text)
+        images[split].append(need)
         counts[f"planned_{kind}"] += 1
         counts[f"planned_{split}"] += 1
     for split, part in rows.items():
         table = pa.table(part, schema=ORDERED)
         buckets = np.array([range_bucket(h, n_out[split]) for h in part["h"]], np.int64)
         shuffle.write_parts(table, buckets, out_dir(scratch, split), writer)
+        # the images each output bucket needs, sent to their image buckets (fetch.py)
+        ids = [i for need in images[split] for i in need]
+        outs = np.repeat(buckets, [len(need) for need in images[split]]).tolist()
+        k = list(SPLITS).index(split)
+        fetch.request(ids, k, outs, scratch, n_img, f"{writer}-{k}")  # one file per split and bucket
     return dict(counts)

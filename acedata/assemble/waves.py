@@ -1,12 +1,14 @@
 """Which units assemble runs, wave after wave; the driver keeps only counts and bucket numbers.
 
-    scan     one unit per input shard (pairs, instructions, reviews, images index)
+    scan     one unit per input shard (pairs, instructions, reviews, images index, duplicates listings)
     images   one unit per image bucket: image requests meet the index rows   (scan.py)
     join     one unit per pair bucket: decide pairs, start chains and split (join.py)
     rounds   chain steps (chains.py) and star rounds (split.py), side by side in the same
              waves, until no chain moves and the image graph is a star forest (or, when
              the edges fit one unit, one `components` unit instead of the star rounds)
     label    one unit per image bucket: split + shuffle bucket of each sample (split.py)
+    locate   one unit per image bucket: the served row of each requested image  (fetch.py)
+    read     one unit per image shard: requested images' bytes to output buckets (fetch.py)
     build    one unit per output bucket of each split: the LCU rows          (rows.py)
 
 A resumed run replays `first` and `next` with the committed waves' counts, so it plans
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from acedata import shards, shuffle
+from acedata.assemble import fetch
 from acedata.assemble.config import AssembleConfig
 from acedata.assemble.scan import shard_payloads
 from acedata.stage import WorkUnit
@@ -57,8 +60,8 @@ class Waves:
 
     def first(self) -> list[WorkUnit]:
         units = []
-        for what in ("pairs", "instructions", "reviews", "images"):
-            for p in shard_payloads(what, self.tables[what]):
+        for what in ("pairs", "instructions", "reviews", "images", "duplicates"):
+            for p in shard_payloads(what, self.tables["images" if what == "duplicates" else what]):
                 t, s = p["src"] >> 32, p["src"] & 0xFFFFFFFF
                 units.append(WorkUnit(f"scan-{what[:5]}-{t:03d}-{s:06d}", {"op": "scan", "n_pair": self.n.pair,
                                                                           "n_img": self.n.image, **p}))
@@ -87,6 +90,15 @@ class Waves:
             self.phase = "label"
             return self._units("label", "label", self.n.image, final_edges=self.final_edges, n_out=self._out_sizes())
         if self.phase == "label":
+            self.phase = "locate"
+            _, offsets = fetch.payloads(self.tables["images"])
+            return self._units("locate", "locate", self.n.image, shard_offsets=offsets)
+        if self.phase == "locate":
+            self.phase = "read"
+            reads, _ = fetch.payloads(self.tables["images"])
+            return [WorkUnit(f"read-{k:06d}", {"op": "read", "bucket": k, "splits": list(self.n_out), **p})
+                    for k, p in enumerate(reads)] or self.next({})
+        if self.phase == "read":
             self.phase = "build"
             return [u for split, n in self.n_out.items() for u in self._units(split, "build", n, split=split)]
         return []
