@@ -5,11 +5,13 @@ waves driven here, every unit in this process, and prints per unit kind (scan, i
 chain, star, components, label, build): units, CPU seconds, CPU ms per item (item = one image of
 the generated tables, as scale.py prices), the largest unit's CPU, and the largest unit's peak RSS
 (VmHWM reset before each unit, so it is this process's peak during that unit: the interpreter's
-baseline included). Planning is all waves before `build`; its units run in full.
+baseline included). Every wave before `build` runs in full; "plan" sums scan .. label, "bytes+rows"
+the waves that bring image bytes (locate, read) and build, the cost that was the build's alone
+when build units read their images through the shared reader.
 
 The build wave can be sampled: `--sample-build K` runs K evenly spaced build units (deterministic)
 and extrapolates the wave from them; `--profile` prints a cProfile of the sampled units.
-The image reader every build worker opens once (`shared_reader`) is timed apart. A plan is kept
+A plan is kept
 under WORK/run-N with its build units (`build-units.json`), so `--build-only` samples build units
 again (say, after changing rows.py) without planning again.
 
@@ -36,6 +38,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+FETCH = ("locate", "read")  # the waves that bring image bytes to the build units (acedata/assemble/fetch.py)
 CONFIG = {"max_history": 3, "validation_fraction": 0.1, "rows_per_unit": 5000, "seed": 0, "dataset_card": False}
 
 
@@ -142,27 +145,21 @@ def main() -> None:
             units = [WorkUnit(u["id"], u["payload"]) for u in json.load(f)]
     else:
         units = plan(stage, tally, run_dir)
-    from acedata.image_index import shared_reader
-
-    _hwm_reset()
-    t = time.process_time()
-    shared_reader(stage.ctx.input("images"))
-    opened = {"cpu_s": time.process_time() - t, "rss_mib": _hwm_mib()}
     picked = sample(units, args.sample_build)
     prof = cProfile.Profile() if args.profile else None
     for u in picked:
         tally.run(stage, u, prof)
-    report(n, tally, opened, len(units), args.json)
+    report(n, tally, len(units), args.json)
     if prof is not None:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(30)
         print(out.getvalue())
 
 
-def report(n: int, tally: Tally, opened: dict[str, float], build_units: int, path: str | None) -> None:
+def report(n: int, tally: Tally, build_units: int, path: str | None) -> None:
     print(f"N = {n:,}  (CPU ms per item = CPU s x 1000 / N; build extrapolated to its {build_units} units)")
     print(f"{'unit kind':<12} {'units':>6} {'CPU s':>9} {'ms/item':>8} {'max unit s':>10} {'max RSS MiB':>11}")
-    plan_s = 0.0
+    plan_s = fetch_s = 0.0
     out: dict[str, Any] = {"n": n, "kinds": {}}
     for op, s in tally.by.items():
         cpu = s["cpu_s"]
@@ -170,18 +167,21 @@ def report(n: int, tally: Tally, opened: dict[str, float], build_units: int, pat
             out["build_rows_sampled"] = s["rows"]
             out["build_ms_per_row"] = 1000 * cpu / max(1, s["rows"])
             cpu = cpu * build_units / max(1, s["units"])
+            fetch_s += cpu
+        elif op in FETCH:
+            fetch_s += cpu
         else:
             plan_s += cpu
         out["kinds"][op] = {**s, "ms_per_item": 1000 * cpu / n}
         print(f"{op:<12} {s['units']:>6.0f} {cpu:>9.1f} {1000 * cpu / n:>8.3f} {s['max_cpu_s']:>10.2f} "
               f"{s['max_rss_mib']:>11.0f}")
     if plan_s:
-        print(f"{'plan':<12} {'':>6} {plan_s:>9.1f} {1000 * plan_s / n:>8.3f}")
-    print(f"image reader open (once per build worker): {opened['cpu_s']:.1f} CPU s, peak {opened['rss_mib']:.0f} MiB")
+        print(f"{'plan':<12} {'':>6} {plan_s:>9.1f} {1000 * plan_s / n:>8.3f}   (scan .. label)")
+    print(f"{'bytes+rows':<12} {'':>6} {fetch_s:>9.1f} {1000 * fetch_s / n:>8.3f}   (locate, read, build)")
     if "build_ms_per_row" in out:
         print(f"build: {out['build_ms_per_row']:.3f} CPU ms per LCU row over {out['build_rows_sampled']:,} sampled rows")
     out["plan_ms_per_item"] = 1000 * plan_s / n
-    out["reader_open"] = opened
+    out["bytes_rows_ms_per_item"] = 1000 * fetch_s / n
     if path:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1)
