@@ -10,7 +10,9 @@ the waves that bring image bytes (locate, read) and build, the cost that was the
 when build units read their images through the shared reader.
 
 The build wave can be sampled: `--sample-build K` runs K evenly spaced build units (deterministic)
-and extrapolates the wave from them; `--profile` prints a cProfile of the sampled units.
+and extrapolates the wave from them; `--profile` prints a cProfile of the sampled units;
+`--reader-baseline` builds them again through the shared image reader (how build units read image
+bytes before the fetch waves), in this process, and checks the rows are equal.
 A plan is kept
 under WORK/run-N with its build units (`build-units.json`), so `--build-only` samples build units
 again (say, after changing rows.py) without planning again.
@@ -131,6 +133,8 @@ def main() -> None:
     ap.add_argument("--sample-build", type=int, default=0, help="build units to run (0: all)")
     ap.add_argument("--build-only", action="store_true", help="reuse the plan under WORK/run-N")
     ap.add_argument("--profile", action="store_true", help="cProfile the sampled build units")
+    ap.add_argument("--reader-baseline", action="store_true",
+                    help="rebuild the sampled units through the shared image reader too (the old way), same rows")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     from acedata.stage import WorkUnit
@@ -149,11 +153,53 @@ def main() -> None:
     prof = cProfile.Profile() if args.profile else None
     for u in picked:
         tally.run(stage, u, prof)
+    if args.reader_baseline:
+        reader_baseline(stage, picked)
     report(n, tally, len(units), args.json)
     if prof is not None:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(30)
         print(out.getvalue())
+
+
+def reader_baseline(stage: Any, picked: list[Any]) -> None:
+    """The sampled build units again, twice each, committing nothing: from the fetched bytes (as the
+    stage does) and through the shared image reader (how build units got their bytes before the
+    fetch waves: every unit reads the row groups holding its images). Rows must be equal."""
+    from acedata.assemble import fetch, rows, split
+    from acedata.assemble.records import ORDERED, bytes_needed
+    from acedata.image_index import shared_reader
+    from acedata.shuffle import read_bucket
+
+    scratch = stage.scratch()
+    _hwm_reset()
+    t = time.process_time()
+    reader = shared_reader(stage.ctx.input("images"))
+    print(f"reader baseline: image reader open {time.process_time() - t:.1f} CPU s, peak {_hwm_mib():.0f} MiB "
+          "(once per build worker process)")
+    cpu = {"fetched": 0.0, "reader": 0.0}
+    peak = {"fetched": 0.0, "reader": 0.0}
+    n_rows = 0
+    for u in picked:
+        where, b = split.out_dir(scratch, u.payload["split"]), u.payload["bucket"]
+        _hwm_reset()
+        t = time.process_time()
+        new, _ = rows.build(where, b, fetch.fetched(scratch, u.payload["split"], b))
+        cpu["fetched"] += time.process_time() - t
+        peak["fetched"] = max(peak["fetched"], _hwm_mib())
+        _hwm_reset()
+        t = time.process_time()
+        recs = read_bucket(where, b, schema=ORDERED).column("rec").to_pylist()
+        wanted = sorted({i for r in recs for i in bytes_needed(json.loads(r))})
+        old, _ = rows.build(where, b, reader.image_bytes(wanted))
+        cpu["reader"] += time.process_time() - t
+        peak["reader"] = max(peak["reader"], _hwm_mib())
+        if not new.equals(old):
+            raise SystemExit(f"unit {u.id}: rows from fetched bytes differ from the reader's")
+        n_rows += new.num_rows
+    for k, c in cpu.items():
+        print(f"  build {k:>8}: {1000 * c / max(1, n_rows):.3f} CPU ms per LCU row ({n_rows:,} rows, equal), "
+              f"peak {peak[k]:.0f} MiB")
 
 
 def report(n: int, tally: Tally, build_units: int, path: str | None) -> None:
