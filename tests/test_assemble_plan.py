@@ -329,17 +329,22 @@ def test_star_step_matches_per_node_sets(large, seed):
     assert (a.to_pylist(), z.to_pylist(), n) == ([], [], 0)
 
 
-def test_fetch_serves_the_copy_the_reader_keeps(tmp_path):
+def test_fetch_serves_the_copy_the_reader_keeps(tmp_path, monkeypatch):
     """Image bytes come by the fetch waves: an id stored twice, its first copy listed in the sibling
-    `duplicates` table (an older by-key listing), is served from the second copy, as the reader does."""
+    `duplicates` table (an older by-key listing), is served from the second copy, as the reader does;
+    shards of several row groups, read two groups at a time."""
+    from acedata.assemble import fetch
     from acedata.schemas import DUPLICATES
+
+    monkeypatch.setattr(fetch, "GROUPS_PER_READ", 2)
 
     imgs = [_image(k) for k in range(8)]
     ids = [r["image_id"] for r in imgs]
     first = {**imgs[1], "source_uri": "gen://first-copy", "image": image_cell(encode(Image.new("RGB", (3, 3)), "PNG"))}
     rows = [imgs[0], first, *imgs[2:], imgs[1]]  # id 1: a listed copy first, the kept one last
     images = str(tmp_path / "w" / "images")
-    shards.write_table(images, pa.Table.from_pylist(rows, IMAGES), IMAGES, max_rows=3)
+    shards.write_table(images, pa.Table.from_pylist(rows, IMAGES), IMAGES, max_rows=5, row_group_bytes=1)
+    assert shards.open_parquet(shards.list_shards(images)[0]).metadata.num_row_groups == 5
     shards.write_table(str(tmp_path / "w" / "duplicates"),
                        pa.Table.from_pylist([{"source_uri": "gen://first-copy", "image_id": ids[1]}], DUPLICATES),
                        DUPLICATES, unit="cross-unit")

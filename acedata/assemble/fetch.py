@@ -44,7 +44,10 @@ DUPLICATES = pa.schema([pa.field("key", pa.string()), pa.field("tab", pa.int32()
 LOCATED = pa.schema([pa.field("row_group", pa.int32()), pa.field("row", pa.int32()), pa.field("image_id", pa.string()),
                      pa.field("split", pa.int32()), pa.field("out", pa.int32())])
 IMAGE_BYTES = pa.schema([pa.field("image_id", pa.string()), pa.field("bytes", pa.binary())])
-GROUPS_PER_READ = 4  # image row groups a read unit holds at once (32 MB each in ingest's tables)
+# a read unit holds this much of the shard at once, plus the bytes it sends (each image once per
+# output bucket that asked for it: ~3 in the generated runs)
+GROUPS_PER_READ = 4
+READ_BYTES = 64 << 20
 
 
 def _d(scratch: str, name: str) -> str:
@@ -118,8 +121,7 @@ def read(k: int, uri: str, scratch: str, splits: list[str], writer: str) -> dict
     groups = np.unique(t.column("row_group").to_numpy())
     pf = shards.open_parquet(uri)
     g_col = t.column("row_group").to_numpy()
-    for n, lo in enumerate(range(0, len(groups), GROUPS_PER_READ)):
-        batch = groups[lo: lo + GROUPS_PER_READ].tolist()
+    for n, batch in enumerate(_batches(pf, groups.tolist())):
         data = pf.read_row_groups(batch, columns=["image_id", "image"], use_threads=False)
         starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in batch])
         first = dict(zip(batch, starts[:-1].tolist()))
@@ -139,6 +141,21 @@ def read(k: int, uri: str, scratch: str, splits: list[str], writer: str) -> dict
                 shuffle.write_parts(out.filter(pa.array(mine)), buckets[mine], bytes_dir(scratch, name),
                                     f"{writer}-{n:05d}")
     return {}
+
+
+def _batches(pf: Any, groups: list[int]) -> list[list[int]]:
+    """Row groups to read together: at most GROUPS_PER_READ of them and READ_BYTES (stored size),
+    at least one."""
+    out: list[list[int]] = []
+    size = 0
+    for g in groups:
+        b = pf.metadata.row_group(g).total_byte_size
+        if not out or len(out[-1]) >= GROUPS_PER_READ or size + b > READ_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(g)
+        size += b
+    return out
 
 
 def fetched(scratch: str, split: str, b: int) -> dict[str, bytes]:
