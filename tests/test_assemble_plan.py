@@ -259,7 +259,7 @@ def test_plan_on_object_storage_equals_reference(world, s3_server):
     assert not [k for k in s3_server.keys("asm-plan/s3/_scratch")]
 
 
-@pytest.mark.parametrize("op", ["chain", "label", "locate", "read", "build"])
+@pytest.mark.parametrize("op", ["chain", "rebucket", "label", "locate", "read", "build"])
 def test_crash_in_a_later_wave_resumes_to_the_same_rows(world, monkeypatch, op):
     """A unit of a later wave fails once; the rerun redoes only uncommitted units and gives the same rows."""
     root, tables = world

@@ -94,14 +94,16 @@ class Assemble(Stage):
         if op == "images":
             return UnitResult({}, scan.answer(p["bucket"], s, p["n_pair"], unit.id))
         if op == "join":
-            q, counts = join.join(p["bucket"], s, c, p["n_img"], p["n_chain"], unit.id)
+            q, counts = join.join(p["bucket"], s, c, p["n_img"], p["n_chain"], p["n_edge"], unit.id)
             return UnitResult({"quarantine": q}, counts)
         if op == "chain":
             return UnitResult({}, chains.chain_round(p["round"], p["bucket"], s, c, p["n_img"], p["n_chain"], unit.id))
         if op == "star":
-            return UnitResult({}, split.star_round(p["round"], p["large"], p["bucket"], s, p["n_img"], unit.id))
+            return UnitResult({}, split.star_round(p["round"], p["large"], p["bucket"], s, p["n_edge"], unit.id))
         if op == "components":
-            return UnitResult({}, split.components(p["n_img"], s, unit.id))
+            return UnitResult({}, split.components(p["n_edge"], p["n_img"], s, unit.id))
+        if op == "rebucket":
+            return UnitResult({}, split.rebucket(p["round"], p["bucket"], s, p["n_img"], unit.id))
         if op == "label":
             return UnitResult({}, split.label(p["bucket"], s, c, p["final_edges"], p["n_out"], p["n_img"], unit.id))
         if op == "locate":
