@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyarrow.fs import FileSelector, FileType
+from pyarrow.fs import FileSelector, FileSystem, FileType
 
 from acedata import shards
 
@@ -85,12 +85,19 @@ def read_bucket(root: str, bucket: int, columns: list[str] | None = None,
     if shards.exists(fs, d):
         files = sorted(i.path for i in fs.get_file_info(FileSelector(d)) if i.type == FileType.File
                        and i.path.endswith(".parquet"))
-    tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+    tables = [_read(fs, f, columns) for f in files]
     if tables:
         return pa.concat_tables(tables, promote_options="default")
     if schema is None:
         raise ValueError(f"bucket {bucket} under {root} is empty and no schema was given")
     return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+
+
+def _read(fs: FileSystem, path: str, columns: list[str] | None) -> pa.Table:
+    # a reader reads one file per writer of the earlier wave, so files grow with the run: ParquetFile
+    # costs ~0.33 ms per small file, pq.read_table (the dataset machinery) ~0.8 ms
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).read(columns=columns)
 
 
 def delete(root: str) -> None:

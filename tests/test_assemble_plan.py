@@ -259,7 +259,7 @@ def test_plan_on_object_storage_equals_reference(world, s3_server):
     assert not [k for k in s3_server.keys("asm-plan/s3/_scratch")]
 
 
-@pytest.mark.parametrize("op", ["chain", "label", "build"])
+@pytest.mark.parametrize("op", ["chain", "rebucket", "label", "locate", "read", "build"])
 def test_crash_in_a_later_wave_resumes_to_the_same_rows(world, monkeypatch, op):
     """A unit of a later wave fails once; the rerun redoes only uncommitted units and gives the same rows."""
     root, tables = world
@@ -327,3 +327,36 @@ def test_star_step_matches_per_node_sets(large, seed):
     empty = pa.chunked_array([], pa.string())
     a, z, n = split.star_step(empty, empty, large)
     assert (a.to_pylist(), z.to_pylist(), n) == ([], [], 0)
+
+
+def test_fetch_serves_the_copy_the_reader_keeps(tmp_path, monkeypatch):
+    """Image bytes come by the fetch waves: an id stored twice, its first copy listed in the sibling
+    `duplicates` table (an older by-key listing), is served from the second copy, as the reader does;
+    shards of several row groups, read two groups at a time."""
+    from acedata.assemble import fetch
+    from acedata.schemas import DUPLICATES
+
+    monkeypatch.setattr(fetch, "GROUPS_PER_READ", 2)
+
+    imgs = [_image(k) for k in range(8)]
+    ids = [r["image_id"] for r in imgs]
+    first = {**imgs[1], "source_uri": "gen://first-copy", "image": image_cell(encode(Image.new("RGB", (3, 3)), "PNG"))}
+    rows = [imgs[0], first, *imgs[2:], imgs[1]]  # id 1: a listed copy first, the kept one last
+    images = str(tmp_path / "w" / "images")
+    shards.write_table(images, pa.Table.from_pylist(rows, IMAGES), IMAGES, max_rows=5, row_group_bytes=1)
+    assert shards.open_parquet(shards.list_shards(images)[0]).metadata.num_row_groups == 5
+    shards.write_table(str(tmp_path / "w" / "duplicates"),
+                       pa.Table.from_pylist([{"source_uri": "gen://first-copy", "image_id": ids[1]}], DUPLICATES),
+                       DUPLICATES, unit="cross-unit")
+    pairs = [_pair(f"p{k}", ids[k], ids[k + 1]) for k in range(7)]
+    instr = [_ins(f"p{k}", 0, f"edit {k} {{image}}") for k in range(7)]
+    tables = {"images": [images], "pairs": [str(tmp_path / "pairs")], "instructions": [str(tmp_path / "instr")]}
+    shards.write_table(tables["pairs"][0], pa.Table.from_pylist(pairs, PAIRS), PAIRS)
+    shards.write_table(tables["instructions"][0], pa.Table.from_pylist(instr, INSTRUCTIONS), INSTRUCTIONS)
+    cfg = {"validation_fraction": 0.3, "rows_per_unit": 2, "shuffle_rows": 3, "reviews": False}
+    stage, _, got, _ = _distributed(str(tmp_path), tables, "dups", **cfg)
+    want = reference.rows(reference.plan(stage.config, tables["images"], tables["pairs"], tables["instructions"], []),
+                          tables["images"])
+    assert got == want
+    row = next(r for t in got.values() for r in t if r["pair_id"] == "p1")
+    assert row["inputs"][0]["image"]["bytes"] == imgs[1]["image"]["bytes"]  # the kept copy, not the listed one

@@ -68,7 +68,8 @@ def read_inputs(scratch: str, b: int) -> tuple[dict, dict, Reviews, dict[str, li
     return pairs, dict(instr), reviews, sizes
 
 
-def join(b: int, scratch: str, c: AssembleConfig, n_img: int, n_chain: int, writer: str) -> tuple[pa.Table, dict]:
+def join(b: int, scratch: str, c: AssembleConfig, n_img: int, n_chain: int, n_edge: int,
+         writer: str) -> tuple[pa.Table, dict]:
     """Decide one pair bucket; returns its quarantine rows and counts."""
     pairs, instr, reviews, sizes = read_inputs(scratch, b)
     metas = {pid: meta(r) for pid, r in pairs.items()}
@@ -82,7 +83,7 @@ def join(b: int, scratch: str, c: AssembleConfig, n_img: int, n_chain: int, writ
         counts["asm_frontier"] = _chain_start(recs, scratch, n_chain, writer)
     if c.validation_fraction > 0:  # the split's image graph: only usable pairs' images can meet
         edges = _edges(recs)
-        shuffle.write_buckets(edges, "key", n_img, _d(scratch, "edges-0000"), writer)
+        shuffle.write_buckets(edges, "key", n_edge, _d(scratch, "edges-0000"), writer)
         counts["asm_edges"] = edges.num_rows
     if reviews:
         counts.update(reviews.summary())

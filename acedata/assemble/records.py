@@ -39,9 +39,10 @@ IMAGE_ANSWERS = pa.schema([pa.field("key", pa.string()), pa.field("image_id", pa
                            pa.field("found", pa.bool_()), pa.field("width", pa.int32()),
                            pa.field("height", pa.int32())])
 RECORDS = pa.schema([pa.field("key", pa.string()), pa.field("rec", pa.string())])
-# samples by their first image (key); the label wave reads the id and kind without decoding `rec`
+# samples by their first image (key); the label wave reads the id, kind and the images whose bytes
+# the row needs (inputs, targets, masks) without decoding `rec`
 SAMPLES = pa.schema([pa.field("key", pa.string()), pa.field("sample_id", pa.string()), pa.field("kind", pa.string()),
-                     pa.field("rec", pa.string())])
+                     pa.field("rec", pa.string()), pa.field("images", pa.list_(pa.string()))])
 EDGES = pa.schema([pa.field("key", pa.string()), pa.field("nbr", pa.string())])  # key: image id (node)
 ORDERED = pa.schema([pa.field("h", pa.uint64()), pa.field("sample_id", pa.string()), pa.field("rec", pa.string())])
 
@@ -96,6 +97,12 @@ def sample_images(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def bytes_needed(s: dict[str, Any]) -> list[str]:
+    """Every image whose bytes the sample's row holds: inputs, targets and masks."""
+    masks = [p["mask_id"] for p in s["pairs"].values() if p["mask_id"]]
+    return [*sample_images(s), *masks]
+
+
 def kind_of(s: dict[str, Any]) -> str:
     """Which count a sample adds to: t2i, single_turn or multi_turn."""
     return "t2i" if "t2i" in s else "multi_turn" if len(s["chain"]) > 1 else "single_turn"
@@ -145,7 +152,8 @@ def dumps(rec: dict[str, Any]) -> str:
 
 def sample_table(samples: list[dict[str, Any]]) -> pa.Table:
     return pa.table({"key": [sample_images(s)[0] for s in samples], "sample_id": [s["sample_id"] for s in samples],
-                     "kind": [kind_of(s) for s in samples], "rec": [dumps(s) for s in samples]}, schema=SAMPLES)
+                     "kind": [kind_of(s) for s in samples], "rec": [dumps(s) for s in samples],
+                     "images": [sorted(set(bytes_needed(s))) for s in samples]}, schema=SAMPLES)
 
 
 def records(keys: list[str], recs: list[dict[str, Any]]) -> pa.Table:

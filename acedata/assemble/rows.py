@@ -1,8 +1,8 @@
 """LCU rows from sample records (workers), and the last wave: one output unit per shuffle bucket.
 
 A sample record carries everything but image bytes (its pairs' rows, its instruction rows,
-the target size); the unit fetches the bytes of all its samples' images at once through the
-shared row-group reader, and writes its rows in shuffle-hash order.
+the target size); the fetch waves (fetch.py) bring the unit the bytes of all its samples'
+images, and it writes its rows in shuffle-hash order.
 """
 
 from __future__ import annotations
@@ -13,30 +13,22 @@ from typing import Any
 import pyarrow as pa
 
 from acedata import shuffle
-from acedata.assemble.records import ORDERED, kind_of, sample_images
-from acedata.image_index import shared_reader
+from acedata.assemble.records import ORDERED, kind_of
 from acedata.images import image_cell
 from acedata.lcu import IndicatorError, renumber_lcu
 from acedata.schemas import LCU
 
 
-def build(bucket_root: str, b: int, images: list[str]) -> tuple[pa.Table, dict[str, int]]:
-    """Rows of one output bucket, sorted by (shuffle hash, sample_id); counts per kind."""
+def build(bucket_root: str, b: int, data: dict[str, bytes]) -> tuple[pa.Table, dict[str, int]]:
+    """Rows of one output bucket, sorted by (shuffle hash, sample_id), from its images' bytes
+    (fetch.py brings them); counts per kind."""
     t = shuffle.read_bucket(bucket_root, b, schema=ORDERED)
     order = sorted(zip(t.column("h").to_pylist(), t.column("sample_id").to_pylist(), t.column("rec").to_pylist()))
     samples = [json.loads(rec) for _, _, rec in order]
-    wanted = {i for s in samples for i in _bytes_needed(s)}
-    data = shared_reader(images).image_bytes(sorted(wanted)) if wanted else {}
     counts = {"single_turn": 0, "multi_turn": 0, "t2i": 0}
     for s in samples:
         counts[kind_of(s)] += 1
     return pa.Table.from_pylist([build_row(s, data) for s in samples], LCU), counts
-
-
-def _bytes_needed(s: dict[str, Any]) -> list[str]:
-    masks = [p["mask_id"] for p in s["pairs"].values() if p["mask_id"]]
-    return [*sample_images(s), *masks]
-
 
 
 def _cu_inputs(p: dict[str, Any], data: dict[str, bytes]) -> list[dict[str, Any]]:

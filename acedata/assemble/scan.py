@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from acedata import image_index, shards, shuffle
+from acedata.assemble import fetch
 from acedata.assemble.records import (
     IMAGE_ANSWERS,
     IMAGE_REQUESTS,
@@ -29,13 +30,18 @@ from acedata.assemble.records import (
     REVIEW_ROWS,
     T2I_PREFIX,
 )
+from acedata.image_index_files import duplicate_shards
 from acedata.schemas import REVIEWS, conform
 
-INPUTS = ("pairs", "instructions", "reviews", "images")
+INPUTS = ("pairs", "instructions", "reviews", "images", "duplicates")
 
 
 def shard_payloads(what: str, tables: list[str]) -> list[dict[str, Any]]:
-    """One wave-0 payload per shard of `tables` (table order, then manifest order)."""
+    """One wave-0 payload per shard of `tables` (table order, then manifest order); for
+    "duplicates", per shard of each images table's `duplicates` listing."""
+    if what == "duplicates":
+        return [{"what": what, "table": table, "file": d["file"], "src": (t << 32) | j}
+                for t, table in enumerate(tables) for j, d in enumerate(duplicate_shards(table))]
     out = []
     for t, table in enumerate(tables):
         manifest = shards.read_manifest(table) if what == "images" else None
@@ -43,7 +49,7 @@ def shard_payloads(what: str, tables: list[str]) -> list[dict[str, Any]]:
         for s, uri in enumerate(shards.list_shards(table)):
             p = {"what": what, "uri": uri, "src": (t << 32) | s}
             if infos is not None:  # where the shard's index file is (named by the shard's digest)
-                p |= {"table": table, "file": infos[s]["file"], "sha256": infos[s]["sha256"]}
+                p |= {"table": table, "file": infos[s]["file"], "sha256": infos[s]["sha256"], "rows": infos[s]["rows"]}
             out.append(p)
     return out
 
@@ -61,7 +67,10 @@ def scan(p: dict[str, Any], scratch: str, n_pair: int, n_img: int, writer: str) 
         t = _index_rows(p)
         rows = _ordered(t.select(["width", "height"]), t.column("image_id"), p["src"])
         shuffle.write_buckets(conform(rows, IMAGE_SIZES), "key", n_img, _d(scratch, "imgidx"), writer)
+        fetch.scan_places(t, p["src"] >> 32, p["src"] & 0xFFFFFFFF, scratch, n_img, writer)
         return {"scan_images": t.num_rows}
+    if what == "duplicates":
+        return {"scan_duplicates": fetch.scan_duplicates(p["table"], p["src"] >> 32, p["file"], scratch, n_img, writer)}
     if what == "reviews":
         t = conform(shards.open_parquet(p["uri"]).read(), REVIEWS)
         shuffle.write_buckets(conform(t.add_column(0, "key", t.column("pair_id")), REVIEW_ROWS), "key", n_pair,
@@ -93,15 +102,17 @@ def _pair_requests(t: pa.Table) -> list[tuple[str, str]]:
 
 
 def _index_rows(p: dict[str, Any]) -> pa.Table:
-    """image_id, width, height of one images shard: its index file, else its metadata columns."""
+    """The index rows of one images shard (`image_index`): its index file when that holds the
+    shard's rows (as the reader's `shard_index` takes it), else built from its metadata columns."""
     if "file" in p:
         fs, d = shards.resolve(p["table"])
         path = posixpath.join(d, image_index.INDEX_DIR, image_index.index_name(p["file"], p["sha256"]))
         if shards.exists(fs, path):
             with fs.open_input_file(path) as f:
-                return pq.ParquetFile(f).read(columns=["image_id", "width", "height"])
-    t = image_index.build_shard_index(shards.open_parquet(p["uri"]), posixpath.basename(p["uri"]))
-    return t.select(["image_id", "width", "height"])
+                t = pq.ParquetFile(f).read()
+            if t.num_rows == p["rows"]:
+                return t
+    return image_index.build_shard_index(shards.open_parquet(p["uri"]), p.get("file") or posixpath.basename(p["uri"]))
 
 
 def answer(bucket: int, scratch: str, n_pair: int, writer: str) -> dict[str, int]:

@@ -5,7 +5,9 @@ connected group of images goes wholly to one split, chosen by a seeded hash of i
 image id (the same rule as the single-process reference, so both give the same split).
 
 Connected components, distributed: the image graph (a star over each usable pair's inputs
-and target) is kept as an edge list partitioned by node. Rounds alternate the large-star and
+and target) is kept as an edge list partitioned by node, in edge buckets of about
+10 x `shuffle_rows` edges (edge rows are two ids; with image buckets every round wrote
+image-buckets^2 files, which grew with the run), re-bucketed by image once settled. Rounds alternate the large-star and
 small-star operations of Kiveris et al., "Connected Components in MapReduce and Beyond"
 (SoCC 2014): each node links its larger neighbours (large) or its smaller neighbours and
 itself (small) to the smallest node it sees. Every round is one wave of one unit per node
@@ -23,7 +25,8 @@ When all edges fit one unit (at most 10 x `shuffle_rows` of them, known from the
 Then `label` units (one per image bucket) read the samples keyed by their first image and the
 final edges of that bucket, assign the split, and write each sample into the output bucket of
 its split by a range of its seeded shuffle hash, so output units in bucket order, each sorted
-by the hash, are the whole split in shuffled order.
+by the hash, are the whole split in shuffled order; and request the images each output bucket
+needs (fetch.py).
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from acedata import shuffle
+from acedata.assemble import fetch
 from acedata.assemble.config import AssembleConfig
-from acedata.assemble.records import EDGES, ORDERED, SAMPLES, range_bucket, shuffle_hash, split_of
+from acedata.assemble.records import EDGES, ORDERED, SAMPLES, SPLITS, range_bucket, shuffle_hash, split_of
 from acedata.unionfind import group_roots
 
 
@@ -45,12 +49,17 @@ def edges_dir(scratch: str, r: int) -> str:
     return posixpath.join(scratch, f"edges-{r:04d}")
 
 
+def label_edges_dir(scratch: str) -> str:
+    """The star forest (or the one unit's roots) by image bucket, as the label wave reads it."""
+    return posixpath.join(scratch, "edges-label")
+
+
 def out_dir(scratch: str, split: str) -> str:
     return posixpath.join(scratch, f"out-{split}")
 
 
-def _neighbours(scratch: str, r: int, b: int) -> dict[str, set[str]]:
-    t = shuffle.read_bucket(edges_dir(scratch, r), b, schema=EDGES)
+def _neighbours(scratch: str, b: int) -> dict[str, set[str]]:
+    t = shuffle.read_bucket(label_edges_dir(scratch), b, schema=EDGES)
     nbrs: dict[str, set[str]] = defaultdict(set)
     for u, v in zip(t.column("key").to_pylist(), t.column("nbr").to_pylist()):
         if u != v:
@@ -58,11 +67,11 @@ def _neighbours(scratch: str, r: int, b: int) -> dict[str, set[str]]:
     return nbrs
 
 
-def star_round(r: int, large: bool, b: int, scratch: str, n_img: int, writer: str) -> dict[str, int]:
-    """One large-star or small-star step over the nodes of bucket `b`; writes round r+1's edges."""
+def star_round(r: int, large: bool, b: int, scratch: str, n_edge: int, writer: str) -> dict[str, int]:
+    """One large-star or small-star step over the nodes of edge bucket `b`; writes round r+1's edges."""
     t = shuffle.read_bucket(edges_dir(scratch, r), b, schema=EDGES)
     src, dst, unsettled = star_step(t.column("key"), t.column("nbr"), large)
-    shuffle.write_buckets(pa.table({"key": src, "nbr": dst}, schema=EDGES), "key", n_img,
+    shuffle.write_buckets(pa.table({"key": src, "nbr": dst}, schema=EDGES), "key", n_edge,
                           edges_dir(scratch, r + 1), writer)
     return {"asm_unsettled": unsettled} if large else {}
 
@@ -107,38 +116,53 @@ def star_step(key: pa.ChunkedArray, nbr: pa.ChunkedArray, large: bool) -> tuple[
     return names.take(pa.array(a)), names.take(pa.array(z)), unsettled
 
 
-def components(n_img: int, scratch: str, writer: str) -> dict[str, int]:
-    """All edges in one unit: each node linked to its component's smallest node (round 1's edges)."""
+def components(n_edge: int, n_img: int, scratch: str, writer: str) -> dict[str, int]:
+    """All edges in one unit: each node linked to its component's smallest node (the label's edges)."""
     src, dst = [], []
-    for b in range(n_img):
+    for b in range(n_edge):
         t = shuffle.read_bucket(edges_dir(scratch, 0), b, schema=EDGES)
         src += t.column("key").to_pylist()
         dst += t.column("nbr").to_pylist()
     roots = group_roots(zip(src, dst))
     nodes = sorted(v for v, r in roots.items() if v != r)
     shuffle.write_buckets(pa.table({"key": nodes, "nbr": [roots[v] for v in nodes]}, schema=EDGES), "key", n_img,
-                          edges_dir(scratch, 1), writer)
+                          label_edges_dir(scratch), writer)
     return {}
 
 
-def label(b: int, scratch: str, c: AssembleConfig, final_edges: int | None, n_out: dict[str, int],
+def rebucket(r: int, b: int, scratch: str, n_img: int, writer: str) -> dict[str, int]:
+    """The star forest's edge bucket `b` (round r's input), sent on by image bucket for the label wave."""
+    t = shuffle.read_bucket(edges_dir(scratch, r), b, schema=EDGES)
+    shuffle.write_buckets(t, "key", n_img, label_edges_dir(scratch), writer)
+    return {}
+
+
+def label(b: int, scratch: str, c: AssembleConfig, final_edges: int | None, n_out: dict[str, int], n_img: int,
           writer: str) -> dict[str, int]:
     """Assign this bucket's samples to a split and to the output bucket of their shuffle hash."""
-    nbrs = _neighbours(scratch, final_edges, b) if final_edges is not None else {}
+    nbrs = _neighbours(scratch, b) if final_edges is not None else {}
     t = shuffle.read_bucket(posixpath.join(scratch, "samples"), b, schema=SAMPLES)
     rows: dict[str, dict[str, list]] = {s: {"h": [], "sample_id": [], "rec": []} for s in n_out}
+    images: dict[str, list[list[str]]] = {s: [] for s in n_out}
     counts: dict[str, int] = defaultdict(int)
-    for first, sid, kind, text in zip(*(t.column(k).to_pylist() for k in ("key", "sample_id", "kind", "rec"))):
+    for first, sid, kind, text, need in zip(*(t.column(k).to_pylist()
+                                              for k in ("key", "sample_id", "kind", "rec", "images"))):
         root = min(nbrs.get(first, ()), default=first)
         split = split_of(min(root, first), c.validation_fraction, c.seed)
         part = rows[split]
         part["h"].append(shuffle_hash(c.seed, sid))
         part["sample_id"].append(sid)
         part["rec"].append(text)
+        images[split].append(need)
         counts[f"planned_{kind}"] += 1
         counts[f"planned_{split}"] += 1
     for split, part in rows.items():
         table = pa.table(part, schema=ORDERED)
         buckets = np.array([range_bucket(h, n_out[split]) for h in part["h"]], np.int64)
         shuffle.write_parts(table, buckets, out_dir(scratch, split), writer)
+        # the images each output bucket needs, sent to their image buckets (fetch.py)
+        ids = [i for need in images[split] for i in need]
+        outs = np.repeat(buckets, [len(need) for need in images[split]]).tolist()
+        k = list(SPLITS).index(split)
+        fetch.request(ids, k, outs, scratch, n_img, f"{writer}-{k}")  # one file per split and bucket
     return dict(counts)

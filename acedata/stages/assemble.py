@@ -21,7 +21,8 @@ and counts, never rows, so a run of 10^9 pairs plans on a normal head node. Join
 and image id are hash shuffles; chains are bounded join rounds; the train/validation split keeps
 connected images together (no image in both splits) through distributed connected components;
 the seeded global shuffle is a range partition of a hash of the sample id, so reading the
-shards in manifest order yields the shuffled dataset. acedata/assemble/reference.py is the
+shards in manifest order yields the shuffled dataset; image bytes reach the output units by a
+join (acedata/assemble/fetch.py), each image row group read once. acedata/assemble/reference.py is the
 single-process planner the distributed one is tested against.
 """
 
@@ -33,7 +34,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from acedata import shards, shuffle
-from acedata.assemble import chains, join, rows, scan, split
+from acedata.assemble import chains, fetch, join, rows, scan, split
 from acedata.assemble.config import AssembleConfig
 from acedata.assemble.records import SPLITS
 from acedata.assemble.waves import Waves
@@ -56,7 +57,7 @@ _INTERNAL = ("asm_samples", "asm_frontier", "asm_unsettled", "asm_edges", "image
 class Assemble(Stage):
     kind = "assemble"
     Config = AssembleConfig
-    version = 2  # planned in waves: output units are ranges of the shuffle hash
+    version = 3  # 3: image bytes by the fetch waves (same rows; scratch of an older partial run is not reusable)
     outputs: ClassVar[dict[str, pa.Schema]] = {"lcu": schema_for("lcu"), "lcu_validation": schema_for("lcu"),
                                                "quarantine": QUARANTINE}
 
@@ -93,18 +94,25 @@ class Assemble(Stage):
         if op == "images":
             return UnitResult({}, scan.answer(p["bucket"], s, p["n_pair"], unit.id))
         if op == "join":
-            q, counts = join.join(p["bucket"], s, c, p["n_img"], p["n_chain"], unit.id)
+            q, counts = join.join(p["bucket"], s, c, p["n_img"], p["n_chain"], p["n_edge"], unit.id)
             return UnitResult({"quarantine": q}, counts)
         if op == "chain":
             return UnitResult({}, chains.chain_round(p["round"], p["bucket"], s, c, p["n_img"], p["n_chain"], unit.id))
         if op == "star":
-            return UnitResult({}, split.star_round(p["round"], p["large"], p["bucket"], s, p["n_img"], unit.id))
+            return UnitResult({}, split.star_round(p["round"], p["large"], p["bucket"], s, p["n_edge"], unit.id))
         if op == "components":
-            return UnitResult({}, split.components(p["n_img"], s, unit.id))
+            return UnitResult({}, split.components(p["n_edge"], p["n_img"], s, unit.id))
+        if op == "rebucket":
+            return UnitResult({}, split.rebucket(p["round"], p["bucket"], s, p["n_img"], unit.id))
         if op == "label":
-            return UnitResult({}, split.label(p["bucket"], s, c, p["final_edges"], p["n_out"], unit.id))
+            return UnitResult({}, split.label(p["bucket"], s, c, p["final_edges"], p["n_out"], p["n_img"], unit.id))
+        if op == "locate":
+            return UnitResult({}, fetch.locate(p["bucket"], s, p["shard_offsets"], unit.id))
+        if op == "read":
+            return UnitResult({}, fetch.read(p["bucket"], p["uri"], s, p["splits"], unit.id))
         if op == "build":
-            table, counts = rows.build(split.out_dir(s, p["split"]), p["bucket"], self.ctx.input("images"))
+            data = fetch.fetched(s, p["split"], p["bucket"])
+            table, counts = rows.build(split.out_dir(s, p["split"]), p["bucket"], data)
             return UnitResult({SPLITS[p["split"]]: table}, counts)
         return UnitResult({}, {})
 
