@@ -326,7 +326,12 @@ class Synthesize(Stage):
 
     def _judge(self, d: Draft, row: dict[str, Any]):
         if len(self._metric_cache) > 256:  # the inverse pair follows right after; keep it small
+            # but keep the images' features (an LRU of a few images, `filters.FEATURES_KEPT`): the
+            # photo being judged against its next synthesizers' outputs keeps its own
+            kept = self._metric_cache.get("_features")
             self._metric_cache.clear()
+            if kept is not None:
+                self._metric_cache["_features"] = kept
         verdict = check(d, self.config.filters, self._metric_cache)
         if verdict.ok and self.clip is not None:
             verdict = self.clip.judge(d, row.get("caption"), verdict)
