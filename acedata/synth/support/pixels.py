@@ -83,6 +83,12 @@ def as_rgb3(gray: np.ndarray) -> np.ndarray:
 
 
 @_memo
+def gray_map(rgb: np.ndarray) -> np.ndarray:
+    """The grayscale condition map: the photo's luma, 3 channels."""
+    return as_rgb3(gray_of(rgb))
+
+
+@_memo
 def canny_map(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
     """The Canny condition map at the stated thresholds: white edges on black, 3 channels."""
     gray = cv2.GaussianBlur(gray_of(rgb), (5, 5), 0)
