@@ -108,3 +108,18 @@ def test_subject_layer_is_the_photo_under_its_alpha(photo, other):
     layer[:, :, :3] = np.asarray(other)  # the right alpha over the wrong pixels
     v = check(_with(d, target=new_img(layer)))
     assert not v.ok and v.reason == "definition_mismatch"
+
+
+def test_memoised_maps_are_the_definition_of_the_same_pixels(photo):
+    """The filter gets back the map its synthesizer drew from the same read-only pixels; other
+    parameters, a writable array or a copy of the pixels recompute it, with the same result."""
+    from acedata.synth.support import pixels
+
+    rgb = photo.array()
+    a = pixels.pixelate(rgb, 8)
+    assert pixels.pixelate(rgb, 8) is a and not a.flags.writeable
+    assert pixels.pixelate(rgb, 9) is not a
+    copy = rgb.copy()
+    assert pixels.pixelate(copy, 8) is not a and np.array_equal(pixels.pixelate(copy, 8), a)
+    assert pixels.gray_map(rgb) is pixels.gray_map(rgb)
+    assert np.array_equal(pixels.canny_map(rgb, 50, 120), pixels.canny_map(copy, 50, 120))

@@ -179,3 +179,14 @@ def test_photos_per_unit_follows_the_work_per_photo():
     assert SynthesizeConfig(name="s", per_image=10).photos_per_unit() == 16
     assert SynthesizeConfig(name="s", synthesizers=["grayscale"]).photos_per_unit() == 32
     assert SynthesizeConfig(name="s", max_side=384, images_per_unit=3).photos_per_unit() == 3
+
+
+def test_sets_per_unit_follows_the_work_per_set():
+    """Reference units: 26 sets at the defaults (6 members, one group synthesizer), between 8 and
+    32 whatever the photo size; none when no group synthesizer runs; an explicit value wins."""
+    assert SynthesizeConfig(name="s").sets_per_unit() == 26
+    assert SynthesizeConfig(name="s", max_side=384).sets_per_unit() == 32
+    assert SynthesizeConfig(name="s", max_side=4096).sets_per_unit() == 8
+    assert SynthesizeConfig(name="s", reference_max_set=16).sets_per_unit() == 10
+    assert SynthesizeConfig(name="s", synthesizers=["grayscale"]).sets_per_unit() == 32
+    assert SynthesizeConfig(name="s", groups_per_unit=3).sets_per_unit() == 3

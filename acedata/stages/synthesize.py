@@ -44,6 +44,7 @@ log = logging.getLogger("acedata")
 
 
 UNIT_PHOTOS, UNIT_SIDE, UNIT_PHOTOS_MAX = 8, 1024, 32  # see SynthesizeConfig.photos_per_unit
+UNIT_SETS, UNIT_SETS_MAX = 8, 32  # see SynthesizeConfig.sets_per_unit
 
 
 class SynthesizeConfig(StageConfig):
@@ -52,7 +53,8 @@ class SynthesizeConfig(StageConfig):
     # Photos per unit; None: from the spec (`photos_per_unit`), so a unit holds about the same work
     # whatever the photo size and number of synthesizers, and its fixed commit stays a small share.
     images_per_unit: int | None = Field(None, ge=1)
-    groups_per_unit: int = Field(8, ge=1)
+    # Subject sets per reference unit; None: from the spec (`sets_per_unit`), like images_per_unit.
+    groups_per_unit: int | None = Field(None, ge=1)
     # About this many photos (demo, smoke runs): a hash sample of image ids (see acedata.synth.plan)
     max_images: int | None = Field(None, ge=1)
     max_side: int = Field(1024, ge=32)  # photos are downscaled to this long side first (a new source row)
@@ -80,6 +82,18 @@ class SynthesizeConfig(StageConfig):
             per_photo = min(per_photo, self.per_image)
         budget = UNIT_PHOTOS * len(weight_free()) * UNIT_SIDE**2
         return max(UNIT_PHOTOS, min(UNIT_PHOTOS_MAX, budget // (max(1, per_photo) * self.max_side**2)))
+
+    def sets_per_unit(self) -> int:
+        """`groups_per_unit`, or as many subject sets as make the work of a photo unit at the
+        defaults (`photos_per_unit`), counting each member photo once per group synthesizer: 26
+        at the defaults (6 members, `reference` alone), between 8 and 32. A reference pair draws
+        no pixels, so a unit of 8 sets was mostly its fixed planning and commit."""
+        if self.groups_per_unit is not None:
+            return self.groups_per_unit
+        names = self.synthesizers if self.synthesizers is not None else weight_free()
+        per_set = self.reference_max_set * sum(get(n).inputs == "group" for n in names)
+        budget = UNIT_PHOTOS * len(weight_free()) * UNIT_SIDE**2
+        return max(UNIT_SETS, min(UNIT_SETS_MAX, budget // (max(1, per_set) * self.max_side**2)))
 
     @model_validator(mode="after")
     def _known_names_and_options(self) -> SynthesizeConfig:
@@ -312,7 +326,12 @@ class Synthesize(Stage):
 
     def _judge(self, d: Draft, row: dict[str, Any]):
         if len(self._metric_cache) > 256:  # the inverse pair follows right after; keep it small
+            # but keep the images' features (an LRU of a few images, `filters.FEATURES_KEPT`): the
+            # photo being judged against its next synthesizers' outputs keeps its own
+            kept = self._metric_cache.get("_features")
             self._metric_cache.clear()
+            if kept is not None:
+                self._metric_cache["_features"] = kept
         verdict = check(d, self.config.filters, self._metric_cache)
         if verdict.ok and self.clip is not None:
             verdict = self.clip.judge(d, row.get("caption"), verdict)

@@ -89,7 +89,7 @@ class WavePlan:
         photos = min(rows, c.max_images) if c.max_images else rows
         self.threshold = int(c.max_images / rows * 2**64) if c.max_images and c.max_images < rows else None
         self.n = shuffle.bucket_count(photos, c.photos_per_unit())
-        self.m = shuffle.bucket_count(photos, c.groups_per_unit * c.reference_max_set) if self.group_synths else 0
+        self.m = shuffle.bucket_count(photos, c.sets_per_unit() * c.reference_max_set) if self.group_synths else 0
         units = []
         for t, table in enumerate(tables):
             for s, uri in enumerate(shards.list_shards(table)):

@@ -16,7 +16,7 @@ import numpy as np
 from acedata.synth.base import register
 from acedata.synth.support.conditions import ConditionSynth
 from acedata.synth.support.masks import felzenszwalb_labels, slic_labels
-from acedata.synth.support.pixels import as_rgb3, canny_map, gray_of, palette, pixelate
+from acedata.synth.support.pixels import as_rgb3, canny_map, gray_map, gray_of, palette, pixelate
 
 
 @register
@@ -39,7 +39,7 @@ class Grayscale(ConditionSynth):
     algorithm = "opencv RGB2GRAY (ITU-R 601 luma)"
 
     def condition(self, rgb, rng):
-        return as_rgb3(gray_of(rgb)), {}
+        return gray_map(rgb), {}
 
 
 @register

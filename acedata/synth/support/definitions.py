@@ -18,12 +18,11 @@ import numpy as np
 
 from acedata.synth.base import Draft, Img
 from acedata.synth.support.pixels import (
-    as_rgb3,
     canny_map,
     composite,
     count_over,
     fill_masked,
-    gray_of,
+    gray_map,
     pixelate,
     subject_layer,
 )
@@ -48,7 +47,7 @@ def _photo_and_map(d: Draft) -> tuple[np.ndarray, np.ndarray]:
 
 def _grayscale(d: Draft):
     photo, cmap = _photo_and_map(d)
-    return as_rgb3(gray_of(photo)), cmap
+    return gray_map(photo), cmap
 
 
 def _mosaic(d: Draft):

@@ -121,29 +121,40 @@ class _Features:
     filtered once, not once per pair."""
 
     rgb: np.ndarray | None  # uint8, metric size
-    gray: np.ndarray  # float32
-    mean: np.ndarray  # box means of gray and gray^2 (SSIM)
-    sq_mean: np.ndarray
-    mag: np.ndarray  # Sobel gradient magnitude, centred, flat, float64 (edge correlation)
+    gray: np.ndarray  # uint8
+    mean: np.ndarray  # box mean of gray (SSIM)
+    lum: np.ndarray  # mean^2 + C1/2: the image's half of SSIM's luminance denominator
+    var: np.ndarray  # sample variance + C2/2: its half of the contrast denominator
+    mag: np.ndarray  # Sobel gradient magnitude, centred, flat, float32 (edge correlation)
     mag_norm: float
 
     @classmethod
     def of_gray(cls, g: np.ndarray, win: int, rgb: np.ndarray | None = None) -> _Features:
-        x = g.astype(np.float32)
         blurred = cv2.GaussianBlur(g, (0, 0), 1.0)
         gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0)
         gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1)
         # Exact in float32: Sobel of uint8 pixels gives integers |g| <= 1020, so gx^2 + gy^2 stays
-        # below 2^24; the sum goes to float64 before the (correctly rounded) square root. numpy,
-        # not cv2.magnitude: OpenCV's SIMD path rounds differently with the arrays' memory
-        # alignment, so the same pixels scored differently from run to run (seen as a flaky digest)
-        sq = gx * gx
-        sq += gy * gy
-        mag = np.sqrt(sq, dtype=np.float64).ravel()  # each float32 widened, then the square root
-        mag -= mag.mean()
-        # Sums by numpy's pairwise reduction, not BLAS dot: BLAS picks its summation order by the
-        # arrays' memory alignment, so the same pixels could score differently from run to run.
-        return cls(rgb, x, _box(x, win), _box(x * x, win), mag, float(np.sum(mag * mag)))
+        # below 2^24 whatever the order of operations; numpy's correctly rounded square root, not
+        # cv2.magnitude (its SIMD path rounds differently with the arrays' memory alignment).
+        sq = cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy))
+        mag = np.sqrt(sq, out=sq).ravel()
+        mag -= np.float32(mag.mean(dtype=np.float64))
+        # Sums in float64 by numpy's pairwise reduction, not BLAS dot: BLAS picks its summation
+        # order by the arrays' memory alignment, so the same pixels could score differently.
+        n = win * win
+        norm = np.float32(n / (n - 1))
+        # box means of the uint8 pixels and of their squares straight to float32 (no float copy)
+        mean = cv2.boxFilter(g, cv2.CV_32F, (win, win), borderType=cv2.BORDER_REFLECT)
+        lum = cv2.multiply(mean, mean)
+        var = cv2.sqrBoxFilter(g, cv2.CV_32F, (win, win), borderType=cv2.BORDER_REFLECT)
+        var -= lum
+        var *= norm
+        var += np.float32(C2 / 2)
+        lum += np.float32(C1 / 2)
+        return cls(rgb, g, mean, lum, var, mag, float(np.sum(np.square(mag), dtype=np.float64)))
+
+
+C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # SSIM's stabilisers (K1 = 0.01, K2 = 0.03)
 
 
 def _box(z: np.ndarray, win: int) -> np.ndarray:
@@ -151,41 +162,29 @@ def _box(z: np.ndarray, win: int) -> np.ndarray:
 
 
 def _ssim(a: _Features, b: _Features, win: int) -> float:
+    """((2 ux uy + C1)(2 vxy + C2)) / ((ux^2 + uy^2 + C1)(vx + vy + C2)) in float32, each image's
+    terms precomputed once (`_Features`); elementwise OpenCV add/multiply (exact IEEE operations
+    whatever the path) and in-place numpy, to keep temporaries few."""
     n = win * win
-    norm = n / (n - 1)
-    ux, uy = a.mean, b.mean
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    # ((2 ux uy + c1)(2 vxy + c2)) / ((ux^2 + uy^2 + c1)(vx + vy + c2)), every float32 operation
-    # as written there (2 * (ux * uy) rounds like (2 * ux) * uy), in place: fewer temporaries.
-    uxy = ux * uy
-    vxy = _box(a.gray * b.gray, win)
+    uxy = cv2.multiply(a.mean, b.mean)
+    vxy = _box(cv2.multiply(a.gray, b.gray, dtype=cv2.CV_32F), win)  # products of uint8: exact
     vxy -= uxy
-    vxy *= norm
-    vxy *= 2
-    vxy += c2
-    uxy *= 2
-    uxy += c1
-    uxy *= vxy  # the numerator
-    den = ux * ux
-    den += uy * uy
-    den += c1
-    v = a.sq_mean - ux * ux
-    v *= norm
-    vy = b.sq_mean - uy * uy
-    vy *= norm
-    v += vy
-    v += c2
-    den *= v
-    s = np.divide(uxy, den, out=uxy)
+    vxy *= np.float32(2 * n / (n - 1))
+    vxy += np.float32(C2)
+    uxy *= np.float32(2)
+    uxy += np.float32(C1)
+    num = cv2.multiply(uxy, vxy, dst=uxy)
+    den = cv2.multiply(cv2.add(a.lum, b.lum), cv2.add(a.var, b.var))
+    s = np.divide(num, den, out=num)
     pad = (win - 1) // 2
-    return float(s[pad:-pad, pad:-pad].astype(np.float64).mean()) if pad else float(s.mean())
+    return float((s[pad:-pad, pad:-pad] if pad else s).mean(dtype=np.float64))
 
 
 def _edge_corr(a: _Features, b: _Features) -> float:
     """Pearson correlation of Sobel gradient magnitudes: high when the layout is kept,
     whatever the rendering (a pencil sketch keeps it, an unrelated image does not)."""
     den = float(np.sqrt(a.mag_norm * b.mag_norm))
-    return float(np.sum(a.mag * b.mag)) / den if den > 1e-6 else 0.0
+    return float(np.sum(a.mag * b.mag, dtype=np.float64)) / den if den > 1e-6 else 0.0
 
 
 FEATURES_KEPT = 24  # images whose features stay cached (a photo's synthesizers run one after another)

@@ -3,8 +3,44 @@ inpainting, and the layer maths (a subject layer and its alpha composite)."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
 import cv2
 import numpy as np
+
+_MEMO: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+MEMO_KEPT = 8  # a photo's condition map is asked for twice: by its synthesizer, then by the filter
+
+
+def _memo(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Remember the last few results of a pure pixel function of a read-only array (an image's
+    cached pixels, which cannot change) and its parameters: the definition filter recomputes the
+    map its synthesizer has just drawn from the same pixels (`definitions`), and gets that result
+    back instead of drawing it again. Other parameters (a mis-stated block size) miss and recompute,
+    so the check still compares the draft with the definition. Results are read-only."""
+
+    def wrapped(rgb: np.ndarray, *params: int) -> np.ndarray:
+        if rgb.flags.writeable:
+            return fn(rgb, *params)
+        key = (fn.__name__, id(rgb), *params)
+        with _MEMO_LOCK:
+            hit = _MEMO.get(key)
+            if hit is not None and hit[0] is rgb:
+                _MEMO.move_to_end(key)
+                return hit[1]
+        out = fn(rgb, *params)
+        out.flags.writeable = False
+        with _MEMO_LOCK:
+            _MEMO[key] = (rgb, out)  # holding rgb keeps its id from being reused while kept
+            while len(_MEMO) > MEMO_KEPT:
+                _MEMO.popitem(last=False)
+        return out
+
+    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+    return wrapped
 
 
 def gray_of(rgb: np.ndarray) -> np.ndarray:
@@ -46,12 +82,20 @@ def as_rgb3(gray: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(gray, np.uint8), cv2.COLOR_GRAY2RGB)
 
 
+@_memo
+def gray_map(rgb: np.ndarray) -> np.ndarray:
+    """The grayscale condition map: the photo's luma, 3 channels."""
+    return as_rgb3(gray_of(rgb))
+
+
+@_memo
 def canny_map(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
     """The Canny condition map at the stated thresholds: white edges on black, 3 channels."""
     gray = cv2.GaussianBlur(gray_of(rgb), (5, 5), 0)
     return as_rgb3(cv2.Canny(gray, low, high))
 
 
+@_memo
 def pixelate(rgb: np.ndarray, block: int) -> np.ndarray:
     """Mosaic: area-average blocks of about `block` pixels, drawn back at full size."""
     h, w = rgb.shape[:2]
