@@ -1,4 +1,4 @@
-"""Watch the Parquet rows the cluster driver reads (test helper).
+"""Watch the Parquet rows a driver reads (test helper): the cluster planner, stats, the funnel.
 
 `DriverReads(monkeypatch)` marks the time spent in `Cluster.plan / next_wave / finish` as driver
 time; while it runs, a row read of a Parquet file (`ParquetFile.read`, `read_row_group(s)`,
@@ -7,6 +7,8 @@ Footers stay readable. Files are told apart by the URI `shards.open_parquet` ope
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pyarrow.parquet as pq
 
@@ -74,3 +76,32 @@ class DriverReads:
             finally:
                 self.depth -= 1
         return wrapper
+
+    def as_worker(self, fn):
+        """`fn` with driver time suspended: a partial task run in-process is the worker's side."""
+        def wrapper(*a, **kw):
+            self.depth -= 1
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.depth += 1
+        return wrapper
+
+    def forbid_on_driver(self, monkeypatch, targets) -> None:
+        """Each (module, name) function raises when called in driver time (whole-table readers)."""
+        for mod, name in targets:
+            fn = getattr(mod, name)
+
+            def wrapped(*a, _fn=fn, **kw):
+                assert not self.driver, f"the driver called {_fn.__name__}"
+                return _fn(*a, **kw)
+            monkeypatch.setattr(mod, name, wrapped)
+
+    @contextlib.contextmanager
+    def on_driver(self):
+        """Driver time for the block: a whole command whose driver side is under test."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1

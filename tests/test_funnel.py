@@ -119,31 +119,12 @@ def test_several_instructions_tables_count_distinct_pairs(run, monkeypatch):
 
 def test_driver_reads_no_rows_for_the_funnel(run, monkeypatch):
     reads = DriverReads(monkeypatch, methods=())
-    real = funnel_counts._shard_task
-
-    def task(payload):
-        reads.depth -= 1  # the worker's side
-        try:
-            return real(payload)
-        finally:
-            reads.depth += 1
-
-    def guard(fn):
-        def wrapped(*a, **kw):
-            assert not reads.driver, f"the funnel's driver called {fn.__name__}"
-            return fn(*a, **kw)
-        return wrapped
-
     want = run_tables.funnel(run)
-    monkeypatch.setattr(funnel_counts, "_shard_task", task)
-    for mod, name in [(pl, "scan_parquet"), (pl, "read_parquet"), (pl, "scan_pyarrow_dataset"),
-                      (storage, "read_parquet"), (storage, "scan_parquet"), (pq, "read_table")]:
-        monkeypatch.setattr(mod, name, guard(getattr(mod, name)))
-    reads.depth += 1
-    try:
+    monkeypatch.setattr(funnel_counts, "_shard_task", reads.as_worker(funnel_counts._shard_task))
+    reads.forbid_on_driver(monkeypatch, [(pl, "scan_parquet"), (pl, "read_parquet"), (pl, "scan_pyarrow_dataset"),
+                                         (storage, "read_parquet"), (storage, "scan_parquet"), (pq, "read_table")])
+    with reads.on_driver():
         got = run_tables.funnel(run)
-    finally:
-        reads.depth -= 1
     assert got == want and reads.rows == 0
 
 

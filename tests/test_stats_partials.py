@@ -162,30 +162,11 @@ def test_driver_reads_no_rows(lcu, monkeypatch):
     """Outside the partial task the stats driver reads footers only: Parquet row reads raise."""
     d, rows = lcu
     reads = DriverReads(monkeypatch, methods=())
-    real = stats._partial_task
-
-    def task(payload):
-        reads.depth -= 1  # the worker's side
-        try:
-            return real(payload)
-        finally:
-            reads.depth += 1
-
-    def guard(fn):
-        def wrapped(*a, **kw):
-            assert not reads.driver, f"the stats driver called {fn.__name__}"
-            return fn(*a, **kw)
-        return wrapped
-
-    monkeypatch.setattr(stats, "_partial_task", task)
-    for mod, name in [(pl, "scan_parquet"), (pl, "read_parquet"), (pl, "scan_pyarrow_dataset"),
-                      (storage, "read_parquet"), (pq, "read_table")]:
-        monkeypatch.setattr(mod, name, guard(getattr(mod, name)))
-    reads.depth += 1
-    try:
+    monkeypatch.setattr(stats, "_partial_task", reads.as_worker(stats._partial_task))
+    reads.forbid_on_driver(monkeypatch, [(pl, "scan_parquet"), (pl, "read_parquet"), (pl, "scan_pyarrow_dataset"),
+                                         (storage, "read_parquet"), (pq, "read_table")])
+    with reads.on_driver():
         res = stats.compute(d, with_funnel=False, where=["task!=natural_edit"])
-    finally:
-        reads.depth -= 1
     assert res["rows"] == sum(1 for r in rows if r["task"] != "natural_edit") and reads.rows == 0
 
 
