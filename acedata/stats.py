@@ -201,14 +201,25 @@ def _float_stats(counts: dict[float, int]) -> tuple[list[tuple[float, int]], dic
 
 
 def _hist(items: list[tuple[float, int]], lo: float | None, hi: float | None, bins: int = HIST_BINS) -> list[dict[str, Any]]:
-    """Equal-width histogram of (value, count) pairs over [lo, hi] (the top edge is inclusive)."""
+    """Equal-width histogram of (value, count) pairs over [lo, hi] (the top edge is inclusive).
+
+    An infinite lo or hi (a score of -inf/+inf) is replaced by the finite min/max of the items, and
+    -inf/+inf values are counted in the first/last bin; no finite values: no histogram. NaN is left out."""
     if lo is None or hi is None:
         return []
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        finite = [v for v, _ in items if math.isfinite(v)]
+        if not finite:
+            return []
+        lo = lo if math.isfinite(lo) else min(finite)
+        hi = hi if math.isfinite(hi) else max(finite)
     width = (hi - lo) / bins if hi > lo else 1.0
     got = [0] * bins
     for v, c in items:
         if math.isfinite(v):
             got[min(max(math.floor((v - lo) / width), 0), bins - 1)] += c
+        elif not math.isnan(v):
+            got[0 if v < 0 else bins - 1] += c
     return [{"lo": lo + i * width, "hi": lo + (i + 1) * width, "count": got[i]} for i in range(bins)]
 
 

@@ -204,3 +204,35 @@ def test_large_shards_split_by_row_groups(lcu, tmp_path, monkeypatch):
         assert {k: v for k, v in got.items() if k not in ("dataset", "tables")} == \
             {k: v for k, v in want.items() if k not in ("dataset", "tables")}
     assert got["rows"] == len(rows) - 2
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_score_histograms_with_infinities(tmp_path, monkeypatch, exact):
+    """A score with -inf/+inf and finite values: histograms over the finite range, the infinities in
+    the edge bins (NaN left out); a score with no finite values: no histogram. Plots are written."""
+    from acedata import plots
+
+    if not exact:
+        monkeypatch.setattr(stats_partial, "EXACT_SCORE_VALUES", 4)
+    rows = make_rows(120, seed=5)
+    special = [-np.inf, np.inf, np.nan]
+    for i, r in enumerate(rows):
+        ssim = special[i % 3] if i % 4 == 0 else (i % 37) / 10.0
+        r["scores"] = [{"name": "ssim", "value": float(ssim)}, {"name": "clip_dir", "value": float(special[i % 2])}]
+    d = str(tmp_path / "lcu")
+    schema = schema_for("lcu")
+    shards.write_table(d, pa.Table.from_pylist(rows, schema), schema, max_rows=50)
+    res = stats.compute(d, executor="local", with_funnel=False, histograms=True)
+    assert ("scores.ssim" in res["approximate"]) is not exact
+    h = res["histograms"]["scores"]
+    ssim = [r["scores"][0]["value"] for r in rows]
+    assert sum(b["count"] for b in h["ssim"]) == sum(not np.isnan(v) for v in ssim)
+    finite = [v for v in ssim if np.isfinite(v)]
+    # the edges: the finite min/max as stored (float32), or as sketched (within its relative error)
+    rel = 1e-6 if exact else sketches.RELATIVE_ERROR
+    assert h["ssim"][0]["lo"] == pytest.approx(min(finite), rel=rel, abs=1e-12)
+    assert h["ssim"][-1]["hi"] == pytest.approx(max(finite), rel=rel)
+    assert h["ssim"][0]["count"] >= sum(v == -np.inf for v in ssim)
+    assert h["ssim"][-1]["count"] >= sum(v == np.inf for v in ssim)
+    assert h["clip_dir"] == []
+    assert plots.write_plots({**res, "dataset": d, "where": [], "by": ["task"]}, str(tmp_path / "plots"))
