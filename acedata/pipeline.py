@@ -213,9 +213,8 @@ def run_stages(
     fs, out_path = _open_run_dir(out)
     external = [storage.absolute(p) for c in configs for p in c.inputs.values()]
     inherited = {s for s in map(run_settings.table_scheme, external) if s is not None}
-    scheme = run_settings.pin(fs, out_path, id_scheme, inherited)["id_scheme"]
-    for p in external:  # tables from other runs: of this run's scheme, or refused
-        run_settings.check_input(p, scheme)
+    # tables from other runs: of this run's scheme, or refused (before the scheme is recorded)
+    scheme = run_settings.pin(fs, out_path, id_scheme, inherited, inputs=external)["id_scheme"]
     if executor == "ray":
         runtime.init_ray(address, num_cpus)
     status = RunStatus(out, name, [c.name or stage_kind(c) for c in configs], on_status)

@@ -9,7 +9,9 @@ a run's files but no `_settings.json`) made its ids with sha256, and is pinned t
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -33,12 +35,14 @@ def read(fs: pafs.FileSystem, out_path: str) -> dict[str, Any] | None:
     return shards.read_json(fs, p) if shards.exists(fs, p) else None
 
 
-def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None, inherited: set[str] | None = None
-        ) -> dict[str, Any]:
+def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None, inherited: set[str] | None = None,
+        inputs: Iterable[str] = ()) -> dict[str, Any]:
     """The run's settings: the recorded ones, else (a new run) `id_scheme`, else the scheme of the
     runs its `inputs:` tables come from (`inherited`, see `table_scheme`), else the default; recorded now.
 
-    Asking for another scheme than the run's is a UserError: its committed ids would mix."""
+    Asking for another scheme than the run's is a UserError: its committed ids would mix. Every table
+    of `inputs` is checked (`check_input`) before anything is recorded, so a refused run leaves no
+    scheme behind."""
     if id_scheme is not None:
         ids.check(id_scheme)
     recorded = read(fs, out_path)
@@ -59,6 +63,8 @@ def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None, inherited: se
         raise UserError(f"run directory {out_path} makes image ids with {have} ({why}); id_scheme "
                         f"{id_scheme} would mix two schemes in one run: drop id_scheme (spec or --id-scheme), "
                         "or write to a new --out")
+    for table in inputs:
+        check_input(table, have)
     if recorded is None:  # an earlier run's inferred sha256 is recorded too, once
         recorded = {"id_scheme": have}
         shards.write_bytes_atomic(fs, posixpath.join(out_path, SETTINGS), json.dumps(recorded, indent=1).encode())
@@ -67,8 +73,13 @@ def pin(fs: pafs.FileSystem, out_path: str, id_scheme: str | None, inherited: se
 
 def table_scheme(table: str) -> str | None:
     """The id scheme of the run a table belongs to (its grandparent, RUN/<stage>/<table>), or None
-    for a table outside any run (the grandparent's top-level files decide)."""
+    for a table outside any run (the grandparent's top-level files decide).
+
+    A local path is resolved through symlinks first: a run's stage folder may be a link to another
+    run's, whose scheme its tables have. Object-storage URIs are taken as they are."""
     fs, path = shards.resolve(table)
+    if isinstance(fs, pafs.LocalFileSystem):
+        path = os.path.realpath(path)
     run_dir = posixpath.dirname(posixpath.dirname(path.rstrip("/")))
     if not run_dir or not shards.exists(fs, run_dir):
         return None

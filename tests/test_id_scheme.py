@@ -150,8 +150,10 @@ def test_inputs_from_another_run_set_a_new_runs_scheme_and_never_mix(corpus, tmp
     run = run_stages([synth], second, executor="local")  # a new run takes its inputs' scheme
     assert run["id_scheme"] == "sha256" and _settings(second)["id_scheme"] == "sha256"
     assert all(len(i) == 64 for i in _ids(second, "synthesize/images"))
+    third = str(tmp_path / "third")
     with pytest.raises(UserError, match="never mixes schemes"):  # asked for the other: refused
-        run_stages([synth], str(tmp_path / "third"), executor="local", id_scheme="xxh3-128")
+        run_stages([synth], third, executor="local", id_scheme="xxh3-128")
+    assert not os.path.exists(os.path.join(third, "_settings.json"))  # nothing pinned: rerunnable as is
     other = str(tmp_path / "other")
     run_stages(_ingest(corpus), other, executor="local")
     with pytest.raises(UserError, match="never mixes schemes"):  # an xxh3 run fed a sha256 table
@@ -159,3 +161,23 @@ def test_inputs_from_another_run_set_a_new_runs_scheme_and_never_mix(corpus, tmp
                                      inputs={"images": os.path.join(first, "ingest", "images")})],
                    other, executor="local")
     assert _settings(other)["id_scheme"] == "xxh3-128"
+
+
+def test_stage_folder_linked_to_an_old_run_takes_its_scheme(corpus, tmp_path):
+    """A new run given (symlinked) the stage folder of a run from before schemes: tables reached
+    through the link are that run's (sha256), so the new run is sha256 and refuses xxh3-128."""
+    old = str(tmp_path / "old")
+    run_stages(_ingest(corpus), old, executor="local", id_scheme="sha256")
+    os.remove(os.path.join(old, "_settings.json"))  # a run from before the record: _status.json only
+    new = str(tmp_path / "new")
+    os.makedirs(new)
+    os.symlink(os.path.join(old, "ingest"), os.path.join(new, "ingest"))
+    synth = SynthesizeConfig(name="synthesize", max_images=2, per_image=1, max_side=96, chain_fraction=0.0,
+                             inputs={"images": os.path.join(new, "ingest", "images")})
+    with pytest.raises(UserError, match="never mixes schemes"):
+        run_stages([synth], new, executor="local", id_scheme="xxh3-128")
+    assert not os.path.exists(os.path.join(new, "_settings.json"))
+    run = run_stages([synth], new, executor="local")
+    assert run["id_scheme"] == "sha256" and _settings(new) == {"id_scheme": "sha256"}
+    made = _ids(new, "synthesize/images")
+    assert made and all(len(i) == 64 for i in made)
