@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -11,6 +14,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A fresh `datasets` cache per test session: `load_dataset(folder)` gave two different `assemble`
+# folders (other paths, other rows) the same cache entry, so an earlier run's rows came back.
+_HF_DATASETS_CACHE = tempfile.mkdtemp(prefix="acedata-tests-hf-datasets-")
+os.environ["HF_DATASETS_CACHE"] = _HF_DATASETS_CACHE
+atexit.register(shutil.rmtree, _HF_DATASETS_CACHE, True)
 
 
 @pytest.fixture(scope="session")
