@@ -239,6 +239,10 @@ def _contents(folder: str, groups: list[dict[str, Any]], turns: list[dict[str, A
         "meta = storage.scan_parquet('lcu/*.parquet').select('task', 'subtask', 'instruction')  # no image bytes read",
         "```",
         "",
+        ("`datasets` caches a loaded folder and can answer a later load of another folder from that "
+         "entry; after a re-assemble, or with several runs, pass `download_mode='force_redownload'` "
+         "or a `cache_dir` of the folder's own."),
+        "",
         ("Image indicators: condition frames are the history CUs' inputs (oldest first) then the current "
         "inputs; condition frame k is written `{image}` (k = 1) or `{image<k-1>}`, the target is index N."),
         "",

@@ -40,13 +40,8 @@ def _shard_task(payload: dict[str, Any]) -> bytes:
         return pickle.dumps((int(row[0]), int(row[1])))
     ids = lf.select(pl.col("pair_id").drop_nulls().unique()).collect().to_series()
     t2i = ids.str.starts_with(T2I)
-    return pickle.dumps({"labelled": _distinct(ids.filter(~t2i)), "captioned": _distinct(ids.filter(t2i))})
-
-
-def _distinct(ids: pl.Series) -> dict[str, Any]:
-    hashes = sketches.text_hashes(ids.to_list())
-    return {"hashes": hashes} if len(hashes) <= stats_partial.EXACT_DISTINCT_MAX else \
-        {"hll": sketches.hll_registers(hashes)}
+    return pickle.dumps({"labelled": stats_partial.distinct_of(ids.filter(~t2i).to_list()),
+                         "captioned": stats_partial.distinct_of(ids.filter(t2i).to_list())})
 
 
 def _summary_counts(instr_tables: list[str], summaries: list[dict[str, Any]]) -> dict[str, int] | None:

@@ -44,15 +44,14 @@ def check(scheme: str) -> str:
 
 def hasher(scheme: str):
     """A fresh hash object (`update`, `hexdigest`) for `scheme`."""
-    if scheme == XXH3_128:
-        return xxhash.xxh3_128()
-    if scheme == SHA256:
-        return hashlib.sha256()
-    raise ValueError(f"unknown image id scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    return xxhash.xxh3_128() if check(scheme) == XXH3_128 else hashlib.sha256()
 
 
 def current() -> str:
-    """The scheme ids are computed in here: the running stage's (`using`), else the default."""
+    """The scheme ids are computed in here: the running stage's (`using`), else the default.
+
+    Outside a stage (library calls, tests) that is the default for new runs; every command that
+    works on an existing run passes the run's recorded scheme to its `RunContext`."""
     return _current.get()
 
 

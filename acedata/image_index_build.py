@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from acedata import shards, shuffle
+from acedata import ids, run_settings, shards, shuffle
 from acedata.config import Resources, StageConfig
 from acedata.image_index_files import (
     BUILD_PREFIX,
@@ -170,7 +170,8 @@ def build_distributed(table_dir: str, name: str, partitions: int, executor: str,
     build = posixpath.join(table_dir, INDEX_DIR, BUILD_PREFIX + name.removeprefix(PARTS_PREFIX))
     cfg = IndexBuildConfig(name="image-index", table=table_dir, parts=name, partitions=partitions,
                            resources=Resources(concurrency=max(1, concurrency)))
-    runtime.run_stage(IndexBuild(cfg, RunContext(table_dir, build, {})), executor=executor)
+    scheme = run_settings.table_scheme(table_dir) or ids.DEFAULT  # the indexed table's, not the default's
+    runtime.run_stage(IndexBuild(cfg, RunContext(table_dir, build, {}, scheme)), executor=executor)
     done = runtime.done_units(build)
     return [int(done[f"reduce-{k:05d}"]["rows"]) for k in range(partitions)]
 

@@ -111,9 +111,7 @@ def partial_of(pieces: list[dict[str, Any]], by: list[str], where: list[str]) ->
             return {r[0]: int(r[1]) for r in df.iter_rows()}
         return {tuple(r[:key_cols]): int(r[key_cols]) for r in df.iter_rows()}
 
-    hashes = sketches.text_hashes(got["texts"].to_series().to_list())
-    distinct = ({"hashes": hashes} if len(hashes) <= EXACT_DISTINCT_MAX
-                else {"hll": sketches.hll_registers(hashes)})
+    distinct = distinct_of(got["texts"].to_series().to_list())
     return {
         "rows": int(got["rows"].item()),
         "groups": {tuple(r[:-1]): int(r[-1]) for r in got["groups"].iter_rows()},
@@ -165,6 +163,13 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "distinct": merge_distinct(a["distinct"], b["distinct"]),
         "scores": scores,
     }
+
+
+def distinct_of(texts: list[str]) -> dict[str, Any]:
+    """A partial's distinct-count state: the exact text hashes up to EXACT_DISTINCT_MAX, else
+    HyperLogLog registers over them."""
+    hashes = sketches.text_hashes(texts)
+    return {"hashes": hashes} if len(hashes) <= EXACT_DISTINCT_MAX else {"hll": sketches.hll_registers(hashes)}
 
 
 def merge_distinct(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import posixpath
 
-    from acedata import runtime, storage
+    from acedata import ids, run_settings, runtime, storage
     from acedata.commands._common import print_run
     from acedata.errors import UserError
     from acedata.instruct.export import find_tables
@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if not pairs:
         raise UserError(f"no pairs tables under {args.run_dir} (run the pair / synthesis stages first)")
     stage_dir = posixpath.join(args.run_dir, args.name)
-    stage = Instruct(cfg, RunContext(args.run_dir, stage_dir, {"pairs": pairs, "images": images}))
+    # the run's own scheme, as `acedata run` gives its stages (never silently the default)
+    scheme = run_settings.table_scheme(pairs[0]) or ids.DEFAULT
+    stage = Instruct(cfg, RunContext(args.run_dir, stage_dir, {"pairs": pairs, "images": images}, scheme))
     digest = stage_key(stage)  # config, code version and input content, as in `acedata run`
     if args.executor == "ray":
         runtime.init_ray(args.address)
