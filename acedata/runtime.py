@@ -1,8 +1,11 @@
 """Ray wiring, in one place: start/attach Ray and run a stage's work units.
 
-A stage's units run through Ray Data `map_batches` — an actor pool for model stages
-(the model is loaded once per actor), tasks for the rest — with the stage's declared
-resources. `executor="local"` runs the same units in-process (tests, debugging).
+A stage's units run on Ray with the stage's declared resources: model stages through a
+Ray Data actor pool (`map_batches`, the model loaded once per actor), the rest as plain Ray
+tasks, one per unit, at most `resources.concurrency` in flight. A Ray Data pipeline per wave
+cost more driver and cluster CPU than a small wave's units (planning, its executor thread,
+stats and autoscaling actors), and ingest runs three waves. `executor="local"` runs the same
+units in-process (tests, debugging).
 """
 
 from __future__ import annotations
@@ -90,13 +93,15 @@ class _ModelWorker:
         return _execute_batch(self.stage, batch)
 
 
-def _task_fn(stage_cls: type[Stage], config: dict[str, Any], ctx: RunContext):
-    def run(batch: dict[str, Any]) -> dict[str, list[str]]:
-        stage = stage_cls(stage_cls.Config.model_validate(config), ctx)
-        stage.setup()
-        return _execute_batch(stage, batch)
+def _unit_task(built: tuple[type[Stage], dict[str, Any], RunContext], unit_id: str, payload: str) -> dict[str, int]:
+    """One unit as a plain Ray task; the stage is built per task, as Ray Data built it per batch."""
+    stage_cls, config, ctx = built
+    stage = stage_cls(stage_cls.Config.model_validate(config), ctx)
+    stage.setup()
+    return execute_unit(stage, WorkUnit(unit_id, json.loads(payload)))
 
-    return run
+
+_REMOTE_UNIT_TASK = None
 
 
 def _execute_batch(stage: Stage, batch: dict[str, Any]) -> dict[str, list[str]]:
@@ -108,14 +113,8 @@ def _execute_batch(stage: Stage, batch: dict[str, Any]) -> dict[str, list[str]]:
 UnitDone = Callable[[str, dict[str, int]], None]
 
 
-def _run_on_ray(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = None) -> None:
-    import warnings
-
-    import ray.data
-
+def _resource_args(stage: Stage) -> dict[str, Any]:
     res = stage.config.resources
-    items = [{"id": u.id, "payload": json.dumps(u.payload)} for u in units]
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
     named: dict[str, Any] = {"num_cpus": res.num_cpus}
     if res.num_gpus:
         named["num_gpus"] = res.num_gpus
@@ -124,32 +123,69 @@ def _run_on_ray(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = 
     if res.custom:
         # Custom node resources pin a stage to a node group (e.g. decoding on CPU nodes).
         named["resources"] = dict(res.custom)
+    return named
+
+
+def _run_on_ray(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = None) -> None:
+    if not stage.uses_model:
+        _run_tasks(stage, units, on_unit)
+        return
+    import warnings
+
+    import ray.data
+
+    res = stage.config.resources
+    items = [{"id": u.id, "payload": json.dumps(u.payload)} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+    named = _resource_args(stage)
     config = stage.config.model_dump(mode="json")
     with warnings.catch_warnings():
         # Bounded retries have no named map_batches parameter yet; they still travel as remote args.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        if stage.uses_model:
-            out = ds.map_batches(
-                _ModelWorker,
-                fn_constructor_args=(type(stage), config, stage.ctx),
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-                max_restarts=res.max_retries,
-                max_task_retries=res.max_retries,
-                **named,
-            )
-        else:
-            out = ds.map_batches(
-                _task_fn(type(stage), config, stage.ctx),
-                batch_size=1,
-                compute=ray.data.TaskPoolStrategy(size=res.concurrency),
-                max_retries=res.max_retries,
-                **named,
-            )
+        out = ds.map_batches(
+            _ModelWorker,
+            fn_constructor_args=(type(stage), config, stage.ctx),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+            max_restarts=res.max_retries,
+            max_task_retries=res.max_retries,
+            **named,
+        )
         # Stream the per-unit results back so the driver can report progress as units commit.
         for row in out.iter_rows():
             if on_unit is not None:
                 on_unit(str(row["id"]), json.loads(row["counts"]))
+
+
+def _run_tasks(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = None) -> None:
+    """A stage without a model: one Ray task per unit, at most `resources.concurrency` in flight
+    (what Ray Data's task pool gave), spread over the nodes as Ray Data spread them; a task lost
+    with its worker runs again up to `max_retries` times, and a unit that raises fails the stage."""
+    import ray
+
+    global _REMOTE_UNIT_TASK
+    if _REMOTE_UNIT_TASK is None:
+        _REMOTE_UNIT_TASK = ray.remote(_unit_task)
+    res = stage.config.resources
+    task = _REMOTE_UNIT_TASK.options(max_retries=res.max_retries, scheduling_strategy="SPREAD",
+                                     **_resource_args(stage))
+    built = ray.put((type(stage), stage.config.model_dump(mode="json"), stage.ctx))  # shipped once
+    waiting = list(reversed(units))
+    running: dict[Any, str] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < res.concurrency:
+                u = waiting.pop()
+                running[task.remote(built, u.id, json.dumps(u.payload))] = u.id
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                counts = ray.get(ref)
+                unit_id = running.pop(ref)
+                if on_unit is not None:
+                    on_unit(unit_id, counts)
+    finally:
+        for ref in running:  # a unit failed: the others stop (their uncommitted writes are cleared on rerun)
+            ray.cancel(ref)
 
 
 def _run_local(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = None) -> None:

@@ -70,8 +70,7 @@ def _sidecar_meta(path: str, names: set[str] | None = None) -> dict[str, Any]:
 
     if there(".json"):
         try:
-            with open(stem + ".json", encoding="utf-8") as f:
-                loaded = json.load(f)
+            loaded = json.loads(_read_whole(stem + ".json").decode("utf-8"))
             if isinstance(loaded, dict):
                 meta.update(loaded)
         except (OSError, ValueError):
@@ -107,9 +106,10 @@ def list_units(root: str, files_per_unit: int = 64) -> list[tuple[str, dict[str,
     special: list[str] = []
     for p in files:
         ext = os.path.splitext(p)[1].lower()
-        if os.path.islink(p):
+        mode = _lmode(p)  # one lstat answers both: link, and regular file
+        if mode is not None and stat.S_ISLNK(mode):
             loose.append(p)  # rejected when read, so it is counted
-        elif not _regular(p):
+        elif mode is not None and not stat.S_ISREG(mode):
             special.append(p)  # a fifo, socket or device: opening it could block forever
         elif ext == ".tar":
             units.extend(_file_units(p, root))
@@ -157,11 +157,18 @@ def _walk_folder(root: str) -> tuple[list[str], list[str], set[str]]:
     return files, rejected, tars
 
 
-def _regular(path: str) -> bool:
+def _lmode(path: str) -> int | None:
+    """The file's own mode (links not followed); None when it vanished or cannot be looked at,
+    which the reader then reports as a read error."""
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        return os.lstat(path).st_mode
     except OSError:
-        return True  # vanished or unreadable: the reader reports it as a read error
+        return None
+
+
+def _regular(path: str) -> bool:
+    mode = _lmode(path)
+    return mode is None or stat.S_ISREG(mode)  # vanished or unreadable: reported when read
 
 
 def _has_image_sibling(p: str, listed: set[str] | None = None) -> bool:
@@ -249,8 +256,7 @@ def _read_files(files: list[str], root: str, max_file_bytes: int) -> Iterator[Re
             if size > max_file_bytes:
                 yield Record(p, error=("file_too_large", f"{size} bytes > {max_file_bytes}"))
                 continue
-            with open(p, "rb") as f:
-                data = f.read()
+            data = _read_whole(p, size)
         except OSError as e:
             yield Record(p, error=("read_error", str(e)[:200]))
             continue
@@ -260,6 +266,24 @@ def _read_files(files: list[str], root: str, max_file_bytes: int) -> Iterator[Re
             except OSError:
                 names_in[folder] = set()
         yield Record(p, data, _sidecar_meta(p, names_in[folder]))
+
+
+def _read_whole(path: str, size: int = (1 << 16) - 1) -> bytes:
+    """A file's bytes through an unbuffered descriptor: an open, a read of the size its stat gave
+    and a read that finds the end, then a close (a buffered `open` added a stat, a terminal check
+    and a buffer object per file: per-file costs at the scale of decoding a small image). `size`
+    is a hint: a file that grew since its stat is read to its end all the same."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size + 1)
+        if not data:
+            return data
+        more = [data]
+        while chunk := os.read(fd, 1 << 16):
+            more.append(chunk)
+        return data if len(more) == 1 else b"".join(more)
+    finally:
+        os.close(fd)
 
 
 def _pick(names: list[str], candidates: tuple[str, ...]) -> str | None:

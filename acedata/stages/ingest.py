@@ -117,9 +117,11 @@ class Ingest(Stage):
 
     def order_key(self, uri: str) -> tuple[int, str]:
         """Where an input sits in the spec: (source index, its path inside that source)."""
-        for i, root in enumerate(self.config.sources):
-            root = source_root(root)
-            if uri == root or uri.startswith((root + "/", root + "#")):
+        roots = getattr(self, "_roots", None)
+        if roots is None:  # once per stage, not per row a decide unit ranks
+            roots = self._roots = [(r, (r + "/", r + "#")) for r in map(source_root, self.config.sources)]
+        for i, (root, under) in enumerate(roots):
+            if uri == root or uri.startswith(under):
                 return i, uri[len(root):]
         return len(self.config.sources), uri
 
