@@ -78,7 +78,8 @@ def write_buckets(table: pa.Table, key: str, n: int, root: str, writer: str) -> 
 def write_parts(table: pa.Table, buckets: np.ndarray, root: str, writer: str) -> int:
     """Write row i of `table` to bucket `buckets[i]` (a partition chosen by the caller, e.g. a range
     of a sort key, so buckets in order hold the keys in order); returns the number of non-empty
-    buckets. One file, `root/<writer>.shuf`; no file when the table is empty."""
+    buckets. One file, `root/<writer>.shuf` (a second call for the same writer and root replaces
+    it); no file when the table is empty."""
     if table.num_rows == 0:
         return 0
     fs, base = shards.resolve(root)
@@ -93,12 +94,10 @@ def write_parts(table: pa.Table, buckets: np.ndarray, root: str, writer: str) ->
     fs.create_dir(base, recursive=True)
     with fs.open_output_stream(posixpath.join(base, writer + SUFFIX)) as out:
         for k in full.tolist():
-            sink = pa.BufferOutputStream()
-            with ipc.new_stream(sink, rows.schema) as w:
+            start = out.tell()
+            with ipc.new_stream(out, rows.schema) as w:  # closing the writer leaves `out` open
                 w.write_table(rows.slice(bounds[k], bounds[k + 1] - bounds[k]))
-            blob = sink.getvalue()
-            out.write(blob)
-            sizes[k] = blob.size
+            sizes[k] = out.tell() - start
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype("<i8")
         out.write(offsets.tobytes() + np.array([n], "<i8").tobytes() + MAGIC)
     return len(full)
