@@ -41,8 +41,8 @@ from acedata.schemas import DUPLICATES
 from acedata.stage import UnitResult, WorkUnit
 
 # Rows one decide unit holds (about 100 bytes each) and rows one shuffle unit reads. Every
-# shuffle unit writes up to one file per bucket, so fewer, larger shuffle units keep the
-# scratch file count (shuffle units x buckets) small at scale. Module constants, read on the
+# decide unit reads one piece per shuffle unit (acedata/shuffle.py), so fewer, larger shuffle
+# units keep the reads (shuffle units x buckets) few at scale. Module constants, read on the
 # driver only (unit payloads carry the numbers), so tests can shrink them on any executor.
 ROWS_PER_BUCKET = 500_000
 ROWS_PER_SHUFFLE = 500_000

@@ -8,18 +8,29 @@ second wave reads one bucket, from every writer (`read_bucket`). The driver only
 
 The hash is pandas' SipHash of the key's bytes with a fixed key: the same on every
 machine, Python process and run, so which rows share a bucket depends only on the keys
-and `n`. Files are `DIR/b00042/<writer>.parquet`; a writer only ever writes its own files,
-so a retried unit rewrites them with the same content, and `read_bucket` concatenates
-them in writer-name order, independent of scheduling.
+and `n`. A writer only ever writes its own file, so a retried unit rewrites it with the same
+content, and `read_bucket` concatenates the writers' rows in writer-name order, independent
+of scheduling.
+
+One file per writer, `DIR/<writer>.shuf`, not one per (writer, bucket): both the writers and
+the buckets of a wave grow with the run, so per-bucket files made the file count, and a
+fixed ~0.5 ms of Parquet write + read per file, grow as rows^2 (the assemble label wave at
+10^7 rows: 310 writers x 1,756 output buckets, its whole CPU time). The file holds each
+bucket's rows as one Arrow IPC stream, buckets in order, then an index of byte offsets
+(n + 1 int64) and a trailer (n, magic); a reader opens each writer's file and reads two
+index entries and its bucket's bytes, ~30 us. Scratch written as `DIR/b00042/<writer>.parquet`
+(by an older version, before a resume) is still read.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from pyarrow.fs import FileSelector, FileSystem, FileType
 
@@ -43,14 +54,22 @@ def bucket_of(keys: pa.Array | pa.ChunkedArray | list | np.ndarray, n: int) -> n
     return (pd.util.hash_array(values, categorize=False) % np.uint64(n)).astype(np.int64)
 
 
+SUFFIX = ".shuf"
+MAGIC = b"ACESHUF1"
+_TRAILER = 16  # int64 bucket count, MAGIC
+_OLD_BUCKET = re.compile(r"b\d{5}$")  # the per-bucket folders of the older layout
+
+
 def bucket_dir(root: str, bucket: int) -> str:
+    """The older layout's folder of one bucket (read, never written)."""
     return posixpath.join(root, f"b{bucket:05d}")
 
 
 def write_buckets(table: pa.Table, key: str, n: int, root: str, writer: str) -> int:
-    """Write `table`'s rows to `root` (a URI) split by `bucket_of(table[key], n)`; returns files written.
+    """Write `table`'s rows to `root` (a URI) split by `bucket_of(table[key], n)`; returns the
+    number of non-empty buckets.
 
-    Rows keep their order inside a bucket. Empty buckets get no file."""
+    Rows keep their order inside a bucket."""
     if table.num_rows == 0:
         return 0
     return write_parts(table, bucket_of(table.column(key), n), root, writer)
@@ -58,34 +77,46 @@ def write_buckets(table: pa.Table, key: str, n: int, root: str, writer: str) -> 
 
 def write_parts(table: pa.Table, buckets: np.ndarray, root: str, writer: str) -> int:
     """Write row i of `table` to bucket `buckets[i]` (a partition chosen by the caller, e.g. a range
-    of a sort key, so buckets in order hold the keys in order); returns files written."""
+    of a sort key, so buckets in order hold the keys in order); returns the number of non-empty
+    buckets. One file, `root/<writer>.shuf` (a second call for the same writer and root replaces
+    it); no file when the table is empty."""
     if table.num_rows == 0:
         return 0
     fs, base = shards.resolve(root)
     b = np.asarray(buckets, dtype=np.int64)
     order = np.argsort(b, kind="stable")
-    starts = np.flatnonzero(np.diff(b[order])) + 1
-    written = 0
-    for rows in np.split(order, starts):
-        d = bucket_dir(base, int(b[rows[0]]))
-        fs.create_dir(d, recursive=True)
-        # scratch read once by the next wave: speed over size
-        pq.write_table(table.take(pa.array(rows)), posixpath.join(d, f"{writer}.parquet"), filesystem=fs,
-                       compression="none")
-        written += 1
-    return written
+    b = b[order]
+    rows = table.take(pa.array(order))
+    n = int(b[-1]) + 1
+    bounds = np.searchsorted(b, np.arange(n + 1))  # bucket k: rows bounds[k] .. bounds[k+1]
+    full = np.flatnonzero(np.diff(bounds))
+    sizes = np.zeros(n, np.int64)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(posixpath.join(base, writer + SUFFIX)) as out:
+        for k in full.tolist():
+            start = out.tell()
+            with ipc.new_stream(out, rows.schema) as w:  # closing the writer leaves `out` open
+                w.write_table(rows.slice(bounds[k], bounds[k + 1] - bounds[k]))
+            sizes[k] = out.tell() - start
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype("<i8")
+        out.write(offsets.tobytes() + np.array([n], "<i8").tobytes() + MAGIC)
+    return len(full)
 
 
 def read_bucket(root: str, bucket: int, columns: list[str] | None = None,
                 schema: pa.Schema | None = None) -> pa.Table:
     """Every writer's rows of one bucket, writers in name order (empty: `schema`'s empty table)."""
     fs, base = shards.resolve(root)
-    d = bucket_dir(base, bucket)
-    files: list[str] = []
-    if shards.exists(fs, d):
-        files = sorted(i.path for i in fs.get_file_info(FileSelector(d)) if i.type == FileType.File
-                       and i.path.endswith(".parquet"))
-    tables = [_read(fs, f, columns) for f in files]
+    found: list[tuple[str, str]] = []  # (file name, path): "<writer>.shuf" sorts as "<writer>.parquet" did
+    if shards.exists(fs, base):
+        for i in fs.get_file_info(FileSelector(base)):
+            name = posixpath.basename(i.path)
+            if i.type == FileType.File and name.endswith(SUFFIX):
+                found.append((name, i.path))
+            elif i.type == FileType.Directory and _OLD_BUCKET.match(name) and int(name[1:]) == bucket:
+                found += [(posixpath.basename(j.path), j.path) for j in fs.get_file_info(FileSelector(i.path))
+                          if j.type == FileType.File and j.path.endswith(".parquet")]
+    tables = [t for _, path in sorted(found) if (t := _read(fs, path, bucket, columns)) is not None]
     if tables:
         return pa.concat_tables(tables, promote_options="default")
     if schema is None:
@@ -93,11 +124,23 @@ def read_bucket(root: str, bucket: int, columns: list[str] | None = None,
     return schema.empty_table() if columns is None else schema.empty_table().select(columns)
 
 
-def _read(fs: FileSystem, path: str, columns: list[str] | None) -> pa.Table:
-    # a reader reads one file per writer of the earlier wave, so files grow with the run: ParquetFile
-    # costs ~0.33 ms per small file, pq.read_table (the dataset machinery) ~0.8 ms
+def _read(fs: FileSystem, path: str, bucket: int, columns: list[str] | None) -> pa.Table | None:
+    """One writer's rows of `bucket`, or None when it wrote none."""
     with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).read(columns=columns)
+        if not path.endswith(SUFFIX):  # the older layout: the file is the bucket
+            return pq.ParquetFile(f).read(columns=columns)
+        size = f.size()
+        trailer = bytes(f.read_at(_TRAILER, size - _TRAILER)) if size >= _TRAILER else b""
+        if trailer[8:] != MAGIC:
+            raise ValueError(f"{path}: not a whole shuffle file (its writer failed while writing?)")
+        n = int(np.frombuffer(trailer[:8], "<i8")[0])
+        if bucket >= n:
+            return None
+        lo, hi = np.frombuffer(f.read_at(16, size - _TRAILER - 8 * (n + 1 - bucket)), "<i8").tolist()
+        if hi == lo:
+            return None
+        t = ipc.open_stream(pa.py_buffer(f.read_at(hi - lo, lo))).read_all()
+    return t if columns is None else t.select(columns)
 
 
 def delete(root: str) -> None:

@@ -167,3 +167,47 @@ def test_bucket_count_bounds():
     assert shuffle.bucket_count(0, 100) == 1
     assert shuffle.bucket_count(1001, 100) == 11
     assert shuffle.bucket_count(10**12, 1, max_buckets=500) == 500
+
+
+def test_one_file_per_writer_reads_each_bucket_in_writer_order(tmp_path):
+    root = str(tmp_path / "s")
+    rows = pa.table({"key": [f"k{i}" for i in range(50)], "value": list(range(50))}, schema=ROWS)
+    parts = np.array([(7 * i) % 9 for i in range(50)])  # buckets 0..8; bucket 9 and up stay empty
+    assert shuffle.write_parts(rows, parts, root, "w-b") == 9
+    assert shuffle.write_parts(rows.slice(0, 10), parts[:10], root, "w-a") == 9
+    assert shuffle.write_parts(rows.slice(0, 0), parts[:0], root, "w-c") == 0  # no file
+    assert sorted(os.listdir(root)) == ["w-a.shuf", "w-b.shuf"]  # not one file per bucket
+    for b in range(9):
+        got = shuffle.read_bucket(root, b)
+        mine = [i for i in range(50) if parts[i] == b]
+        want = [i for i in mine if i < 10] + mine  # writer w-a first, rows in their order
+        assert got.column("value").to_pylist() == want
+        assert shuffle.read_bucket(root, b, columns=["key"]).column_names == ["key"]
+    assert shuffle.read_bucket(root, 9, schema=ROWS).num_rows == 0
+    assert shuffle.read_bucket(str(tmp_path / "none"), 0, schema=ROWS, columns=["value"]).column_names == ["value"]
+    with pytest.raises(ValueError):
+        shuffle.read_bucket(root, 40)
+
+
+def test_a_bucket_written_in_the_older_layout_is_still_read(tmp_path):
+    """Scratch of a run interrupted before the one-file layout: `b00003/<writer>.parquet`, read in
+    writer-name order with the new files."""
+    import pyarrow.parquet as pq
+
+    root = str(tmp_path / "s")
+    shuffle.write_parts(pa.table({"key": ["n"], "value": [1]}, schema=ROWS), np.array([3]), root, "u-1")
+    os.makedirs(shuffle.bucket_dir(root, 3))
+    pq.write_table(pa.table({"key": ["o"], "value": [0]}, schema=ROWS),
+                   posixpath.join(shuffle.bucket_dir(root, 3), "u-0.parquet"))
+    assert shuffle.read_bucket(root, 3).column("key").to_pylist() == ["o", "n"]
+    assert shuffle.read_bucket(root, 2, schema=ROWS).num_rows == 0
+
+
+def test_a_cut_short_shuffle_file_is_refused(tmp_path):
+    root = str(tmp_path / "s")
+    shuffle.write_parts(pa.table({"key": ["a", "b"], "value": [1, 2]}, schema=ROWS), np.array([0, 1]), root, "w")
+    path = posixpath.join(root, "w" + shuffle.SUFFIX)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 3)
+    with pytest.raises(ValueError, match="not a whole shuffle file"):
+        shuffle.read_bucket(root, 0)
