@@ -23,7 +23,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+# the code measured: a child's --code (this checkout's or the baseline's), else this checkout
+CODE = sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv else os.path.dirname(HERE)
+sys.path[1:1] = [CODE, os.path.join(CODE, "model")]
 from _scale.proc import embeddings, peak_rss_mib, sizes
 
 
@@ -89,16 +91,17 @@ def child(emb: str, out: str, n: int) -> None:
     s = run_stages([ClusterConfig(name="cluster", k=max(1, n // 1000), gpu=False, inputs={"embeddings": emb})],
                    out, executor="local")["stages"][0]
     cpu, wall = time.process_time() - c0, time.time() - t0
-    print(json.dumps({"n": n, "k": s["kmeans"]["k"], "two_level": "two_level" in s["kmeans"],
+    import acedata
+
+    print(json.dumps({"code": os.path.dirname(os.path.dirname(acedata.__file__)), "n": n, "k": s["kmeans"]["k"], "two_level": "two_level" in s["kmeans"],
                       "cpu_ms_per_item": round(1000 * cpu / n, 4), "wall_s": round(wall, 1),
                       "units": units, "rows": _digest(os.path.join(out, "cluster"))}))
 
 
 def run(code: str, emb: str, out: str, n: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([code, os.path.join(code, "model")])}
-    r = subprocess.run([sys.executable, os.path.join(HERE, "cluster_units.py"), "--child", emb, out, str(n)],
-                       env=env, check=False, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, os.path.join(HERE, "cluster_units.py"), "--code", code, "--child", emb, out,
+                        str(n)], check=False, capture_output=True, text=True)
     shutil.rmtree(out, ignore_errors=True)
     lines = r.stdout.strip().splitlines()
     if r.returncode or not lines:
@@ -113,6 +116,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/cluster-units-bench", help="generated inputs are kept here")
     ap.add_argument("--baseline", help="a checkout of earlier code, run on the same inputs")
     ap.add_argument("--child", nargs=3, metavar=("EMB", "OUT", "N"))
+    ap.add_argument("--code", help=argparse.SUPPRESS)  # a child's checkout (read before the imports)
     a = ap.parse_args()
     if a.child:
         child(a.child[0], a.child[1], int(a.child[2]))

@@ -16,6 +16,9 @@ faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cp
 FAISS at `resources.num_cpus` threads, with either executor (a Ray worker's OMP_NUM_THREADS).
 Above `two_level_min_k` clusters the centroids are trained in two levels instead
 (`acedata.mining.twolevel`): coarse cells on the driver, fine centroids per cell in waves.
+A unit's memory is its vectors as stored plus its members' copy of them (bounded by
+`rows_per_unit`, not by N): it reads them in batches (`vectors.read_vectors`) and
+normalizes and searches a block of rows at a time (`kmeans.search_stored`, the same bits).
 """
 
 from __future__ import annotations
