@@ -506,9 +506,10 @@ def list_shards(path: str) -> list[str]:
     return [join(posixpath.relpath(f, p)) for f in files]
 
 
-def open_parquet(uri: str) -> pq.ParquetFile:
+def open_parquet(uri: str, **options) -> pq.ParquetFile:
+    """`options`: pyarrow.parquet.ParquetFile's (e.g. pre_buffer, buffer_size)."""
     fs, p = resolve(uri)
-    return pq.ParquetFile(fs.open_input_file(p))
+    return pq.ParquetFile(fs.open_input_file(p), **options)
 
 
 def row_groups_between(pf: pq.ParquetFile, column: str, lo: int, hi: int) -> list[int]:

@@ -213,10 +213,11 @@ def save_npy(uri: str, array: np.ndarray) -> None:
 
 
 def write_parquet(uri: str, table: pa.Table, **kw: Any) -> None:
-    """One Parquet file, written whole and atomically (see `write_file`)."""
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf, **kw)
-    write_bytes(uri, buf.getvalue().to_pybytes())
+    """One Parquet file, streamed out row group by row group; it appears whole (see `open_output`).
+    (Built in memory first, a file of a unit's candidates was held twice more: as Arrow's buffer
+    and as its bytes copy.)"""
+    with open_output(uri) as out:
+        pq.write_table(table, out, **kw)
 
 
 def attempt_id() -> str:

@@ -23,8 +23,8 @@ class DriverReads:
         self.rows = 0  # rows the driver read (all of them scratch)
         opened = shards.open_parquet
 
-        def tag(uri):
-            pf = opened(uri)
+        def tag(uri, **options):
+            pf = opened(uri, **options)
             pf._acedata_uri = uri
             return pf
 

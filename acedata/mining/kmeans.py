@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from acedata.errors import UserError
+from acedata.mining.vectors import normalize
 
 
 def faiss_gpus() -> int:
@@ -122,13 +123,66 @@ def assign(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> tuple[np.
 def assign_top2(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The two nearest centroids by inner product: ((n, 2) int32 ids, (n, 2) float32 cosines);
     with one centroid the second column is -1 / -inf."""
+    return _top2(_flat_index(centroids, gpu), x, len(centroids))
+
+
+def assign_top2_stored(stored: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`assign_top2(normalize(stored), ...)` without a float32 copy of every row (`search_stored`)."""
+    index = _flat_index(centroids, gpu)
+    return search_stored(stored, lambda x: _top2(index, x, len(centroids)), 2)
+
+
+SEARCH_BYTES = 32 << 20  # float32 queries per FAISS search of `search_stored`
+
+
+def search_blocks(n: int, d: int) -> list[tuple[int, int]]:
+    """Row ranges [a, b) over n queries of dim d, ~SEARCH_BYTES of float32 each, whose FAISS flat
+    searches return bit for bit what one search over all n rows does. FAISS (CPU) takes a search's
+    inner products from BLAS in blocks of `distance_compute_blas_query_bs` rows counted from its
+    first row, or without BLAS (other rounding) when the search is small (nx * d below
+    `distance_compute_blas_threshold` since faiss 1.14.2; before, nx below it: 20 rows, under one
+    block). So ranges start at multiples of that block and hold enough rows for BLAS; a shorter
+    tail joins the range before."""
+    import faiss
+
+    bs = max(1, int(faiss.cvar.distance_compute_blas_query_bs))
+    small = int(faiss.cvar.distance_compute_blas_threshold)
+    d = max(1, d)
+    step = bs * max(1, SEARCH_BYTES // (4 * d * bs), -(-small // (d * bs)))
+    out = [(a, min(n, a + step)) for a in range(0, n, step)]
+    if len(out) > 1 and out[-1][1] - out[-1][0] < step:
+        out[-2:] = [(out[-2][0], n)]
+    return out
+
+
+def search_stored(stored: np.ndarray, search, width: int,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`search(normalize(stored))` (or of `normalize(stored, rows)`), whose results are (m, width)
+    ids and sims, over `search_blocks` of the rows: the same bits, with one block's float32 copy in
+    memory instead of every row's."""
+    n = len(stored) if rows is None else len(rows)
+    blocks = search_blocks(n, stored.shape[1])
+    if len(blocks) <= 1:
+        return search(normalize(stored) if rows is None else normalize(stored, rows))
+    ids = np.empty((n, width), np.int32)
+    sims = np.empty((n, width), np.float32)
+    for a, b in blocks:
+        ids[a:b], sims[a:b] = search(normalize(stored[a:b]) if rows is None else normalize(stored, rows[a:b]))
+    return ids, sims
+
+
+def _flat_index(centroids: np.ndarray, gpu: bool):
     import faiss
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    sims, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), min(2, len(centroids)))
+    return index
+
+
+def _top2(index, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    sims, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), min(2, k))
     if ids.shape[1] == 1:
         ids = np.concatenate([ids, np.full_like(ids, -1)], axis=1)
         sims = np.concatenate([sims, np.full_like(sims, -np.inf)], axis=1)

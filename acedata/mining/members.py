@@ -57,9 +57,10 @@ def vector_dtype(tables: list[str]) -> str:
 
 
 def to_bytes(x: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """The rows of `x` as fixed-width bytes, over x's own memory (no copy when x is contiguous)."""
     x = np.ascontiguousarray(x)
     width = x.dtype.itemsize * x.shape[1]
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(x), [None, pa.py_buffer(x.tobytes())])
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(x), [None, pa.py_buffer(x.reshape(-1))])
 
 
 def from_bytes(col: pa.Array | pa.ChunkedArray, schema: pa.Schema) -> np.ndarray:

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from acedata import shards, storage
 from acedata.errors import UserError
-from acedata.mining.vectors import first_row, normalize, row_group_units, to_matrix
+from acedata.mining.vectors import READ_ROWS, first_row, normalize, open_streaming, row_group_units, to_matrix
 from acedata.stage import WorkUnit
 
 SCRATCH = "_sample"
@@ -109,9 +109,9 @@ def write_candidates(unit: WorkUnit, stage_dir: str) -> int:
     """On a worker: the unit's rows with key below the wave's threshold, as one scratch file
     (rewritten whole by a retry: the same bytes); returns how many."""
     p = unit.payload
-    pf = shards.open_parquet(p["shard"])
+    pf = open_streaming(p["shard"])
     has_model = "model" in pf.schema_arrow.names
-    t = pf.read_row_groups(p["groups"], columns=["image_id", "embedding", *(["model"] if has_model else [])])
+    t = pf.read_row_groups(p["groups"], columns=["image_id", *(["model"] if has_model else [])])
     keys = hash_keys(t.column("image_id").to_pylist(), p["sample"]["seed"])
     below = p["sample"]["below"]
     take = np.arange(len(keys)) if below is None else np.flatnonzero(keys < np.uint64(int(below)))
@@ -122,12 +122,27 @@ def write_candidates(unit: WorkUnit, stage_dir: str) -> int:
                     "table": pa.array(np.full(n, p["table"]), pa.int32()),
                     "shard": pa.array(np.full(n, p["shard_index"]), pa.int32()),
                     "row": pa.array(first + take, pa.int64()),
-                    "embedding": t.column("embedding").take(pa.array(take, pa.int64()))})
+                    "embedding": _take_vectors(pf, p["groups"], take)})
     models = sorted({v for v in t.column("model").unique().to_pylist() if v is not None}) if has_model else []
     out = out.replace_schema_metadata({MODELS_KEY: json.dumps(models).encode()})
     storage.write_parquet(posixpath.join(scratch(stage_dir), f"{unit.id}.parquet"), out, compression="none",
                           row_group_size=8192)  # the driver decodes one group at a time
     return n
+
+
+def _take_vectors(pf, groups: list[int], take: np.ndarray) -> pa.Array:
+    """The `embedding` values of rows `take` (ascending) of the row groups, read READ_ROWS rows at a
+    time: the candidates are a small share, and reading every vector at once costs ~5x their size
+    (`vectors.read_vectors`)."""
+    parts, start = [], 0
+    for batch in pf.iter_batches(batch_size=READ_ROWS, row_groups=groups, columns=["embedding"]):
+        a, b = np.searchsorted(take, [start, start + batch.num_rows])
+        if b > a or not parts:  # the first batch gives the type when nothing is taken
+            parts.append(batch.column(0).take(pa.array(take[a:b] - start, pa.int64())))
+        start += batch.num_rows
+    if not parts:  # no rows at all
+        return pf.read_row_groups(groups, columns=["embedding"]).column(0).combine_chunks()
+    return pa.concat_arrays(parts)
 
 
 def pick(stage_dir: str, unit_ids: list[str], want: int, every_row: bool) -> tuple[np.ndarray, set[str]] | None:

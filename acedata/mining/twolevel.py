@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import math
 import posixpath
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
 
 from acedata import shards, storage
 from acedata.mining import sample
-from acedata.mining.kmeans import sample_size, train_spherical
+from acedata.mining.kmeans import sample_size, search_stored, train_spherical
 from acedata.mining.members import from_bytes, to_bytes
 from acedata.mining.vectors import normalize
 from acedata.stage import WorkUnit
@@ -96,7 +97,7 @@ def write_route(unit: WorkUnit, stage_dir: str, ids: pa.Array, stored: np.ndarra
     """On a worker: the unit's per-cell counts and its candidates (sorted by cell, key), as scratch
     rewritten whole by a retry."""
     p = unit.payload["route"]
-    cell = nearest(normalize(stored), coarse, 1)[0][:, 0]
+    cell = search_stored(stored, partial(nearest, centroids=coarse, m=1), 1)[0][:, 0]
     d = route_dir(stage_dir)
     storage.save_npy(posixpath.join(d, "_counts", f"{unit.id}.npy"), np.bincount(cell, minlength=len(coarse)))
     keys = sample.hash_keys(ids.to_pylist(), p["seed"])
@@ -139,8 +140,9 @@ def fine_units(k2: np.ndarray, cfg, points_per_unit: int) -> list[WorkUnit]:
 
 
 def read_cells(route: str, lo: int, hi: int) -> tuple[pa.Table, np.ndarray]:
-    """Candidates of cells lo..hi from every route file, in file (= scan) order, and their unit-norm
-    vectors. Only row groups whose cell range meets [lo, hi] are read."""
+    """Candidates of cells lo..hi from every route file, in file (= scan) order, and their vectors
+    as stored (`cell_sample` normalizes the few it picks). Only row groups whose cell range meets
+    [lo, hi] are read."""
     parts, dtype = [], "float32"
     files = shards.list_shards(route) if storage.exists_uri(route) else []
     for f in files:
@@ -156,18 +158,18 @@ def read_cells(route: str, lo: int, hi: int) -> tuple[pa.Table, np.ndarray]:
     emb = t.column("embedding").combine_chunks()
     dim = emb.type.byte_width // np.dtype(dtype).itemsize
     schema = pa.schema([], metadata={b"acedata.vector": f"{dtype},{dim}".encode()})
-    return t.drop_columns(["embedding"]), normalize(from_bytes(emb, schema))
+    return t.drop_columns(["embedding"]), from_bytes(emb, schema)
 
 
 def cell_sample(t: pa.Table, x: np.ndarray, cell: int, want: int) -> np.ndarray:
-    """A cell's training sample: its `want` smallest keys, an id listed twice once (its last copy in
-    scan order), ties by scan order."""
+    """A cell's training sample (unit-norm float32; `x` as stored): its `want` smallest keys, an id
+    listed twice once (its last copy in scan order), ties by scan order."""
     rows = np.flatnonzero(t.column("cell").to_numpy() == cell)
     ids = t.column("image_id").take(pa.array(rows)).to_pylist()
     last = {i: r for i, r in zip(ids, rows.tolist())}  # later copies overwrite
     rows = np.array(sorted(last.values()), np.int64)
     keys = t.column("key").to_numpy()[rows]
-    return x[rows[np.lexsort((rows, keys))[:want]]]
+    return normalize(x, rows[np.lexsort((rows, keys))[:want]])
 
 
 def train_cells(unit: WorkUnit, stage_dir: str, coarse: np.ndarray, gpu: bool) -> int:
@@ -219,11 +221,12 @@ class Fine:
         a = self.offsets[c] - self.offsets[lo]
         return self._loaded[1][a:a + self.k2[c]]
 
-    def top2(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """((n, 2) global fine ids, (n, 2) cosines), as `kmeans.assign_top2` over all fine centroids
-        of each row's `search_cells` nearest coarse cells."""
-        n = len(x)
-        cells = nearest(x, self.coarse, self.search_cells)[0]
+    def top2(self, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((n, 2) global fine ids, (n, 2) cosines) of the rows `stored` (normalized here, a block
+        at a time: `search_stored`), as `kmeans.assign_top2` over all fine centroids of each
+        row's `search_cells` nearest coarse cells."""
+        n, m = len(stored), self.search_cells
+        cells = search_stored(stored, partial(nearest, centroids=self.coarse, m=m), m)[0]
         best = np.full((n, 2), -1, np.int32)
         sims = np.full((n, 2), -np.inf, np.float32)
         # rows grouped by cell with one stable sort (a scan per cell costs n * search_cells * k1):
@@ -238,7 +241,7 @@ class Fine:
                 continue
             rows = at[a:b] // cells.shape[1]
             cents = self._cell(c)
-            ids, s = nearest(x[rows], cents, 2)
+            ids, s = search_stored(stored, partial(nearest, centroids=cents, m=2), 2, rows)
             ids = np.where(ids >= 0, ids + self.offsets[c], -1).astype(np.int32)
             both_i = np.concatenate([best[rows], ids], axis=1)
             both_s = np.concatenate([sims[rows], s], axis=1)

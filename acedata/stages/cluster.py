@@ -16,6 +16,9 @@ faiss-gpu is used when present and a GPU is visible (`gpu: auto`), else faiss-cp
 FAISS at `resources.num_cpus` threads, with either executor (a Ray worker's OMP_NUM_THREADS).
 Above `two_level_min_k` clusters the centroids are trained in two levels instead
 (`acedata.mining.twolevel`): coarse cells on the driver, fine centroids per cell in waves.
+A unit's memory is its vectors as stored plus its members' copy of them (bounded by
+`rows_per_unit`, not by N): it reads them in batches (`vectors.read_vectors`) and
+normalizes and searches a block of rows at a time (`kmeans.search_stored`, the same bits).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from acedata.config import StageConfig
 from acedata.errors import UserError
 from acedata.mining import sample, twolevel
 from acedata.mining.kmeans import (
-    assign_top2,
+    assign_top2_stored,
     border_second,
     derive_k,
     faiss_threads,
@@ -49,7 +52,7 @@ from acedata.mining.members import (
     vector_dtype,
     write_meta,
 )
-from acedata.mining.vectors import normalize, read_unit, row_group_units, to_matrix
+from acedata.mining.vectors import read_vectors, row_group_units
 from acedata.schemas import CLUSTERS
 from acedata.stage import Stage, UnitResult, WorkUnit, register
 
@@ -194,8 +197,8 @@ class Cluster(Stage):
         route = twolevel.route_dir(self.ctx.stage_dir)
         rows = twolevel.cell_rows([posixpath.join(route, "_counts", f"{u}.npy") for u in self._route_ids])
         k2 = twolevel.fine_counts(rows, self._coarse["k"])
-        # a fine unit reads ~2x its sample points as candidates (float32 once normalized): a quarter of
-        # an assign unit's rows keeps its memory below an assign unit's
+        # a fine unit reads ~2x its sample points as candidates (as stored; its sample float32): a quarter
+        # of an assign unit's rows keeps its memory below an assign unit's
         units = twolevel.fine_units(k2, c, max(1, c.rows_per_unit // 4))
         self._phase, self._k2, self._fine = "fine", k2, [(u.id, u.payload["fine"]["lo"], u.payload["fine"]["hi"])
                                                          for u in units]
@@ -251,20 +254,19 @@ class Cluster(Stage):
         if "route" in unit.payload:  # two-level: cell counts and fine-sample candidates (scratch only)
             if self.coarse is None:
                 self.coarse = storage.load_npy(self._path(twolevel.COARSE))
-            t = read_unit(unit.payload, ["image_id", "embedding"])
-            twolevel.write_route(unit, self.ctx.stage_dir, t.column("image_id").combine_chunks(),
-                                 to_matrix(t.column("embedding"), vector_dtype(self.ctx.input("embeddings"))),
-                                 self.coarse)
+            t, stored = read_vectors(unit.payload, ["image_id"], vector_dtype(self.ctx.input("embeddings")))
+            twolevel.write_route(unit, self.ctx.stage_dir, t.column("image_id").combine_chunks(), stored, self.coarse)
             return UnitResult({})
         if self.centroids is None:
             self._load_centroids()
-        t = read_unit(unit.payload, ["image_id", "embedding"])
+        # the unit's vectors as stored (the members' copy is made from them), normalized a block at a time
         schema = self.output_schema("members")
-        stored = to_matrix(t.column("embedding"), schema.metadata[VECTOR_KEY].decode().split(",")[0])
-        x = normalize(stored)
-        if x.shape[1] != self.centroids.shape[1]:
-            raise UserError(f"cluster: {unit.payload['shard']} has dim {x.shape[1]}, centroids {self.centroids.shape[1]}")
-        ids, sims = self.fine.top2(x) if self.fine is not None else assign_top2(x, self.centroids, self.gpu)
+        t, stored = read_vectors(unit.payload, ["image_id"], schema.metadata[VECTOR_KEY].decode().split(",")[0])
+        if stored.shape[1] != self.centroids.shape[1]:
+            raise UserError(f"cluster: {unit.payload['shard']} has dim {stored.shape[1]}, "
+                            f"centroids {self.centroids.shape[1]}")
+        ids, sims = (self.fine.top2(stored) if self.fine is not None
+                     else assign_top2_stored(stored, self.centroids, self.gpu))
         second = border_second(ids, sims, self.config.border_margin)
         image_ids = t.column("image_id").combine_chunks()
         out = pa.table({"image_id": image_ids, "cluster_id": pa.array(ids[:, 0], pa.int32()),
