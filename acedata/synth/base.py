@@ -64,8 +64,10 @@ def new_img(arr_or_pil: np.ndarray | Image.Image, kind: str = "image", **meta: A
     if isinstance(arr_or_pil, Image.Image):
         return Img(arr_or_pil, kind, None, {"_new": True, **meta})
     a = np.ascontiguousarray(arr_or_pil, np.uint8)
-    if a is arr_or_pil:
+    if a is arr_or_pil and (a.flags.writeable or not a.flags.owndata):
         a = a.copy()  # the image owns its pixels: the caller may reuse its array
+    # else a read-only array that owns its pixels (a memoised map, `pixels._memo`): nobody writes
+    # to it, so the image shares it, and the definition check finds the very array it defines
     mode = "L" if a.ndim == 2 else "RGBA" if a.shape[2] == 4 else "RGB"
     a.flags.writeable = False
     img = Img(Image.fromarray(a, mode), kind, None, {"_new": True, **meta})
