@@ -44,6 +44,7 @@ PHOTO_ROWS = pa.schema([("image_id", pa.string()), ("group", pa.string()), ("sou
 LISTED = pa.schema([("image_id", pa.string()), ("source_uri", pa.string())])
 MEMBERS = pa.schema([("image_id", pa.string()), ("set_key", pa.string())])
 MINED, GROUP = "m:", "g:"  # set keys: a mined set_id or an ingest group
+ROUTE_PHOTOS = 100_000  # photos per photo unit when only group synthesizers run (see first_wave)
 
 
 def h64(*parts: Any) -> int:
@@ -88,7 +89,10 @@ class WavePlan:
         rows = sum(shards.count_rows(t) - cross_unit_rows(t) for t in tables)
         photos = min(rows, c.max_images) if c.max_images else rows
         self.threshold = int(c.max_images / rows * 2**64) if c.max_images and c.max_images < rows else None
-        self.n = shuffle.bucket_count(photos, c.photos_per_unit())
+        # Without an image synthesizer a photo unit only routes set members (ids, no pixels): a
+        # routing bucket holds up to ROUTE_PHOTOS of them, not a synthesis unit's few photos.
+        per_unit = c.photos_per_unit() if self.image_synths or c.images_per_unit is not None else ROUTE_PHOTOS
+        self.n = shuffle.bucket_count(photos, per_unit)
         self.m = shuffle.bucket_count(photos, c.sets_per_unit() * c.reference_max_set) if self.group_synths else 0
         units = []
         for t, table in enumerate(tables):
