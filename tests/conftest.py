@@ -15,11 +15,14 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The recorded digests (tests/small_digest.json, demo_digest.json) hold embeddings of a random-init
-# SigLIP: torch's AVX-512 kernels give other last bits than its AVX2 ones, so on an AVX-512 machine
-# the embeddings, and the clusters and pairs mined from them, differed from the record. Every x86-64
-# machine these tests run on has AVX2; set before torch is imported (here, Ray workers inherit it).
+# SigLIP: torch's, oneDNN's and MKL's AVX-512 kernels give other last bits than their AVX2 ones, so
+# on an AVX-512 machine the embeddings, and the clusters and pairs mined from them, missed the
+# record. Every x86-64 machine these tests run on has AVX2: pin all three kernel sets to it, before
+# torch is imported (here; Ray workers and subprocesses inherit the environment).
 if os.uname().machine in ("x86_64", "AMD64"):
-    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+    for _var, _isa in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+                       ("MKL_ENABLE_INSTRUCTIONS", "AVX2")):
+        os.environ.setdefault(_var, _isa)
 # A fresh `datasets` cache per test session: `load_dataset(folder)` gave two different `assemble`
 # folders (other paths, other rows) the same cache entry, so an earlier run's rows came back.
 _HF_DATASETS_CACHE = tempfile.mkdtemp(prefix="acedata-tests-hf-datasets-")
