@@ -82,7 +82,7 @@ def _dims(col: pa.ChunkedArray | pa.Array, shard: str) -> int:
     return int(lo)
 
 
-def _scan(shard: str, groups: list[int]) -> tuple[int, int, list[str]]:
+def _scan(shard: str, groups: list[int]) -> tuple[int, int, list[pa.Array]]:
     """Check some row groups of a shard; returns (rows, dim, image ids as one Arrow array's chunks)."""
     pf = _open(shard, pre_buffer=False, buffer_size=1 << 20)  # pre_buffer keeps every group read
     names = pf.schema_arrow.names
@@ -164,8 +164,9 @@ class EmbeddingsCheck(Stage):
         j = int(np.argmax(again))  # the earliest repeat in scan order: the one the serial scan met first
         at = int(t.column("at")[j].as_py())
         shard = self.config.units[at >> 32]["shard"]
-        return self._fail(unit_id, f"embeddings: image_id {t.column('image_id')[j].as_py()!r} appears more than "
-                          f"once (again in {shard}); give each image one vector", repeat_at=at)
+        image_id = t.column("image_id")[j].as_py()
+        return self._fail(unit_id, f"embeddings: image_id {image_id!r} appears more than once (again in {shard}); "
+                          "give each image one vector", repeat_at=at)
 
 
 def _plan(paths: list[str]) -> tuple[list[dict], int]:
@@ -198,7 +199,8 @@ def check(paths: list[str], executor: str = "local", scratch: str | None = None,
     units, rows = _plan(paths)
     root = posixpath.join(scratch, f"embeddings-check-{uuid.uuid4().hex[:12]}") if scratch \
         else tempfile.mkdtemp(prefix="embeddings-check-")
-    cfg = EmbeddingsCheckConfig(name="embeddings-check", units=units, buckets=shuffle.bucket_count(rows, UNIT_ROWS),
+    cfg = EmbeddingsCheckConfig(name="embeddings-check", units=units,
+                                buckets=shuffle.bucket_count(rows, UNIT_ROWS),
                                 resources=Resources(concurrency=max(1, concurrency)))
     log = logging.getLogger("acedata")
     level = log.level
@@ -232,7 +234,8 @@ def _verdict(root: str, units: list[dict], paths: list[str]) -> dict[str, int]:
         if first is None:
             first = (c["dim"], u["shard"])
         elif c["dim"] != first[0]:
-            raise UserError(f"embeddings of different dimensions: {first[1]} has {first[0]}, {u['shard']} has {c['dim']}")
+            raise UserError(f"embeddings of different dimensions: {first[1]} has {first[0]}, "
+                            f"{u['shard']} has {c['dim']}")
         rows += c["rows"]
     if not rows:
         raise UserError(f"embeddings {paths} hold no rows")

@@ -42,12 +42,12 @@ def _expected(tmp_path):
     out = {}
     d = _table(tmp_path, "dup")
     _write(d / "s2.parquet", ["dup-2-0", "dup-0-3", "dup-2-2", "dup-1-5"], seed=9)  # two repeats: 0-3 is met first
-    out["repeat"] = (d, f"embeddings: image_id 'dup-0-3' appears more than once (again in {d}/s2.parquet); "
-                        "give each image one vector")
+    out["repeat"] = (d, (f"embeddings: image_id 'dup-0-3' appears more than once (again in {d}/s2.parquet); "
+                        "give each image one vector"))
     d = _table(tmp_path, "nan")
     _write(d / "s3.parquet", [f"n{k}" for k in range(20)], row_group_size=7, at={(15, 2): np.nan, (17, 0): np.inf})
-    out["nan"] = (d, f"embeddings shard {d}/s3.parquet: 2 vectors hold NaN or Inf (e.g. image_id 'n15'); "
-                     "fix or drop them where the table was made")
+    out["nan"] = (d, (f"embeddings shard {d}/s3.parquet: 2 vectors hold NaN or Inf (e.g. image_id 'n15'); "
+                     "fix or drop them where the table was made"))
     d = _table(tmp_path, "dims")
     _write(d / "s1.parquet", ["x", "y"], d=16)
     out["dims"] = (d, f"embeddings of different dimensions: {d}/s0.parquet has 8, {d}/s1.parquet has 16")
