@@ -46,17 +46,17 @@ def cluster_config(args: argparse.Namespace):
     from acedata import embeddings_input
 
     # A table made elsewhere: bad rows fail here, in one line. The check runs as units on the run's
-    # executor; on Ray its scratch goes next to the run output, where every node can reach it.
-    scratch, concurrency = None, 2
+    # executor, its scratch in the run output (where every Ray node can reach it), removed after.
+    concurrency = 2
     if args.executor == "ray":
         import ray
 
         from acedata import runtime
 
         runtime.init_ray(args.address)
-        scratch = storage.absolute(args.out) + "/_scratch"
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 2)))
-    embeddings_input.check([args.embeddings], args.executor, scratch, concurrency)
+    embeddings_input.check([args.embeddings], args.executor, storage.join(storage.absolute(args.out), "_scratch"),
+                           concurrency)
     return ClusterConfig(name="cluster", inputs={"embeddings": storage.absolute(args.embeddings)},
                          **config_values(args, ClusterConfig))
 
