@@ -192,7 +192,10 @@ def _run_local(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = N
     from tqdm import tqdm
 
     stage.setup()
-    for unit in tqdm(units, desc=stage.ctx.stage_dir.rsplit("/", 1)[-1], unit="unit", disable=len(units) < 2):
+    # No bar for one unit, nor off a terminal (None): a log or a pipe gets no carriage-return lines,
+    # and a command that fails prints its one-line error alone.
+    name = stage.ctx.stage_dir.rsplit("/", 1)[-1]
+    for unit in tqdm(units, desc=name, unit="unit", disable=len(units) < 2 or None):
         counts = execute_unit(stage, unit)
         if on_unit is not None:
             on_unit(unit.id, counts)

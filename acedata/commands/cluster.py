@@ -45,7 +45,18 @@ def cluster_config(args: argparse.Namespace):
         raise UserError(f"embeddings {args.embeddings!r} does not exist")
     from acedata import embeddings_input
 
-    embeddings_input.check([args.embeddings])  # a table made elsewhere: bad rows fail here, in one line
+    # A table made elsewhere: bad rows fail here, in one line. The check runs as units on the run's
+    # executor, its scratch in the run output (where every Ray node can reach it), removed after.
+    concurrency = 2
+    if args.executor == "ray":
+        import ray
+
+        from acedata import runtime
+
+        runtime.init_ray(args.address)
+        concurrency = max(1, int(ray.cluster_resources().get("CPU", 2)))
+    embeddings_input.check([args.embeddings], args.executor, storage.join(storage.absolute(args.out), "_scratch"),
+                           concurrency)
     return ClusterConfig(name="cluster", inputs={"embeddings": storage.absolute(args.embeddings)},
                          **config_values(args, ClusterConfig))
 
