@@ -30,8 +30,8 @@ import re
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
+from pyarrow import ipc
 from pyarrow.fs import FileSelector, FileSystem, FileType
 
 from acedata import shards

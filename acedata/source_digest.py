@@ -128,7 +128,7 @@ def _local_sha(path: str, scheme: str, buf: bytearray) -> str:
 
 def _local_shas(paths: list[str], scheme: str) -> list[str]:
     buf = bytearray(1 << 20)
-    return [_safe(lambda: _local_sha(p, scheme, buf)) for p in paths]
+    return [_safe(lambda p=p: _local_sha(p, scheme, buf)) for p in paths]
 
 
 def _safe(f: Callable[[], str]) -> str:

@@ -106,9 +106,8 @@ def main() -> None:
     print(f"{'N':>10} {'W':>4} {'B':>5} {'layout':>6} {'ms/writer':>10} {'us/piece read':>13} {'ms/item':>8}")
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         measure(10**5, 1, 2, 1, tmp)  # warm up both layouts (first-use costs of the readers and writers)
-        for n in SHAPES:
+        for n, (w_all, b_all, _) in SHAPES.items():
             c = measure(n, args.writers, args.reads, args.reps, tmp)
-            w_all, b_all, _ = SHAPES[n]
             for name in ("old", "new"):
                 print(f"{n:>10,} {w_all:>4} {b_all:>5} {name:>6} {1000 * c[f'{name}_write_per_writer']:>10.1f} "
                       f"{1e6 * c[f'{name}_read_per_piece']:>13.1f} {c[f'{name}_ms_per_item']:>8.4f}")
