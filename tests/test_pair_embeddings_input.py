@@ -98,3 +98,4 @@ def test_cli_prints_one_line(tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("acedata pair: error:") and words in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()  # a refused table leaves no empty run folder behind

@@ -55,8 +55,14 @@ def cluster_config(args: argparse.Namespace):
 
         runtime.init_ray(args.address)
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 2)))
-    embeddings_input.check([args.embeddings], args.executor, storage.join(storage.absolute(args.out), "_scratch"),
-                           concurrency)
+    out = storage.absolute(args.out)
+    had_out = storage.exists_uri(out)
+    try:
+        embeddings_input.check([args.embeddings], args.executor, storage.join(out, "_scratch"), concurrency)
+    except UserError:
+        if not had_out and not storage.listdir(out):  # a refused table leaves no empty run folder
+            storage.delete_dir(out)
+        raise
     return ClusterConfig(name="cluster", inputs={"embeddings": storage.absolute(args.embeddings)},
                          **config_values(args, ClusterConfig))
 
