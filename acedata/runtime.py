@@ -15,6 +15,7 @@ import logging
 import os
 import posixpath
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -93,14 +94,21 @@ class _ModelWorker:
         return _execute_batch(self.stage, batch)
 
 
-def _unit_task(built: tuple[type[Stage], dict[str, Any], RunContext], unit_id: str, payload: str) -> dict[str, int]:
-    """One unit as a plain Ray task; the stage is built per task, as Ray Data built it per batch."""
-    stage_cls, config, ctx = built
-    stage = stage_cls(stage_cls.Config.model_validate(config), ctx)
-    stage.setup()
-    return execute_unit(stage, WorkUnit(unit_id, json.loads(payload)))
+def _unit_task(built: tuple[str, type[Stage], dict[str, Any], RunContext], unit_id: str, payload: str) -> dict[str, int]:
+    """One unit as a plain Ray task. A worker process runs many tasks of one stage in a row, so it
+    keeps the stage it built (and set up) for the run's token: setup runs once per worker, as on
+    the local executor, not once per unit."""
+    global _TASK_STAGE
+    token, stage_cls, config, ctx = built
+    if _TASK_STAGE is None or _TASK_STAGE[0] != token:
+        _TASK_STAGE = None  # drop the previous stage's state before building the next
+        stage = stage_cls(stage_cls.Config.model_validate(config), ctx)
+        stage.setup()
+        _TASK_STAGE = (token, stage)
+    return execute_unit(_TASK_STAGE[1], WorkUnit(unit_id, json.loads(payload)))
 
 
+_TASK_STAGE: tuple[str, Stage] | None = None  # (run token, stage) of the last task in this worker
 _REMOTE_UNIT_TASK = None
 
 
@@ -169,7 +177,8 @@ def _run_tasks(stage: Stage, units: list[WorkUnit], on_unit: UnitDone | None = N
     res = stage.config.resources
     task = _REMOTE_UNIT_TASK.options(max_retries=res.max_retries, scheduling_strategy="SPREAD",
                                      **_resource_args(stage))
-    built = ray.put((type(stage), stage.config.model_dump(mode="json"), stage.ctx))  # shipped once
+    token = uuid.uuid4().hex  # names this run of the stage for the workers' cached stage
+    built = ray.put((token, type(stage), stage.config.model_dump(mode="json"), stage.ctx))  # shipped once
     waiting = list(reversed(units))
     running: dict[Any, str] = {}
     try:
